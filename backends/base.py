@@ -1,0 +1,85 @@
+"""The backend contract: load a model version on a device, execute batches, unload.
+
+A backend instance is one model instance (Triton's instance_group entry): it is created, loaded,
+used and unloaded on the same execution thread, so thread-local framework state (PyTorch's
+intra-op threads, a CUDA stream) set in ``load`` holds for every ``execute``."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backends.proto import model_config_pb2 as mc
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where an instance runs: ``cpu`` or ``gpu`` with a CUDA ordinal."""
+
+    kind: str  # "cpu" or "gpu"
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        """The framework device string: ``cpu`` or ``cuda:N``."""
+        return f"cuda:{self.index}" if self.kind == "gpu" else "cpu"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CPU = Device("cpu")
+
+
+@dataclass(frozen=True)
+class InstanceContext:
+    """Everything a backend needs to load one instance of one model version."""
+
+    config: mc.ModelConfig
+    version: int
+    version_path: Path  # <repository>/<model>/<version>
+    device: Device
+    instance_name: str  # e.g. "mlp_torch_0_cpu"
+    threads: int = 1  # intra-op threads this instance may use without oversubscribing the cores
+    parameters: Mapping[str, str] = field(default_factory=dict)  # the config's `parameters`
+
+    @property
+    def model_name(self) -> str:
+        return self.config.name
+
+
+
+Tensors = dict[str, np.ndarray]
+
+
+class Backend(abc.ABC):
+    """One model instance. ``execute`` receives a whole batch: every input has the batch as its
+    first dimension when the model's max_batch_size > 0. It returns every output the config
+    declares (the server filters what the client asked for)."""
+
+    #: file name used when the config has no default_model_filename
+    default_filename: str = ""
+
+    def __init__(self, context: InstanceContext) -> None:
+        self.context = context
+
+    @property
+    def model_file(self) -> Path:
+        """The model's file in the version folder: ``default_model_filename`` or the backend's own."""
+        name = self.context.config.default_model_filename or self.default_filename
+        return self.context.version_path / name
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the model on ``context.device``; raise to mark the version UNAVAILABLE."""
+
+    @abc.abstractmethod
+    def execute(self, inputs: Tensors) -> Tensors:
+        """Run one batch. Called on the instance's own thread, one batch at a time."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
+        """Release the model; called once, on the instance's thread."""

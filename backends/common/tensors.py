@@ -1,0 +1,100 @@
+"""Tensors on the wire: raw little-endian bytes <-> numpy arrays, and BYTES' length prefixes.
+
+Decoding views the wire buffer without a copy where the layout allows (everything but BYTES)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from backends.common.datatypes import DataType
+from backends.common.errors import InvalidArgument
+
+_INT64_MAX = 2**63 - 1
+_LENGTH = struct.Struct("<I")
+
+
+def element_count(shape: Sequence[int], what: str = "shape") -> int:
+    """Elements in a concrete shape; rejects negative dims and products that overflow int64."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidArgument(f"{what} {list(shape)} has a negative dimension")
+        count *= dim
+        if count > _INT64_MAX:
+            raise InvalidArgument(f"{what} {list(shape)[:8]} has more elements than int64 can count")
+    return count
+
+
+def array_from_raw(raw: bytes | memoryview, dtype: DataType, shape: Sequence[int], name: str) -> np.ndarray:
+    """A view of ``raw`` as an array of ``shape`` (a copy only for BYTES, which must be parsed)."""
+    count = element_count(shape, f"input '{name}' shape")
+    if dtype.wire == "BYTES":
+        return bytes_array_from_raw(raw, shape, count, name)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}': {len(raw)} bytes of raw data, but shape {list(shape)} of {dtype.wire} "
+            f"needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
+
+
+def bytes_array_from_raw(raw: bytes | memoryview, shape: Sequence[int], count: int, name: str) -> np.ndarray:
+    """Parses ``count`` uint32-length-prefixed elements that must fill ``raw`` exactly."""
+    view = memoryview(raw)
+    out = np.empty(count, dtype=object)
+    offset, end = 0, len(view)
+    for i in range(count):
+        if offset + 4 > end:
+            raise InvalidArgument(f"input '{name}': BYTES data ends before element {i} of {count}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidArgument(f"input '{name}': BYTES element {i} runs past the end of the data")
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise InvalidArgument(f"input '{name}': {end - offset} bytes left over after {count} BYTES elements")
+    return out.reshape(shape)
+
+
+def bytes_array_from_list(items: Iterable[bytes], shape: Sequence[int], name: str) -> np.ndarray:
+    values = list(items)
+    count = element_count(shape, f"input '{name}' shape")
+    if len(values) != count:
+        raise InvalidArgument(f"input '{name}': {len(values)} elements given for shape {list(shape)}")
+    out = np.empty(count, dtype=object)
+    out[:] = values
+    return out.reshape(shape)
+
+
+def _as_bytes(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, np.generic | int | float | bool):
+        return str(item.item() if isinstance(item, np.generic) else item).encode()
+    raise InvalidArgument(f"BYTES element of type {type(item).__name__} cannot be serialized")
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Row-major uint32-length-prefixed serialization of a BYTES array (object, str or bytes)."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = _as_bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def array_to_raw(array: np.ndarray, dtype: DataType) -> bytes:
+    """The wire bytes of ``array`` (one copy; little-endian, row-major)."""
+    if dtype.wire == "BYTES":
+        return serialize_bytes(array)
+    if array.dtype != dtype.numpy:
+        array = array.astype(dtype.numpy)
+    return np.ascontiguousarray(array).tobytes()
