@@ -1,0 +1,37 @@
+# The README's two commands: `make serve` and `make test`. Each bootstraps what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PA := .tools/pa/bin/perf_analyzer
+MODEL_REPOSITORY ?= model_repository
+SERVE_ARGS ?=
+
+.PHONY: serve test lint venv tools clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(PA): scripts/install-perf-analyzer.sh
+	scripts/install-perf-analyzer.sh .tools/pa
+
+tools: $(PA)
+
+serve: venv
+	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv tools
+	CLIPPERD_PERF_ANALYZER=$(abspath $(PA)) $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,158 @@
+"""The queue in front of one model version's instances.
+
+Requests wait in arrival order; whenever an instance is idle the scheduler hands it the oldest
+waiting request, joined (when the model has ``dynamic_batching``) by the waiting requests that
+can share its batch, up to max_batch_size. Batches are executed on the instance threads; the
+event loop only queues, merges bookkeeping and wakes the waiters. A request whose caller went away
+(its future cancelled) leaves the queue and is never executed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.base import Backend, Tensors
+from backends.common.errors import Unavailable
+from backends.proto import model_config_pb2 as mc
+from schedulers.batching import OutputChecker, batch_key, merge, split
+from schedulers.instance import InstanceWorker
+from schedulers.stats import ExecutionTimes, ModelStats
+
+
+@dataclass
+class _Pending:
+    inputs: Tensors
+    batch_size: int
+    future: asyncio.Future[Tensors]
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    key: Any = None
+
+
+@dataclass
+class _Batch:
+    requests: list[_Pending]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [r.batch_size for r in self.requests]
+
+
+class ModelScheduler:
+    """Queues requests for one model version and runs them on its instances."""
+
+    def __init__(self, config: mc.ModelConfig, workers: Sequence[InstanceWorker], stats: ModelStats) -> None:
+        self.config = config
+        self.stats = stats
+        self._workers = list(workers)
+        self._idle: list[InstanceWorker] = list(workers)
+        self._queue: deque[_Pending] = deque()
+        self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
+        self._max_batch = max(config.max_batch_size, 1)
+        self._checker = OutputChecker(config)
+        self._closed = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue) + len(self._workers) - len(self._idle)
+
+    async def execute(self, inputs: Tensors, batch_size: int) -> Tensors:
+        """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs."""
+        if self._closed:
+            raise Unavailable(f"model '{self.config.name}' is unloading")
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        pending = _Pending(inputs, batch_size, loop.create_future())
+        if self._batching:
+            pending.key = batch_key(inputs)
+        self._queue.append(pending)
+        self._drained.clear()
+        self._dispatch()
+        return await pending.future
+
+    async def close(self) -> None:
+        """Stops taking requests, lets queued and running ones finish, unloads the instances."""
+        self._closed = True
+        await self._drained.wait()
+        await asyncio.gather(*(w.stop() for w in self._workers))
+
+    def _dispatch(self) -> None:
+        while self._idle:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            worker = self._idle.pop()
+            assert self._loop is not None
+            worker.submit(self._job(batch), self._loop, self._completion(worker, batch))
+        if not self._queue and len(self._idle) == len(self._workers):
+            self._drained.set()
+
+    def _next_batch(self) -> _Batch | None:
+        queue = self._queue
+        while queue and queue[0].future.done():  # cancelled while waiting: never executed
+            queue.popleft()
+        if not queue:
+            return None
+        first = queue.popleft()
+        batch = [first]
+        if self._batching:
+            self._fill(batch, first)
+        now = time.perf_counter_ns()
+        for request in batch:
+            self.stats.queue.add(now - request.enqueued_ns)
+        return _Batch(batch)
+
+    def _fill(self, batch: list[_Pending], first: _Pending) -> None:
+        """Adds later requests of the same shape while they fit; others keep their place."""
+        rows = first.batch_size
+        skipped: list[_Pending] = []
+        queue = self._queue
+        while queue and rows < self._max_batch:
+            request = queue.popleft()
+            if request.future.done():
+                continue
+            if request.key == first.key and rows + request.batch_size <= self._max_batch:
+                batch.append(request)
+                rows += request.batch_size
+            else:
+                skipped.append(request)
+        queue.extendleft(reversed(skipped))
+
+    def _job(self, batch: _Batch) -> Any:
+        sizes, parts = batch.sizes, [r.inputs for r in batch.requests]
+        checker = self._checker
+
+        def run(backend: Backend) -> tuple[list[Tensors], ExecutionTimes]:
+            t0 = time.perf_counter_ns()
+            inputs = merge(parts)
+            t1 = time.perf_counter_ns()
+            outputs = checker.check(backend.execute(inputs), sum(sizes))
+            t2 = time.perf_counter_ns()
+            result = split(outputs, sizes)
+            return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+
+        return run
+
+    def _completion(self, worker: InstanceWorker, batch: _Batch) -> Any:
+        def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
+            self._idle.append(worker)
+            requests = batch.requests
+            if error is not None or result is None:
+                for request in requests:
+                    if not request.future.done():
+                        request.future.set_exception(error or RuntimeError("no result"))
+            else:
+                outputs, times = result
+                self.stats.record_execution(sum(batch.sizes), len(requests), times)
+                for request, output in zip(requests, outputs, strict=True):
+                    if not request.future.done():
+                        request.future.set_result(output)
+            self._dispatch()
+
+        return done

@@ -1,0 +1,76 @@
+"""The server's lifecycle: bind, load the repository, serve, and on SIGTERM/SIGINT stop taking
+new requests, let in-flight ones finish, unload the models, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from server.dataplane import DataPlane
+from server.grpc_service import build_grpc_server
+from server.repository import ControlMode, ModelRepository
+from server.settings import Settings
+
+log = logging.getLogger("clipperd")
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        mode = ControlMode(settings.model_control_mode)
+        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
+        self.plane = DataPlane(self.repository, settings.strict_readiness)
+        self.grpc_port = 0
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        grpc_server, self.grpc_port = build_grpc_server(
+            self.plane, f"{_host(settings.host)}:{settings.grpc_port}", settings.grpc_max_message_bytes
+        )
+        await grpc_server.start()
+        log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
+        await self.repository.start()
+        self.plane.accepting = True
+        ready = sum(1 for r in self.repository.index() if r.state == "READY")
+        log.info("serving %d model version(s) from %s", ready, settings.model_repository)
+        poller = self._start_polling()
+        await self._stop.wait()
+        log.info("stopping: no new requests; waiting up to %.0fs for in-flight ones", settings.exit_timeout_secs)
+        self.plane.accepting = False
+        if poller is not None:
+            poller.cancel()
+        await grpc_server.stop(grace=settings.exit_timeout_secs)
+        await self.repository.stop()
+        log.info("stopped")
+
+    def _start_polling(self) -> asyncio.Task[None] | None:
+        if self.repository.mode is not ControlMode.POLL:
+            return None
+        return asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.repository.poll()
+            except Exception:
+                log.exception("repository poll failed")
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, server.request_stop)
+    await server.run()

@@ -1,0 +1,74 @@
+"""``clipperd serve --model-repository DIR``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from server import __version__
+from server.app import serve
+from server.settings import Settings, env_default, setting_fields
+
+
+def _add_setting(parser: argparse.ArgumentParser, f: object) -> None:
+    name: str = f.name  # type: ignore[attr-defined]
+    meta = f.metadata  # type: ignore[attr-defined]
+    default = env_default(name, f.default)  # type: ignore[attr-defined]
+    flag = "--" + name.replace("_", "-")
+    kwargs: dict[str, object] = {"help": meta["help"], "default": default}
+    if meta.get("multiple"):
+        kwargs.update(action="append", default=None)
+    elif isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = Path if name == "model_repository" else type(default)
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+    parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipperd", description="Low-latency prediction serving (KServe v2).")
+    parser.add_argument("--version", action="version", version=f"clipperd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve a model repository")
+    for f in setting_fields():
+        _add_setting(serve_parser, f)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in setting_fields()}
+    if values["load_model"] is None:
+        values["load_model"] = env_default("load_model", None) or []
+    return Settings(**values)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # the standard loop works, only slower
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not settings.model_repository.is_dir():
+        logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
+        return 2
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The one core every transport calls: health, metadata, config, statistics, repository
+management and ``infer``. Nothing here knows about gRPC or HTTP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from backends.base import Tensors
+from backends.proto import model_config_pb2 as mc
+from schedulers.stats import ModelStats
+from server import __version__
+from server.messages import InferRequest, InferResponse, OutputTensor
+from server.model_version import ModelVersion
+from server.repository import IndexEntry, ModelRepository
+
+# What this server really implements, as ServerMetadata reports it.
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "parameters"]
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True)
+class VersionStatistics:
+    name: str
+    version: str
+    stats: ModelStats
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, strict_readiness: bool = True) -> None:
+        self.repository = repository
+        self.strict_readiness = strict_readiness
+        self.accepting = False  # set once the models of the start are loaded, cleared on shutdown
+        self.name = "clipperd"
+        self.version = __version__
+        self.extensions = EXTENSIONS
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.accepting and (not self.strict_readiness or self.repository.all_ready())
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.repository.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self.repository.get(name, version)
+        signature = model.signature
+        batch = [-1] if model.config.max_batch_size > 0 else []
+        inputs = [TensorMetadata(n, s.datatype, batch + list(s.dims)) for n, s in signature.inputs.items()]
+        outputs = [
+            TensorMetadata(o.name, signature.outputs[o.name], batch + list(o.dims)) for o in model.config.output
+        ]
+        versions = [str(v.version) for v in self.repository.versions(name)]
+        return ModelMetadata(name, versions, model.platform, inputs, outputs)
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.repository.get(name, version).config
+
+    def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        if name:
+            models = [self.repository.get(name, version)] if version else self._versions_of(name)
+        else:
+            models = self.repository.loaded()
+        return [VersionStatistics(m.name, str(m.version), m.stats) for m in models]
+
+    def _versions_of(self, name: str) -> list[ModelVersion]:
+        versions = self.repository.versions(name)
+        return versions or [self.repository.get(name)]  # raises the right error
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return self.repository.index(ready_only)
+
+    async def load_model(self, name: str) -> None:
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload(name)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start = time.perf_counter_ns()
+        model = self.repository.get(request.model_name, request.model_version)
+        ok = False
+        try:
+            inputs, batch = model.signature.validate(request)
+            outputs = await model.scheduler.execute(inputs, batch)
+            response = self._response(request, model, outputs)
+            ok = True
+            return response
+        finally:
+            model.stats.record_request(ok, time.perf_counter_ns() - start)
+
+    @staticmethod
+    def _response(request: InferRequest, model: ModelVersion, outputs: Tensors) -> InferResponse:
+        types = model.signature.outputs
+        names = [o.name for o in request.outputs] or [o.name for o in model.config.output]
+        tensors = []
+        for name in names:
+            array = outputs[name]
+            tensors.append(OutputTensor(name, types[name], list(array.shape), array))
+        return InferResponse(model.name, str(model.version), request.id, tensors)

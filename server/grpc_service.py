@@ -1,0 +1,227 @@
+"""KServe v2 ``inference.GRPCInferenceService`` on grpc.aio: a thin adapter over the DataPlane.
+
+Handlers are registered under the wire name by hand (not through protoc's servicer stubs): our
+messages live in the proto package ``clipperd.inference`` so they can share a process with
+tritonclient's ``inference.*`` classes, while the service keeps the name clients call."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from server.dataplane import DataPlane
+from server.grpc_codec import decode_request, encode_response
+from server.grpc_stats import encode_statistics
+from server.proto import grpc_service_pb2 as pb
+from server.status import GRPC_STATUS
+
+log = logging.getLogger(__name__)
+SERVICE = "inference.GRPCInferenceService"
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Turns errors into statuses: ours keep their code and message, anything else is INTERNAL
+    with nothing leaked (the details go to the log)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except ClipperdError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper
+
+
+class InferenceService:
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    @guarded
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    @guarded
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    @guarded
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
+
+    @guarded
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        plane = self.plane
+        return pb.ServerMetadataResponse(name=plane.name, version=plane.version, extensions=plane.extensions)
+
+    @guarded
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        meta = self.plane.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+        )
+
+    @guarded
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
+
+    @guarded
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        rows = self.plane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[encode_statistics(r) for r in rows])
+
+    @guarded
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return encode_response(await self.plane.infer(decode_request(request)))
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently; each answer is sent as soon as it is ready and
+        carries the request's id (errors travel in ``error_message``; the stream stays open)."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any]
+    ) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for request in requests:
+                task = asyncio.get_running_loop().create_task(self._stream_one(request, answers))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            answers.put_nowait(None)
+
+    async def _stream_one(self, request: pb.ModelInferRequest, answers: asyncio.Queue[Any]) -> None:
+        try:
+            response = encode_response(await self.plane.infer(decode_request(request)))
+            answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+        except ClipperdError as error:
+            echo = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            answers.put_nowait(pb.ModelStreamInferResponse(error_message=error.message, infer_response=echo))
+        except Exception:
+            log.exception("internal error in a stream request")
+            answers.put_nowait(pb.ModelStreamInferResponse(error_message="internal error"))
+
+    @guarded
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        self._check_repository(request.repository_name)
+        rows = self.plane.repository_index(request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[index(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows]
+        )
+
+    @guarded
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._check_repository(request.repository_name)
+        if request.parameters:
+            raise Unimplemented(
+                "load parameters (config or file overrides) are not accepted: change the model's files "
+                "in the repository and load it again"
+            )
+        await self.plane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._check_repository(request.repository_name)
+        await self.plane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_repository(self, name: str) -> None:
+        if name and name != self.plane.repository.root.name:
+            raise InvalidArgument(f"unknown model repository {name[:64]!r}: this server has one, unnamed")
+
+
+_UNIMPLEMENTED = {
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "trace settings",
+    "LogSettings": "log settings",
+}
+
+
+def _unimplemented(feature: str) -> Handler:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not supported by this server")
+
+    return handler
+
+
+def _message_types(method: str) -> tuple[Any, Any]:
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    rpc = service.methods_by_name[method]
+    request_class = getattr(pb, rpc.input_type.name)
+    response_class = getattr(pb, rpc.output_type.name)
+    return request_class, response_class
+
+
+def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
+        request_class, response_class = _message_types(method)
+        codec = {"request_deserializer": request_class.FromString, "response_serializer": response_class.SerializeToString}
+        if method == "ModelStreamInfer":
+            handlers[method] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)
+        elif method in _UNIMPLEMENTED:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(_unimplemented(_UNIMPLEMENTED[method]), **codec)
+        else:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(getattr(service, method), **codec)
+    return handlers
+
+
+def build_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server for ``address`` (host:port); returns it and the port it bound."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a port already taken must fail, not be shared silently
+    ]
+    server = grpc.aio.server(options=options)
+    handlers = method_handlers(InferenceService(plane))
+    if hasattr(server, "add_registered_method_handlers"):
+        server.add_registered_method_handlers(SERVICE, handlers)
+    else:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port(address)
+    return server, port

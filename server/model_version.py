@@ -1,0 +1,108 @@
+"""One loaded version of a model: its instances on their devices, its queue, its statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends import registry
+from backends.base import CPU, Backend, Device, InstanceContext
+from backends.devices import gpu_count
+from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
+from backends.proto import model_config_pb2 as mc
+from schedulers.instance import InstanceWorker
+from schedulers.scheduler import ModelScheduler
+from schedulers.stats import ModelStats
+from server.validation import ModelSignature
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelVersion:
+    config: mc.ModelConfig
+    version: int
+    path: Path
+    signature: ModelSignature
+    scheduler: ModelScheduler
+    stats: ModelStats
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    async def close(self) -> None:
+        """Lets in-flight requests finish, then unloads every instance."""
+        await self.scheduler.close()
+
+
+# backends that can use a GPU; KIND_AUTO places the others on the CPU
+_GPU_BACKENDS = {"pytorch"}
+
+
+def instance_devices(config: mc.ModelConfig, version_path: Path) -> list[tuple[str, Device]]:
+    """(instance name, device) for every instance the config's instance_group asks for."""
+    gpus = gpu_count()
+    auto_gpu = gpus > 0 and registry.backend_name(config, version_path) in _GPU_BACKENDS
+    placed: list[tuple[str, Device]] = []
+    for index, group in enumerate(config.instance_group):
+        kind = group.kind
+        if kind == mc.ModelInstanceGroup.KIND_AUTO:
+            kind = mc.ModelInstanceGroup.KIND_GPU if auto_gpu else mc.ModelInstanceGroup.KIND_CPU
+        group_name = group.name or f"{config.name}_{index}"
+        count = group.count or 1
+        if kind == mc.ModelInstanceGroup.KIND_GPU:
+            placed += _gpu_instances(config.name, group_name, list(group.gpus), count, gpus)
+        else:
+            placed += [(f"{group_name}_{i}_cpu", CPU) for i in range(count)]
+    return placed or [(f"{config.name}_0_0_cpu", CPU)]
+
+
+def _gpu_instances(model: str, group: str, wanted: list[int], count: int, available: int) -> list[tuple[str, Device]]:
+    if available == 0:
+        raise Unavailable(f"model '{model}' asks for KIND_GPU instances but this machine has no GPU")
+    ids = wanted or list(range(available))
+    bad = [i for i in ids if i >= available]
+    if bad:
+        raise InvalidArgument(f"model '{model}' asks for GPU {bad[0]} but only {available} GPU(s) are visible")
+    return [(f"{group}_{i}_gpu{gpu}", Device("gpu", gpu)) for gpu in ids for i in range(count)]
+
+
+async def load_model_version(config: mc.ModelConfig, version: int, version_path: Path) -> ModelVersion:
+    """Starts every instance (each loads on its own thread); all or nothing."""
+    backend_class = registry.backend_class(config, version_path)
+    placed = instance_devices(config, version_path)
+    cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
+    threads = max(1, (os.cpu_count() or 1) // max(cpu_instances, 1))
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    workers = []
+    for name, device in placed:
+        context = InstanceContext(config, version, version_path, device, name, threads, parameters)
+        workers.append(InstanceWorker(name, functools.partial(_make, backend_class, context)))
+    results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        await asyncio.gather(*(w.stop() for w in workers))
+        raise _load_error(config.name, version, errors[0])
+    stats = ModelStats()
+    scheduler = ModelScheduler(config, workers, stats)
+    return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats)
+
+
+def _make(backend_class: type[Backend], context: InstanceContext) -> Backend:
+    return backend_class(context)
+
+
+def _load_error(model: str, version: int, error: BaseException) -> ClipperdError:
+    if isinstance(error, ClipperdError):
+        return error
+    log.error("model '%s' version %d failed to load", model, version, exc_info=error)
+    return Unavailable(f"model '{model}' version {version} failed to load: {type(error).__name__}: {error}")

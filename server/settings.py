@@ -1,0 +1,60 @@
+"""Server settings: one typed field each, documented once, read from the command line with
+defaults from ``CLIPPERD_<FIELD>`` environment variables (Triton's defaults otherwise)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Settings:
+    model_repository: Path = _setting(Path("model_repository"), "The model repository folder (Triton layout).")
+    model_control_mode: str = _setting(
+        "none",
+        "none: load every model at start, refuse load/unload calls; explicit: load what --load-model "
+        "names, then through the API; poll: load everything and rescan the repository periodically.",
+        choices=("none", "explicit", "poll"),
+    )
+    load_model: list[str] = _setting(
+        None, "In explicit mode, a model to load at start ('*' for all); may be repeated.", multiple=True
+    )
+    repository_poll_secs: float = _setting(15.0, "Seconds between repository scans in poll mode.")
+    host: str = _setting("0.0.0.0", "Address every endpoint binds (Triton binds all interfaces).")
+    grpc_port: int = _setting(8001, "KServe v2 gRPC port (0 picks a free one).")
+    http_port: int = _setting(8000, "KServe v2 HTTP/REST port (reserved: the HTTP endpoint is not built yet).")
+    metrics_port: int = _setting(8002, "Prometheus metrics port (reserved: metrics are not built yet).")
+    grpc_max_message_bytes: int = _setting(
+        256 * 1024 * 1024, "Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."
+    )
+    strict_readiness: bool = _setting(
+        True, "Server readiness requires every model asked for at start to be ready (as Triton's)."
+    )
+    exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
+    log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        if self.load_model is None:
+            self.load_model = []
+
+
+def setting_fields() -> list[Any]:
+    return list(fields(Settings))
+
+
+def env_default(name: str, default: Any) -> Any:
+    """``CLIPPERD_GRPC_PORT=9001`` overrides the default of ``grpc_port``."""
+    value = os.environ.get(f"CLIPPERD_{name.upper()}")
+    if value is None:
+        return default
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, list) or default is None:
+        return [v for v in value.split(",") if v]
+    return type(default)(value)

@@ -1,0 +1,132 @@
+"""Every request is checked against its model's config before it is queued: names, data types,
+shapes, batch size, requested outputs and the reserved parameters. Built once per model version,
+so the hot path is dictionary lookups and tuple compares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backends.base import Tensors
+from backends.common import datatypes
+from backends.common.errors import InvalidArgument
+from backends.proto import model_config_pb2 as mc
+from server.messages import InferRequest, InputTensor, Params
+
+# reserved request parameters and the Python types they must have
+_RESERVED: dict[str, tuple[type, ...]] = {
+    "priority": (int,),
+    "timeout": (int,),
+    "binary_data_output": (bool,),
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    datatype: str  # wire name
+    dims: tuple[int, ...]  # without the batch dimension
+    reshape: tuple[int, ...] | None
+    optional: bool
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.dims) and all(d in (-1, s) for d, s in zip(self.dims, shape, strict=True))
+
+
+class ModelSignature:
+    """What a model version accepts and returns, derived from its config."""
+
+    def __init__(self, config: mc.ModelConfig) -> None:
+        self.model = config.name
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {i.name: _input_spec(i) for i in config.input}
+        self.required = [n for n, s in self.inputs.items() if not s.optional]
+        self.outputs = {o.name: datatypes.from_config(mc.DataType.Name(o.data_type)).wire for o in config.output}
+
+    def validate(self, request: InferRequest) -> tuple[Tensors, int]:
+        """The model's inputs as named arrays and the request's batch size (1 when unbatched)."""
+        check_parameters(request.parameters)
+        arrays: Tensors = {}
+        batch = -1
+        for tensor in request.inputs:
+            spec = self._spec(tensor, arrays)
+            batch = self._check_shape(spec, tensor, batch)
+            data = tensor.data
+            if spec.reshape is not None:
+                data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
+            arrays[tensor.name] = data
+        missing = [n for n in self.required if n not in arrays]
+        if missing:
+            raise InvalidArgument(
+                f"expected {len(self.required)} inputs but got {len(request.inputs)} inputs for model "
+                f"'{self.model}'; missing: {', '.join(repr(n) for n in missing[:8])}"
+            )
+        self._check_outputs(request)
+        return arrays, max(batch, 1)
+
+    def _spec(self, tensor: InputTensor, seen: Tensors) -> InputSpec:
+        spec = self.inputs.get(tensor.name)
+        if spec is None:
+            raise InvalidArgument(f"unexpected inference input '{tensor.name[:64]}' for model '{self.model}'")
+        if tensor.name in seen:
+            raise InvalidArgument(f"input '{tensor.name}' is given more than once")
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(
+                f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                f"'{self.model}' expects '{spec.datatype}'"
+            )
+        return spec
+
+    def _check_shape(self, spec: InputSpec, tensor: InputTensor, batch: int) -> int:
+        shape = tuple(tensor.shape)
+        if self.max_batch_size > 0:
+            if not shape or shape[0] < 1:
+                raise InvalidArgument(
+                    f"input '{tensor.name}' has shape {list(shape)}: model '{self.model}' needs a batch "
+                    f"dimension of at least 1 first"
+                )
+            if shape[0] > self.max_batch_size:
+                raise InvalidArgument(
+                    f"inference request batch-size must be <= {self.max_batch_size} for '{self.model}', "
+                    f"got {shape[0]}"
+                )
+            if batch not in (-1, shape[0]):
+                raise InvalidArgument(f"input '{tensor.name}' has batch size {shape[0]}, other inputs {batch}")
+            batch, shape = shape[0], shape[1:]
+        if not spec.accepts(shape):
+            want = ([-1] if self.max_batch_size > 0 else []) + list(spec.dims)
+            raise InvalidArgument(
+                f"unexpected shape for input '{tensor.name}' for model '{self.model}'. Expected {want}, "
+                f"got {list(tensor.shape)}"
+            )
+        return batch
+
+    def _check_outputs(self, request: InferRequest) -> None:
+        seen: set[str] = set()
+        for output in request.outputs:
+            if output.name not in self.outputs:
+                raise InvalidArgument(f"unexpected inference output '{output.name[:64]}' for model '{self.model}'")
+            if output.name in seen:
+                raise InvalidArgument(f"output '{output.name}' is requested more than once")
+            seen.add(output.name)
+
+
+def _input_spec(tensor: mc.ModelInput) -> InputSpec:
+    reshape = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+    wire = datatypes.from_config(mc.DataType.Name(tensor.data_type)).wire
+    return InputSpec(tensor.name, wire, tuple(tensor.dims), reshape, tensor.optional)
+
+
+def check_parameters(parameters: Params) -> None:
+    """Reserved parameters must have their documented types and ranges."""
+    for name, kinds in _RESERVED.items():
+        if name not in parameters:
+            continue
+        value = parameters[name]
+        if not isinstance(value, kinds) or (bool in kinds) != isinstance(value, bool):
+            want = " or ".join(k.__name__ for k in kinds)
+            raise InvalidArgument(f"parameter '{name}' must be {want}, got {type(value).__name__}")
+        if name in ("priority", "timeout") and isinstance(value, int) and value < 0:
+            raise InvalidArgument(f"parameter '{name}' must not be negative, got {value}")

@@ -1,0 +1,101 @@
+"""A real clipperd server in a child process, as users run it (the CLI), on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "model_repository"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, repository: Path, *args: str, log_dir: Path) -> None:
+        self.repository = repository
+        self.grpc_port = free_port()
+        self.url = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = log_dir / f"clipperd-{self.grpc_port}.log"
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServerProcess:
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(self.repository),
+               "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port), *self.args]
+        log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.wait_live(timeout)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def _call(self, method: str, timeout: float = 2.0) -> bytes | None:
+        with grpc.insecure_channel(self.url) as channel:
+            rpc = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            try:
+                return rpc(b"", timeout=timeout)  # type: ignore[no-any-return]
+            except grpc.RpcError:
+                return None
+
+    def wait_live(self, timeout: float) -> None:
+        self._wait(lambda: self._call("ServerLive") is not None, timeout, "live")
+
+    def wait_ready(self, timeout: float) -> None:
+        # ServerReadyResponse{ready=true} encodes as b"\x08\x01"
+        self._wait(lambda: self._call("ServerReady") == b"\x08\x01", timeout, "ready")
+
+    def _wait(self, check: object, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"clipperd exited with {self.proc.returncode}:\n{self.log()}")
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"clipperd not {what} after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def running(repository: Path, *args: str, log_dir: Path, wait_ready: bool = True) -> Iterator[ServerProcess]:
+    server = ServerProcess(repository, *args, log_dir=log_dir).start(wait_ready=wait_ready)
+    try:
+        yield server
+    finally:
+        server.stop()
