@@ -144,6 +144,13 @@ def test_simple_string(batch: int) -> None:
     assert isinstance(out["OUTPUT0"][0, 0], bytes)
 
 
+@pytest.mark.parametrize("name", ["simple", "identity_fp32", "simple_string", "mlp_torch"])
+def test_example_configs_pass_validation(name: str) -> None:
+    from backends.common.config import load_model_config
+
+    assert load_model_config(REPO / name).name == name
+
+
 def test_example_repository_backends() -> None:
     expected = {
         "simple": "python",
