@@ -70,23 +70,22 @@ _MAX_MESSAGE = 500  # a client-facing message stays short even when a model's ex
 
 def describe_exception(exc: BaseException, context: InstanceContext) -> str:
     """``Type: message`` on one line, without the repository's absolute paths or tracebacks."""
-    text = _one_line(str(exc))
+    text, from_traceback = _one_line(str(exc))
     for root in {str(context.version_path.parent.parent), str(context.version_path.resolve().parent.parent)}:
         text = text.replace(root + os.sep, "")
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + "..."
-    if re.match(r"^[\w.]*(Error|Exception|Warning|Interrupt|Exit): ", text):
-        return text.removeprefix("builtins.")  # TorchScript already names the type
+    if from_traceback and re.match(r"^[\w.]+: ", text):
+        return text.removeprefix("builtins.")  # a TorchScript traceback's last line names the type
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: str) -> tuple[str, bool]:
+    """The message on one line, and whether it was the last line of a traceback."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
     if any(line.startswith("Traceback") for line in lines):
-        return lines[-1]  # a traceback ends with the error itself
-    return " ".join(lines)
+        return lines[-1], True  # a traceback ends with the error itself
+    return " ".join(lines), False
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,18 @@ def test_execute_raising(tmp_path: Path) -> None:
     assert info.value.message == "model 'boom' failed: ValueError: bad input second line"
 
 
+def test_execute_raising_keeps_its_own_type(tmp_path: Path) -> None:
+    source = """
+    class Model:
+        def execute(self, inputs):
+            raise RuntimeError("ValueError: not my type")
+    """
+    backend = loaded(PythonBackend, python_model(tmp_path, source, name="own"))
+    with pytest.raises(ModelExecutionError) as info:
+        backend.execute(fp32_batch())
+    assert info.value.message == "model 'own' failed: RuntimeError: ValueError: not my type"
+
+
 BAD_RESULTS = [
     ("[inputs['INPUT0']]", r"returned a list, expected a dict of numpy arrays"),
     ("None", r"returned a NoneType"),
