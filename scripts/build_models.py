@@ -19,7 +19,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class MLP(nn.Module):
+class MLP(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy skips it)
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.Sequential(
