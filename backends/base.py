@@ -10,6 +10,7 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,7 +53,6 @@ class InstanceContext:
         return self.config.name
 
 
-
 Tensors = dict[str, np.ndarray]
 
 
@@ -63,6 +63,10 @@ class Backend(abc.ABC):
 
     #: file name used when the config has no default_model_filename
     default_filename: str = ""
+    #: True when ``execute`` holds the GIL throughout (pure Python): a thread of its own buys no
+    #: parallelism and costs two thread switches per batch, so the scheduler runs it on the event
+    #: loop unless the config's ``execution_mode`` parameter says ``thread``
+    holds_gil: ClassVar[bool] = False
 
     def __init__(self, context: InstanceContext) -> None:
         self.context = context

@@ -47,18 +47,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from backends.base import Backend, InstanceContext, Tensors
-from backends.common import datatypes
 from backends.common.errors import (
-    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     ModelExecutionError,
     NotFound,
 )
-from backends.proto import model_config_pb2 as mc
 
 _log = logging.getLogger(__name__)
 _MAX_MESSAGE = 500  # a client-facing message stays short even when a model's exception is long
@@ -86,77 +81,6 @@ def _one_line(text: str) -> tuple[str, bool]:
     if any(line.startswith("Traceback") for line in lines):
         return lines[-1], True  # a traceback ends with the error itself
     return " ".join(lines), False
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """What the config allows for one output (computed once, checked per batch)."""
-
-    name: str
-    wire: str  # KServe v2 type name: "FP32", "BYTES", "BF16" ...
-    dtype: np.dtype[Any]
-    dims: tuple[int, ...]  # without the batch dimension; -1 matches any size
-
-    def problem(self, value: object, batch: int | None) -> str | None:
-        """Why ``value`` is not a valid result for this output, or None."""
-        if not isinstance(value, np.ndarray):
-            return f"output '{self.name}' is a {type(value).__name__}, not a numpy array"
-        if not self._dtype_ok(value.dtype):
-            return f"output '{self.name}' has dtype {value.dtype}, config expects {self.wire}"
-        expected = self.dims if batch is None else (batch, *self.dims)
-        if len(value.shape) != len(expected) or any(
-            want not in (-1, got) for want, got in zip(expected, value.shape, strict=True)
-        ):
-            return f"output '{self.name}' has shape {list(value.shape)}, config expects {list(expected)}"
-        return None
-
-    def _dtype_ok(self, dtype: np.dtype[Any]) -> bool:
-        if self.wire == "BYTES":
-            return dtype.kind in "OSU"
-        return bool(dtype == self.dtype)
-
-
-def output_specs(config: mc.ModelConfig) -> tuple[OutputSpec, ...]:
-    """The outputs' expected types and shapes (``reshape`` is the shape the model produces)."""
-    specs = []
-    for output in config.output:
-        type_name = mc.DataType.Name(output.data_type)
-        if type_name not in datatypes.BY_CONFIG:
-            raise ConfigError(f"model '{config.name}'", f"output '{output.name}' data_type", "is not set")
-        dtype = datatypes.from_config(type_name)
-        dims = tuple(output.reshape.shape) if output.HasField("reshape") else tuple(output.dims)
-        specs.append(OutputSpec(output.name, dtype.wire, dtype.numpy, dims))
-    return tuple(specs)
-
-
-def batch_size(config: mc.ModelConfig, inputs: Tensors) -> int | None:
-    """The batch the inputs carry (their first dimension; -1: unknown), None when the model does not batch."""
-    if config.max_batch_size <= 0:
-        return None
-    first = next(iter(inputs.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else -1
-
-
-def check_outputs(
-    model_name: str, specs: tuple[OutputSpec, ...], result: object, batch: int | None
-) -> Tensors:
-    """``result`` as Tensors when it holds exactly the config's outputs, else ModelExecutionError."""
-    if not isinstance(result, dict):
-        raise ModelExecutionError(
-            f"model '{model_name}' failed: returned a {type(result).__name__}, "
-            "expected a dict of numpy arrays"
-        )
-    for spec in specs:
-        if spec.name not in result:
-            raise ModelExecutionError(f"model '{model_name}' failed: output '{spec.name}' is missing")
-        problem = spec.problem(result[spec.name], batch)
-        if problem:
-            raise ModelExecutionError(f"model '{model_name}' failed: {problem}")
-    if len(result) != len(specs):
-        known = {spec.name for spec in specs}
-        extra = sorted(str(key) for key in result if key not in known)
-        raise ModelExecutionError(f"model '{model_name}' failed: unexpected output(s) {extra[:4]}")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,16 +159,10 @@ _MODULES = _ModuleCache()
 def _model_class(module: ModuleType, context: InstanceContext, filename: str) -> type[Any]:
     cls = getattr(module, "Model", None)
     if not isinstance(cls, type):
-        hint = (
-            " (Triton's TritonPythonModel API is not supported)"
-            if hasattr(module, "TritonPythonModel")
-            else ""
-        )
+        hint = " (Triton's TritonPythonModel API is not supported)" if hasattr(module, "TritonPythonModel") else ""
         raise InvalidArgument(f"model '{context.model_name}': {filename} defines no class 'Model'{hint}")
     if not callable(getattr(cls, "execute", None)):
-        raise InvalidArgument(
-            f"model '{context.model_name}': class 'Model' in {filename} has no execute method"
-        )
+        raise InvalidArgument(f"model '{context.model_name}': class 'Model' in {filename} has no execute method")
     return cls
 
 
@@ -252,22 +170,22 @@ def _model_class(module: ModuleType, context: InstanceContext, filename: str) ->
 
 
 class PythonBackend(Backend):
-    """One instance of a ``model.py`` model: its own ``Model`` object, driven on its own thread."""
+    """One instance of a ``model.py`` model: its own ``Model`` object. Pure Python holds the GIL,
+    so by default it runs on the event loop (``execution_mode: thread`` gives it a thread)."""
 
     default_filename = "model.py"
+    holds_gil = True
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)
         self._module: ModuleType | None = None
         self._model: Any = None
-        self._specs = output_specs(context.config)
 
     def load(self) -> None:
         path = self.model_file
         if not path.is_file():
             raise NotFound(
-                f"model '{self.context.model_name}' version {self.context.version}: "
-                f"file '{path.name}' not found"
+                f"model '{self.context.model_name}' version {self.context.version}: file '{path.name}' not found"
             )
         module = _MODULES.acquire(path, self.context)
         try:
@@ -285,8 +203,7 @@ class PythonBackend(Backend):
                 initialize(self.context)
         except Exception as exc:
             raise ModelExecutionError(
-                f"model '{self.context.model_name}' failed to initialize: "
-                f"{describe_exception(exc, self.context)}"
+                f"model '{self.context.model_name}' failed to initialize: {describe_exception(exc, self.context)}"
             ) from exc
         return model
 
@@ -299,9 +216,7 @@ class PythonBackend(Backend):
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
             ) from exc
-        return check_outputs(
-            self.context.model_name, self._specs, result, batch_size(self.context.config, inputs)
-        )
+        return result  # type: ignore[no-any-return]  # checked against the config by the scheduler
 
     def unload(self) -> None:
         model, module = self._model, self._module

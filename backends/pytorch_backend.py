@@ -41,7 +41,7 @@ from backends.common.errors import (
     NotFound,
 )
 from backends.proto import model_config_pb2 as mc
-from backends.python_backend import batch_size, check_outputs, describe_exception, output_specs
+from backends.python_backend import describe_exception
 
 _log = logging.getLogger(__name__)
 _INDEXED = re.compile(r"^.+__(\d+)$")  # Triton's <name>__<index> convention
@@ -122,14 +122,11 @@ def _device(torch: Any, context: InstanceContext) -> str:
     if device.kind != "gpu":
         return "cpu"
     if not torch.cuda.is_available():
-        raise FailedPrecondition(
-            f"model '{context.model_name}' asks for {device.name} but no CUDA device is available"
-        )
+        raise FailedPrecondition(f"model '{context.model_name}' asks for {device.name} but no CUDA device is available")
     count = int(torch.cuda.device_count())
     if device.index >= count:
         raise FailedPrecondition(
-            f"model '{context.model_name}' asks for {device.name} "
-            f"but only {count} CUDA device(s) are available"
+            f"model '{context.model_name}' asks for {device.name} but only {count} CUDA device(s) are available"
         )
     return device.name
 
@@ -140,9 +137,7 @@ def _thread_parameter(context: InstanceContext, key: str) -> int:
     if not text:
         return 0
     if not text.isdigit():
-        raise ConfigError(
-            f"model '{context.model_name}'", f"parameters.{key}", f"'{text[:32]}' is not a count"
-        )
+        raise ConfigError(f"model '{context.model_name}'", f"parameters.{key}", f"'{text[:32]}' is not a count")
     return int(text)
 
 
@@ -163,9 +158,7 @@ def _set_threads(torch: Any, context: InstanceContext) -> None:
 
 def _load_script(torch: Any, path: Path, device: str, context: InstanceContext) -> Any:
     if not path.is_file():
-        raise NotFound(
-            f"model '{context.model_name}' version {context.version}: file '{path.name}' not found"
-        )
+        raise NotFound(f"model '{context.model_name}' version {context.version}: file '{path.name}' not found")
     try:
         module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:
@@ -204,7 +197,6 @@ class PyTorchBackend(Backend):
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)
         config = context.config
-        self._specs = output_specs(config)
         self._bf16 = frozenset(t.name for t in config.input if t.data_type == mc.TYPE_BF16)
         self._outputs = output_positions([t.name for t in config.output])
         self._plan = InputPlan(())
@@ -238,10 +230,8 @@ class PyTorchBackend(Backend):
             outputs = {name: self._to_host(tensor) for name, tensor in self._collect(result).items()}
             if self._stream is not None:
                 self._stream.synchronize()  # the host copies above are asynchronous
-        arrays = {name: self._to_numpy(tensor) for name, tensor in outputs.items()}
-        return check_outputs(
-            self.context.model_name, self._specs, arrays, batch_size(self.context.config, inputs)
-        )
+        # types and shapes are checked against the config by the scheduler, once per batch
+        return {name: self._to_numpy(tensor) for name, tensor in outputs.items()}
 
     def _tensor(self, name: str, inputs: Tensors) -> Any:
         array = inputs.get(name)

@@ -23,21 +23,15 @@ def backend_name(config: mc.ModelConfig, version_path: Path | None = None) -> st
     """The backend's name ("python", "pytorch"); ConfigError when it is unknown or ambiguous."""
     source = f"model '{config.name}'"
     if config.platform and config.platform not in PLATFORMS:
-        raise ConfigError(
-            source, "platform", f"unknown platform '{config.platform[:64]}' ({_known(PLATFORMS)})"
-        )
+        raise ConfigError(source, "platform", f"unknown platform '{config.platform[:64]}' ({_known(PLATFORMS)})")
     if config.backend and config.backend not in BACKENDS:
         raise ConfigError(source, "backend", f"unknown backend '{config.backend[:64]}' ({_known(BACKENDS)})")
     from_platform = PLATFORMS.get(config.platform, "")
     if config.backend and from_platform and config.backend != from_platform:
-        raise ConfigError(
-            source, "backend", f"backend '{config.backend}' contradicts platform '{config.platform}'"
-        )
+        raise ConfigError(source, "backend", f"backend '{config.backend}' contradicts platform '{config.platform}'")
     name = config.backend or from_platform or _infer(config, version_path)
     if not name:
-        raise ConfigError(
-            source, "backend", "neither backend nor platform is set, and no model file shows it"
-        )
+        raise ConfigError(source, "backend", "neither backend nor platform is set, and no model file shows it")
     return name
 
 

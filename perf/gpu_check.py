@@ -158,9 +158,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="PyTorch backend on cuda:0 vs the CPU")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--atol", type=float, default=1e-5)
-    parser.add_argument(
-        "--dry-run-on-cpu", action="store_true", help="test this script: 'GPU' instances on the CPU"
-    )
+    parser.add_argument("--dry-run-on-cpu", action="store_true", help="test this script: 'GPU' instances on the CPU")
     args = parser.parse_args()
     torch, why = environment()
     if torch is None and not args.dry_run_on_cpu:

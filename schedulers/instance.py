@@ -1,9 +1,14 @@
-"""A model instance on its own execution thread.
+"""A model instance and where it executes.
 
-The backend is created, loaded, run and unloaded on that thread (frameworks keep per-thread
-state: PyTorch's intra-op threads, a CUDA stream). Work is handed over through a SimpleQueue and
-results come back to the event loop with one ``call_soon_threadsafe``: two thread switches per
-batch, no executor machinery."""
+By default an instance has its own execution thread: the backend is created, loaded, run and
+unloaded on it (frameworks keep per-thread state: PyTorch's intra-op threads, a CUDA stream).
+Work is handed over through a SimpleQueue and results come back with one
+``call_soon_threadsafe``: two thread switches per batch, no executor machinery.
+
+A backend that holds the GIL throughout (pure Python) gains nothing from a thread and pays
+those switches, plus GIL hand-offs with the event loop under load; such an instance executes on
+the event loop itself (it still loads and unloads on a helper thread, so a slow import does not
+stall serving)."""
 
 from __future__ import annotations
 
@@ -13,23 +18,23 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Job = Callable[[Backend], Any]
 Done = Callable[[Any, BaseException | None], None]
 _STOP = object()
 
 
 class InstanceWorker:
-    """Runs one backend instance; ``submit`` jobs one at a time (the scheduler keeps it so)."""
+    """Runs one backend instance, one job at a time (the scheduler keeps it so)."""
 
-    def __init__(self, name: str, make_backend: Callable[[], Backend]) -> None:
+    def __init__(self, name: str, make_backend: Callable[[], Backend], *, on_loop: bool = False) -> None:
         self.name = name
+        self.on_loop = on_loop
         self._make_backend = make_backend
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"instance-{name}", daemon=True)
@@ -38,50 +43,75 @@ class InstanceWorker:
         self._backend: Backend | None = None
 
     async def start(self) -> None:
-        """Creates and loads the backend on the instance thread; raises what load raised."""
+        """Creates and loads the backend; raises what load raised."""
+        if self.on_loop:
+            self._backend = await asyncio.to_thread(self._load)
+            return
         self._thread.start()
         await asyncio.wrap_future(self._ready)
 
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop, done: Done) -> None:
-        """Runs ``job(backend)`` on the instance thread; ``done(result, error)`` runs on ``loop``."""
-        self._jobs.put((job, loop, done))
+        """Runs ``job(backend)``; ``done(result, error)`` then runs on ``loop`` (at once, before
+        returning, for an instance on the loop)."""
+        if self.on_loop:
+            assert self._backend is not None
+            done(*_call(job, self._backend))
+        else:
+            self._jobs.put((job, loop, done))
 
     async def stop(self) -> None:
-        """Unloads the backend on its thread after the jobs already submitted."""
+        """Unloads the backend after the jobs already submitted."""
+        if self.on_loop:
+            backend, self._backend = self._backend, None
+            if backend is not None:
+                await asyncio.to_thread(_unload, backend, self.name)
+            return
         if not self._thread.is_alive():
             return
         self._jobs.put(_STOP)
         await asyncio.wrap_future(self._stopped)
 
+    def _load(self) -> Backend:
+        backend = self._make_backend()
+        backend.load()
+        return backend
+
     def _run(self) -> None:
         try:
-            backend = self._make_backend()
-            backend.load()
-        except BaseException as exc:  # noqa: BLE001 - reported to the loader, which marks the version
+            backend = self._load()
+        except BaseException as exc:  # reported to the loader, which marks the version
             self._ready.set_exception(exc)
             self._stopped.set_result(None)
             return
-        self._backend = backend
         self._ready.set_result(None)
-        self._serve(backend)
+        try:
+            self._serve(backend)
+        finally:
+            _unload(backend, self.name)
+            self._stopped.set_result(None)
 
     def _serve(self, backend: Backend) -> None:
         while True:
             item = self._jobs.get()
             if item is _STOP:
-                break
+                return
             job, loop, done = item
-            try:
-                result, error = job(backend), None
-            except BaseException as exc:  # noqa: BLE001 - every failure goes back to its requests
-                result, error = None, exc
+            result, error = _call(job, backend)
             try:
                 loop.call_soon_threadsafe(done, result, error)
             except RuntimeError:  # the loop is closed: the server is gone, nobody waits
                 log.debug("instance %s: loop closed before a result was delivered", self.name)
-        try:
-            backend.unload()
-        except Exception:
-            log.exception("instance %s: unload failed", self.name)
-        finally:
-            self._stopped.set_result(None)
+
+
+def _call(job: Job, backend: Backend) -> tuple[Any, BaseException | None]:
+    try:
+        return job(backend), None
+    except Exception as exc:  # every failure goes back to the batch's requests
+        return None, exc
+
+
+def _unload(backend: Backend, name: str) -> None:
+    try:
+        backend.unload()
+    except Exception:
+        log.exception("instance %s: unload failed", name)

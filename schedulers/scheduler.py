@@ -17,8 +17,9 @@ from typing import Any
 
 from backends.base import Backend, Tensors
 from backends.common.errors import Unavailable
+from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
-from schedulers.batching import OutputChecker, batch_key, merge, split
+from schedulers.batching import batch_key, merge, split
 from schedulers.instance import InstanceWorker
 from schedulers.stats import ExecutionTimes, ModelStats
 
@@ -51,12 +52,15 @@ class ModelScheduler:
         self._idle: list[InstanceWorker] = list(workers)
         self._queue: deque[_Pending] = deque()
         self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
+        self._max_batch_size = config.max_batch_size
         self._max_batch = max(config.max_batch_size, 1)
-        self._checker = OutputChecker(config)
+        self._specs = output_specs(config)
         self._closed = False
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_scheduled = False
+        self._dispatching = False
 
     @property
     def in_flight(self) -> int:
@@ -73,7 +77,12 @@ class ModelScheduler:
             pending.key = batch_key(inputs)
         self._queue.append(pending)
         self._drained.clear()
-        self._dispatch()
+        if not self._batching:
+            self._dispatch()
+        elif not self._dispatch_scheduled:
+            # wait for the end of this loop iteration: requests that arrived together batch together
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch)
         return await pending.future
 
     async def close(self) -> None:
@@ -83,13 +92,20 @@ class ModelScheduler:
         await asyncio.gather(*(w.stop() for w in self._workers))
 
     def _dispatch(self) -> None:
-        while self._idle:
-            batch = self._next_batch()
-            if batch is None:
-                break
-            worker = self._idle.pop()
-            assert self._loop is not None
-            worker.submit(self._job(batch), self._loop, self._completion(worker, batch))
+        self._dispatch_scheduled = False
+        if self._dispatching:  # a completion inside submit(): the loop below goes on by itself
+            return
+        self._dispatching = True
+        try:
+            while self._idle:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                worker = self._idle.pop()
+                assert self._loop is not None
+                worker.submit(self._job(batch), self._loop, self._completion(worker, batch))
+        finally:
+            self._dispatching = False
         if not self._queue and len(self._idle) == len(self._workers):
             self._drained.set()
 
@@ -126,13 +142,13 @@ class ModelScheduler:
 
     def _job(self, batch: _Batch) -> Any:
         sizes, parts = batch.sizes, [r.inputs for r in batch.requests]
-        checker = self._checker
+        model, specs, batched = self.config.name, self._specs, self._max_batch_size > 0
 
         def run(backend: Backend) -> tuple[list[Tensors], ExecutionTimes]:
             t0 = time.perf_counter_ns()
             inputs = merge(parts)
             t1 = time.perf_counter_ns()
-            outputs = checker.check(backend.execute(inputs), sum(sizes))
+            outputs = check_outputs(model, specs, backend.execute(inputs), sum(sizes) if batched else None)
             t2 = time.perf_counter_ns()
             result = split(outputs, sizes)
             return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

@@ -22,9 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class MLP(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy skips it)
     def __init__(self) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
+        self.layers = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -64,9 +64,7 @@ class DataPlane:
         signature = model.signature
         batch = [-1] if model.config.max_batch_size > 0 else []
         inputs = [TensorMetadata(n, s.datatype, batch + list(s.dims)) for n, s in signature.inputs.items()]
-        outputs = [
-            TensorMetadata(o.name, signature.outputs[o.name], batch + list(o.dims)) for o in model.config.output
-        ]
+        outputs = [TensorMetadata(o.name, signature.outputs[o.name], batch + list(o.dims)) for o in model.config.output]
         versions = [str(v.version) for v in self.repository.versions(name)]
         return ModelMetadata(name, versions, model.platform, inputs, outputs)
 

@@ -121,4 +121,3 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     for key, value in response.parameters.items():
         encode_parameter(message.parameters[key], value)
     return message
-

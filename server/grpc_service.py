@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -25,14 +25,17 @@ log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+S = TypeVar("S")
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 
-def guarded(handler: Handler) -> Handler:
+def guarded(handler: Callable[[S, Q, Any], Awaitable[R]]) -> Callable[[S, Q, Any], Awaitable[R]]:
     """Turns errors into statuses: ours keep their code and message, anything else is INTERNAL
     with nothing leaked (the details go to the log)."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: S, request: Q, context: Any) -> R:
         try:
             return await handler(self, request, context)
         except ClipperdError as error:
@@ -40,8 +43,9 @@ def guarded(handler: Handler) -> Handler:
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
-            log.exception("internal error in %s", handler.__name__)
+            log.exception("internal error in %s", getattr(handler, "__name__", "a handler"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("context.abort returned")  # abort always raises
 
     return wrapper
 
@@ -105,9 +109,7 @@ class InferenceService:
         finally:
             reader.cancel()
 
-    async def _read_stream(
-        self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any]
-    ) -> None:
+    async def _read_stream(self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any]) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for request in requests:
@@ -200,7 +202,10 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
         request_class, response_class = _message_types(method)
-        codec = {"request_deserializer": request_class.FromString, "response_serializer": response_class.SerializeToString}
+        codec = {
+            "request_deserializer": request_class.FromString,
+            "response_serializer": response_class.SerializeToString,
+        }
         if method == "ModelStreamInfer":
             handlers[method] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)
         elif method in _UNIMPLEMENTED:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
-from backends.devices import gpu_count
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
+from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
 from schedulers.instance import InstanceWorker
 from schedulers.scheduler import ModelScheduler
@@ -20,6 +20,8 @@ from schedulers.stats import ModelStats
 from server.validation import ModelSignature
 
 log = logging.getLogger(__name__)
+
+EXECUTION_MODE = "execution_mode"  # config parameter: where instances execute
 
 
 @dataclass
@@ -83,10 +85,11 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
     threads = max(1, (os.cpu_count() or 1) // max(cpu_instances, 1))
     parameters = {k: v.string_value for k, v in config.parameters.items()}
+    on_loop = _runs_on_loop(config.name, backend_class, parameters)
     workers = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, parameters)
-        workers.append(InstanceWorker(name, functools.partial(_make, backend_class, context)))
+        workers.append(InstanceWorker(name, functools.partial(_make, backend_class, context), on_loop=on_loop))
     results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
@@ -95,6 +98,16 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     stats = ModelStats()
     scheduler = ModelScheduler(config, workers, stats)
     return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats)
+
+
+def _runs_on_loop(model: str, backend_class: type[Backend], parameters: dict[str, str]) -> bool:
+    """``execution_mode`` (``thread`` or ``event_loop``) overrides the backend's own preference."""
+    mode = parameters.get(EXECUTION_MODE, "")
+    if mode not in ("", "thread", "event_loop"):
+        raise InvalidArgument(
+            f"model '{model}': parameter '{EXECUTION_MODE}' must be 'thread' or 'event_loop', got {mode[:32]!r}"
+        )
+    return mode == "event_loop" or (not mode and backend_class.holds_gil)
 
 
 def _make(backend_class: type[Backend], context: InstanceContext) -> Backend:

@@ -89,8 +89,7 @@ class ModelSignature:
                 )
             if shape[0] > self.max_batch_size:
                 raise InvalidArgument(
-                    f"inference request batch-size must be <= {self.max_batch_size} for '{self.model}', "
-                    f"got {shape[0]}"
+                    f"inference request batch-size must be <= {self.max_batch_size} for '{self.model}', got {shape[0]}"
                 )
             if batch not in (-1, shape[0]):
                 raise InvalidArgument(f"input '{tensor.name}' has batch size {shape[0]}, other inputs {batch}")

@@ -50,9 +50,7 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
 
 
-def make_context(
-    config: mc.ModelConfig, version_path: Path, device: Device = CPU, threads: int = 1
-) -> InstanceContext:
+def make_context(config: mc.ModelConfig, version_path: Path, device: Device = CPU, threads: int = 1) -> InstanceContext:
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     return InstanceContext(
         config=config,
@@ -89,9 +87,7 @@ output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 """
 
 
-def python_model(
-    tmp_path: Path, source: str, name: str = "pym", version: int = 1, config: str = ""
-) -> InstanceContext:
+def python_model(tmp_path: Path, source: str, name: str = "pym", version: int = 1, config: str = "") -> InstanceContext:
     """A python model in a repository under tmp_path, FP32 INPUT0 [4] -> OUTPUT0 [4] by default."""
     model_dir = tmp_path / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
@@ -250,9 +246,7 @@ def test_a_changed_file_is_imported_afresh(tmp_path: Path) -> None:
 
 def test_max_batch_size_zero_shapes_are_the_dims(tmp_path: Path) -> None:
     config = FP32_CONFIG.format(name="nb").replace("max_batch_size: 8", "max_batch_size: 0")
-    source = (
-        "class Model:\n    def execute(self, inputs):\n        return {'OUTPUT0': inputs['INPUT0'] * 2}\n"
-    )
+    source = "class Model:\n    def execute(self, inputs):\n        return {'OUTPUT0': inputs['INPUT0'] * 2}\n"
     backend = loaded(PythonBackend, python_model(tmp_path, source, name="nb", config=config))
     x = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(backend.execute({"INPUT0": x})["OUTPUT0"], x * 2)
@@ -279,9 +273,7 @@ def test_missing_model_py(tmp_path: Path) -> None:
 
 
 def test_syntax_error(tmp_path: Path) -> None:
-    context = python_model(
-        tmp_path, "class Model:\n    def execute(self, inputs)\n        pass\n", name="syn"
-    )
+    context = python_model(tmp_path, "class Model:\n    def execute(self, inputs)\n        pass\n", name="syn")
     with pytest.raises(InvalidArgument, match=r"model 'syn': model.py line 2: syntax error") as info:
         PythonBackend(context).load()
     assert_clean(info.value, tmp_path)
@@ -304,9 +296,7 @@ def test_no_usable_model_class(tmp_path: Path, source: str, pattern: str) -> Non
 
 def test_import_raising(tmp_path: Path) -> None:
     context = python_model(tmp_path, "import no_such_module_for_clipperd\n", name="imp")
-    with pytest.raises(
-        ModelExecutionError, match=r"importing model.py failed: ModuleNotFoundError: No module"
-    ):
+    with pytest.raises(ModelExecutionError, match=r"importing model.py failed: ModuleNotFoundError: No module"):
         PythonBackend(context).load()
 
 
@@ -368,9 +358,7 @@ BAD_RESULTS = [
 
 
 @pytest.mark.parametrize(("expression", "pattern"), BAD_RESULTS)
-def test_execute_returning_what_the_config_does_not_allow(
-    tmp_path: Path, expression: str, pattern: str
-) -> None:
+def test_execute_returning_what_the_config_does_not_allow(tmp_path: Path, expression: str, pattern: str) -> None:
     source = f"class Model:\n    def execute(self, inputs):\n        return {expression}\n"
     backend = loaded(PythonBackend, python_model(tmp_path, source, name="res"))
     with pytest.raises(ModelExecutionError, match=r"^model 'res' failed: " + pattern):
@@ -419,8 +407,7 @@ def script_module(source: str, directory: Path) -> Any:
     name = f"_clipperd_test_torch_{abs(hash(source)):x}"
     file = directory / f"{name}.py"
     file.write_text(
-        "import torch\nfrom torch import nn, Tensor\nfrom typing import Dict, List, Optional, Tuple\n"
-        + source
+        "import torch\nfrom torch import nn, Tensor\nfrom typing import Dict, List, Optional, Tuple\n" + source
     )
     spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None
@@ -644,15 +631,11 @@ class M(nn.Module):
             raise ValueError("negative input")
         return a @ torch.ones(5, 4)
 """
-    context = torch_model(
-        tmp_path, script_module(source, tmp_path), [("IN", "TYPE_FP32")], [("OUT", "TYPE_FP32")]
-    )
+    context = torch_model(tmp_path, script_module(source, tmp_path), [("IN", "TYPE_FP32")], [("OUT", "TYPE_FP32")])
     backend = loaded(PyTorchBackend, context)
     with pytest.raises(ModelExecutionError) as info:
         backend.execute({"IN": np.ones((2, 4), np.float32)})
-    assert info.value.message.startswith(
-        "model 'tm' failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
-    )
+    assert info.value.message.startswith("model 'tm' failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied")
     assert_clean(info.value, tmp_path)
     with pytest.raises(ModelExecutionError, match=r"^model 'tm' failed: ValueError: negative input$"):
         backend.execute({"IN": -np.ones((2, 4), np.float32)})
@@ -695,9 +678,7 @@ def test_missing_model_pt(tmp_path: Path) -> None:
 def test_corrupt_model_pt(tmp_path: Path) -> None:
     context = torch_model(tmp_path, None, [("IN", "TYPE_FP32")], [("OUT", "TYPE_FP32")], name="junk")
     (context.version_path / "model.pt").write_bytes(rng.bytes(4096))
-    with pytest.raises(
-        InvalidArgument, match=r"^model 'junk': model.pt is not a loadable TorchScript model: "
-    ) as info:
+    with pytest.raises(InvalidArgument, match=r"^model 'junk': model.pt is not a loadable TorchScript model: ") as info:
         PyTorchBackend(context).load()
     assert_clean(info.value, tmp_path)
 

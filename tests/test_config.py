@@ -162,9 +162,7 @@ optimization {
 @pytest.mark.parametrize("filename", ["config.yaml", "config.yml"])
 def test_yaml_equals_pbtxt(tmp_path: Path, filename: str) -> None:
     from_yaml = load_model_config(write_model(tmp_path / "a", "yaml_model", {filename: YAML_CONFIG}))
-    from_pbtxt = load_model_config(
-        write_model(tmp_path / "b", "yaml_model", {"config.pbtxt": PBTXT_EQUIVALENT})
-    )
+    from_pbtxt = load_model_config(write_model(tmp_path / "b", "yaml_model", {"config.pbtxt": PBTXT_EQUIVALENT}))
     assert from_yaml == from_pbtxt
 
 
@@ -341,9 +339,7 @@ INVALID = [
         "input[1].reshape",
         "variable dimensions",
     ),
-    bad(
-        "reshape-zero", sub(DIMS_B, "dims: [ 2 ] reshape { shape: [ 0 ] }"), "input[1].reshape.shape", "got 0"
-    ),
+    bad("reshape-zero", sub(DIMS_B, "dims: [ 2 ] reshape { shape: [ 0 ] }"), "input[1].reshape.shape", "got 0"),
     bad(
         "count",
         with_fields("instance_group [ { count: 1 }, { count: -2 } ]"),
@@ -417,9 +413,7 @@ def test_validation_errors_name_file_and_field(tmp_path: Path, text: str, field:
 
 
 @pytest.mark.parametrize(("text", "field", "problem"), INVALID)
-def test_validation_errors_in_yaml_name_the_yaml_file(
-    tmp_path: Path, text: str, field: str, problem: str
-) -> None:
+def test_validation_errors_in_yaml_name_the_yaml_file(tmp_path: Path, text: str, field: str, problem: str) -> None:
     config = text_format.Parse(text, mc.ModelConfig())
     model = write_model(tmp_path, "m", {"config.yml": yaml.safe_dump(config_to_json(config))})
     with pytest.raises(ConfigError) as info:
@@ -434,9 +428,7 @@ VALID = [
     pytest.param(sub(*NO_BATCH, DIMS_B, "dims: [ 1 ] reshape { shape: [ ] }"), id="scalar-reshape"),
     pytest.param(sub(DIMS_B, "dims: [ -1, 2, 3 ] reshape { shape: [ -1, 6 ] }"), id="reshape-variable"),
     pytest.param(sub('backend: "python"\n', ""), id="no-backend"),
-    pytest.param(
-        with_fields("instance_group [ { count: 0 kind: KIND_GPU gpus: [ 0, 1 ] } ]"), id="count-zero"
-    ),
+    pytest.param(with_fields("instance_group [ { count: 0 kind: KIND_GPU gpus: [ 0, 1 ] } ]"), id="count-zero"),
     pytest.param(
         with_fields(
             f"{DYN} {{ preferred_batch_size: [ 1, 8 ] priority_levels: 2 default_priority_level: 2\n"

@@ -203,9 +203,7 @@ def _check_dims(source: str, field: str, dims: Iterable[int]) -> None:
 
 def _check_shape_present(config: mc.ModelConfig, source: str, where: str, tensor: Tensor) -> None:
     if config.max_batch_size == 0 and not tensor.dims and not tensor.HasField("reshape"):
-        raise ConfigError(
-            source, f"{where}.dims", "dims must not be empty when max_batch_size is 0 (give a reshape)"
-        )
+        raise ConfigError(source, f"{where}.dims", "dims must not be empty when max_batch_size is 0 (give a reshape)")
 
 
 def _check_reshape(source: str, where: str, tensor: Tensor) -> None:
@@ -340,10 +338,7 @@ _INT64_TYPES = frozenset(
 
 
 def _ints_of_message(data: dict[str, Any], desc: _descriptor.Descriptor) -> dict[str, Any]:
-    return {
-        k: _ints_of_field(v, desc.fields_by_name[k]) if k in desc.fields_by_name else v
-        for k, v in data.items()
-    }
+    return {k: _ints_of_field(v, desc.fields_by_name[k]) if k in desc.fields_by_name else v for k, v in data.items()}
 
 
 def _ints_of_field(value: Any, field: _descriptor.FieldDescriptor) -> Any:

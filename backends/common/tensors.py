@@ -36,8 +36,7 @@ def array_from_raw(raw: bytes | memoryview, dtype: DataType, shape: Sequence[int
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input '{name}': {len(raw)} bytes of raw data, but shape {list(shape)} of {dtype.wire} "
-            f"needs {expected}"
+            f"input '{name}': {len(raw)} bytes of raw data, but shape {list(shape)} of {dtype.wire} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
 
