@@ -25,6 +25,7 @@ from backends.common.errors import (
     ModelExecutionError,
     NotFound,
 )
+from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend, indexed_order, input_plan, output_positions
@@ -247,11 +248,15 @@ def test_a_changed_file_is_imported_afresh(tmp_path: Path) -> None:
 def test_max_batch_size_zero_shapes_are_the_dims(tmp_path: Path) -> None:
     config = FP32_CONFIG.format(name="nb").replace("max_batch_size: 8", "max_batch_size: 0")
     source = "class Model:\n    def execute(self, inputs):\n        return {'OUTPUT0': inputs['INPUT0'] * 2}\n"
-    backend = loaded(PythonBackend, python_model(tmp_path, source, name="nb", config=config))
+    context = python_model(tmp_path, source, name="nb", config=config)
+    backend = loaded(PythonBackend, context)
+    specs = output_specs(context.config)
     x = np.arange(4, dtype=np.float32)
-    np.testing.assert_array_equal(backend.execute({"INPUT0": x})["OUTPUT0"], x * 2)
+    checked = check_outputs("nb", specs, backend.execute({"INPUT0": x}), None)  # no batch dimension
+    np.testing.assert_array_equal(checked["OUTPUT0"], x * 2)
+    # the scheduler checks every batch's outputs (backends.common.outputs), not the backend
     with pytest.raises(ModelExecutionError, match=r"shape \[1, 4\], config expects \[4\]"):
-        backend.execute({"INPUT0": x[None]})
+        check_outputs("nb", specs, backend.execute({"INPUT0": x[None]}), None)
 
 
 # ----------------------------------------------------------------------------------------- python: errors
@@ -360,9 +365,10 @@ BAD_RESULTS = [
 @pytest.mark.parametrize(("expression", "pattern"), BAD_RESULTS)
 def test_execute_returning_what_the_config_does_not_allow(tmp_path: Path, expression: str, pattern: str) -> None:
     source = f"class Model:\n    def execute(self, inputs):\n        return {expression}\n"
-    backend = loaded(PythonBackend, python_model(tmp_path, source, name="res"))
+    context = python_model(tmp_path, source, name="res")
+    result = loaded(PythonBackend, context).execute(fp32_batch(3))  # the backend passes it through
     with pytest.raises(ModelExecutionError, match=r"^model 'res' failed: " + pattern):
-        backend.execute(fp32_batch(3))
+        check_outputs("res", output_specs(context.config), result, 3)  # as the scheduler does per batch
 
 
 # ----------------------------------------------------------------------------------------- pytorch
