@@ -83,7 +83,7 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     backend_class = registry.backend_class(config, version_path)
     placed = instance_devices(config, version_path)
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_instances, 1))
+    threads = cpu_threads_per_instance(cpu_instances)
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     on_loop = _runs_on_loop(config.name, backend_class, parameters)
     workers = []
@@ -98,6 +98,13 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     stats = ModelStats()
     scheduler = ModelScheduler(config, workers, stats)
     return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats)
+
+
+def cpu_threads_per_instance(cpu_instances: int) -> int:
+    """Intra-op threads for each CPU instance: the cores, less one for the event loop (which
+    decodes, batches and encodes), shared among the instances, so none oversubscribes them."""
+    cores = os.cpu_count() or 1
+    return max(1, (cores - 1) // max(cpu_instances, 1))
 
 
 def _runs_on_loop(model: str, backend_class: type[Backend], parameters: dict[str, str]) -> bool:
