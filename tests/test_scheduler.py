@@ -1,0 +1,520 @@
+"""The per-model queue and batcher (schedulers.scheduler.ModelScheduler) over real instance workers
+(schedulers.instance.InstanceWorker), in process, with a test backend the test holds on a gate:
+no sleeps, every step waits on an event with a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backends.base import CPU, Backend, InstanceContext, Tensors
+from backends.common.errors import ModelExecutionError, Unavailable
+from backends.proto import model_config_pb2 as mc
+from schedulers.instance import InstanceWorker
+from schedulers.scheduler import ModelScheduler
+from schedulers.stats import ModelStats
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10.0  # the longest any step may take; a hang fails the test instead of blocking it
+
+
+# ----------------------------------------------------------------------------------------- the harness
+
+
+class Gate:
+    """Where the test holds the backend: every execute announces itself, then (while holding)
+    waits for a permit the test hands out."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self._entered = threading.Semaphore(0)
+        self._permits = threading.Semaphore(0)
+
+    def pass_through(self) -> None:
+        self._entered.release()
+        if self.hold and not self._permits.acquire(timeout=WAIT):
+            raise TimeoutError("the test never released this batch")
+
+    async def entered(self) -> None:
+        """Returns once one more execute has started (and, while holding, is waiting)."""
+        assert await asyncio.to_thread(self._entered.acquire, True, WAIT), "no execute started"
+
+    def release(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._permits.release()
+
+    def open(self) -> None:
+        """Stops holding: the waiting execute and every later one go through."""
+        self.hold = False
+        self.release(1000)
+
+
+Behaviour = Callable[[Tensors], Any]
+
+
+def plus_one(inputs: Tensors) -> Any:
+    return {"OUT": (inputs["IN"] + 1).astype(np.float32)}
+
+
+@dataclass
+class Call:
+    thread: str
+    shape: tuple[int, ...]
+    dtype: str
+    values: list[float]  # the first column of every row: the tests put a request's id there
+
+
+@dataclass
+class Log:
+    calls: list[Call] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # "load", "execute", "unload" as they happened
+
+    @property
+    def batches(self) -> list[int]:
+        return [call.shape[0] for call in self.calls]
+
+    @property
+    def values(self) -> list[list[float]]:
+        return [call.values for call in self.calls]
+
+
+class GatedBackend(Backend):
+    def __init__(self, context: InstanceContext, gate: Gate, behaviour: Behaviour, log: Log) -> None:
+        super().__init__(context)
+        self.gate, self.behaviour, self.log = gate, behaviour, log
+
+    def load(self) -> None:
+        self.log.loads.append(threading.current_thread().name)
+        self.log.order.append("load")
+
+    def execute(self, inputs: Tensors) -> Tensors:
+        x = inputs["IN"]
+        first = x.reshape(x.shape[0], -1)[:, 0] if x.ndim > 1 else x[:1]
+        call = Call(threading.current_thread().name, x.shape, x.dtype.str, [float(v) for v in first])
+        self.log.calls.append(call)
+        self.log.order.append("execute")
+        self.gate.pass_through()
+        return self.behaviour(inputs)  # type: ignore[no-any-return]
+
+    def unload(self) -> None:
+        self.log.unloads.append(threading.current_thread().name)
+        self.log.order.append("unload")
+
+
+def model_config(max_batch_size: int = 8, dynamic: bool = True, dims: tuple[int, ...] = (-1,)) -> mc.ModelConfig:
+    config = mc.ModelConfig(name="m", backend="python", max_batch_size=max_batch_size)
+    config.input.add(name="IN", data_type=mc.TYPE_FP32, dims=list(dims))
+    config.output.add(name="OUT", data_type=mc.TYPE_FP32, dims=list(dims))
+    if dynamic:
+        config.dynamic_batching.SetInParent()
+    return config
+
+
+@dataclass
+class Harness:
+    scheduler: ModelScheduler
+    gate: Gate
+    log: Log
+    batched: bool
+
+    async def infer(self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32) -> Tensors:
+        """A request of ``rows`` rows (one row of ``width`` for an unbatched model), each filled with
+        ``value``: its id, which the backend records and the result carries (+1)."""
+        shape = (rows, width) if self.batched else (width,)
+        return await self.scheduler.execute({"IN": np.full(shape, value, dtype=dtype)}, rows)
+
+    def start(self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32) -> asyncio.Task[Tensors]:
+        return asyncio.ensure_future(self.infer(value, rows, width, dtype))
+
+    async def queued(self, count: int) -> None:
+        """Waits (a bounded number of loop turns) until ``count`` requests are waiting or running."""
+        for _ in range(1000):
+            if self.scheduler.in_flight >= count:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"{self.scheduler.in_flight} requests in flight, expected {count}")
+
+
+Factory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Factory]:
+    made: list[Harness] = []
+
+    async def make(
+        config: mc.ModelConfig | None = None,
+        *,
+        on_loop: bool = False,
+        hold: bool = False,
+        behaviour: Behaviour = plus_one,
+        count: int = 1,
+    ) -> Harness:
+        config = config or model_config()
+        gate, log = Gate(hold), Log()
+        workers = []
+        for i in range(count):
+            context = InstanceContext(config, 1, Path("/nonexistent/m/1"), CPU, f"w{i}")
+            workers.append(
+                InstanceWorker(f"w{i}", lambda c=context: GatedBackend(c, gate, behaviour, log), on_loop=on_loop)
+            )
+        await asyncio.gather(*(w.start() for w in workers))
+        made.append(Harness(ModelScheduler(config, workers, ModelStats()), gate, log, config.max_batch_size > 0))
+        return made[-1]
+
+    yield make
+    for h in made:  # a failed test must not leave instance threads waiting
+        h.gate.open()
+        with contextlib.suppress(TimeoutError):  # the test has already failed, and said why
+            await asyncio.wait_for(h.scheduler.close(), 5)
+
+
+def out(result: Tensors) -> list[float]:
+    return sorted({float(v) for v in np.asarray(result["OUT"]).ravel()})
+
+
+# ----------------------------------------------------------------------------------------- batching
+
+
+async def test_batches_form_from_the_requests_waiting_while_the_instance_is_busy(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()  # the instance is busy with request 0
+    waiting = [h.start(v) for v in range(1, 11)]
+    await h.queued(11)
+    assert h.log.batches == [1]
+    h.gate.release()  # request 0 finishes; the 10 waiting ones form batches of at most 8
+    await h.gate.entered()
+    assert h.log.batches == [1, 8]
+    h.gate.release()
+    await h.gate.entered()
+    h.gate.release()
+    results = await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 8, 2]
+    assert h.log.values == [[0], [1, 2, 3, 4, 5, 6, 7, 8], [9, 10]]  # oldest first
+    assert [out(r) for r in results] == [[v + 1] for v in range(11)]  # each request gets its own rows
+    assert all(r["OUT"].shape == (1, 4) for r in results)
+
+
+async def test_seven_waiting_requests_make_one_batch_of_seven(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(v) for v in range(1, 8)]
+    await h.queued(8)
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 7]
+
+
+async def test_multi_row_requests_fill_a_batch_without_going_over_max_batch_size(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    sizes = {1: 3, 2: 3, 3: 3, 4: 2, 5: 4}  # request id -> rows; max_batch_size is 8
+    waiting = [h.start(v, rows=rows) for v, rows in sizes.items()]
+    await h.queued(6)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), WAIT)
+    await first
+    # greedy: 3 + 3 = 6, the third 3 does not fit and keeps its place, the 2 fills the batch to 8
+    assert h.log.batches == [1, 8, 7]
+    assert [sorted(set(v)) for v in h.log.values] == [[0], [1, 2, 4], [3, 5]]
+    assert max(h.log.batches) <= 8
+    for (v, rows), result in zip(sizes.items(), results, strict=True):
+        assert result["OUT"].shape == (rows, 4)
+        assert out(result) == [v + 1]
+
+
+async def test_a_request_as_large_as_max_batch_size_runs_alone(harness: Factory) -> None:
+    h = await harness()
+    full = h.start(1, rows=8)
+    small = h.start(2, rows=1)
+    await asyncio.wait_for(asyncio.gather(full, small), WAIT)
+    assert h.log.batches == [8, 1]
+
+
+async def test_requests_with_different_shapes_or_types_are_never_merged(harness: Factory) -> None:
+    def cast(inputs: Tensors) -> Any:
+        return {"OUT": (inputs["IN"] + 1).astype(np.float32)}
+
+    h = await harness(hold=True, behaviour=cast)
+    first = h.start(0, width=4)
+    await h.gate.entered()
+    waiting = [
+        h.start(1, width=4),
+        h.start(2, width=5),
+        h.start(3, width=4),
+        h.start(4, width=5),
+        h.start(5, width=4, dtype=np.float64),
+        h.start(6, width=4),
+    ]
+    await h.queued(7)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), WAIT)
+    await first
+    groups = {(call.shape[1], call.dtype): sorted(set(call.values)) for call in h.log.calls[1:]}
+    assert groups == {(4, "<f4"): [1, 3, 6], (5, "<f4"): [2, 4], (4, "<f8"): [5]}
+    assert h.log.batches == [1, 3, 2, 1]
+    assert [out(r) for r in results] == [[v + 1] for v in range(1, 7)]
+    assert [r["OUT"].shape[1] for r in results] == [4, 5, 4, 5, 4, 4]
+
+
+async def test_without_dynamic_batching_each_request_executes_alone(harness: Factory) -> None:
+    h = await harness(model_config(dynamic=False), hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(v) for v in range(1, 4)]
+    await h.queued(4)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 1, 1, 1]
+    assert h.log.values == [[0], [1], [2], [3]]
+    assert [out(r) for r in results] == [[1], [2], [3], [4]]
+
+
+async def test_max_batch_size_zero_executes_each_request_alone_with_the_dims_as_shape(harness: Factory) -> None:
+    h = await harness(model_config(max_batch_size=0, dims=(4,)))
+    results = await asyncio.wait_for(asyncio.gather(*(h.start(v) for v in range(3))), WAIT)
+    assert [call.shape for call in h.log.calls] == [(4,), (4,), (4,)]
+    assert [r["OUT"].shape for r in results] == [(4,), (4,), (4,)]
+    assert [out(r) for r in results] == [[1], [2], [3]]
+
+
+async def test_two_instances_execute_two_batches_at_once(harness: Factory) -> None:
+    h = await harness(model_config(dynamic=False), hold=True, count=2)
+    a, b = h.start(1), h.start(2)
+    await h.gate.entered()
+    await h.gate.entered()  # both started while neither was released: two instances in parallel
+    assert sorted(call.thread for call in h.log.calls) == ["instance-w0", "instance-w1"]
+    h.gate.open()
+    assert [out(r) for r in await asyncio.wait_for(asyncio.gather(a, b), WAIT)] == [[2], [3]]
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "event_loop"])
+async def test_requests_arriving_together_batch_together(harness: Factory, on_loop: bool) -> None:
+    h = await harness(on_loop=on_loop)
+    results = await asyncio.wait_for(asyncio.gather(*(h.start(v) for v in range(10))), WAIT)
+    assert h.log.batches == [8, 2]
+    assert [out(r) for r in results] == [[v + 1] for v in range(10)]
+    where = {call.thread for call in h.log.calls}
+    assert where == ({threading.current_thread().name} if on_loop else {"instance-w0"})
+
+
+# ----------------------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "event_loop"])
+async def test_an_exception_in_execute_fails_its_batch_and_nothing_else(harness: Factory, on_loop: bool) -> None:
+    def fail_on_negative(inputs: Tensors) -> Any:
+        if (inputs["IN"] < 0).any():
+            raise ValueError("negative input")
+        return plus_one(inputs)
+
+    h = await harness(on_loop=on_loop, behaviour=fail_on_negative)
+    before = await asyncio.wait_for(h.start(0), WAIT)
+    batch = await asyncio.wait_for(asyncio.gather(*(h.start(v) for v in (1, -1, 2)), return_exceptions=True), WAIT)
+    after = await asyncio.wait_for(asyncio.gather(h.start(3), h.start(4)), WAIT)
+    assert h.log.batches == [1, 3, 2]
+    assert all(isinstance(r, ValueError) and str(r) == "negative input" for r in batch), batch
+    assert out(before) == [1]
+    assert [out(r) for r in after] == [[4], [5]]
+
+
+async def test_an_exception_in_a_held_batch_reaches_only_its_requests(harness: Factory) -> None:
+    def fail_on_negative(inputs: Tensors) -> Any:
+        if (inputs["IN"] < 0).any():
+            raise ValueError("negative input")
+        return plus_one(inputs)
+
+    h = await harness(hold=True, behaviour=fail_on_negative)
+    first = h.start(0)
+    await h.gate.entered()
+    bad = [h.start(v) for v in (1, -1, 2)]
+    await h.queued(4)
+    h.gate.release()  # request 0 ends; 1, -1, 2 run as one batch
+    await h.gate.entered()
+    later = h.start(3)  # arrives while the failing batch runs
+    await h.queued(2)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), WAIT)
+    assert all(isinstance(r, ValueError) for r in results), results
+    assert out(await asyncio.wait_for(first, WAIT)) == [1]
+    assert out(await asyncio.wait_for(later, WAIT)) == [4]
+    assert h.log.batches == [1, 3, 1]
+
+
+async def test_a_model_raising_system_exit_fails_its_batch_and_the_instance_keeps_serving(harness: Factory) -> None:
+    """``sys.exit()`` inside a model is a BaseException, not an Exception: it must still reach
+    the batch's requests, and must neither kill the instance thread nor leave requests hanging."""
+    calls = {"n": 0}
+
+    def exit_once(inputs: Tensors) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SystemExit("model called sys.exit")
+        return plus_one(inputs)
+
+    h = await harness(behaviour=exit_once)
+    done, _ = await asyncio.wait([h.start(1), h.start(2)], timeout=5)
+    assert len(done) == 2, "the requests of a batch whose model raised SystemExit never completed"
+    assert all(task.exception() is not None for task in done)
+    assert out(await asyncio.wait_for(h.start(3), WAIT)) == [4]
+
+
+BAD_OUTPUTS: list[tuple[str, Behaviour, str]] = [
+    (
+        "dtype",
+        lambda i: {"OUT": (i["IN"] + 1).astype(np.float64)},
+        "model 'm' failed: output 'OUT' has dtype float64, config expects FP32",
+    ),
+    ("missing", lambda i: {}, "model 'm' failed: output 'OUT' is missing"),
+    (
+        "batch",
+        lambda i: {"OUT": (i["IN"] + 1)[:1]},
+        "model 'm' failed: output 'OUT' has shape [1, 4], config expects [3, -1]",
+    ),
+    (
+        "extra",
+        lambda i: {"OUT": i["IN"] + 1, "EXTRA": i["IN"]},
+        "model 'm' failed: unexpected output(s) ['EXTRA']",
+    ),
+    ("list", lambda i: [i["IN"]], "model 'm' failed: returned a list, expected a dict of numpy arrays"),
+    ("not-array", lambda i: {"OUT": i["IN"].tolist()}, "model 'm' failed: output 'OUT' is a list, not a numpy array"),
+]
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "event_loop"])
+@pytest.mark.parametrize(("behaviour", "message"), [c[1:] for c in BAD_OUTPUTS], ids=[c[0] for c in BAD_OUTPUTS])
+async def test_outputs_the_config_does_not_allow_fail_every_request_of_the_batch(
+    harness: Factory, on_loop: bool, behaviour: Behaviour, message: str
+) -> None:
+    calls = {"n": 0}
+
+    def bad_once(inputs: Tensors) -> Any:
+        calls["n"] += 1
+        return behaviour(inputs) if calls["n"] == 1 else plus_one(inputs)
+
+    h = await harness(on_loop=on_loop, behaviour=bad_once)
+    results = await asyncio.wait_for(asyncio.gather(*(h.start(v) for v in range(3)), return_exceptions=True), WAIT)
+    assert h.log.batches == [3]
+    for result in results:
+        assert isinstance(result, ModelExecutionError), result
+        assert result.message == message
+    assert out(await asyncio.wait_for(h.start(7), WAIT)) == [8]  # the next batch is fine
+
+
+# ----------------------------------------------------------------------------------------- cancellation
+
+
+async def test_a_request_cancelled_while_queued_is_never_executed(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    mates = [h.start(1), h.start(2), h.start(3)]
+    await h.queued(4)
+    mates[1].cancel()
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, *mates, return_exceptions=True), WAIT)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [out(results[i]) for i in (0, 1, 3)] == [[1], [2], [4]]
+    assert h.log.values == [[0], [1, 3]]  # request 2's rows never reached the backend
+    assert out(await asyncio.wait_for(h.start(5), WAIT)) == [6]
+
+
+async def test_cancelling_every_queued_request_leaves_the_scheduler_working(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    queued = [h.start(v) for v in (1, 2)]
+    await h.queued(3)
+    for task in queued:
+        task.cancel()
+    h.gate.open()
+    assert out(await asyncio.wait_for(first, WAIT)) == [1]
+    assert out(await asyncio.wait_for(h.start(3), WAIT)) == [4]
+    assert h.log.values == [[0], [3]]
+    await asyncio.gather(*queued, return_exceptions=True)
+
+
+async def test_a_request_cancelled_before_dispatch_on_the_event_loop_is_never_executed(harness: Factory) -> None:
+    h = await harness(on_loop=True)
+    tasks = [h.start(v) for v in (1, 2, 3)]
+    await asyncio.sleep(0)  # one loop turn: the three are queued, the batch is formed at the end of the turn
+    assert h.scheduler.in_flight == 3
+    assert h.log.calls == []
+    tasks[1].cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [out(results[0]), out(results[2])] == [[2], [4]]
+    assert h.log.values == [[1, 3]]
+
+
+async def test_a_request_cancelled_while_executing_does_not_break_the_others(harness: Factory) -> None:
+    h = await harness(hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    mates = [h.start(1), h.start(2), h.start(3)]
+    await h.queued(4)
+    h.gate.release()
+    await h.gate.entered()  # 1, 2, 3 are executing together
+    mates[1].cancel()
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, *mates, return_exceptions=True), WAIT)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [out(results[i]) for i in (0, 1, 3)] == [[1], [2], [4]]
+    assert h.log.values == [[0], [1, 2, 3]]
+    assert out(await asyncio.wait_for(h.start(4), WAIT)) == [5]  # the instance came back
+    assert h.scheduler.in_flight == 0
+
+
+# ----------------------------------------------------------------------------------------- close
+
+
+async def test_close_waits_for_in_flight_work_then_unloads_on_the_instance_thread(harness: Factory) -> None:
+    h = await harness(hold=True)
+    running = h.start(0)
+    await h.gate.entered()
+    queued = h.start(1)
+    await h.queued(2)
+    closing = asyncio.ensure_future(h.scheduler.close())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not closing.done()
+    assert h.log.unloads == []
+    with pytest.raises(Unavailable, match=r"^model 'm' is unloading$"):
+        await h.infer(2)
+    h.gate.release()  # request 0 ends; the queued request 1 still runs before the unload
+    await h.gate.entered()
+    assert not closing.done()
+    assert h.log.unloads == []
+    h.gate.release()
+    await asyncio.wait_for(closing, WAIT)
+    assert [out(await running), out(await queued)] == [[1], [2]]
+    assert h.log.order == ["load", "execute", "execute", "unload"]
+    assert h.log.loads == h.log.unloads == ["instance-w0"]
+    assert {call.thread for call in h.log.calls} == {"instance-w0"}
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "event_loop"])
+async def test_close_of_an_idle_scheduler_unloads_every_instance_once(harness: Factory, on_loop: bool) -> None:
+    h = await harness(on_loop=on_loop, count=2)
+    assert out(await asyncio.wait_for(h.start(1), WAIT)) == [2]
+    await asyncio.wait_for(h.scheduler.close(), WAIT)
+    assert len(h.log.unloads) == 2
+    assert h.log.order[-2:] == ["unload", "unload"]
+    if on_loop:  # loads and unloads on a helper thread, never on the event loop
+        assert threading.current_thread().name not in h.log.loads + h.log.unloads
+    await asyncio.wait_for(h.scheduler.close(), WAIT)  # a second close is harmless
+    assert len(h.log.unloads) == 2
