@@ -1,0 +1,84 @@
+"""NVIDIA perf_analyzer, the real binary, against the example server over gRPC: it must run to
+the end (exit 0), measure a throughput, and read the server's own statistics."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.serverproc import ROOT, ServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+PA_TIMEOUT_S = 90
+
+
+def perf_analyzer() -> Path:
+    configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
+    path = Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"perf_analyzer not found at {path}: run scripts/install-perf-analyzer.sh (make test does)")
+    return path
+
+
+def server_stats(url: str, model: str) -> Any:
+    with grpcclient.InferenceServerClient(url) as client:
+        (stats,) = client.get_inference_statistics(model).model_stats
+    return stats
+
+
+@pytest.mark.parametrize("model", ["identity_fp32", "mlp_torch"])
+def test_perf_analyzer_grpc(example_server: ServerProcess, tmp_path: Path, model: str) -> None:
+    binary = perf_analyzer()
+    out = tmp_path / "out.csv"
+    before = server_stats(example_server.url, model)
+    cmd = [
+        str(binary),
+        "-m",
+        model,
+        "-i",
+        "grpc",
+        "-u",
+        example_server.url,
+        "--concurrency-range",
+        "1:4:3",
+        "--measurement-interval",
+        "1500",
+        "--stability-percentage",
+        "50",
+        "--max-trials",
+        "10",
+        "-f",
+        str(out),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=PA_TIMEOUT_S, check=False)
+    report = f"perf_analyzer exited {run.returncode}\nstdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
+    assert run.returncode == 0, report
+    after = server_stats(example_server.url, model)
+
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["Concurrency"]) for r in rows] == [1, 4], report
+    for row in rows:
+        assert float(row["Inferences/Second"]) > 0, row
+        assert "Server Compute Infer" in row, row  # perf_analyzer read the statistics extension
+
+    # every request perf_analyzer saw answered was counted by the server, none failed
+    client_counts = [int(n) for n in re.findall(r"Client:\s*\n\s*Request count: (\d+)", run.stdout)]
+    server_counts = [int(n) for n in re.findall(r"Successful request count: (\d+)", run.stdout)]
+    assert len(client_counts) == 2, report
+    assert len(server_counts) == 2, report  # the "Server:" part comes from ModelStatistics
+    assert all(n > 0 for n in client_counts + server_counts), report
+    sent = after.inference_stats.success.count - before.inference_stats.success.count
+    assert sent >= sum(client_counts)
+    assert sent >= sum(server_counts)
+    assert after.inference_stats.fail.count == before.inference_stats.fail.count
+    assert after.inference_count - before.inference_count == sent  # batch size 1 each
+    assert 1 <= after.execution_count - before.execution_count <= sent
