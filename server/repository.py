@@ -127,6 +127,7 @@ class ModelRepository:
             names = self.scan() if "*" in self.startup_models else self.startup_models
         else:
             names = self.scan()
+        self._expected.update(names)  # even those whose folder is missing: readiness waits for them
         await asyncio.gather(*(self._load_quietly(n) for n in names))
 
     async def stop(self) -> None:
