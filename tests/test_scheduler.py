@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ async def harness() -> AsyncIterator[Factory]:
         for i in range(count):
             context = InstanceContext(config, 1, Path("/nonexistent/m/1"), CPU, f"w{i}")
             workers.append(
-                InstanceWorker(f"w{i}", lambda c=context: GatedBackend(c, gate, behaviour, log), on_loop=on_loop)
+                InstanceWorker(f"w{i}", functools.partial(GatedBackend, context, gate, behaviour, log), on_loop=on_loop)
             )
         await asyncio.gather(*(w.start() for w in workers))
         made.append(Harness(ModelScheduler(config, workers, ModelStats()), gate, log, config.max_batch_size > 0))
@@ -180,7 +181,9 @@ async def harness() -> AsyncIterator[Factory]:
             await asyncio.wait_for(h.scheduler.close(), 5)
 
 
-def out(result: Tensors) -> list[float]:
+def out(result: Tensors | BaseException) -> list[float]:
+    """The distinct values of a request's OUT (its id + 1 for a plus-one model)."""
+    assert isinstance(result, dict), result
     return sorted({float(v) for v in np.asarray(result["OUT"]).ravel()})
 
 
