@@ -212,7 +212,7 @@ class PythonBackend(Backend):
             raise FailedPrecondition(f"model '{self.context.model_name}' is not loaded")
         try:
             result = self._model.execute(inputs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a model fails its batch only
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
             ) from exc

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.base import Backend
+from backends.common.errors import ModelExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ def _call(job: Job, backend: Backend) -> tuple[Any, BaseException | None]:
         return job(backend), None
     except Exception as exc:  # every failure goes back to the batch's requests
         return None, exc
+    except BaseException as exc:  # a model's sys.exit() must end neither its instance nor the server
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return None, ModelExecutionError(f"model instance {backend.context.instance_name} failed: {exc!r}")
 
 
 def _unload(backend: Backend, name: str) -> None:

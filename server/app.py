@@ -23,6 +23,7 @@ class Server:
         self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
         self.plane = DataPlane(self.repository, settings.strict_readiness)
         self.grpc_port = 0
+        self.clean_exit = True  # False when the exit timeout cut in-flight work short
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -45,8 +46,16 @@ class Server:
         self.plane.accepting = False
         if poller is not None:
             poller.cancel()
+        deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
         await grpc_server.stop(grace=settings.exit_timeout_secs)
-        await self.repository.stop()
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(self.repository.stop(), remaining)
+        except TimeoutError:
+            busy = sorted({mv.name for mv in self.repository.loaded()})
+            log.error("exit timeout expired with work still running (%s): exiting now", ", ".join(busy) or "unloading")
+            self.clean_exit = False
+            return
         log.info("stopped")
 
     def _start_polling(self) -> asyncio.Task[None] | None:
@@ -67,10 +76,12 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> bool:
+    """Runs until SIGTERM/SIGINT; False when the exit timeout cut in-flight work short."""
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, server.request_stop)
     await server.run()
+    return server.clean_exit

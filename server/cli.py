@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
         return 2
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(settings))
+        clean = runner.run(serve(settings))
+        if not clean:  # a model is stuck: its thread cannot be joined, leave without waiting for it
+            logging.shutdown()
+            os._exit(1)
     return 0
 
 

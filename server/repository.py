@@ -282,7 +282,9 @@ class ModelRepository:
     def _mark_failed(self, entry: ModelEntry, reason: str) -> None:
         entry.reason = reason
         for version, status in entry.status.items():
-            if version not in entry.serving:
+            if version in entry.serving:  # still answering: say why the new files were not taken
+                status.reason = f"reload failed: {reason}"
+            else:
                 status.state, status.reason = State.UNAVAILABLE, reason
         log.error("%s", reason)
 

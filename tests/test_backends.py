@@ -623,8 +623,13 @@ class M(nn.Module):
         tmp_path, script_module(source, tmp_path), [("IN", "TYPE_FP32")], [(n, "TYPE_FP32") for n in outputs]
     )
     backend = loaded(PyTorchBackend, context)
+
+    def run_batch() -> None:  # what the scheduler does with every batch: run it, check it against the config
+        result = backend.execute({"IN": np.ones((2, 4), np.float32)})
+        check_outputs("tm", output_specs(context.config), result, 2)
+
     with pytest.raises(ModelExecutionError, match=r"^model 'tm' failed: " + pattern):
-        backend.execute({"IN": np.ones((2, 4), np.float32)})
+        run_batch()
 
 
 @requires_torch
