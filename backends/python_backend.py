@@ -145,7 +145,7 @@ def _import(path: Path, name: str, context: InstanceContext) -> ModuleType:
         raise InvalidArgument(
             f"model '{context.model_name}': {path.name} line {exc.lineno}: syntax error: {exc.msg}"
         ) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import fails the load, not the server
         del sys.modules[name]
         raise ModelExecutionError(
             f"model '{context.model_name}': importing {path.name} failed: {describe_exception(exc, context)}"
@@ -201,7 +201,7 @@ class PythonBackend(Backend):
             initialize = getattr(model, "initialize", None)
             if callable(initialize):
                 initialize(self.context)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in initialize fails the load, not the server
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed to initialize: {describe_exception(exc, self.context)}"
             ) from exc

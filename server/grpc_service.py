@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
@@ -37,6 +38,8 @@ def guarded(handler: Callable[[S, Q, Any], Awaitable[R]]) -> Callable[[S, Q, Any
     @functools.wraps(handler)
     async def wrapper(self: S, request: Q, context: Any) -> R:
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(f"request is not a valid {request.message_type}")
             return await handler(self, request, context)
         except ClipperdError as error:
             await context.abort(GRPC_STATUS[error.code], error.message)
@@ -124,6 +127,10 @@ class InferenceService:
             answers.put_nowait(None)
 
     async def _stream_one(self, request: pb.ModelInferRequest, answers: asyncio.Queue[Any]) -> None:
+        if isinstance(request, Undecodable):
+            message = f"request is not a valid {request.message_type}"
+            answers.put_nowait(pb.ModelStreamInferResponse(error_message=message))
+            return
         try:
             response = encode_response(await self.plane.infer(decode_request(request)))
             answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
@@ -190,6 +197,26 @@ def _unimplemented(feature: str) -> Handler:
     return handler
 
 
+class Undecodable:
+    """What the deserializer hands over for bytes that are not the method's message: the
+    handler answers INVALID_ARGUMENT (grpc itself would answer UNKNOWN and log a traceback)."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _lenient(message_class: Any) -> Callable[[bytes], Any]:
+    undecodable = Undecodable(message_class.DESCRIPTOR.name)
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return undecodable
+
+    return deserialize
+
+
 def _message_types(method: str) -> tuple[Any, Any]:
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     rpc = service.methods_by_name[method]
@@ -203,7 +230,7 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
         request_class, response_class = _message_types(method)
         codec = {
-            "request_deserializer": request_class.FromString,
+            "request_deserializer": _lenient(request_class),
             "response_serializer": response_class.SerializeToString,
         }
         if method == "ModelStreamInfer":

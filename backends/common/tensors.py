@@ -17,13 +17,15 @@ _LENGTH = struct.Struct("<I")
 
 
 def element_count(shape: Sequence[int], what: str = "shape") -> int:
-    """Elements in a concrete shape; rejects negative dims and products that overflow int64."""
-    count = 1
+    """Elements in a concrete shape; rejects negative dims and shapes whose non-zero dims
+    multiply past int64 (a zero elsewhere does not make [0, 2**62, 2**62] a sane shape)."""
+    count, extent = 1, 1
     for dim in shape:
         if dim < 0:
-            raise InvalidArgument(f"{what} {list(shape)} has a negative dimension")
+            raise InvalidArgument(f"{what} {list(shape)[:8]} has a negative dimension")
         count *= dim
-        if count > _INT64_MAX:
+        extent *= max(dim, 1)
+        if extent > _INT64_MAX:
             raise InvalidArgument(f"{what} {list(shape)[:8]} has more elements than int64 can count")
     return count
 
@@ -44,6 +46,8 @@ def array_from_raw(raw: bytes | memoryview, dtype: DataType, shape: Sequence[int
 def bytes_array_from_raw(raw: bytes | memoryview, shape: Sequence[int], count: int, name: str) -> np.ndarray:
     """Parses ``count`` uint32-length-prefixed elements that must fill ``raw`` exactly."""
     view = memoryview(raw)
+    if count * 4 > len(view):  # every element has a 4-byte length: refuse before allocating
+        raise InvalidArgument(f"input '{name}': {len(view)} bytes cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=object)
     offset, end = 0, len(view)
     for i in range(count):
