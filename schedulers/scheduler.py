@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Backend, Tensors
@@ -24,13 +24,15 @@ from schedulers.instance import InstanceWorker
 from schedulers.stats import ExecutionTimes, ModelStats
 
 
-@dataclass
 class _Pending:
-    inputs: Tensors
-    batch_size: int
-    future: asyncio.Future[Tensors]
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
-    key: Any = None
+    __slots__ = ("batch_size", "enqueued_ns", "future", "inputs", "key")
+
+    def __init__(self, inputs: Tensors, batch_size: int, future: asyncio.Future[Tensors], key: Any) -> None:
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.future = future
+        self.key = key
+        self.enqueued_ns = time.perf_counter_ns()
 
 
 @dataclass
@@ -72,9 +74,7 @@ class ModelScheduler:
             raise Unavailable(f"model '{self.config.name}' is unloading")
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        pending = _Pending(inputs, batch_size, loop.create_future())
-        if self._batching:
-            pending.key = batch_key(inputs)
+        pending = _Pending(inputs, batch_size, loop.create_future(), batch_key(inputs) if self._batching else None)
         self._queue.append(pending)
         self._drained.clear()
         if not self._batching:

@@ -32,6 +32,8 @@ _ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
 
 
 def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> Params:
+    if not parameters:  # the common case, on every tensor of every request
+        return {}
     decoded: Params = {}
     for key, value in parameters.items():
         choice = value.WhichOneof("parameter_choice")
@@ -59,7 +61,9 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
             f"expected {len(message.inputs)} raw_input_contents entries, one per input, got {len(raw)}"
         )
     inputs = [_decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(message.inputs)]
-    outputs = [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs]
+    outputs = (
+        [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs] if message.outputs else []
+    )
     return InferRequest(
         message.model_name,
         message.model_version,
