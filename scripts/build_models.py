@@ -3,7 +3,8 @@
     python scripts/build_models.py [--repository model_repository]
 
 Writes model_repository/mlp_torch/1/model.pt: a TorchScript MLP 64 -> 256 -> 256 -> 10 with ReLU,
-initialised from torch.manual_seed(0); the file is byte-identical from one run to the next."""
+initialised from torch.manual_seed(0); rebuilt in the same checkout the file is byte-identical (its
+debug information names the build script's path, so another checkout differs there only)."""
 
 from __future__ import annotations
 
