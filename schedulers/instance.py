@@ -60,6 +60,11 @@ class InstanceWorker:
         else:
             self._jobs.put((job, loop, done))
 
+    def run_now(self, job: Job) -> tuple[Any, BaseException | None]:
+        """Runs ``job`` at once on the calling thread (the event loop): for instances on the loop."""
+        assert self._backend is not None, "run_now is for loaded instances on the event loop"
+        return _call(job, self._backend)
+
     async def stop(self) -> None:
         """Unloads the backend after the jobs already submitted."""
         if self.on_loop:

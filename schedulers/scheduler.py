@@ -2,13 +2,18 @@
 
 Requests wait in arrival order; whenever an instance is idle the scheduler hands it the oldest
 waiting request, joined (when the model has ``dynamic_batching``) by the waiting requests that
-can share its batch, up to max_batch_size. Batches are executed on the instance threads; the
-event loop only queues, merges bookkeeping and wakes the waiters. A request whose caller went away
-(its future cancelled) leaves the queue and is never executed."""
+can share its batch, up to max_batch_size: what waited while the instances were busy, and what
+arrived in the same event-loop iteration (dispatch waits for the end of the iteration). Batches
+are executed on the instance threads; the event loop only queues, merges bookkeeping and wakes
+the waiters. An instance that runs on the event loop is never busy when a request arrives, and
+waiting for the iteration's end would only cost a suspension: its requests run at once, one by
+one. A request whose caller went away (its future cancelled) leaves the queue and is never
+executed."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -61,8 +66,11 @@ class ModelScheduler:
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dispatch_scheduled = False
         self._dispatching = False
+        self._dispatch_scheduled = False
+        # an instance on the event loop would only pay a suspension for the wait: it runs at once
+        self._inline = any(w.on_loop for w in self._workers)
+        self._defer = self._batching and not self._inline
 
     @property
     def in_flight(self) -> int:
@@ -72,18 +80,31 @@ class ModelScheduler:
         """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs."""
         if self._closed:
             raise Unavailable(f"model '{self.config.name}' is unloading")
+        if self._inline and self._idle and not self._queue:
+            return self._run_inline(inputs, batch_size)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         pending = _Pending(inputs, batch_size, loop.create_future(), batch_key(inputs) if self._batching else None)
         self._queue.append(pending)
         self._drained.clear()
-        if not self._batching:
+        if self._defer:
+            if not self._dispatch_scheduled:
+                # the end of this loop iteration: requests that arrived together batch together
+                self._dispatch_scheduled = True
+                loop.call_soon(self._dispatch)
+        else:
             self._dispatch()
-        elif not self._dispatch_scheduled:
-            # wait for the end of this loop iteration: requests that arrived together batch together
-            self._dispatch_scheduled = True
-            loop.call_soon(self._dispatch)
         return await pending.future
+
+    def _run_inline(self, inputs: Tensors, batch_size: int) -> Tensors:
+        """An idle instance on the event loop and nobody waiting: run now, without queue or future."""
+        self.stats.queue.add(0)
+        result, error = self._idle[-1].run_now(self._job([inputs], [batch_size]))
+        if error is not None:
+            raise error
+        outputs, times = result
+        self.stats.record_execution(batch_size, 1, times)
+        return outputs[0]  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         """Stops taking requests, lets queued and running ones finish, unloads the instances."""
@@ -103,7 +124,8 @@ class ModelScheduler:
                     break
                 worker = self._idle.pop()
                 assert self._loop is not None
-                worker.submit(self._job(batch), self._loop, self._completion(worker, batch))
+                job = self._job([r.inputs for r in batch.requests], batch.sizes)
+                worker.submit(job, self._loop, self._completion(worker, batch))
         finally:
             self._dispatching = False
         if not self._queue and len(self._idle) == len(self._workers):
@@ -140,20 +162,9 @@ class ModelScheduler:
                 skipped.append(request)
         queue.extendleft(reversed(skipped))
 
-    def _job(self, batch: _Batch) -> Any:
-        sizes, parts = batch.sizes, [r.inputs for r in batch.requests]
-        model, specs, batched = self.config.name, self._specs, self._max_batch_size > 0
-
-        def run(backend: Backend) -> tuple[list[Tensors], ExecutionTimes]:
-            t0 = time.perf_counter_ns()
-            inputs = merge(parts)
-            t1 = time.perf_counter_ns()
-            outputs = check_outputs(model, specs, backend.execute(inputs), sum(sizes) if batched else None)
-            t2 = time.perf_counter_ns()
-            result = split(outputs, sizes)
-            return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
-
-        return run
+    def _job(self, parts: list[Tensors], sizes: list[int]) -> Any:
+        batch = sum(sizes) if self._max_batch_size > 0 else None
+        return functools.partial(_run_batch, parts, sizes, batch, self.config.name, self._specs)
 
     def _completion(self, worker: InstanceWorker, batch: _Batch) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
@@ -172,3 +183,16 @@ class ModelScheduler:
             self._dispatch()
 
         return done
+
+
+def _run_batch(
+    parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
+) -> tuple[list[Tensors], ExecutionTimes]:
+    """One execution, on the instance's thread: merge, run, check against the config, split."""
+    t0 = time.perf_counter_ns()
+    inputs = merge(parts)
+    t1 = time.perf_counter_ns()
+    outputs = check_outputs(model, specs, backend.execute(inputs), batch)
+    t2 = time.perf_counter_ns()
+    result = split(outputs, sizes)
+    return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

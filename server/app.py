@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import os
 import signal
 
 from server.dataplane import DataPlane
@@ -37,6 +39,7 @@ class Server:
         await grpc_server.start()
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
         await self.repository.start()
+        _settle_garbage_collector()
         self.plane.accepting = True
         ready = sum(1 for r in self.repository.index() if r.state == "READY")
         log.info("serving %d model version(s) from %s", ready, settings.model_repository)
@@ -70,6 +73,15 @@ class Server:
                 await self.repository.poll()
             except Exception:
                 log.exception("repository poll failed")
+
+
+def _settle_garbage_collector() -> None:
+    """Moves what start-up allocated (modules, models, protobuf descriptors) out of the
+    collector's sight: the many short-lived objects of each request are then collected without
+    walking it all again (the collections stay; only their cost shrinks)."""
+    if os.environ.get("CLIPPERD_GC_FREEZE", "1") == "1":
+        gc.collect()
+        gc.freeze()
 
 
 def _host(host: str) -> str:

@@ -120,6 +120,8 @@ def _input_spec(tensor: mc.ModelInput) -> InputSpec:
 
 def check_parameters(parameters: Params) -> None:
     """Reserved parameters must have their documented types and ranges."""
+    if not parameters:
+        return
     for name, kinds in _RESERVED.items():
         if name not in parameters:
             continue
