@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass
@@ -26,8 +27,7 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
-@dataclass(frozen=True)
-class ExecutionTimes:
+class ExecutionTimes(NamedTuple):
     """What one batch execution took, measured on the instance thread."""
 
     compute_input_ns: int

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from backends.base import Tensors
 from backends.common import datatypes
 from backends.common.errors import InvalidArgument
+from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
 from server.messages import InferRequest, InputTensor, Params
 
@@ -32,7 +33,7 @@ class InputSpec:
     optional: bool
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.dims) and all(d in (-1, s) for d, s in zip(self.dims, shape, strict=True))
+        return shape_matches(self.dims, shape)
 
 
 class ModelSignature:
@@ -57,7 +58,7 @@ class ModelSignature:
             if spec.reshape is not None:
                 data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
             arrays[tensor.name] = data
-        missing = [n for n in self.required if n not in arrays]
+        missing = [n for n in self.required if n not in arrays] if len(arrays) < len(self.required) else []
         if missing:
             raise InvalidArgument(
                 f"expected {len(self.required)} inputs but got {len(request.inputs)} inputs for model "

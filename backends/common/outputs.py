@@ -11,6 +11,7 @@ import numpy as np
 
 from backends.common import datatypes
 from backends.common.errors import ConfigError, ModelExecutionError
+from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
 
 Tensors = dict[str, np.ndarray]
@@ -33,9 +34,7 @@ class OutputSpec:
         if not self._dtype_ok(value.dtype):
             return f"output '{self.name}' has dtype {value.dtype}, config expects {self.wire}"
         expected = self.dims if batch is None else (batch, *self.dims)
-        if len(value.shape) != len(expected) or any(
-            want not in (-1, got) for want, got in zip(expected, value.shape, strict=True)
-        ):
+        if not shape_matches(expected, value.shape):
             return f"output '{self.name}' has shape {list(value.shape)}, config expects {list(expected)}"
         return None
 

@@ -16,6 +16,13 @@ _INT64_MAX = 2**63 - 1
 _LENGTH = struct.Struct("<I")
 
 
+def shape_matches(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a concrete ``shape`` fits config ``dims`` (-1 matches any size)."""
+    if shape == dims:  # the common case, one comparison in C
+        return True
+    return len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=True))
+
+
 def element_count(shape: Sequence[int], what: str = "shape") -> int:
     """Elements in a concrete shape; rejects negative dims and shapes whose non-zero dims
     multiply past int64 (a zero elsewhere does not make [0, 2**62, 2**62] a sane shape)."""
