@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
+from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
 from backends.proto import model_config_pb2 as mc
 
 
@@ -51,9 +50,6 @@ class InstanceContext:
     @property
     def model_name(self) -> str:
         return self.config.name
-
-
-Tensors = dict[str, np.ndarray]
 
 
 class Backend(abc.ABC):

@@ -11,10 +11,8 @@ import numpy as np
 
 from backends.common import datatypes
 from backends.common.errors import ConfigError, ModelExecutionError
-from backends.common.tensors import shape_matches
+from backends.common.tensors import Tensors, shape_matches
 from backends.proto import model_config_pb2 as mc
-
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -58,14 +56,6 @@ def output_specs(config: mc.ModelConfig) -> tuple[OutputSpec, ...]:
         else:
             specs.append(OutputSpec(output.name, dtype.wire, dtype.numpy, dims, None))
     return tuple(specs)
-
-
-def batch_size(config: mc.ModelConfig, inputs: Tensors) -> int | None:
-    """The batch the inputs carry (their first dimension; -1: unknown), None when the model does not batch."""
-    if config.max_batch_size <= 0:
-        return None
-    first = next(iter(inputs.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else -1
 
 
 def check_outputs(model_name: str, specs: tuple[OutputSpec, ...], result: object, batch: int | None) -> Tensors:

@@ -12,6 +12,8 @@ import numpy as np
 from backends.common.datatypes import DataType
 from backends.common.errors import InvalidArgument
 
+Tensors = dict[str, np.ndarray]  # named arrays: a model's inputs or outputs
+
 _INT64_MAX = 2**63 - 1
 _LENGTH = struct.Struct("<I")
 
