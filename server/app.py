@@ -11,7 +11,7 @@ import os
 import signal
 
 from server.dataplane import DataPlane
-from server.grpc_service import build_grpc_server
+from server.grpc_service import GrpcOptions, build_grpc_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
 
@@ -33,8 +33,11 @@ class Server:
 
     async def run(self) -> None:
         settings = self.settings
+        options = GrpcOptions(
+            settings.grpc_max_message_bytes, settings.grpc_http2_bdp_probe, settings.grpc_http2_lookahead_bytes
+        )
         grpc_server, self.grpc_port = build_grpc_server(
-            self.plane, f"{_host(settings.host)}:{settings.grpc_port}", settings.grpc_max_message_bytes
+            self.plane, f"{_host(settings.host)}:{settings.grpc_port}", options
         )
         await grpc_server.start()
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -242,12 +243,21 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
     return handlers
 
 
-def build_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+@dataclass(frozen=True)
+class GrpcOptions:
+    max_message_bytes: int
+    bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
+    lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
+
+
+def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for ``address`` (host:port); returns it and the port it bound."""
     options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", opts.max_message_bytes),
+        ("grpc.max_send_message_length", opts.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a port already taken must fail, not be shared silently
+        ("grpc.http2.bdp_probe", int(opts.bdp_probe)),
+        ("grpc.http2.lookahead_bytes", opts.lookahead_bytes),
     ]
     server = grpc.aio.server(options=options)
     handlers = method_handlers(InferenceService(plane))
