@@ -142,6 +142,8 @@ def main() -> int:
         "127.0.0.1",
         "--grpc-port",
         str(port),
+        "--http-port",
+        "0",
     ]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -12,6 +12,7 @@ import signal
 
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, build_grpc_server
+from server.http_service import HttpOptions, start_http_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
 
@@ -25,6 +26,7 @@ class Server:
         self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
         self.plane = DataPlane(self.repository, settings.strict_readiness)
         self.grpc_port = 0
+        self.http_port = 0
         self.clean_exit = True  # False when the exit timeout cut in-flight work short
         self._stop = asyncio.Event()
 
@@ -41,6 +43,11 @@ class Server:
         )
         await grpc_server.start()
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
+        http_runner, self.http_port = await start_http_server(
+            self.plane,
+            HttpOptions(settings.host, settings.http_port, settings.grpc_max_message_bytes, settings.exit_timeout_secs),
+        )
+        log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
         await self.repository.start()
         _settle_garbage_collector()
         self.plane.accepting = True
@@ -53,7 +60,7 @@ class Server:
         if poller is not None:
             poller.cancel()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
-        await grpc_server.stop(grace=settings.exit_timeout_secs)
+        await asyncio.gather(grpc_server.stop(grace=settings.exit_timeout_secs), http_runner.cleanup())
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             await asyncio.wait_for(self.repository.stop(), remaining)

@@ -15,7 +15,7 @@ from server.model_version import ModelVersion
 from server.repository import IndexEntry, ModelRepository
 
 # What this server really implements, as ServerMetadata reports it.
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "parameters"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "parameters", "binary_tensor_data"]
 
 
 @dataclass(frozen=True)

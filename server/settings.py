@@ -28,10 +28,10 @@ class Settings:
     repository_poll_secs: float = _setting(15.0, "Seconds between repository scans in poll mode.")
     host: str = _setting("0.0.0.0", "Address every endpoint binds (Triton binds all interfaces).")
     grpc_port: int = _setting(8001, "KServe v2 gRPC port (0 picks a free one).")
-    http_port: int = _setting(8000, "KServe v2 HTTP/REST port (reserved: the HTTP endpoint is not built yet).")
+    http_port: int = _setting(8000, "KServe v2 HTTP/REST port (0 picks a free one).")
     metrics_port: int = _setting(8002, "Prometheus metrics port (reserved: metrics are not built yet).")
     grpc_max_message_bytes: int = _setting(
-        256 * 1024 * 1024, "Largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED."
+        256 * 1024 * 1024, "Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED) and HTTP body accepted (413)."
     )
     grpc_http2_bdp_probe: bool = _setting(
         False,

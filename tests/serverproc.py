@@ -29,6 +29,8 @@ class ServerProcess:
         self.repository = repository
         self.grpc_port = free_port()
         self.url = f"127.0.0.1:{self.grpc_port}"
+        self.http_port = free_port()
+        self.http_url = f"127.0.0.1:{self.http_port}"
         self.log_path = log_dir / f"clipperd-{self.grpc_port}.log"
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -45,6 +47,8 @@ class ServerProcess:
             "127.0.0.1",
             "--grpc-port",
             str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
             *self.args,
         ]
         log = self.log_path.open("wb")

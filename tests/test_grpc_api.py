@@ -125,7 +125,8 @@ def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
     meta = client.get_server_metadata()
     assert meta.name == "clipperd"
     assert meta.version
-    assert sorted(meta.extensions) == sorted(["model_repository", "model_configuration", "statistics", "parameters"])
+    expected = ["model_repository", "model_configuration", "statistics", "parameters", "binary_tensor_data"]
+    assert sorted(meta.extensions) == sorted(expected)
     as_json = client.get_server_metadata(as_json=True)
     assert as_json["name"] == "clipperd"
     assert sorted(as_json["extensions"]) == sorted(meta.extensions)
