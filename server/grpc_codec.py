@@ -9,7 +9,12 @@ import numpy as np
 from backends.common import datatypes
 from backends.common.datatypes import DataType
 from backends.common.errors import InvalidArgument
-from backends.common.tensors import array_from_raw, array_to_raw, bytes_array_from_list, element_count
+from backends.common.tensors import (
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+    bytes_array_from_list,
+)
 from server.messages import InferRequest, InferResponse, InputTensor, Param, Params, RequestedOutput
 from server.proto import grpc_service_pb2 as pb
 
@@ -103,13 +108,7 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, dtype: DataTyp
     values = getattr(contents, field)
     if dtype.wire == "BYTES":
         return bytes_array_from_list(values, shape, tensor.name)
-    count = element_count(shape, f"input '{name}' shape")
-    if len(values) != count:
-        raise InvalidArgument(f"input '{name}': {len(values)} values in {field} for shape {shape} ({count})")
-    try:
-        return np.array(values, dtype=dtype.numpy).reshape(shape)
-    except (OverflowError, ValueError) as error:
-        raise InvalidArgument(f"input '{name}': values do not fit {dtype.wire}: {error}") from None
+    return array_from_values(values, dtype, shape, f"input '{name}'", f" in {field}")
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:

@@ -11,7 +11,12 @@ import numpy as np
 from backends.common import datatypes
 from backends.common.datatypes import DataType
 from backends.common.errors import InvalidArgument
-from backends.common.tensors import array_from_raw, array_to_raw, bytes_array_from_list, element_count
+from backends.common.tensors import (
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+    bytes_array_from_list,
+)
 from server.messages import InferRequest, InferResponse, InputTensor, Param, Params, RequestedOutput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -129,13 +134,7 @@ def _from_json(data: Any, dtype: DataType, shape: list[int], name: str) -> np.nd
         raise InvalidArgument(f"{what}: JSON data holds values that are not {dtype.wire}")
     if dtype.wire == "BYTES":
         return bytes_array_from_list((v.encode() for v in values), shape, name)
-    count = element_count(shape, f"{what} shape")
-    if len(values) != count:
-        raise InvalidArgument(f"{what}: {len(values)} values for shape {shape} ({count})")
-    try:
-        return np.array(values, dtype=dtype.numpy).reshape(shape)
-    except (OverflowError, ValueError) as error:
-        raise InvalidArgument(f"{what}: values do not fit {dtype.wire}: {error}") from None
+    return array_from_values(values, dtype, shape, what)
 
 
 def _decode_output(item: Any) -> RequestedOutput:

@@ -73,6 +73,20 @@ def bytes_array_from_raw(raw: bytes | memoryview, shape: Sequence[int], count: i
     return out.reshape(shape)
 
 
+def array_from_values(
+    values: Sequence[object], dtype: DataType, shape: Sequence[int], what: str, where: str = ""
+) -> np.ndarray:
+    """Typed values (gRPC contents, JSON data) as an array of ``shape``; ``what`` names the tensor
+    in errors (``input 'X'``), ``where`` the field they came in."""
+    count = element_count(shape, f"{what} shape")
+    if len(values) != count:
+        raise InvalidArgument(f"{what}: {len(values)} values{where} for shape {list(shape)} ({count})")
+    try:
+        return np.array(values, dtype=dtype.numpy).reshape(shape)
+    except (OverflowError, ValueError) as error:
+        raise InvalidArgument(f"{what}: values do not fit {dtype.wire}: {error}") from None
+
+
 def bytes_array_from_list(items: Iterable[bytes], shape: Sequence[int], name: str) -> np.ndarray:
     values = list(items)
     count = element_count(shape, f"input '{name}' shape")
