@@ -12,6 +12,7 @@ import signal
 
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, build_grpc_server
+from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
@@ -43,10 +44,9 @@ class Server:
         )
         await grpc_server.start()
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
-        http_runner, self.http_port = await start_http_server(
-            self.plane,
-            HttpOptions(settings.host, settings.http_port, settings.grpc_max_message_bytes, settings.exit_timeout_secs),
-        )
+        limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
+        http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
+        http_runner, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
         await self.repository.start()
         _settle_garbage_collector()

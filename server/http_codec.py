@@ -21,6 +21,9 @@ from server.messages import InferRequest, InferResponse, InputTensor, Param, Par
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _NOT_IN_JSON = ("FP16", "BF16")  # no JSON number form: binary data only
+# Tensors have at most a handful of dimensions; deeper data is an attack on the walker's stack.
+# (Whole documents deeper than the interpreter's recursion limit already fail in json.loads.)
+MAX_DATA_DEPTH = 64
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -42,7 +45,9 @@ def parse_json(data: bytes, what: str = "request body") -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(data)
-    except (ValueError, RecursionError) as error:
+    except RecursionError:
+        raise InvalidArgument(f"{what} is JSON nested too deeply to parse") from None
+    except ValueError as error:
         raise InvalidArgument(f"{what} is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument(f"{what} must be a JSON object")
@@ -106,12 +111,14 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[InputTens
     return InputTensor(name, dtype.wire, shape, data, params), offset
 
 
-def _flatten(value: Any, out: list[Any]) -> None:
-    if isinstance(value, list):
-        for item in value:
-            _flatten(item, out)
-    else:
-        out.append(value)
+def _flatten(values: list[Any], out: list[Any], depth: int = 1) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidArgument(f"tensor data is nested deeper than {MAX_DATA_DEPTH} levels")
+    for item in values:
+        if isinstance(item, list):
+            _flatten(item, out, depth + 1)
+        else:
+            out.append(item)
 
 
 def _json_types_ok(dtype: DataType, values: list[Any]) -> bool:
@@ -129,7 +136,7 @@ def _from_json(data: Any, dtype: DataType, shape: list[int], name: str) -> np.nd
     if dtype.wire in _NOT_IN_JSON:
         raise InvalidArgument(f"{what}: {dtype.wire} data cannot be sent as JSON; use the binary tensor extension")
     values: list[Any] = []
-    _flatten(data, values)
+    _flatten(data if isinstance(data, list) else [data], values)
     if not _json_types_ok(dtype, values):
         raise InvalidArgument(f"{what}: JSON data holds values that are not {dtype.wire}")
     if dtype.wire == "BYTES":

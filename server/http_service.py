@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
+from server.http_body import BodyLimits, read_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response, parse_json
 from server.http_stats import statistics_json
 from server.status import HTTP_STATUS
 
 log = logging.getLogger(__name__)
+
+
+class _ClientFaults(logging.Filter):
+    """aiohttp logs every malformed request (bad header bytes, oversized lines) as an ERROR with a
+    traceback: the client's fault, already answered with 400, so it goes to DEBUG instead, and a
+    flood of junk cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and record.levelno >= logging.ERROR:
+            log.debug("malformed HTTP request: %s", error)
+            return False
+        return True
+
+
+CLIENT_FAULTS = _ClientFaults()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PLANE = web.AppKey("plane", DataPlane)
+LIMITS = web.AppKey("limits", BodyLimits)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -87,7 +109,7 @@ async def model_stats(request: web.Request) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    return parse_json(await request.read())
+    return parse_json(await read_body(request, request.app[LIMITS]))
 
 
 async def repository_index(request: web.Request) -> web.Response:
@@ -99,7 +121,10 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    if (await _body(request)).get("parameters"):
+    parameters = (await _body(request)).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("'parameters' must be a JSON object")
+    if parameters:
         raise Unimplemented(
             "load parameters (config or file overrides) are not accepted: change the model's files "
             "in the repository and load it again"
@@ -116,13 +141,35 @@ async def unload(request: web.Request) -> web.Response:
 
 async def infer(request: web.Request) -> web.Response:
     name, version = _model(request)
-    decoded = decode_request(name, version, await request.read(), request.headers.get(HEADER_LENGTH))
+    body = await read_body(request, request.app[LIMITS])
+    decoded = decode_request(name, version, body, request.headers.get(HEADER_LENGTH))
     binary = binary_choices(decoded)
     body, header_length = encode_response(await _plane(request).infer(decoded), binary)
     if header_length is None:
-        return web.Response(body=body, content_type="application/json")
-    headers = {HEADER_LENGTH: str(header_length)}
-    return web.Response(body=body, content_type="application/octet-stream", headers=headers)
+        response = web.Response(body=body, content_type="application/json")
+    else:
+        headers = {HEADER_LENGTH: str(header_length)}  # of the header before any compression
+        response = web.Response(body=body, content_type="application/octet-stream", headers=headers)
+    if "Accept-Encoding" in request.headers:  # only clients that ask pay for compression
+        response.enable_compression()
+    return response
+
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+
+
+def openapi_routes() -> list[web.RouteDef]:
+    """The API's OpenAPI document, as YAML (the source) and JSON."""
+    text = OPENAPI_PATH.read_bytes()
+    as_json = json.dumps(yaml.safe_load(text)).encode()
+
+    async def yaml_doc(request: web.Request) -> web.Response:
+        return web.Response(body=text, content_type="application/yaml")
+
+    async def json_doc(request: web.Request) -> web.Response:
+        return web.Response(body=as_json, content_type="application/json")
+
+    return [web.get("/openapi.yaml", yaml_doc), web.get("/openapi.json", json_doc)]
 
 
 def _model_routes(suffix: str, method: str, handler: Handler) -> list[web.RouteDef]:
@@ -132,9 +179,10 @@ def _model_routes(suffix: str, method: str, handler: Handler) -> list[web.RouteD
     ]
 
 
-def build_http_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+def build_http_app(plane: DataPlane, limits: BodyLimits) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=limits.max_body_bytes)
     app[PLANE] = plane
+    app[LIMITS] = limits
     app.add_routes(
         [
             web.get("/v2/health/live", live),
@@ -144,6 +192,7 @@ def build_http_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
             web.post("/v2/repository/index", repository_index),
             web.post("/v2/repository/models/{model}/load", load),
             web.post("/v2/repository/models/{model}/unload", unload),
+            *openapi_routes(),
         ]
     )
     for suffix, method, handler in (
@@ -161,14 +210,17 @@ def build_http_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
 class HttpOptions:
     host: str
     port: int  # 0 picks a free one
-    max_body_bytes: int  # larger bodies get 413
+    limits: BodyLimits  # larger bodies get 413
     grace_secs: float  # on shutdown, how long in-flight requests may take
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[web.AppRunner, int]:
     """Serves the app; returns the runner (``cleanup()`` stops it) and the bound port."""
-    app = build_http_app(plane, opts.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=opts.grace_secs)
+    logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)  # adding it twice is a no-op
+    app = build_http_app(plane, opts.limits)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=opts.grace_secs, auto_decompress=False
+    )
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port, reuse_port=False)
     await site.start()

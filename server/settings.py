@@ -31,7 +31,13 @@ class Settings:
     http_port: int = _setting(8000, "KServe v2 HTTP/REST port (0 picks a free one).")
     metrics_port: int = _setting(8002, "Prometheus metrics port (reserved: metrics are not built yet).")
     grpc_max_message_bytes: int = _setting(
-        256 * 1024 * 1024, "Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED) and HTTP body accepted (413)."
+        256 * 1024 * 1024, "Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED)."
+    )
+    http_max_input_size: int = _setting(
+        256 * 1024 * 1024, "Largest HTTP request body accepted as sent, compressed or not (413 above it)."
+    )
+    http_max_decompressed_size: int = _setting(
+        256 * 1024 * 1024, "Largest HTTP request body after gzip/deflate decoding (413 above it)."
     )
     grpc_http2_bdp_probe: bool = _setting(
         False,

@@ -327,6 +327,6 @@ def test_binary_bytes_input_by_hand(http_url: str) -> None:
 
 
 def test_body_over_the_limit_413(logs_dir: Path) -> None:
-    with running(EXAMPLES, "--grpc-max-message-bytes", "4096", log_dir=logs_dir) as server:
+    with running(EXAMPLES, "--http-max-input-size", "4096", log_dir=logs_dir) as server:
         assert_error(post(server.http_url, "/v2/models/simple/infer", b"\0" * 5000), 413, "4096")
         assert get(server.http_url, "/v2/health/ready") == (200, b"")

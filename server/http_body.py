@@ -1,0 +1,68 @@
+"""Reading an HTTP request body within the server's limits: the size on the wire, then the size
+after gzip/deflate decoding. aiohttp's own decoding is off so that a small compressed body
+cannot grow past the limit in memory before anything checks it."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from backends.common.errors import InvalidArgument
+from backends.common.errors import ResourceExhausted as PayloadTooLarge  # HTTP 413
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    max_body_bytes: int  # as sent, compressed or not
+    max_decompressed_bytes: int  # after Content-Encoding is undone
+
+
+# zlib's wbits: 16+ reads the gzip wrapper, plain MAX_WBITS the zlib one, negative raw deflate.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_ZLIB_WBITS = zlib.MAX_WBITS
+_RAW_WBITS = -zlib.MAX_WBITS
+
+
+async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limits.max_body_bytes}-byte limit")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is over the {limits.max_body_bytes}-byte limit") from None
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, _GZIP_WBITS, "gzip", limits.max_decompressed_bytes)
+    if encoding == "deflate":
+        return _inflate_deflate(body, limits.max_decompressed_bytes)
+    raise InvalidArgument(f"Content-Encoding {encoding[:32]!r} is not supported: send gzip, deflate or identity")
+
+
+def _inflate_deflate(body: bytes, limit: int) -> bytes:
+    """HTTP's "deflate" is the zlib format, but some clients send raw deflate: accept both."""
+    if len(body) >= 2 and (body[0] * 256 + body[1]) % 31 == 0 and body[0] & 0x0F == 8:
+        return _inflate(body, _ZLIB_WBITS, "deflate", limit)
+    return _inflate(body, _RAW_WBITS, "deflate", limit)
+
+
+def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        # one byte past the limit tells "exactly at the limit" from "over it" without inflating the rest
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise InvalidArgument(f"request body is not valid {name} data: {error}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body inflates to more than the {limit}-byte decompressed limit")
+    if not inflater.eof:
+        raise InvalidArgument(f"request body is truncated {name} data")
+    if inflater.unused_data and wbits != _GZIP_WBITS:
+        raise InvalidArgument(f"request body has {len(inflater.unused_data)} bytes after the {name} stream")
+    if inflater.unused_data:
+        return data + _inflate(inflater.unused_data, wbits, name, limit - len(data))  # gzip allows several members
+    return data
