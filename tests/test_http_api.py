@@ -3,6 +3,7 @@ urllib requests for bodies no client would send. Runs against the session's ``ex
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 import urllib.error
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.serverproc import EXAMPLES, ServerProcess, running
@@ -330,3 +332,70 @@ def test_body_over_the_limit_413(logs_dir: Path) -> None:
     with running(EXAMPLES, "--http-max-input-size", "4096", log_dir=logs_dir) as server:
         assert_error(post(server.http_url, "/v2/models/simple/infer", b"\0" * 5000), 413, "4096")
         assert get(server.http_url, "/v2/health/ready") == (200, b"")
+
+
+# ------------------------------------------------------------------------- compression, asyncio
+
+
+@pytest.mark.parametrize(("request_algo", "response_algo"), [("gzip", "gzip"), ("deflate", "deflate"), ("gzip", None)])
+def test_compressed_infer(
+    client: httpclient.InferenceServerClient, request_algo: str, response_algo: str | None
+) -> None:
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    tensor = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    result = client.infer(
+        "identity_fp32",
+        [tensor],
+        request_compression_algorithm=request_algo,
+        response_compression_algorithm=response_algo,
+    )
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+
+
+def test_response_is_compressed_only_when_asked(http_url: str) -> None:
+    body = json.dumps({"inputs": [{**GOOD_INPUT, "data": [0.0] * 16}]}).encode()
+    request = urllib.request.Request(
+        f"http://{http_url}/v2/models/identity_fp32/infer", data=body, headers={"Accept-Encoding": "gzip"}
+    )
+    code, answer, headers = _send(request)
+    assert code == 200
+    assert headers.get("Content-Encoding") == "gzip"
+    assert json.loads(gzip.decompress(answer))["outputs"][0]["data"] == [0.0] * 16
+    code, answer, headers = _send(urllib.request.Request(request.full_url, data=body))
+    assert code == 200
+    assert "Content-Encoding" not in headers
+    assert json.loads(answer)["outputs"][0]["data"] == [0.0] * 16
+
+
+async def test_aio_client_drives_every_endpoint(http_url: str) -> None:
+    client = aiohttpclient.InferenceServerClient(http_url)
+    try:
+        assert await client.is_server_live() is True
+        assert await client.is_server_ready() is True
+        assert (await client.get_server_metadata())["name"] == "clipperd"
+        assert await client.is_model_ready("simple") is True
+        assert (await client.get_model_metadata("simple"))["name"] == "simple"
+        assert (await client.get_model_config("simple"))["name"] == "simple"
+        index = await client.get_model_repository_index()
+        assert {m["name"] for m in index} == set(MODELS)
+        before = (await client.get_inference_statistics("simple"))["model_stats"][0]["inference_stats"]["success"]
+        a = rng.integers(-50, 50, size=(2, 16)).astype(np.int32)
+        b = rng.integers(-50, 50, size=(2, 16)).astype(np.int32)
+        for binary in (True, False):
+            inputs = []
+            for name, data in (("INPUT0", a), ("INPUT1", b)):
+                tensor = aiohttpclient.InferInput(name, list(data.shape), "INT32")
+                tensor.set_data_from_numpy(data, binary_data=binary)
+                inputs.append(tensor)
+            outputs = [aiohttpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")]
+            result = await client.infer("simple", inputs, outputs=outputs)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+        after = (await client.get_inference_statistics("simple"))["model_stats"][0]["inference_stats"]["success"]
+        assert after["count"] - before["count"] == 2
+        with pytest.raises(InferenceServerException) as error:
+            await client.get_model_metadata("no_such_model")
+        assert error.value.status() == "404"
+    finally:
+        await client.close()

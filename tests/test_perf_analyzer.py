@@ -1,5 +1,6 @@
-"""NVIDIA perf_analyzer, the real binary, against the example server over gRPC: it must run to
-the end (exit 0), measure a throughput, and read the server's own statistics."""
+"""NVIDIA perf_analyzer, the real binary, against the example server over gRPC and HTTP (binary
+and JSON tensors): it must run to the end (exit 0), measure a throughput, and read the server's
+own statistics."""
 
 from __future__ import annotations
 
@@ -34,19 +35,27 @@ def server_stats(url: str, model: str) -> Any:
     return stats
 
 
+PROTOCOLS = {
+    "grpc": ["-i", "grpc"],
+    "http-binary": ["-i", "http"],
+    "http-json": ["-i", "http", "--input-tensor-format", "json", "--output-tensor-format", "json"],
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 @pytest.mark.parametrize("model", ["identity_fp32", "mlp_torch"])
-def test_perf_analyzer_grpc(example_server: ServerProcess, tmp_path: Path, model: str) -> None:
+def test_perf_analyzer(example_server: ServerProcess, tmp_path: Path, model: str, protocol: str) -> None:
     binary = perf_analyzer()
     out = tmp_path / "out.csv"
     before = server_stats(example_server.url, model)
+    url = example_server.url if protocol == "grpc" else example_server.http_url
     cmd = [
         str(binary),
         "-m",
         model,
-        "-i",
-        "grpc",
+        *PROTOCOLS[protocol],
         "-u",
-        example_server.url,
+        url,
         "--concurrency-range",
         "1:4:3",
         "--measurement-interval",
@@ -65,7 +74,7 @@ def test_perf_analyzer_grpc(example_server: ServerProcess, tmp_path: Path, model
 
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["Concurrency"]) for r in rows] == [1, 4], report
+    assert sorted(int(r["Concurrency"]) for r in rows) == [1, 4], report  # rows come sorted by throughput
     for row in rows:
         assert float(row["Inferences/Second"]) > 0, row
         assert "Server Compute Infer" in row, row  # perf_analyzer read the statistics extension
