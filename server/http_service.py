@@ -13,6 +13,7 @@ from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response, parse_json
+from server.http_shared_memory import add_shared_memory_routes
 from server.http_stats import statistics_json
 from server.status import HTTP_STATUS
 
@@ -154,6 +155,7 @@ def build_http_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
         ("/infer", "POST", infer),
     ):
         app.add_routes(_model_routes(suffix, method, handler))
+    add_shared_memory_routes(app, plane.shared_memory)
     return app
 
 
