@@ -198,6 +198,14 @@ class InferenceService:
         self.plane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    @guarded
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        """No CUDA region can be registered here, so there is none to unregister: success, as Triton
+        answers for a name it does not hold (clients such as perf_analyzer unregister both kinds)."""
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     def _check_repository(self, name: str) -> None:
         if name and name != self.plane.repository.root.name:
             raise InvalidArgument(f"unknown model repository {name[:64]!r}: this server has one, unnamed")
@@ -206,7 +214,6 @@ class InferenceService:
 _UNIMPLEMENTED = {
     "CudaSharedMemoryStatus": "CUDA shared memory",
     "CudaSharedMemoryRegister": "CUDA shared memory",
-    "CudaSharedMemoryUnregister": "CUDA shared memory",
     "TraceSetting": "trace settings",
     "LogSettings": "log settings",
 }

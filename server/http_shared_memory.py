@@ -4,7 +4,7 @@ adapter over the DataPlane's registry:
 - ``GET|POST /v2/systemsharedmemory[/region/{name}]/status``: ``[{name, key, offset, byte_size}]``
 - ``POST /v2/systemsharedmemory/region/{name}/register`` with ``{"key", "offset", "byte_size"}``
 - ``POST /v2/systemsharedmemory[/region/{name}]/unregister``
-- ``/v2/cudasharedmemory/...``: 501, as over gRPC."""
+- ``/v2/cudasharedmemory/...``: 501, as over gRPC, but for unregister, which has nothing to do."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ async def cuda_unsupported(request: web.Request) -> web.Response:
     raise Unimplemented("CUDA shared memory is not supported by this server")
 
 
+async def cuda_unregister(request: web.Request) -> web.Response:
+    """No CUDA region can be registered, so there is none to unregister (perf_analyzer
+    unregisters both kinds when it ends)."""
+    parse_json(await request.read())
+    return web.Response()
+
+
 def add_shared_memory_routes(app: web.Application, registry: SharedMemoryRegistry) -> None:
     app[REGISTRY] = registry
     region = _PREFIX + "/region/{name}"
@@ -69,6 +76,8 @@ def add_shared_memory_routes(app: web.Application, registry: SharedMemoryRegistr
             web.post(region + "/register", register),
             web.post(region + "/unregister", unregister),
             web.post(_PREFIX + "/unregister", unregister),
+            web.post("/v2/cudasharedmemory/unregister", cuda_unregister),
+            web.post("/v2/cudasharedmemory/region/{name}/unregister", cuda_unregister),
             web.route("*", "/v2/cudasharedmemory/{tail:.*}", cuda_unsupported),
         ]
     )
