@@ -174,8 +174,9 @@ class SharedMemoryRegistry:
         use = SharedMemoryUse()
         try:
             for tensor in request.inputs:
-                if SHM_REGION in tensor.parameters:
-                    self._read_input(tensor, use)
+                where = _placement(tensor.parameters, f"input '{tensor.name[:64]}'")
+                if where is not None:
+                    self._read_input(tensor, where, use)
             for output in request.outputs:
                 where = _placement(output.parameters, f"output '{output.name[:64]}'")
                 if where is not None:
@@ -187,10 +188,8 @@ class SharedMemoryRegistry:
             raise
         return use
 
-    def _read_input(self, tensor: InputTensor, use: SharedMemoryUse) -> None:
+    def _read_input(self, tensor: InputTensor, where: tuple[str, int, int], use: SharedMemoryUse) -> None:
         what = f"input '{tensor.name[:64]}'"
-        where = _placement(tensor.parameters, what)
-        assert where is not None  # the caller saw the region parameter
         region_name, offset, byte_size = where
         region = self._lookup(region_name, use)
         span = region.span(offset, byte_size, what)
@@ -265,9 +264,8 @@ _NO_USE = SharedMemoryUse()  # for requests without shared memory: holds nothing
 
 
 def _uses_shared_memory(request: InferRequest) -> bool:
-    return any(SHM_REGION in t.parameters for t in request.inputs) or any(
-        SHM_REGION in o.parameters for o in request.outputs
-    )
+    """Whether any tensor has parameters (most have none): only those may name a region."""
+    return any(t.parameters for t in request.inputs) or any(o.parameters for o in request.outputs)
 
 
 def _placement(params: Params, what: str) -> tuple[str, int, int] | None:
