@@ -6,6 +6,7 @@ serving afterwards."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import textwrap
@@ -183,14 +184,11 @@ def test_register_status_unregister(
     a, b = names("a"), names("b")
     client.register_system_shared_memory(a, key_a, 64)
     client.register_system_shared_memory(b, key_b, 100, offset=4100)  # an offset that is not page-aligned
-    rows = [r for r in transport.status(client) if r["name"] in (a, b)]
-    assert rows == sorted(
-        [
-            {"name": a, "key": key_a, "offset": 0, "byte_size": 64},
-            {"name": b, "key": key_b, "offset": 4100, "byte_size": 100},
-        ],
-        key=lambda r: r["name"],
-    )
+    rows = {r["name"]: r for r in transport.status(client) if r["name"] in (a, b)}
+    assert rows == {
+        a: {"name": a, "key": key_a, "offset": 0, "byte_size": 64},
+        b: {"name": b, "key": key_b, "offset": 4100, "byte_size": 100},
+    }
     assert transport.status(client, b) == [{"name": b, "key": key_b, "offset": 4100, "byte_size": 100}]
     client.unregister_system_shared_memory(a)
     assert a not in [r["name"] for r in transport.status(client)]
@@ -699,16 +697,10 @@ def test_unregister_refused_while_a_request_uses_the_region(
             wait_for(markers / "started")
             for side, client in ((grpc_side, g), (http_side, h)):
                 for name in ("in", "out"):
-                    expect_error(
-                        side,
-                        lambda c=client, n=name: c.unregister_system_shared_memory(n),
-                        "FAILED_PRECONDITION",
-                        400,
-                        "in use",
-                    )
-                message = expect_error(
-                    side, lambda c=client: c.unregister_system_shared_memory(), "FAILED_PRECONDITION", 400, "in use"
-                )
+                    unregister = functools.partial(client.unregister_system_shared_memory, name)
+                    expect_error(side, unregister, "FAILED_PRECONDITION", 400, "in use")
+                unregister_all = functools.partial(client.unregister_system_shared_memory)
+                message = expect_error(side, unregister_all, "FAILED_PRECONDITION", 400, "in use")
                 assert "'in'" in message, message
                 assert "'out'" in message, message
                 assert "idle" not in message, message
