@@ -69,6 +69,8 @@ class Server:
             log.error("exit timeout expired with work still running (%s): exiting now", ", ".join(busy) or "unloading")
             self.clean_exit = False
             return
+        finally:
+            self.plane.shared_memory.close()
         log.info("stopped")
 
     def _start_polling(self) -> asyncio.Task[None] | None:

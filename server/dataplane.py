@@ -13,9 +13,17 @@ from server import __version__
 from server.messages import InferRequest, InferResponse, OutputTensor
 from server.model_version import ModelVersion
 from server.repository import IndexEntry, ModelRepository
+from server.shared_memory import SharedMemoryRegistry
 
 # What this server really implements, as ServerMetadata reports it.
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "parameters", "binary_tensor_data"]
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "binary_tensor_data",
+    "system_shared_memory",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class DataPlane:
         self.name = "clipperd"
         self.version = __version__
         self.extensions = EXTENSIONS
+        self.shared_memory = SharedMemoryRegistry()
 
     def live(self) -> bool:
         return True
@@ -96,9 +105,11 @@ class DataPlane:
         model = self.repository.get(request.model_name, request.model_version)
         ok = False
         try:
-            inputs, batch = model.signature.validate(request)
-            outputs = await model.scheduler.execute(inputs, batch)
-            response = self._response(request, model, outputs)
+            with self.shared_memory.use(request) as shared_memory:  # reads inputs, holds the regions
+                inputs, batch = model.signature.validate(request)
+                outputs = await model.scheduler.execute(inputs, batch)
+                response = self._response(request, model, outputs)
+                shared_memory.write_outputs(response)
             ok = True
             return response
         finally:

@@ -17,6 +17,7 @@ from backends.common.tensors import (
 )
 from server.messages import InferRequest, InferResponse, InputTensor, Param, Params, RequestedOutput
 from server.proto import grpc_service_pb2 as pb
+from server.shared_memory import SHM_PLACEHOLDER, SHM_REGION
 
 # the typed-contents field that carries each data type (FP16 and BF16 travel raw only)
 CONTENTS_FIELD = {
@@ -61,11 +62,17 @@ def encode_parameter(target: pb.InferParameter, value: Param) -> None:
 
 def decode_request(message: pb.ModelInferRequest) -> InferRequest:
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    in_shm = [SHM_REGION in tensor.parameters for tensor in message.inputs]
+    if raw and len(raw) != in_shm.count(False):
         raise InvalidArgument(
-            f"expected {len(message.inputs)} raw_input_contents entries, one per input, got {len(raw)}"
+            f"expected {in_shm.count(False)} raw_input_contents entries, one per input not in shared memory, "
+            f"got {len(raw)}"
         )
-    inputs = [_decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(message.inputs)]
+    entries = iter(raw)
+    inputs = [
+        _decode_input(tensor, next(entries) if raw and not shm else None, shm)
+        for tensor, shm in zip(message.inputs, in_shm, strict=True)
+    ]
     outputs = (
         [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs] if message.outputs else []
     )
@@ -79,11 +86,15 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> InputTensor:
+def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, in_shm: bool) -> InputTensor:
     dtype = datatypes.from_wire(tensor.datatype)
     shape = list(tensor.shape)
     has_contents = tensor.HasField("contents")
-    if raw is not None:
+    if in_shm:  # the DataPlane reads it from the region
+        if has_contents:
+            raise InvalidArgument(f"input '{tensor.name[:64]}' is in shared memory and cannot have contents too")
+        data = SHM_PLACEHOLDER
+    elif raw is not None:
         if has_contents:
             raise InvalidArgument(
                 f"input '{tensor.name[:64]}': contents and raw_input_contents cannot be mixed in one request"

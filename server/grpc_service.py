@@ -174,18 +174,46 @@ class InferenceService:
         await self.plane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    @guarded
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        region = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in self.plane.shared_memory.status(request.name):
+            response.regions[r.name].CopyFrom(region(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return response
+
+    @guarded
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.plane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @guarded
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.plane.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @guarded
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        """No CUDA region can be registered here, so there is none to unregister: success, as Triton
+        answers for a name it does not hold (clients such as perf_analyzer unregister both kinds)."""
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     def _check_repository(self, name: str) -> None:
         if name and name != self.plane.repository.root.name:
             raise InvalidArgument(f"unknown model repository {name[:64]!r}: this server has one, unnamed")
 
 
 _UNIMPLEMENTED = {
-    "SystemSharedMemoryStatus": "system shared memory",
-    "SystemSharedMemoryRegister": "system shared memory",
-    "SystemSharedMemoryUnregister": "system shared memory",
     "CudaSharedMemoryStatus": "CUDA shared memory",
     "CudaSharedMemoryRegister": "CUDA shared memory",
-    "CudaSharedMemoryUnregister": "CUDA shared memory",
     "TraceSetting": "trace settings",
     "LogSettings": "log settings",
 }

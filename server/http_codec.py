@@ -18,6 +18,7 @@ from backends.common.tensors import (
     bytes_array_from_list,
 )
 from server.messages import InferRequest, InferResponse, InputTensor, Param, Params, RequestedOutput
+from server.shared_memory import SHM_PLACEHOLDER, SHM_REGION
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _NOT_IN_JSON = ("FP16", "BF16")  # no JSON number form: binary data only
@@ -95,6 +96,10 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[InputTens
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"{what}: shape must be a list of integers")
     params = _parameters(item, what)
+    if SHM_REGION in params:  # the DataPlane reads it from the region
+        if "data" in item or "binary_data_size" in params:
+            raise InvalidArgument(f"{what}: is in shared memory and cannot have data too")
+        return InputTensor(name, dtype.wire, shape, SHM_PLACEHOLDER, params), offset
     size = params.pop("binary_data_size", None)
     if size is not None:
         if "data" in item:
@@ -178,6 +183,8 @@ def encode_response(response: InferResponse, binary: dict[str, bool]) -> tuple[b
 
 def _encode_output(tensor: Any, binary: bool, chunks: list[bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+    if SHM_REGION in tensor.parameters:
+        return out  # its data is in shared memory; no parameters either, as Triton answers
     params: dict[str, Param] = dict(tensor.parameters)
     dtype = datatypes.BY_WIRE[tensor.datatype]
     if binary or dtype.wire == "BF16":

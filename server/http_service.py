@@ -18,6 +18,7 @@ from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
 from server.http_body import BodyLimits, read_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response, parse_json
+from server.http_shared_memory import add_shared_memory_routes
 from server.http_stats import statistics_json
 from server.status import HTTP_STATUS
 
@@ -203,6 +204,7 @@ def build_http_app(plane: DataPlane, limits: BodyLimits) -> web.Application:
         ("/infer", "POST", infer),
     ):
         app.add_routes(_model_routes(suffix, method, handler))
+    add_shared_memory_routes(app, plane.shared_memory)
     return app
 
 

@@ -125,7 +125,14 @@ def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
     meta = client.get_server_metadata()
     assert meta.name == "clipperd"
     assert meta.version
-    expected = ["model_repository", "model_configuration", "statistics", "parameters", "binary_tensor_data"]
+    expected = [
+        "model_repository",
+        "model_configuration",
+        "statistics",
+        "parameters",
+        "binary_tensor_data",
+        "system_shared_memory",
+    ]
     assert sorted(meta.extensions) == sorted(expected)
     as_json = client.get_server_metadata(as_json=True)
     assert as_json["name"] == "clipperd"
@@ -221,10 +228,7 @@ def test_load_unload_refused_in_mode_none(client: grpcclient.InferenceServerClie
     assert client.is_model_ready("simple") is True  # nothing changed
 
 
-@pytest.mark.parametrize(
-    "call",
-    ["get_system_shared_memory_status", "get_cuda_shared_memory_status", "get_trace_settings", "get_log_settings"],
-)
+@pytest.mark.parametrize("call", ["get_cuda_shared_memory_status", "get_trace_settings", "get_log_settings"])
 def test_unimplemented_extensions(client: grpcclient.InferenceServerClient, call: str) -> None:
     with pytest.raises(InferenceServerException) as error:
         getattr(client, call)()
@@ -232,9 +236,9 @@ def test_unimplemented_extensions(client: grpcclient.InferenceServerClient, call
     assert "not supported" in error.value.message()
 
 
-def test_shared_memory_register_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+def test_cuda_shared_memory_register_unimplemented(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as error:
-        client.register_system_shared_memory("region", "/key", 64)
+        client.register_cuda_shared_memory("region", "aGFuZGxl", 0, 64)
     assert status_of(error.value) == "StatusCode.UNIMPLEMENTED"
     assert error.value.message()
 

@@ -44,6 +44,10 @@ class NotFound(ClipperdError):
     code = StatusCode.NOT_FOUND
 
 
+class AlreadyExists(ClipperdError):
+    code = StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(ClipperdError):
     code = StatusCode.FAILED_PRECONDITION
 
