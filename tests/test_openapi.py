@@ -61,11 +61,11 @@ def test_json_and_yaml_documents_agree(fuzz_server: ServerProcess) -> None:
 def test_document_covers_every_route(tmp_path: Path) -> None:
     plane = DataPlane(ModelRepository(tmp_path, ControlMode.EXPLICIT, []))
     app = build_http_app(plane, BodyLimits(1 << 20, 1 << 20))
-    served = {
-        (route.method, route.resource.canonical)
-        for route in app.router.routes()
-        if route.resource is not None and route.method != "HEAD"
-    }
+    served = set()
+    for route in app.router.routes():
+        if route.resource is not None and route.method != "HEAD":
+            methods = ("GET", "POST") if route.method == "*" else (route.method,)  # any method: document two
+            served |= {(method, route.resource.canonical) for method in methods}
     document = yaml.safe_load(OPENAPI_PATH.read_text())
     documented = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item if method != "parameters"
