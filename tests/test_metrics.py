@@ -7,6 +7,7 @@ failure reasons)."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import shutil
 import socket
 import time
@@ -240,6 +241,39 @@ def test_cancelled_request_counts_as_canceled(server: ServerProcess) -> None:
     assert delta(before, after, "nv_inference_request_success", "picky") == 1
     for reason in ("REJECTED", "BACKEND", "OTHER"):
         assert delta(before, after, "nv_inference_request_failure", "picky", reason=reason) == 0
+
+
+def test_inflight_and_pending_while_the_instance_is_held(server: ServerProcess) -> None:
+    release = server.repository / "picky" / "1" / "release"
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    grpc = grpcclient.InferenceServerClient(server.url)
+
+    def gauges() -> tuple[float, float]:
+        now = samples(server.metrics_url)
+        return value(now, "clipperd_inflight_requests", "picky"), value(
+            now, "nv_inference_pending_request_count", "picky"
+        )
+
+    try:
+        grpc.async_infer(
+            "picky",
+            [fp32_input(np.full((1, 1), 999.0), grpcclient)],
+            lambda result, error: results.put((result, error)),
+        )
+        wait_for(lambda: gauges() == (1, 0))  # executing, holding the only instance
+        grpc.async_infer(
+            "picky", [fp32_input(np.full((1, 1), 5.0), grpcclient)], lambda result, error: results.put((result, error))
+        )
+        wait_for(lambda: gauges() == (2, 1))  # the second one waits for it
+        release.touch()
+        for _ in range(2):
+            result, error = results.get(timeout=30)
+            assert error is None
+            assert result.as_numpy("OUTPUT0").shape == (1, 1)
+    finally:
+        release.unlink(missing_ok=True)
+        grpc.close()
+    assert gauges() == (0, 0)
 
 
 # ----------------------------------------------------------------------------- the other families
