@@ -144,6 +144,8 @@ def main() -> int:
         str(port),
         "--http-port",
         "0",
+        "--metrics-port",
+        "0",
     ]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:

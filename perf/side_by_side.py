@@ -107,7 +107,7 @@ def system(name: str) -> System:
     if name == "clipperd":
         port = free_port()
         command = [project_python(), "-m", "server.cli", "serve", "--model-repository", "model_repository"]
-        command += ["--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", "0"]
+        command += ["--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0"]
         return System(name, command, f"127.0.0.1:{port}")
     if name == "floor":
         port = free_port()

@@ -73,6 +73,11 @@ class ModelScheduler:
         self._defer = self._batching and not self._inline
 
     @property
+    def pending(self) -> int:
+        """Requests waiting for an instance (Triton's pending request count)."""
+        return sum(1 for r in self._queue if not r.future.done())
+
+    @property
     def in_flight(self) -> int:
         return len(self._queue) + len(self._workers) - len(self._idle)
 

@@ -3,9 +3,48 @@ the event loop thread only, so they need no locks; gRPC/HTTP statistics and metr
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from backends.common.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
+
+# Upper bounds (ns) of the request latency histogram's buckets, 50 us to 10 s; one more bucket
+# (+Inf) holds what is slower.
+LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(
+    int(us * 1000)
+    for us in (
+        50, 100, 250, 500,
+        1_000, 2_500, 5_000,
+        10_000, 25_000, 50_000,
+        100_000, 250_000, 500_000,
+        1_000_000, 2_500_000, 5_000_000, 10_000_000,
+    )
+)  # fmt: skip
+
+
+class FailureReason(enum.Enum):
+    """Why a request failed, as Triton's ``nv_inference_request_failure{reason}`` says."""
+
+    REJECTED = "REJECTED"  # refused by the queue: full, timed out, or the model is unloading
+    CANCELED = "CANCELED"  # the client went away (cancelled, or its deadline passed)
+    BACKEND = "BACKEND"  # the model failed while executing, or returned what its config forbids
+    OTHER = "OTHER"  # anything else: a request that fails validation, a response that cannot be built
+
+
+_REJECTIONS = (Unavailable, ResourceExhausted, DeadlineExceeded)
+
+
+def failure_reason(error: BaseException, executing: bool) -> FailureReason:
+    """Classifies a failed request; ``executing``: it failed while queued or executing."""
+    if isinstance(error, asyncio.CancelledError | Cancelled):
+        return FailureReason.CANCELED
+    if not executing:
+        return FailureReason.OTHER
+    return FailureReason.REJECTED if isinstance(error, _REJECTIONS) else FailureReason.BACKEND
 
 
 @dataclass
@@ -50,6 +89,10 @@ class ModelStats:
     execution_count: int = 0  # model executions (one per batch)
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    failures: dict[FailureReason, int] = field(default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    # successful requests by end-to-end duration: counts per LATENCY_BUCKETS_NS bucket, then +Inf
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
+    inflight: int = 0  # requests inside DataPlane.infer now: validating, queued, executing
 
     def record_execution(self, batch_size: int, requests: int, times: ExecutionTimes) -> None:
         self.execution_count += 1
@@ -65,5 +108,10 @@ class ModelStats:
         batch.compute_infer.add(times.compute_infer_ns)
         batch.compute_output.add(times.compute_output_ns)
 
-    def record_request(self, ok: bool, duration_ns: int) -> None:
-        (self.success if ok else self.fail).add(duration_ns)
+    def record_success(self, duration_ns: int) -> None:
+        self.success.add(duration_ns)
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS_NS, duration_ns)] += 1
+
+    def record_failure(self, reason: FailureReason, duration_ns: int) -> None:
+        self.fail.add(duration_ns)
+        self.failures[reason] += 1

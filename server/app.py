@@ -14,6 +14,7 @@ from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, build_grpc_server
 from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
+from server.metrics import MetricsOptions, start_metrics_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
 
@@ -28,6 +29,7 @@ class Server:
         self.plane = DataPlane(self.repository, settings.strict_readiness)
         self.grpc_port = 0
         self.http_port = 0
+        self.metrics_port = 0  # stays 0 with --no-allow-metrics
         self.clean_exit = True  # False when the exit timeout cut in-flight work short
         self._stop = asyncio.Event()
 
@@ -48,6 +50,13 @@ class Server:
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_runner, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
+        runners = [http_runner]
+        if settings.allow_metrics:
+            metrics_runner, self.metrics_port = await start_metrics_server(
+                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port)
+            )
+            runners.append(metrics_runner)
+            log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
         await self.repository.start()
         _settle_garbage_collector()
         self.plane.accepting = True
@@ -60,7 +69,7 @@ class Server:
         if poller is not None:
             poller.cancel()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
-        await asyncio.gather(grpc_server.stop(grace=settings.exit_timeout_secs), http_runner.cleanup())
+        await asyncio.gather(grpc_server.stop(grace=settings.exit_timeout_secs), *(r.cleanup() for r in runners))
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             await asyncio.wait_for(self.repository.stop(), remaining)

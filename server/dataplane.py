@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from backends.base import Tensors
 from backends.proto import model_config_pb2 as mc
-from schedulers.stats import ModelStats
+from schedulers.stats import ModelStats, failure_reason
 from server import __version__
 from server.messages import InferRequest, InferResponse, OutputTensor
 from server.model_version import ModelVersion
@@ -103,17 +103,25 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         model = self.repository.get(request.model_name, request.model_version)
-        ok = False
+        stats = model.stats
+        stats.inflight += 1
+        executing = False
         try:
             with self.shared_memory.use(request) as shared_memory:  # reads inputs, holds the regions
                 inputs, batch = model.signature.validate(request)
+                executing = True
                 outputs = await model.scheduler.execute(inputs, batch)
+                executing = False
                 response = self._response(request, model, outputs)
                 shared_memory.write_outputs(response)
-            ok = True
+        except BaseException as error:
+            stats.record_failure(failure_reason(error, executing), time.perf_counter_ns() - start)
+            raise
+        else:
+            stats.record_success(time.perf_counter_ns() - start)
             return response
         finally:
-            model.stats.record_request(ok, time.perf_counter_ns() - start)
+            stats.inflight -= 1
 
     @staticmethod
     def _response(request: InferRequest, model: ModelVersion, outputs: Tensors) -> InferResponse:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class ModelVersion:
     signature: ModelSignature
     scheduler: ModelScheduler
     stats: ModelStats
+    load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,7 @@ def _gpu_instances(model: str, group: str, wanted: list[int], count: int, availa
 
 async def load_model_version(config: mc.ModelConfig, version: int, version_path: Path) -> ModelVersion:
     """Starts every instance (each loads on its own thread); all or nothing."""
+    started = time.perf_counter()
     backend_class = registry.backend_class(config, version_path)
     placed = instance_devices(config, version_path)
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
@@ -97,7 +100,8 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
         raise _load_error(config.name, version, errors[0])
     stats = ModelStats()
     scheduler = ModelScheduler(config, workers, stats)
-    return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats)
+    load_secs = time.perf_counter() - started
+    return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats, load_secs)
 
 
 def cpu_threads_per_instance(cpu_instances: int) -> int:

@@ -29,7 +29,10 @@ class Settings:
     host: str = _setting("0.0.0.0", "Address every endpoint binds (Triton binds all interfaces).")
     grpc_port: int = _setting(8001, "KServe v2 gRPC port (0 picks a free one).")
     http_port: int = _setting(8000, "KServe v2 HTTP/REST port (0 picks a free one).")
-    metrics_port: int = _setting(8002, "Prometheus metrics port (reserved: metrics are not built yet).")
+    metrics_port: int = _setting(8002, "Prometheus metrics port: GET /metrics (0 picks a free one).")
+    allow_metrics: bool = _setting(
+        True, "Serve Prometheus metrics (as Triton's --allow-metrics); off, no metrics port is bound."
+    )
     grpc_max_message_bytes: int = _setting(
         256 * 1024 * 1024, "Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED)."
     )

@@ -31,6 +31,8 @@ class ServerProcess:
         self.url = f"127.0.0.1:{self.grpc_port}"
         self.http_port = free_port()
         self.http_url = f"127.0.0.1:{self.http_port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_dir / f"clipperd-{self.grpc_port}.log"
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -49,6 +51,8 @@ class ServerProcess:
             str(self.grpc_port),
             "--http-port",
             str(self.http_port),
+            "--metrics-port",
+            str(self.metrics_port),
             *self.args,
         ]
         log = self.log_path.open("wb")

@@ -1,0 +1,310 @@
+"""Prometheus metrics on ``--metrics-port`` (8002): Triton's names, types, help texts and labels,
+plus clipperd's own latency histograms and in-flight gauges.
+
+Nothing is counted twice: a scrape reads the very ModelStats counters that the gRPC and HTTP
+statistics endpoints report (on the event loop, where they are updated, so one scrape sees one
+consistent state). The Prometheus text format is written here, because prometheus-client's own
+writer renames every counter ``<name>_total`` and Triton's dashboards expect the bare names;
+OpenMetrics (when the Accept header asks for it) goes through prometheus-client, with Triton's
+counters typed ``unknown`` there so that they keep their names (OpenMetrics wants ``_total`` on a
+counter's samples)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+
+from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats
+from server.model_version import ModelVersion
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_MODEL_LABELS = ("model", "version")
+
+# (name, help, which cumulative duration of ModelStats) for Triton's latency counters
+_DURATIONS: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: s.success,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        lambda s: s.queue,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_input,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_infer,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_output,
+    ),
+)
+
+
+def _float(value: float) -> str:
+    """A value as Prometheus writes it (Go's formatting of specials)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+_BUCKET_BOUNDS = [*(_float(ns / 1e9) for ns in LATENCY_BUCKETS_NS), "+Inf"]
+
+
+def _family(name: str, help: str, typ: str, rows: Iterable[tuple[dict[str, str], float]]) -> Metric:
+    family = Metric(name, help, typ)
+    for labels, value in rows:
+        family.add_sample(name, labels, value)
+    return family
+
+
+def _labels(model: ModelVersion) -> dict[str, str]:
+    return {"model": model.name, "version": str(model.version)}
+
+
+def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
+    """Triton's per-model families, then clipperd's own, one sample per loaded model version."""
+    rows = [(_labels(m), m) for m in models]
+    yield _family(
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        "counter",
+        ((labels, m.stats.success.count) for labels, m in rows),
+    )
+    yield _family(
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        "counter",
+        (({**labels, "reason": r.value}, m.stats.failures[r]) for labels, m in rows for r in FailureReason),
+    )
+    yield _family(
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        "counter",
+        ((labels, m.stats.inference_count) for labels, m in rows),
+    )
+    yield _family(
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)",
+        "counter",
+        ((labels, m.stats.execution_count) for labels, m in rows),
+    )
+    for name, help, duration in _DURATIONS:
+        yield _family(name, help, "counter", ((labels, duration(m.stats).ns // 1000) for labels, m in rows))
+    yield _family(
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        "gauge",
+        ((labels, m.scheduler.pending) for labels, m in rows),
+    )
+    yield _family(
+        "nv_model_load_duration_secs",
+        "Model load time in seconds",
+        "gauge",
+        ((labels, m.load_secs) for labels, m in rows),
+    )
+    yield _latency_histogram(models)
+    yield _family(
+        "clipperd_inflight_requests",
+        "Inference requests being handled now (validated, queued or executing), per model version",
+        "gauge",
+        ((labels, m.stats.inflight) for labels, m in rows),
+    )
+
+
+def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:
+    histogram = HistogramMetricFamily(
+        "clipperd_request_duration_seconds",
+        "End-to-end duration of successful inference requests, per model version",
+        labels=_MODEL_LABELS,
+    )
+    for m in models:
+        cumulative, buckets = 0, []
+        for bound, count in zip(_BUCKET_BOUNDS, m.stats.latency_buckets, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        histogram.add_metric([m.name, str(m.version)], buckets, m.stats.success.ns / 1e9)
+    return histogram
+
+
+class CpuMetrics:
+    """Triton's CPU metrics from /proc: utilization between two scrapes, memory now."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self._last = self._cpu_times()
+        self._utilization = 0.0
+
+    def _cpu_times(self) -> tuple[int, int] | None:
+        """(busy, total) jiffies of all CPUs since boot; None where /proc/stat is not there."""
+        try:
+            with (self._proc / "stat").open() as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        total = sum(fields)  # user nice system idle iowait irq softirq steal (guest is in user)
+        return total - fields[3] - fields[4], total
+
+    def utilization(self) -> float | None:
+        now = self._cpu_times()
+        if now is None or self._last is None:
+            return None
+        busy, total = now[0] - self._last[0], now[1] - self._last[1]
+        if total > 0:  # two scrapes within one clock tick keep the last figure
+            self._utilization = min(max(busy / total, 0.0), 1.0)
+            self._last = now
+        return self._utilization
+
+    def memory(self) -> tuple[int, int] | None:
+        """(total, used) bytes: used is MemTotal - MemAvailable."""
+        values: dict[str, int] = {}
+        try:
+            with (self._proc / "meminfo").open() as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    if key in ("MemTotal", "MemAvailable"):
+                        values[key] = int(rest.split()[0]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        if len(values) < 2:
+            return None
+        return values["MemTotal"], values["MemTotal"] - values["MemAvailable"]
+
+    def families(self) -> Iterator[Metric]:
+        utilization = self.utilization()
+        if utilization is not None:
+            yield _family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge", [({}, utilization)])
+        memory = self.memory()
+        if memory is not None:
+            total, used = memory
+            yield _family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge", [({}, total)])
+            yield _family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge", [({}, used)])
+
+
+class ServerCollector:
+    """A prometheus-client collector that reads the server's counters at scrape time."""
+
+    def __init__(self, models: Callable[[], list[ModelVersion]], cpu: CpuMetrics | None = None) -> None:
+        self._models = models
+        self._cpu = cpu or CpuMetrics()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from model_families(self._models())
+        yield from self._cpu.families()
+
+
+def build_registry(models: Callable[[], list[ModelVersion]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(models))
+    return registry
+
+
+# -- exposition ---------------------------------------------------------------------------------
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape(value: str) -> str:
+    return _escape_help(value).replace('"', r"\"")
+
+
+def _value(value: float) -> str:
+    return str(value) if isinstance(value, int) else _float(value)
+
+
+def encode_text(families: Iterable[Metric]) -> bytes:
+    """The Prometheus text format 0.0.4, with every sample under the name it was given."""
+    lines = []
+    for family in families:
+        typ = "untyped" if family.type == "unknown" else family.type
+        lines.append(f"# HELP {family.name} {_escape_help(family.documentation)}")
+        lines.append(f"# TYPE {family.name} {typ}")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            name = f"{sample.name}{{{labels}}}" if labels else sample.name
+            lines.append(f"{name} {_value(sample.value)}")
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+class _Snapshot:
+    """Families already collected, as the collector prometheus-client's encoders take."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _untyped_counters(families: list[Metric]) -> list[Metric]:
+    out = []
+    for family in families:
+        if family.type == "counter":
+            copy = Metric(family.name, family.documentation, "unknown")
+            copy.samples = family.samples
+            family = copy
+        out.append(family)
+    return out
+
+
+def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The body and content type for a scrape with this Accept header."""
+    families = list(registry.collect())
+    encoder, content_type = choose_encoder(accept)
+    if content_type.startswith("application/openmetrics-text"):
+        return encoder(_Snapshot(_untyped_counters(families))), content_type  # type: ignore[arg-type]
+    return encode_text(families), TEXT_CONTENT_TYPE
+
+
+# -- the endpoint -------------------------------------------------------------------------------
+
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = exposition(request.app[REGISTRY], request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    host: str
+    port: int  # 0 picks a free one
+
+
+async def start_metrics_server(
+    models: Callable[[], list[ModelVersion]], opts: MetricsOptions
+) -> tuple[web.AppRunner, int]:
+    """Serves ``GET /metrics``; returns the runner (``cleanup()`` stops it) and the bound port."""
+    app = web.Application()
+    app[REGISTRY] = build_registry(models)
+    app.add_routes([web.get("/metrics", metrics)])
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, opts.host, opts.port, reuse_port=False)
+    await site.start()
+    addresses = runner.addresses
+    return runner, int(addresses[0][1]) if addresses else opts.port
