@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from backends.common.errors import InvalidArgument
 from backends.common.errors import ResourceExhausted as PayloadTooLarge  # HTTP 413
+from server.http_codec import parse_json
 
 
 @dataclass(frozen=True)
 class BodyLimits:
     max_body_bytes: int  # as sent, compressed or not
     max_decompressed_bytes: int  # after Content-Encoding is undone
+
+
+LIMITS = web.AppKey("limits", BodyLimits)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """A control request's JSON object body ({} when empty), read within the app's limits."""
+    return parse_json(await read_body(request, request.app[LIMITS]))
 
 
 # zlib's wbits: 16+ reads the gzip wrapper, plain MAX_WBITS the zlib one, negative raw deflate.

@@ -25,6 +25,7 @@ _NOT_IN_JSON = ("FP16", "BF16")  # no JSON number form: binary data only
 # Tensors have at most a handful of dimensions; deeper data is an attack on the walker's stack.
 # (Whole documents deeper than the interpreter's recursion limit already fail in json.loads.)
 MAX_DATA_DEPTH = 64
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -42,10 +43,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def parse_json(data: bytes, what: str = "request body") -> dict[str, Any]:
-    if not data.strip():
+    if not data or data.isspace():  # isspace stops at the first other byte; strip() would copy it all
         return {}
     try:
-        parsed = json.loads(data)
+        parsed = json.loads(data.decode())  # UTF-8 only, as JSON over HTTP is; skips json's encoding sniffing
     except RecursionError:
         raise InvalidArgument(f"{what} is JSON nested too deeply to parse") from None
     except ValueError as error:
@@ -57,13 +58,17 @@ def parse_json(data: bytes, what: str = "request body") -> dict[str, Any]:
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, default: Any = None) -> Any:
     value = obj.get(key, default)
+    if value.__class__ is kind:  # the common case, and what JSON gives: no subclasses (bool is not an int here)
+        return value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise InvalidArgument(f"{what}: '{key}' is missing or has the wrong JSON type")
     return value
 
 
 def _parameters(obj: dict[str, Any], what: str) -> Params:
-    params = _field(obj, "parameters", dict, what, {})
+    if "parameters" not in obj:
+        return {}
+    params = _field(obj, "parameters", dict, what)
     for key, value in params.items():
         if not isinstance(value, bool | int | float | str):
             raise InvalidArgument(f"{what}: parameter '{key[:64]}' must be a boolean, number or string")
@@ -93,7 +98,7 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[InputTens
     what = f"input '{name[:64]}'"
     dtype = datatypes.from_wire(_field(item, "datatype", str, what))
     shape = _field(item, "shape", list, what)
-    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not all(d.__class__ is int for d in shape):  # JSON integers; True is not a dimension
         raise InvalidArgument(f"{what}: shape must be a list of integers")
     params = _parameters(item, what)
     if SHM_REGION in params:  # the DataPlane reads it from the region
@@ -175,7 +180,7 @@ def encode_response(response: InferResponse, binary: dict[str, bool]) -> tuple[b
         obj["parameters"] = response.parameters
     chunks: list[bytes] = []
     obj["outputs"] = [_encode_output(t, binary.get(t.name, binary[""]), chunks) for t in response.outputs]
-    header = json.dumps(obj, separators=(",", ":")).encode()
+    header = _ENCODER.encode(obj).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

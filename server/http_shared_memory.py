@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from backends.common.errors import InvalidArgument, Unimplemented
-from server.http_codec import parse_json
+from server.http_body import json_body
 from server.shared_memory import SharedMemoryRegistry
 
 REGISTRY = web.AppKey("shared_memory", SharedMemoryRegistry)
@@ -31,7 +31,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    body = parse_json(await request.read())
+    body = await json_body(request)
     key = body.get("key")
     if not isinstance(key, str):
         raise InvalidArgument("register needs 'key', a string")
@@ -48,7 +48,7 @@ def _integer(body: dict[str, Any], field: str, default: int | None) -> int:
 
 
 async def unregister(request: web.Request) -> web.Response:
-    parse_json(await request.read())
+    await json_body(request)
     _registry(request).unregister(request.match_info.get("name", ""))
     return web.Response()
 
@@ -60,24 +60,22 @@ async def cuda_unsupported(request: web.Request) -> web.Response:
 async def cuda_unregister(request: web.Request) -> web.Response:
     """No CUDA region can be registered, so there is none to unregister (perf_analyzer
     unregisters both kinds when it ends)."""
-    parse_json(await request.read())
+    await json_body(request)
     return web.Response()
 
 
-def add_shared_memory_routes(app: web.Application, registry: SharedMemoryRegistry) -> None:
+def shared_memory_routes(app: web.Application, registry: SharedMemoryRegistry) -> list[web.RouteDef]:
     app[REGISTRY] = registry
     region = _PREFIX + "/region/{name}"
-    app.add_routes(
-        [
-            web.get(_PREFIX + "/status", status),
-            web.post(_PREFIX + "/status", status),
-            web.get(region + "/status", status),
-            web.post(region + "/status", status),
-            web.post(region + "/register", register),
-            web.post(region + "/unregister", unregister),
-            web.post(_PREFIX + "/unregister", unregister),
-            web.post("/v2/cudasharedmemory/unregister", cuda_unregister),
-            web.post("/v2/cudasharedmemory/region/{name}/unregister", cuda_unregister),
-            web.route("*", "/v2/cudasharedmemory/{tail:.*}", cuda_unsupported),
-        ]
-    )
+    return [
+        web.get(_PREFIX + "/status", status),
+        web.post(_PREFIX + "/status", status),
+        web.get(region + "/status", status),
+        web.post(region + "/status", status),
+        web.post(region + "/register", register),
+        web.post(region + "/unregister", unregister),
+        web.post(_PREFIX + "/unregister", unregister),
+        web.post("/v2/cudasharedmemory/unregister", cuda_unregister),
+        web.post("/v2/cudasharedmemory/region/{name}/unregister", cuda_unregister),
+        web.route("*", "/v2/cudasharedmemory/{tail:.*}", cuda_unsupported),
+    ]

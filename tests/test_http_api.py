@@ -399,3 +399,14 @@ async def test_aio_client_drives_every_endpoint(http_url: str) -> None:
         assert error.value.status() == "404"
     finally:
         await client.close()
+
+
+def test_wrong_method_405_names_the_allowed_ones(http_url: str) -> None:
+    code, body, headers = _send(urllib.request.Request(f"http://{http_url}/v2/models/simple/infer"))
+    assert code == 405, body
+    assert headers["Allow"] == "POST"
+    assert "GET is not allowed" in json.loads(body)["error"]
+    code, body, headers = _send(urllib.request.Request(f"http://{http_url}/v2/health/live", method="DELETE"))
+    assert code == 405
+    assert "GET" in headers["Allow"]
+    assert_error(get(http_url, "/v2/models/simple/nonsense"), 404, "Not Found")
