@@ -68,13 +68,13 @@ def run_one(metrics_on: bool, args: argparse.Namespace, workspace: Path, round_n
     spec, metrics_port = clipperd(metrics_on)
     row: dict[str, Any] = {"setting": spec.name, "round": round_no, "loadavg_1m": round(os.getloadavg()[0], 2)}
     pa = perf_analyzer_path(args.perf_analyzer)
-    with running(spec, workspace / f"{spec.name}-{round_no}.log"):
+    with running(spec, workspace / f"{spec.name}-{round_no}.log", "grpc"):
         scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics", args.scrape_interval) if metrics_on else None
         if scraper is not None:
             scraper.start()
         try:
             csv = workspace / f"{spec.name}-{round_no}.csv"
-            row.update(measure(pa, spec.address, args.concurrency, args.measurement_interval, csv))
+            row.update(measure(pa, spec.address, "grpc", args.concurrency, args.measurement_interval, csv))
         finally:
             if scraper is not None:
                 scraper.stop()

@@ -1,18 +1,21 @@
 """clipperd side by side with the floor and with real peers, under NVIDIA perf_analyzer.
 
-    .venv/bin/python perf/side_by_side.py [--concurrency 1,8] [--repeat 3]
+    .venv/bin/python perf/side_by_side.py [--protocol grpc|http] [--concurrency 1,8] [--repeat 3]
         [--measurement-interval 3000] [--systems clipperd,floor,pytriton,mlserver] [--json OUT.json]
 
 Every system serves the same model, identity_fp32 (FP32 INPUT0 -> OUTPUT0, dims [-1, 16],
-max_batch_size 64), over KServe v2 gRPC on 127.0.0.1, and gets the same load: perf_analyzer
+max_batch_size 64), over KServe v2 gRPC (or HTTP/REST with --protocol http, binary tensors as
+perf_analyzer sends them by default) on 127.0.0.1, and gets the same load: perf_analyzer
 at each concurrency, one after another, in windows of --measurement-interval ms until three in
 a row agree within 25 % (at most 20 windows; the machine this was written on is a noisy 2-core
 VM that perf_analyzer shares with the server). The systems:
 
   clipperd  this project: `python -m server.cli serve --model-repository model_repository`
-  floor     perf/floor_grpc.py: grpc.aio + uvloop echoing the input, nothing else
+  floor     perf/floor_grpc.py: grpc.aio + uvloop echoing the input, nothing else; over HTTP
+            perf/floor_http.py: aiohttp echoing the input, nothing else
   pytriton  NVIDIA Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_identity.py)
-  mlserver  Seldon MLServer 1.7 (perf/peers/mlserver_identity/launch.py)
+  mlserver  Seldon MLServer 1.7 (perf/peers/mlserver_identity/launch.py); gRPC only: its HTTP
+            answers carry output parameters perf_analyzer cannot read
 
 The peers live in virtual environments that perf/install_peers.sh makes under
 $CLIPPERD_BENCH_HOME (default ~/.cache/clipperd-bench); a peer that is not installed is skipped
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +66,17 @@ READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
 
 # (concurrency, the other system, metric, "min" or "max", bound): ours/other must stay on the right side
-TARGETS = (
-    (8, "floor", "infer_per_s", "min", 0.75),
-    (8, "pytriton", "infer_per_s", "min", 3.0),
-    (1, "floor", "p50_us", "max", 1.3),
-)
+TARGETS = {
+    "grpc": (
+        (8, "floor", "infer_per_s", "min", 0.75),
+        (8, "pytriton", "infer_per_s", "min", 3.0),
+        (1, "floor", "p50_us", "max", 1.3),
+    ),
+    "http": (
+        (8, "floor", "infer_per_s", "min", 0.75),
+        (8, "pytriton", "infer_per_s", "min", 4.0),
+    ),
+}
 
 
 @dataclass
@@ -102,28 +112,43 @@ def peer_python(name: str) -> tuple[str, str | None]:
     return str(python), f"not installed ({python} is missing): run perf/install_peers.sh"
 
 
-def system(name: str) -> System:
-    """The system's start command, with fresh ports where it can take any."""
+def system(name: str, protocol: str = "grpc") -> System:
+    """The system's start command, with fresh ports where it can take any; ``address`` is the
+    one of ``protocol``."""
+    http = protocol == "http"
     if name == "clipperd":
         port = free_port()
+        ports = (
+            ["--grpc-port", "0", "--http-port", str(port)] if http else ["--grpc-port", str(port), "--http-port", "0"]
+        )
         command = [project_python(), "-m", "server.cli", "serve", "--model-repository", "model_repository"]
-        command += ["--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0"]
+        command += ["--host", "127.0.0.1", *ports, "--metrics-port", "0"]
         return System(name, command, f"127.0.0.1:{port}")
     if name == "floor":
         port = free_port()
-        return System(name, [project_python(), str(PERF / "floor_grpc.py"), "--port", str(port)], f"127.0.0.1:{port}")
+        script = PERF / ("floor_http.py" if http else "floor_grpc.py")
+        return System(name, [project_python(), str(script), "--port", str(port)], f"127.0.0.1:{port}")
     if name == "pytriton":
         python, missing = peer_python("pytriton")
         # PyTriton makes (and removes) a workspace of its own in the temporary folder
-        return System(name, [python, str(PERF / "peers" / "pytriton_identity.py")], "127.0.0.1:18001", missing=missing)
+        address = "127.0.0.1:18000" if http else "127.0.0.1:18001"
+        return System(name, [python, str(PERF / "peers" / "pytriton_identity.py")], address, missing=missing)
     if name == "mlserver":
         python, missing = peer_python("mlserver")
+        if http:
+            missing = "its HTTP answers cannot be read by perf_analyzer (output parameters without binary_data_size)"
         command = [python, str(PERF / "peers" / "mlserver_identity" / "launch.py")]
         return System(name, command, "127.0.0.1:28081", missing=missing)
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
 
 
-def model_ready(address: str) -> bool:
+def model_ready(address: str, protocol: str) -> bool:
+    if protocol == "http":
+        try:
+            with urllib.request.urlopen(f"http://{address}/v2/models/{MODEL}/ready", timeout=2.0) as answer:
+                return int(answer.status) == 200
+        except OSError:  # refused, not ready yet (HTTPError), timed out
+            return False
     with grpc.insecure_channel(address) as channel:
         rpc = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelReady",
@@ -150,7 +175,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(spec: System, log: Path) -> Iterator[None]:
+def running(spec: System, log: Path, protocol: str) -> Iterator[None]:
     """Starts the system in a session of its own, waits until identity_fp32 is ready, stops it after."""
     if port_in_use(spec.address):
         raise RuntimeError(f"{spec.address} is already taken by another process")
@@ -165,7 +190,7 @@ def running(spec: System, log: Path) -> Iterator[None]:
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not model_ready(spec.address):
+        while not model_ready(spec.address, protocol):
             if proc.poll() is not None:
                 raise RuntimeError(f"exited with status {proc.returncode} before it was ready; see {log}")
             if time.monotonic() > deadline:
@@ -181,8 +206,8 @@ def perf_analyzer_path(given: str | None) -> Path:
     return Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
 
 
-def measure(pa: Path, address: str, concurrency: int, interval_ms: int, out_csv: Path) -> dict[str, Any]:
-    command = [str(pa), "-m", MODEL, "-u", address, "-i", "grpc"]
+def measure(pa: Path, address: str, protocol: str, concurrency: int, interval_ms: int, out_csv: Path) -> dict[str, Any]:
+    command = [str(pa), "-m", MODEL, "-u", address, "-i", protocol]
     command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
     command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out_csv)]
     timeout = 90 + 25 * interval_ms / 1000
@@ -208,15 +233,14 @@ def run_round(
     rows: list[dict[str, Any]] = []
     pa = perf_analyzer_path(args.perf_analyzer)
     for name in names:
-        spec = system(name)
+        spec = system(name, args.protocol)
         log = workspace / f"{name}-round{round_no}.log"
         try:
-            with running(spec, log):
+            with running(spec, log, args.protocol):
                 for c in levels:
                     started = {"started": time.strftime("%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
-                    result = measure(
-                        pa, spec.address, c, args.measurement_interval, workspace / f"{name}-{round_no}-{c}.csv"
-                    )
+                    out = workspace / f"{name}-{round_no}-{c}.csv"
+                    result = measure(pa, spec.address, args.protocol, c, args.measurement_interval, out)
                     rows.append({"system": name, "concurrency": c, "round": round_no, **started, **result})
                     print(f"  round {round_no} {name:9} c={c:<3} {describe(result)}", file=sys.stderr, flush=True)
         except RuntimeError as error:
@@ -290,10 +314,10 @@ def print_table(summary: list[dict[str, Any]], notes: dict[str, str]) -> None:
         print(f"{name}: skipped, {note}")
 
 
-def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def check_targets(summary: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:
     found = {(e["system"], e["concurrency"]): e for e in summary}
     checks = []
-    for c, other, metric, kind, bound in TARGETS:
+    for c, other, metric, kind, bound in TARGETS[protocol]:
         entry = found.get((other, c))
         key = "ours_over_this_infer_per_s" if metric == "infer_per_s" else "ours_over_this_p50"
         if entry is None or key not in entry:
@@ -318,6 +342,7 @@ def machine() -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="what perf_analyzer speaks")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all systems; the table shows medians")
     parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
@@ -337,7 +362,7 @@ def main() -> None:
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="side-by-side-"))
     workspace.mkdir(parents=True, exist_ok=True)
-    notes = {n: s.missing for n in names if (s := system(n)).missing is not None}
+    notes = {n: s.missing for n in names if (s := system(n, args.protocol)).missing is not None}
     runnable = [n for n in names if n not in notes]
     if not perf_analyzer_path(args.perf_analyzer).exists():
         sys.exit(
@@ -345,7 +370,8 @@ def main() -> None:
         )
     before = machine()
     print(
-        f"side by side: {', '.join(runnable)}; concurrency {levels}; {args.repeat} round(s); logs in {workspace}",
+        f"side by side over {args.protocol}: {', '.join(runnable)}; concurrency {levels}; "
+        f"{args.repeat} round(s); logs in {workspace}",
         file=sys.stderr,
     )
     rows: list[dict[str, Any]] = []
@@ -354,13 +380,14 @@ def main() -> None:
         rows += run_round(order, levels, args, workspace, r + 1)
     summary = summarize(rows, runnable, levels)
     print_table(summary, notes)
-    checks = check_targets(summary)
+    checks = check_targets(summary, args.protocol)
     for check in checks:
         print(f"target {check['target']}: {check['ratio']:.3f} -> {'met' if check['met'] else 'MISSED'}")
     if args.json:
         report = {
             "command": sys.argv,
             "model": MODEL,
+            "protocol": args.protocol,
             "machine_before": before,
             "machine_after": machine(),
             "measurement_interval_ms": args.measurement_interval,
