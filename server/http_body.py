@@ -43,7 +43,10 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body is over the {limits.max_body_bytes}-byte limit") from None
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None:
+        return body
+    encoding = encoding.strip().lower()
     if encoding in ("identity", ""):
         return body
     if encoding in ("gzip", "x-gzip"):

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
 
 import yaml
 from aiohttp import web
@@ -204,7 +203,7 @@ def with_infer_fast_path(
         if request.method == "POST" and (target := infer_target(request.path)) is not None:
             try:
                 # the app's request factory made it: a web.Request (without match info, unused here)
-                return await answer_infer(cast(web.Request, request), plane, limits, *target)
+                return await answer_infer(request, plane, limits, *target)  # type: ignore[arg-type]
             except Exception as error:
                 return error_answer(request, error)
         return await routed(request)
