@@ -410,3 +410,30 @@ def test_wrong_method_405_names_the_allowed_ones(http_url: str) -> None:
     assert code == 405
     assert "GET" in headers["Allow"]
     assert_error(get(http_url, "/v2/models/simple/nonsense"), 404, "Not Found")
+
+
+def test_load_and_unload_in_explicit_mode(logs_dir: Path) -> None:
+    with running(EXAMPLES, "--model-control-mode", "explicit", "--load-model", "simple", log_dir=logs_dir) as server:
+        triton = httpclient.InferenceServerClient(server.http_url)
+        try:
+            assert triton.is_model_ready("simple") is True
+            assert triton.is_model_ready("identity_fp32") is False
+            triton.load_model("identity_fp32")
+            assert triton.is_model_ready("identity_fp32") is True
+            x = rng.standard_normal((2, 16)).astype(np.float32)
+            tensor = httpclient.InferInput("INPUT0", [2, 16], "FP32")
+            tensor.set_data_from_numpy(x)
+            np.testing.assert_array_equal(triton.infer("identity_fp32", [tensor]).as_numpy("OUTPUT0"), x)
+            triton.unload_model("simple")
+            assert triton.is_model_ready("simple") is False
+            states = {m["name"]: m.get("state") for m in triton.get_model_repository_index()}
+            assert states["identity_fp32"] == "READY"
+            assert states["simple"] == "UNAVAILABLE"
+            with pytest.raises(InferenceServerException) as error:
+                triton.load_model("no_such_model")
+            assert error.value.status() == "404"
+            with pytest.raises(InferenceServerException) as error:
+                triton.load_model("simple", config='{"max_batch_size": 2}')
+            assert error.value.status() == "501"
+        finally:
+            triton.close()
