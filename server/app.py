@@ -48,9 +48,9 @@ class Server:
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
-        http_runner, self.http_port = await start_http_server(self.plane, http_options)
+        http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
-        runners = [http_runner]
+        runners = []
         if settings.allow_metrics:
             metrics_runner, self.metrics_port = await start_metrics_server(
                 self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port)
@@ -69,7 +69,11 @@ class Server:
         if poller is not None:
             poller.cancel()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
-        await asyncio.gather(grpc_server.stop(grace=settings.exit_timeout_secs), *(r.cleanup() for r in runners))
+        await asyncio.gather(
+            grpc_server.stop(grace=settings.exit_timeout_secs),
+            http_server.stop(settings.exit_timeout_secs),
+            *(r.cleanup() for r in runners),
+        )
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             await asyncio.wait_for(self.repository.stop(), remaining)

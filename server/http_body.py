@@ -1,6 +1,6 @@
-"""Reading an HTTP request body within the server's limits: the size on the wire, then the size
-after gzip/deflate decoding. aiohttp's own decoding is off so that a small compressed body
-cannot grow past the limit in memory before anything checks it."""
+"""An HTTP request body after its Content-Encoding: gzip or deflate inflated only up to the
+decompressed limit, so a small compressed body cannot grow past it in memory before anything
+checks it. (The size as sent is limited by the HTTP server, before the body is read.)"""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from backends.common.errors import InvalidArgument
 from backends.common.errors import ResourceExhausted as PayloadTooLarge  # HTTP 413
 from server.http_codec import parse_json
+from server.http_server import HttpRequest
 
 
 @dataclass(frozen=True)
@@ -21,12 +20,9 @@ class BodyLimits:
     max_decompressed_bytes: int  # after Content-Encoding is undone
 
 
-LIMITS = web.AppKey("limits", BodyLimits)
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """A control request's JSON object body ({} when empty), read within the app's limits."""
-    return parse_json(await read_body(request, request.app[LIMITS]))
+def json_body(request: HttpRequest, limits: BodyLimits) -> dict[str, Any]:
+    """A control request's JSON object body ({} when empty)."""
+    return parse_json(decoded_body(request, limits))
 
 
 # zlib's wbits: 16+ reads the gzip wrapper, plain MAX_WBITS the zlib one, negative raw deflate.
@@ -35,24 +31,17 @@ _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_WBITS = -zlib.MAX_WBITS
 
 
-async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
-    declared = request.content_length
-    if declared is not None and declared > limits.max_body_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limits.max_body_bytes}-byte limit")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body is over the {limits.max_body_bytes}-byte limit") from None
-    encoding = request.headers.get("Content-Encoding")
+def decoded_body(request: HttpRequest, limits: BodyLimits) -> bytes:
+    encoding = request.headers.get("content-encoding")
     if encoding is None:
-        return body
+        return request.body
     encoding = encoding.strip().lower()
     if encoding in ("identity", ""):
-        return body
+        return request.body
     if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, _GZIP_WBITS, "gzip", limits.max_decompressed_bytes)
+        return _inflate(request.body, _GZIP_WBITS, "gzip", limits.max_decompressed_bytes)
     if encoding == "deflate":
-        return _inflate_deflate(body, limits.max_decompressed_bytes)
+        return _inflate_deflate(request.body, limits.max_decompressed_bytes)
     raise InvalidArgument(f"Content-Encoding {encoding[:32]!r} is not supported: send gzip, deflate or identity")
 
 

@@ -1,183 +1,32 @@
-"""KServe v2 HTTP/REST on aiohttp: a thin adapter over the DataPlane."""
+"""KServe v2 HTTP/REST: the routes, each a thin adapter over the DataPlane, on the project's
+HTTP/1.1 server (server/http_server.py)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
-from server.http_body import LIMITS, BodyLimits, json_body, read_body
+from server.http_body import BodyLimits, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
-from server.http_shared_memory import shared_memory_routes
+from server.http_router import NoRoute, Route, Router
+from server.http_server import HttpRequest, HttpResponse, HttpServer
+from server.http_shared_memory import SharedMemoryApi
 from server.http_stats import statistics_json
+from server.json_answers import JSON, error_response, json_response
 from server.status import HTTP_STATUS
 
 log = logging.getLogger(__name__)
-
-
-class _ClientFaults(logging.Filter):
-    """aiohttp logs every malformed request (bad header bytes, oversized lines) as an ERROR with a
-    traceback: the client's fault, already answered with 400, so it goes to DEBUG instead, and a
-    flood of junk cannot flood the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError) and record.levelno >= logging.ERROR:
-            log.debug("malformed HTTP request: %s", error)
-            return False
-        return True
-
-
-CLIENT_FAULTS = _ClientFaults()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PLANE = web.AppKey("plane", DataPlane)
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def guarded(handler: Handler) -> Handler:
-    """Errors become ``{"error": ...}`` answers. A wrapper per handler rather than a middleware:
-    aiohttp builds a middleware chain anew for every request."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except Exception as error:
-            return error_answer(request, error)
-
-    return wrapper
-
-
-def error_answer(request: web.BaseRequest, error: Exception) -> web.Response:
-    """Ours keep their code and message, anything else is 500 with nothing leaked (the details
-    go to the log)."""
-    if isinstance(error, ClipperdError):
-        return error_response(HTTP_STATUS[error.code], error.message)
-    log.error("internal error in %s %s", request.method, request.path, exc_info=error)
-    return error_response(500, "internal error")
-
-
-async def no_route(request: web.Request) -> web.Response:
-    """The last route, for any path and method: 405 naming the allowed methods when another
-    route has the path, 404 otherwise; both as JSON errors."""
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is not request.match_info.route.resource:
-            match, methods = await resource.resolve(request)
-            allowed |= methods if match is None else set()
-    if allowed:
-        headers = {"Allow": ", ".join(sorted(allowed))}
-        return web.json_response(
-            {"error": f"method {request.method[:16]} is not allowed here"}, status=405, headers=headers
-        )
-    return error_response(404, "Not Found")
-
-
-def _plane(request: web.Request) -> DataPlane:
-    return request.app[PLANE]
-
-
-def _model(request: web.Request) -> tuple[str, str]:
-    return request.match_info["model"], request.match_info.get("version", "")
-
-
-def _flag(value: bool) -> web.Response:
-    return web.Response(status=200 if value else 503)
-
-
-async def live(request: web.Request) -> web.Response:
-    return _flag(_plane(request).live())
-
-
-async def ready(request: web.Request) -> web.Response:
-    return _flag(_plane(request).ready())
-
-
-async def server_metadata(request: web.Request) -> web.Response:
-    plane = _plane(request)
-    return web.json_response({"name": plane.name, "version": plane.version, "extensions": plane.extensions})
-
-
-async def model_ready(request: web.Request) -> web.Response:
-    return _flag(_plane(request).model_ready(*_model(request)))
-
-
-async def model_metadata(request: web.Request) -> web.Response:
-    meta = _plane(request).model_metadata(*_model(request))
-    return web.json_response(asdict(meta))
-
-
-async def model_config(request: web.Request) -> web.Response:
-    return web.json_response(config_to_json(_plane(request).model_config(*_model(request))))
-
-
-async def model_stats(request: web.Request) -> web.Response:
-    name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-    return web.json_response(statistics_json(_plane(request).statistics(name, version)))
-
-
-async def repository_index(request: web.Request) -> web.Response:
-    ready_only = (await json_body(request)).get("ready", False)
-    if not isinstance(ready_only, bool):
-        raise InvalidArgument("'ready' must be a boolean")
-    rows = _plane(request).repository_index(ready_only)
-    return web.json_response([asdict(r) for r in rows])
-
-
-async def load(request: web.Request) -> web.Response:
-    parameters = (await json_body(request)).get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise InvalidArgument("'parameters' must be a JSON object")
-    if parameters:
-        raise Unimplemented(
-            "load parameters (config or file overrides) are not accepted: change the model's files "
-            "in the repository and load it again"
-        )
-    await _plane(request).load_model(request.match_info["model"])
-    return web.Response()
-
-
-async def unload(request: web.Request) -> web.Response:
-    await json_body(request)
-    await _plane(request).unload_model(request.match_info["model"])
-    return web.Response()
-
-
-async def infer(request: web.Request) -> web.Response:
-    name, version = _model(request)
-    return await answer_infer(request, _plane(request), request.app[LIMITS], name, version)
-
-
-async def answer_infer(
-    request: web.Request, plane: DataPlane, limits: BodyLimits, name: str, version: str
-) -> web.Response:
-    body = await read_body(request, limits)
-    decoded = decode_request(name, version, body, request.headers.get(HEADER_LENGTH))
-    binary = binary_choices(decoded)
-    body, header_length = encode_response(await plane.infer(decoded), binary)
-    if header_length is None:
-        response = web.Response(body=body, content_type="application/json")
-    else:
-        headers = {HEADER_LENGTH: str(header_length)}  # of the header before any compression
-        response = web.Response(body=body, content_type="application/octet-stream", headers=headers)
-    if "Accept-Encoding" in request.headers:  # only clients that ask pay for compression
-        response.enable_compression()
-    return response
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+_OK = HttpResponse()
+_NOT_READY = HttpResponse(503)
 
 
 def infer_target(path: str) -> tuple[str, str] | None:
@@ -192,76 +41,156 @@ def infer_target(path: str) -> tuple[str, str] | None:
     return None
 
 
-def with_infer_fast_path(
-    routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], plane: DataPlane, limits: BodyLimits
-) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    """The server's request handler, with infer taken before the router: for every request
-    aiohttp resolves the route, builds its match info and freezes it, which costs about a tenth of
-    a small request's time on the one busy thread. Everything else goes through the router."""
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "POST" and (target := infer_target(request.path)) is not None:
-            try:
-                # the app's request factory made it: a web.Request (without match info, unused here)
-                return await answer_infer(request, plane, limits, *target)  # type: ignore[arg-type]
-            except Exception as error:
-                return error_answer(request, error)
-        return await routed(request)
-
-    return handle
+def _model(request: HttpRequest) -> tuple[str, str]:
+    return request.params["model"], request.params.get("version", "")
 
 
-OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+def _flag(value: bool) -> HttpResponse:
+    return _OK if value else _NOT_READY
 
 
-def openapi_routes() -> list[web.RouteDef]:
-    """The API's OpenAPI document, as YAML (the source) and JSON."""
-    text = OPENAPI_PATH.read_bytes()
-    as_json = json.dumps(yaml.safe_load(text)).encode()
-
-    async def yaml_doc(request: web.Request) -> web.Response:
-        return web.Response(body=text, content_type="application/yaml")
-
-    async def json_doc(request: web.Request) -> web.Response:
-        return web.Response(body=as_json, content_type="application/json")
-
-    return [web.get("/openapi.yaml", yaml_doc), web.get("/openapi.json", json_doc)]
-
-
-def _model_routes(suffix: str, method: str, handler: Handler) -> list[web.RouteDef]:
-    return [
-        web.route(method, f"/v2/models/{{model}}{suffix}", handler),
-        web.route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler),
-    ]
+def _compressed(response: HttpResponse, accept: str) -> HttpResponse:
+    """gzip or deflate, as the client's Accept-Encoding asks; unchanged when it asks neither."""
+    wanted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    for name, wbits in (("gzip", 16 + zlib.MAX_WBITS), ("deflate", zlib.MAX_WBITS)):
+        if name in wanted:
+            packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+            response.body = packer.compress(response.body) + packer.flush()
+            response.headers["Content-Encoding"] = name
+            response.headers["Vary"] = "Accept-Encoding"
+            return response
+    return response
 
 
-def build_http_app(plane: DataPlane, limits: BodyLimits) -> web.Application:
-    app = web.Application(client_max_size=limits.max_body_bytes)
-    app[PLANE] = plane
-    app[LIMITS] = limits
-    # infer first: the router tries the routes under /v2/models in the order they were added
-    routes = _model_routes("/infer", "POST", infer)
-    for suffix, method, handler in (
-        ("", "GET", model_metadata),
-        ("/ready", "GET", model_ready),
-        ("/config", "GET", model_config),
-        ("/stats", "GET", model_stats),
-    ):
-        routes += _model_routes(suffix, method, handler)
-    routes += [
-        web.get("/v2/health/live", live),
-        web.get("/v2/health/ready", ready),
-        web.get("/v2", server_metadata),
-        web.get("/v2/models/stats", model_stats),
-        web.post("/v2/repository/index", repository_index),
-        web.post("/v2/repository/models/{model}/load", load),
-        web.post("/v2/repository/models/{model}/unload", unload),
-        *shared_memory_routes(app, plane.shared_memory),
-        *openapi_routes(),
-        web.route("*", "/{path:.*}", no_route),
-    ]
-    app.add_routes([web.RouteDef(r.method, r.path, guarded(r.handler), r.kwargs) for r in routes])
-    return app
+class RestApi:
+    """Every route of the REST API over one DataPlane."""
+
+    def __init__(self, plane: DataPlane, limits: BodyLimits) -> None:
+        self.plane = plane
+        self.limits = limits
+        self.shared_memory = SharedMemoryApi(plane.shared_memory, limits)
+        self.router = Router(self.routes())
+        text = OPENAPI_PATH.read_bytes()
+        self._openapi_yaml = text
+        self._openapi_json = json.dumps(yaml.safe_load(text)).encode()
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """Infer is taken before the router (it is nearly all the traffic); errors become
+        ``{"error": ...}`` answers: ours with their code and message, anything else 500 with
+        nothing leaked (the details go to the log)."""
+        try:
+            if request.method == "POST" and (target := infer_target(request.path)) is not None:
+                return await self.infer_model(request, *target)
+            handler, request.params = self.router.resolve(request.method, request.path)
+            return await handler(request)
+        except ClipperdError as error:
+            return error_response(HTTP_STATUS[error.code], error.message)
+        except NoRoute as missing:
+            if not missing.allowed:
+                return error_response(404, "Not Found")
+            allow = ", ".join(sorted(missing.allowed))
+            return error_response(405, f"method {request.method[:16]} is not allowed here", {"Allow": allow})
+        except Exception:
+            log.exception("internal error in %s %s", request.method, request.path[:200])
+            return error_response(500, "internal error")
+
+    # ---- inference
+
+    async def infer(self, request: HttpRequest) -> HttpResponse:
+        return await self.infer_model(request, *_model(request))
+
+    async def infer_model(self, request: HttpRequest, name: str, version: str) -> HttpResponse:
+        body = decoded_body(request, self.limits)
+        decoded = decode_request(name, version, body, request.headers.get("inference-header-content-length"))
+        binary = binary_choices(decoded)
+        body, header_length = encode_response(await self.plane.infer(decoded), binary)
+        if header_length is None:
+            response = HttpResponse(200, body, JSON)
+        else:  # the header's length before any compression, as tritonclient reads it
+            response = HttpResponse(200, body, "application/octet-stream", {HEADER_LENGTH: str(header_length)})
+        accept = request.headers.get("accept-encoding")
+        return response if accept is None else _compressed(response, accept)
+
+    # ---- health and metadata
+
+    async def live(self, request: HttpRequest) -> HttpResponse:
+        return _flag(self.plane.live())
+
+    async def ready(self, request: HttpRequest) -> HttpResponse:
+        return _flag(self.plane.ready())
+
+    async def server_metadata(self, request: HttpRequest) -> HttpResponse:
+        plane = self.plane
+        return json_response({"name": plane.name, "version": plane.version, "extensions": plane.extensions})
+
+    async def model_ready(self, request: HttpRequest) -> HttpResponse:
+        return _flag(self.plane.model_ready(*_model(request)))
+
+    async def model_metadata(self, request: HttpRequest) -> HttpResponse:
+        return json_response(asdict(self.plane.model_metadata(*_model(request))))
+
+    async def model_config(self, request: HttpRequest) -> HttpResponse:
+        return json_response(config_to_json(self.plane.model_config(*_model(request))))
+
+    async def model_stats(self, request: HttpRequest) -> HttpResponse:
+        name, version = request.params.get("model", ""), request.params.get("version", "")
+        return json_response(statistics_json(self.plane.statistics(name, version)))
+
+    # ---- repository
+
+    async def repository_index(self, request: HttpRequest) -> HttpResponse:
+        ready_only = json_body(request, self.limits).get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidArgument("'ready' must be a boolean")
+        return json_response([asdict(r) for r in self.plane.repository_index(ready_only)])
+
+    async def load(self, request: HttpRequest) -> HttpResponse:
+        parameters = json_body(request, self.limits).get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        if parameters:
+            raise Unimplemented(
+                "load parameters (config or file overrides) are not accepted: change the model's files "
+                "in the repository and load it again"
+            )
+        await self.plane.load_model(request.params["model"])
+        return HttpResponse()
+
+    async def unload(self, request: HttpRequest) -> HttpResponse:
+        json_body(request, self.limits)
+        await self.plane.unload_model(request.params["model"])
+        return HttpResponse()
+
+    # ---- the API's description
+
+    async def openapi_yaml(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, self._openapi_yaml, "application/yaml")
+
+    async def openapi_json(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, self._openapi_json, JSON)
+
+    def routes(self) -> list[Route]:
+        routes = [
+            Route("GET", "/v2/health/live", self.live),
+            Route("GET", "/v2/health/ready", self.ready),
+            Route("GET", "/v2", self.server_metadata),
+            Route("GET", "/v2/models/stats", self.model_stats),  # before /v2/models/{model}
+            Route("POST", "/v2/repository/index", self.repository_index),
+            Route("POST", "/v2/repository/models/{model}/load", self.load),
+            Route("POST", "/v2/repository/models/{model}/unload", self.unload),
+            Route("GET", "/openapi.yaml", self.openapi_yaml),
+            Route("GET", "/openapi.json", self.openapi_json),
+        ]
+        for suffix, method, handler in (
+            ("/infer", "POST", self.infer),
+            ("", "GET", self.model_metadata),
+            ("/ready", "GET", self.model_ready),
+            ("/config", "GET", self.model_config),
+            ("/stats", "GET", self.model_stats),
+        ):
+            routes.append(Route(method, f"/v2/models/{{model}}{suffix}", handler))
+            routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
+        return routes + self.shared_memory.routes()
 
 
 @dataclass(frozen=True)
@@ -272,17 +201,9 @@ class HttpOptions:
     grace_secs: float  # on shutdown, how long in-flight requests may take
 
 
-async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[web.AppRunner, int]:
-    """Serves the app; returns the runner (``cleanup()`` stops it) and the bound port."""
-    logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)  # adding it twice is a no-op
-    app = build_http_app(plane, opts.limits)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=opts.grace_secs, auto_decompress=False
-    )
-    await runner.setup()
-    assert runner.server is not None  # set up just now
-    runner.server.request_handler = with_infer_fast_path(runner.server.request_handler, plane, opts.limits)
-    site = web.TCPSite(runner, opts.host, opts.port, reuse_port=False)
-    await site.start()
-    addresses = runner.addresses
-    return runner, int(addresses[0][1]) if addresses else opts.port
+async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
+    """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
+    api = RestApi(plane, opts.limits)
+    server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes)
+    port = await server.start(opts.host, opts.port)
+    return server, port

@@ -11,33 +11,62 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from aiohttp import web
-
 from backends.common.errors import InvalidArgument, Unimplemented
-from server.http_body import json_body
+from server.http_body import BodyLimits, json_body
+from server.http_router import Route
+from server.http_server import HttpRequest, HttpResponse
+from server.json_answers import json_response
 from server.shared_memory import SharedMemoryRegistry
 
-REGISTRY = web.AppKey("shared_memory", SharedMemoryRegistry)
 _PREFIX = "/v2/systemsharedmemory"
 
 
-def _registry(request: web.Request) -> SharedMemoryRegistry:
-    return request.app[REGISTRY]
+class SharedMemoryApi:
+    def __init__(self, registry: SharedMemoryRegistry, limits: BodyLimits) -> None:
+        self.registry = registry
+        self.limits = limits
 
+    async def status(self, request: HttpRequest) -> HttpResponse:
+        rows = self.registry.status(request.params.get("name", ""))
+        return json_response([asdict(r) for r in rows])
 
-async def status(request: web.Request) -> web.Response:
-    rows = _registry(request).status(request.match_info.get("name", ""))
-    return web.json_response([asdict(r) for r in rows])
+    async def register(self, request: HttpRequest) -> HttpResponse:
+        body = json_body(request, self.limits)
+        key = body.get("key")
+        if not isinstance(key, str):
+            raise InvalidArgument("register needs 'key', a string")
+        offset, byte_size = _integer(body, "offset", 0), _integer(body, "byte_size", None)
+        self.registry.register(request.params["name"], key, offset, byte_size)
+        return HttpResponse()
 
+    async def unregister(self, request: HttpRequest) -> HttpResponse:
+        json_body(request, self.limits)
+        self.registry.unregister(request.params.get("name", ""))
+        return HttpResponse()
 
-async def register(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    key = body.get("key")
-    if not isinstance(key, str):
-        raise InvalidArgument("register needs 'key', a string")
-    offset, byte_size = _integer(body, "offset", 0), _integer(body, "byte_size", None)
-    _registry(request).register(request.match_info["name"], key, offset, byte_size)
-    return web.Response()
+    async def cuda_unsupported(self, request: HttpRequest) -> HttpResponse:
+        raise Unimplemented("CUDA shared memory is not supported by this server")
+
+    async def cuda_unregister(self, request: HttpRequest) -> HttpResponse:
+        """No CUDA region can be registered, so there is none to unregister (perf_analyzer
+        unregisters both kinds when it ends)."""
+        json_body(request, self.limits)
+        return HttpResponse()
+
+    def routes(self) -> list[Route]:
+        region = _PREFIX + "/region/{name}"
+        return [
+            Route("GET", _PREFIX + "/status", self.status),
+            Route("POST", _PREFIX + "/status", self.status),
+            Route("GET", region + "/status", self.status),
+            Route("POST", region + "/status", self.status),
+            Route("POST", region + "/register", self.register),
+            Route("POST", region + "/unregister", self.unregister),
+            Route("POST", _PREFIX + "/unregister", self.unregister),
+            Route("POST", "/v2/cudasharedmemory/unregister", self.cuda_unregister),
+            Route("POST", "/v2/cudasharedmemory/region/{name}/unregister", self.cuda_unregister),
+            Route("*", "/v2/cudasharedmemory/{tail:*}", self.cuda_unsupported),
+        ]
 
 
 def _integer(body: dict[str, Any], field: str, default: int | None) -> int:
@@ -45,37 +74,3 @@ def _integer(body: dict[str, Any], field: str, default: int | None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgument(f"register needs '{field}', an integer")
     return value
-
-
-async def unregister(request: web.Request) -> web.Response:
-    await json_body(request)
-    _registry(request).unregister(request.match_info.get("name", ""))
-    return web.Response()
-
-
-async def cuda_unsupported(request: web.Request) -> web.Response:
-    raise Unimplemented("CUDA shared memory is not supported by this server")
-
-
-async def cuda_unregister(request: web.Request) -> web.Response:
-    """No CUDA region can be registered, so there is none to unregister (perf_analyzer
-    unregisters both kinds when it ends)."""
-    await json_body(request)
-    return web.Response()
-
-
-def shared_memory_routes(app: web.Application, registry: SharedMemoryRegistry) -> list[web.RouteDef]:
-    app[REGISTRY] = registry
-    region = _PREFIX + "/region/{name}"
-    return [
-        web.get(_PREFIX + "/status", status),
-        web.post(_PREFIX + "/status", status),
-        web.get(region + "/status", status),
-        web.post(region + "/status", status),
-        web.post(region + "/register", register),
-        web.post(region + "/unregister", unregister),
-        web.post(_PREFIX + "/unregister", unregister),
-        web.post("/v2/cudasharedmemory/unregister", cuda_unregister),
-        web.post("/v2/cudasharedmemory/region/{name}/unregister", cuda_unregister),
-        web.route("*", "/v2/cudasharedmemory/{tail:.*}", cuda_unsupported),
-    ]
