@@ -24,6 +24,7 @@ from backends.base import Backend, Tensors
 from backends.common.errors import Unavailable
 from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
+from schedulers.aimd import AimdController, aimd_settings
 from schedulers.batching import batch_key, merge, split
 from schedulers.instance import InstanceWorker
 from schedulers.stats import ExecutionTimes, ModelStats
@@ -62,6 +63,9 @@ class ModelScheduler:
         self._max_batch_size = config.max_batch_size
         self._max_batch = max(config.max_batch_size, 1)
         self._specs = output_specs(config)
+        self.aimd = AimdController(aimd_settings(config), self._max_batch)  # the cap batches are formed under
+        policy = config.dynamic_batching.default_queue_policy
+        self._max_queue = policy.max_queue_size if self._batching else 0  # 0: unbounded
         self._closed = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -85,6 +89,8 @@ class ModelScheduler:
         """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs."""
         if self._closed:
             raise Unavailable(f"model '{self.config.name}' is unloading")
+        if self._max_queue and len(self._queue) >= self._max_queue and self.pending >= self._max_queue:
+            raise Unavailable(f"model '{self.config.name}': the queue is full ({self._max_queue} requests waiting)")
         if self._inline and self._idle and not self._queue:
             return self._run_inline(inputs, batch_size)
         loop = self._loop or asyncio.get_running_loop()
@@ -109,6 +115,7 @@ class ModelScheduler:
             raise error
         outputs, times = result
         self.stats.record_execution(batch_size, 1, times)
+        self.aimd.observe(batch_size, sum(times))
         return outputs[0]  # type: ignore[no-any-return]
 
     async def close(self) -> None:
@@ -154,13 +161,14 @@ class ModelScheduler:
     def _fill(self, batch: list[_Pending], first: _Pending) -> None:
         """Adds later requests of the same shape while they fit; others keep their place."""
         rows = first.batch_size
+        cap = self.aimd.cap
         skipped: list[_Pending] = []
         queue = self._queue
-        while queue and rows < self._max_batch:
+        while queue and rows < cap:
             request = queue.popleft()
             if request.future.done():
                 continue
-            if request.key == first.key and rows + request.batch_size <= self._max_batch:
+            if request.key == first.key and rows + request.batch_size <= cap:
                 batch.append(request)
                 rows += request.batch_size
             else:
@@ -181,7 +189,9 @@ class ModelScheduler:
                         request.future.set_exception(error or RuntimeError("no result"))
             else:
                 outputs, times = result
-                self.stats.record_execution(sum(batch.sizes), len(requests), times)
+                rows = sum(batch.sizes)
+                self.stats.record_execution(rows, len(requests), times)
+                self.aimd.observe(rows, sum(times))
                 for request, output in zip(requests, outputs, strict=True):
                     if not request.future.done():
                         request.future.set_result(output)

@@ -123,6 +123,24 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     )
     yield _latency_histogram(models)
     yield _family(
+        "clipperd_batch_size_cap",
+        "The largest batch the scheduler forms now: max_batch_size, or the AIMD cap under a latency target",
+        "gauge",
+        ((labels, m.scheduler.aimd.cap) for labels, m in rows),
+    )
+    yield _family(
+        "clipperd_batch_latency_seconds",
+        "Execution time of the model version's latest batch, as the AIMD controller saw it",
+        "gauge",
+        ((labels, m.scheduler.aimd.last_latency_ns / 1e9) for labels, m in rows),
+    )
+    yield _family(
+        "clipperd_batches_over_latency_target",
+        "Batches whose execution took longer than the model's batch latency target",
+        "counter",
+        ((labels, m.scheduler.aimd.over_target) for labels, m in rows),
+    )
+    yield _family(
         "clipperd_inflight_requests",
         "Inference requests being handled now (validated, queued or executing), per model version",
         "gauge",

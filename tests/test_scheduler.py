@@ -533,3 +533,59 @@ async def test_close_of_an_idle_scheduler_unloads_every_instance_once(harness: F
         assert threading.current_thread().name not in h.log.loads + h.log.unloads
     await asyncio.wait_for(h.scheduler.close(), WAIT)  # a second close is harmless
     assert len(h.log.unloads) == 2
+
+
+# ------------------------------------------------------------------------ AIMD cap, queue bound
+
+
+def aimd_config(target_us: str, max_batch_size: int = 16, **extra: str) -> mc.ModelConfig:
+    config = model_config(max_batch_size)
+    config.parameters["batch_latency_target_us"].string_value = target_us
+    for key, value in extra.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+async def test_batches_never_exceed_the_aimd_cap_which_grows_with_each_full_fast_batch(harness: Factory) -> None:
+    h = await harness(aimd_config("60000000"), hold=True)  # a minute: every batch is fast enough
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(v) for v in range(1, 15)]
+    await h.queued(15)
+    assert h.scheduler.aimd.cap == 1
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 2, 3, 4, 5]  # the cap starts at 1 and grows by one per full batch
+    assert h.scheduler.aimd.cap == 6
+
+
+async def test_a_slow_batch_cuts_the_cap(harness: Factory) -> None:
+    h = await harness(aimd_config("1", batch_size_initial="10"), hold=True)  # 1 µs: every batch is too slow
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(v) for v in range(1, 12)]
+    await h.queued(12)
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 9, 2]  # after the first batch, 10 -> 9; after the second, 9 -> 8
+    assert h.scheduler.aimd.cap == 7
+    assert h.scheduler.aimd.over_target == 3
+
+
+async def test_a_full_queue_rejects_at_once(harness: Factory) -> None:
+    config = model_config()
+    config.dynamic_batching.default_queue_policy.max_queue_size = 2
+    h = await harness(config, hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(1), h.start(2)]
+    await h.queued(3)
+    with pytest.raises(Unavailable, match="the queue is full"):
+        await h.infer(3)
+    waiting[0].cancel()  # a cancelled request no longer counts
+    await asyncio.sleep(0)
+    later = h.start(4)
+    await h.queued(3)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, waiting[1], later), WAIT)
+    assert [out(r) for r in results] == [[1.0], [3.0], [5.0]]
