@@ -64,8 +64,12 @@ class ModelScheduler:
         self._max_batch = max(config.max_batch_size, 1)
         self._specs = output_specs(config)
         self.aimd = AimdController(aimd_settings(config), self._max_batch)  # the cap batches are formed under
-        policy = config.dynamic_batching.default_queue_policy
-        self._max_queue = policy.max_queue_size if self._batching else 0  # 0: unbounded
+        dynamic = config.dynamic_batching
+        self._max_queue = dynamic.default_queue_policy.max_queue_size if self._batching else 0  # 0: unbounded
+        # Triton's batch shaping: wait up to the delay for a batch to fill, prefer these sizes
+        self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
+        self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -73,7 +77,7 @@ class ModelScheduler:
         self._dispatching = False
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
-        self._inline = any(w.on_loop for w in self._workers)
+        self._inline = any(w.on_loop for w in self._workers) and not self._delay_ns
         self._defer = self._batching and not self._inline
 
     @property
@@ -121,6 +125,8 @@ class ModelScheduler:
     async def close(self) -> None:
         """Stops taking requests, lets queued and running ones finish, unloads the instances."""
         self._closed = True
+        if self._queue:
+            self._dispatch()  # a batch waiting for its delay goes now
         await self._drained.wait()
         await asyncio.gather(*(w.stop() for w in self._workers))
 
@@ -149,26 +155,63 @@ class ModelScheduler:
             queue.popleft()
         if not queue:
             return None
+        limit = self._batch_limit(queue[0])
+        if limit is None:
+            return None
         first = queue.popleft()
         batch = [first]
         if self._batching:
-            self._fill(batch, first)
+            self._fill(batch, first, limit)
         now = time.perf_counter_ns()
         for request in batch:
             self.stats.queue.add(now - request.enqueued_ns)
         return _Batch(batch)
 
-    def _fill(self, batch: list[_Pending], first: _Pending) -> None:
+    def _batch_limit(self, first: _Pending) -> int | None:
+        """How many rows the next batch may take, or None to wait for more requests: a full
+        batch (the AIMD cap) goes at once, else the largest preferred size that the waiting
+        requests reach, else what there is once the oldest has waited the max queue delay."""
+        cap = self.aimd.cap
+        if not self._batching:
+            return cap
+        rows = self._rows_waiting(first, cap)
+        if rows >= cap:
+            return cap
+        reachable = [size for size in self._preferred if size <= rows]
+        if reachable:
+            return reachable[-1]
+        waited = time.perf_counter_ns() - first.enqueued_ns
+        if self._delay_ns and waited < self._delay_ns and not self._closed:
+            self._wake_in(self._delay_ns - waited)
+            return None
+        return cap
+
+    def _rows_waiting(self, first: _Pending, cap: int) -> int:
+        """Rows that could join ``first``'s batch now, counting up to ``cap``."""
+        rows = 0
+        for request in self._queue:  # as _fill will take them: same shape, skipping what does not fit
+            if rows >= cap:
+                break
+            if request.key == first.key and not request.future.done() and rows + request.batch_size <= cap:
+                rows += request.batch_size
+        return rows
+
+    def _wake_in(self, ns: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(ns / 1e9, self._dispatch)
+
+    def _fill(self, batch: list[_Pending], first: _Pending, limit: int) -> None:
         """Adds later requests of the same shape while they fit; others keep their place."""
         rows = first.batch_size
-        cap = self.aimd.cap
         skipped: list[_Pending] = []
         queue = self._queue
-        while queue and rows < cap:
+        while queue and rows < limit:
             request = queue.popleft()
             if request.future.done():
                 continue
-            if request.key == first.key and rows + request.batch_size <= cap:
+            if request.key == first.key and rows + request.batch_size <= limit:
                 batch.append(request)
                 rows += request.batch_size
             else:

@@ -589,3 +589,55 @@ async def test_a_full_queue_rejects_at_once(harness: Factory) -> None:
     h.gate.open()
     results = await asyncio.wait_for(asyncio.gather(first, waiting[1], later), WAIT)
     assert [out(r) for r in results] == [[1.0], [3.0], [5.0]]
+
+
+# ---------------------------------------------------------- preferred sizes, max queue delay
+
+
+def shaped_config(preferred: tuple[int, ...] = (), delay_us: int = 0, max_batch_size: int = 8) -> mc.ModelConfig:
+    config = model_config(max_batch_size)
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    return config
+
+
+async def test_the_largest_preferred_size_the_waiting_requests_reach_goes_first(harness: Factory) -> None:
+    h = await harness(shaped_config(preferred=(2, 4)), hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(v) for v in range(1, 8)]  # 7 waiting, the cap is 8
+    await h.queued(8)
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    assert h.log.batches == [1, 4, 2, 1]  # 7 -> 4 (preferred), 3 -> 2 (preferred), then what is left
+    assert h.log.values == [[0], [1, 2, 3, 4], [5, 6], [7]]
+
+
+async def test_max_queue_delay_holds_a_batch_until_it_is_full(harness: Factory) -> None:
+    h = await harness(shaped_config(delay_us=3_600_000_000, max_batch_size=4))  # an hour
+    early = [h.start(v) for v in range(3)]
+    await h.queued(3)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert h.log.batches == []  # three rows of four: waiting for the fourth
+    last = h.start(3)
+    results = await asyncio.wait_for(asyncio.gather(*early, last), WAIT)
+    assert h.log.batches == [4]
+    assert [out(r) for r in results] == [[1.0], [2.0], [3.0], [4.0]]
+
+
+async def test_max_queue_delay_sends_what_there_is_when_it_expires(harness: Factory) -> None:
+    h = await harness(shaped_config(delay_us=20_000, max_batch_size=8))  # 20 ms
+    requests = [h.start(v) for v in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*requests), WAIT)  # no one else comes
+    assert h.log.batches == [3]
+    assert [out(r) for r in results] == [[1.0], [2.0], [3.0]]
+    assert h.scheduler.stats.queue.ns >= 3 * 20_000_000 * 0.9  # each waited about the delay
+
+
+async def test_closing_sends_a_batch_that_waits_for_its_delay(harness: Factory) -> None:
+    h = await harness(shaped_config(delay_us=3_600_000_000, max_batch_size=4))
+    pending = h.start(0)
+    await h.queued(1)
+    await asyncio.wait_for(h.scheduler.close(), WAIT)
+    assert out(await pending) == [1.0]
