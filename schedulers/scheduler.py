@@ -27,17 +27,22 @@ from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController, aimd_settings
 from schedulers.batching import batch_key, merge, split
 from schedulers.instance import InstanceWorker
+from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ExecutionTimes, ModelStats
 
 
 class _Pending:
-    __slots__ = ("batch_size", "enqueued_ns", "future", "inputs", "key")
+    __slots__ = ("batch_size", "enqueued_ns", "future", "inputs", "key", "level", "timer")
 
-    def __init__(self, inputs: Tensors, batch_size: int, future: asyncio.Future[Tensors], key: Any) -> None:
+    def __init__(
+        self, inputs: Tensors, batch_size: int, future: asyncio.Future[Tensors], key: Any, level: int = 0
+    ) -> None:
         self.inputs = inputs
         self.batch_size = batch_size
         self.future = future
         self.key = key
+        self.level = level  # priority level, 1 the highest; 0 when the model has none
+        self.timer: asyncio.TimerHandle | None = None  # the queue timeout, while queued
         self.enqueued_ns = time.perf_counter_ns()
 
 
@@ -65,6 +70,7 @@ class ModelScheduler:
         self._specs = output_specs(config)
         self.aimd = AimdController(aimd_settings(config), self._max_batch)  # the cap batches are formed under
         dynamic = config.dynamic_batching
+        self._policies = QueuePolicies(config)
         self._max_queue = dynamic.default_queue_policy.max_queue_size if self._batching else 0  # 0: unbounded
         # Triton's batch shaping: wait up to the delay for a batch to fill, prefer these sizes
         self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
@@ -89,18 +95,21 @@ class ModelScheduler:
     def in_flight(self) -> int:
         return len(self._queue) + len(self._workers) - len(self._idle)
 
-    async def execute(self, inputs: Tensors, batch_size: int) -> Tensors:
-        """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs."""
+    async def execute(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Tensors:
+        """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs.
+        ``priority`` and ``timeout_us`` are the request's parameters (0: not given)."""
         if self._closed:
             raise Unavailable(f"model '{self.config.name}' is unloading")
         if self._max_queue and len(self._queue) >= self._max_queue and self.pending >= self._max_queue:
             raise Unavailable(f"model '{self.config.name}': the queue is full ({self._max_queue} requests waiting)")
+        level = self._policies.level(priority) if self._batching else 0
         if self._inline and self._idle and not self._queue:
             return self._run_inline(inputs, batch_size)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        pending = _Pending(inputs, batch_size, loop.create_future(), batch_key(inputs) if self._batching else None)
-        self._queue.append(pending)
+        key = batch_key(inputs) if self._batching else None
+        pending = _Pending(inputs, batch_size, loop.create_future(), key, level)
+        self._enqueue(pending, timeout_us)
         self._drained.clear()
         if self._defer:
             if not self._dispatch_scheduled:
@@ -110,6 +119,38 @@ class ModelScheduler:
         else:
             self._dispatch()
         return await pending.future
+
+    def _enqueue(self, pending: _Pending, timeout_us: int) -> None:
+        """Behind every request of its priority level or a higher one; the queue timeout armed."""
+        queue = self._queue
+        if pending.level and queue and queue[-1].level > pending.level:
+            index = len(queue)
+            while index and queue[index - 1].level > pending.level:
+                index -= 1
+            queue.insert(index, pending)
+        else:
+            queue.append(pending)
+        if self._batching:
+            policy = self._policies.policy(pending.level)
+            timeout_ns = self._policies.timeout_ns(policy, timeout_us)
+            if timeout_ns:
+                assert self._loop is not None
+                pending.timer = self._loop.call_later(timeout_ns / 1e9, self._expire, pending, policy.delay)
+
+    def _expire(self, pending: _Pending, delay: bool) -> None:
+        """The request waited its queue timeout: rejected, or sent behind the requests still in time."""
+        pending.timer = None
+        if pending.future.done() or pending not in self._queue:
+            return
+        if not delay:
+            self._queue.remove(pending)
+            pending.future.set_exception(
+                Unavailable(f"model '{self.config.name}': request timeout expired in the queue")
+            )
+            return
+        self._queue.remove(pending)
+        self._queue.append(pending)  # behind everything queued now; it keeps its place after that
+        pending.level = max((r.level for r in self._queue), default=pending.level)
 
     def _run_inline(self, inputs: Tensors, batch_size: int) -> Tensors:
         """An idle instance on the event loop and nobody waiting: run now, without queue or future."""
@@ -165,6 +206,9 @@ class ModelScheduler:
         now = time.perf_counter_ns()
         for request in batch:
             self.stats.queue.add(now - request.enqueued_ns)
+            if request.timer is not None:
+                request.timer.cancel()
+                request.timer = None
         return _Batch(batch)
 
     def _batch_limit(self, first: _Pending) -> int | None:

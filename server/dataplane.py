@@ -110,7 +110,10 @@ class DataPlane:
             with self.shared_memory.use(request) as shared_memory:  # reads inputs, holds the regions
                 inputs, batch = model.signature.validate(request)
                 executing = True
-                outputs = await model.scheduler.execute(inputs, batch)
+                params = request.parameters
+                outputs = await model.scheduler.execute(
+                    inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
+                )
                 executing = False
                 response = self._response(request, model, outputs)
                 shared_memory.write_outputs(response)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from backends.base import CPU, Backend, InstanceContext, Tensors
-from backends.common.errors import ModelExecutionError, Unavailable
+from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.proto import model_config_pb2 as mc
 from schedulers.instance import InstanceWorker
 from schedulers.scheduler import ModelScheduler
@@ -129,14 +129,18 @@ class Harness:
     log: Log
     batched: bool
 
-    async def infer(self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32) -> Tensors:
+    async def infer(
+        self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32, priority: int = 0, queue_us: int = 0
+    ) -> Tensors:
         """A request of ``rows`` rows (one row of ``width`` for an unbatched model), each filled with
         ``value``: its id, which the backend records and the result carries (+1)."""
         shape = (rows, width) if self.batched else (width,)
-        return await self.scheduler.execute({"IN": np.full(shape, value, dtype=dtype)}, rows)
+        return await self.scheduler.execute({"IN": np.full(shape, value, dtype=dtype)}, rows, priority, queue_us)
 
-    def start(self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32) -> asyncio.Task[Tensors]:
-        return asyncio.ensure_future(self.infer(value, rows, width, dtype))
+    def start(
+        self, value: float, rows: int = 1, width: int = 4, dtype: Any = np.float32, priority: int = 0, queue_us: int = 0
+    ) -> asyncio.Task[Tensors]:
+        return asyncio.ensure_future(self.infer(value, rows, width, dtype, priority, queue_us))
 
     async def queued(self, count: int) -> None:
         """Waits (a bounded number of loop turns) until ``count`` requests are waiting or running."""
@@ -641,3 +645,62 @@ async def test_closing_sends_a_batch_that_waits_for_its_delay(harness: Factory) 
     await h.queued(1)
     await asyncio.wait_for(h.scheduler.close(), WAIT)
     assert out(await pending) == [1.0]
+
+
+# ------------------------------------------------------------------ priorities, queue timeouts
+
+
+def policy_config(max_batch_size: int = 2, levels: int = 2, default_level: int = 2) -> mc.ModelConfig:
+    config = model_config(max_batch_size)
+    config.dynamic_batching.priority_levels = levels
+    config.dynamic_batching.default_priority_level = default_level
+    return config
+
+
+async def test_higher_priority_requests_are_batched_first(harness: Factory) -> None:
+    h = await harness(policy_config(), hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    low = [h.start(v) for v in (1, 2, 3)]  # the default level, 2
+    high = [h.start(v, priority=1) for v in (4, 5)]
+    await h.queued(6)
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, *low, *high), WAIT)
+    assert h.log.values == [[0], [4, 5], [1, 2], [3]]  # level 1 first, then level 2 in arrival order
+
+
+async def test_a_priority_above_the_levels_is_refused(harness: Factory) -> None:
+    h = await harness(policy_config())
+    with pytest.raises(InvalidArgument, match="priority 3 is not a priority level"):
+        await h.infer(0, priority=3)
+
+
+async def test_queue_timeout_reject_fails_the_request_and_never_executes_it(harness: Factory) -> None:
+    config = policy_config(levels=0, default_level=0)
+    config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 5_000  # 5 ms
+    h = await harness(config, hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = h.start(1)
+    with pytest.raises(Unavailable, match="request timeout expired"):
+        await asyncio.wait_for(waiting, WAIT)
+    h.gate.open()
+    await first
+    assert h.log.values == [[0]]
+
+
+async def test_a_request_may_shorten_its_timeout_where_allowed_and_delay_sends_it_last(harness: Factory) -> None:
+    config = policy_config(max_batch_size=1, levels=0, default_level=0)
+    policy = config.dynamic_batching.default_queue_policy
+    policy.allow_timeout_override = True
+    policy.timeout_action = mc.ModelQueuePolicy.DELAY
+    h = await harness(config, hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    late = h.start(1, queue_us=1_000)  # 1 ms, then it goes behind the others
+    others = [h.start(v) for v in (2, 3)]
+    await h.queued(4)
+    await asyncio.sleep(0.02)  # past the 1 ms timeout; the instance is still held
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(first, late, *others), WAIT)
+    assert h.log.values == [[0], [2], [3], [1]]
