@@ -16,7 +16,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ class _Pending:
 @dataclass
 class _Batch:
     requests: list[_Pending]
+    seq: int = 0  # dispatch order, for preserve_ordering
 
     @property
     def sizes(self) -> list[int]:
@@ -76,6 +77,11 @@ class ModelScheduler:
         self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
         self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
         self._timer: asyncio.TimerHandle | None = None
+        # preserve_ordering: answers leave in dispatch order even when a later batch ends first
+        self._ordered = self._batching and dynamic.preserve_ordering and len(self._workers) > 1
+        self._dispatched = 0
+        self._released = 0
+        self._finished: dict[int, Callable[[], None]] = {}
         self._closed = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -209,7 +215,8 @@ class ModelScheduler:
             if request.timer is not None:
                 request.timer.cancel()
                 request.timer = None
-        return _Batch(batch)
+        self._dispatched += 1
+        return _Batch(batch, self._dispatched - 1)
 
     def _batch_limit(self, first: _Pending) -> int | None:
         """How many rows the next batch may take, or None to wait for more requests: a full
@@ -269,22 +276,35 @@ class ModelScheduler:
     def _completion(self, worker: InstanceWorker, batch: _Batch) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(worker)
-            requests = batch.requests
-            if error is not None or result is None:
-                for request in requests:
-                    if not request.future.done():
-                        request.future.set_exception(error or RuntimeError("no result"))
-            else:
-                outputs, times = result
+            if error is None and result is not None:
                 rows = sum(batch.sizes)
-                self.stats.record_execution(rows, len(requests), times)
-                self.aimd.observe(rows, sum(times))
-                for request, output in zip(requests, outputs, strict=True):
-                    if not request.future.done():
-                        request.future.set_result(output)
+                self.stats.record_execution(rows, len(batch.requests), result[1])
+                self.aimd.observe(rows, sum(result[1]))
+            deliver = functools.partial(_deliver, batch.requests, result, error)
+            if self._ordered:
+                self._finished[batch.seq] = deliver
+                while self._released in self._finished:
+                    self._finished.pop(self._released)()
+                    self._released += 1
+            else:
+                deliver()
             self._dispatch()
 
         return done
+
+
+def _deliver(
+    requests: list[_Pending], result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None
+) -> None:
+    """Each request of an executed batch gets its rows, or the batch's error."""
+    if error is not None or result is None:
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error or RuntimeError("no result"))
+        return
+    for request, output in zip(requests, result[0], strict=True):
+        if not request.future.done():
+            request.future.set_result(output)
 
 
 def _run_batch(

@@ -704,3 +704,29 @@ async def test_a_request_may_shorten_its_timeout_where_allowed_and_delay_sends_i
     h.gate.open()
     await asyncio.wait_for(asyncio.gather(first, late, *others), WAIT)
     assert h.log.values == [[0], [2], [3], [1]]
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+async def test_preserve_ordering_holds_a_later_answer_until_the_earlier_ones(harness: Factory, preserve: bool) -> None:
+    go = {0: threading.Event(), 1: threading.Event()}
+    finished = {0: threading.Event(), 1: threading.Event()}
+
+    def held(inputs: Tensors) -> Any:
+        value = int(inputs["IN"][0, 0])
+        assert go[value].wait(WAIT)
+        finished[value].set()
+        return plus_one(inputs)
+
+    config = model_config(max_batch_size=1)
+    config.dynamic_batching.preserve_ordering = preserve
+    h = await harness(config, behaviour=held, count=2)
+    first, second = h.start(0), h.start(1)
+    await h.queued(2)  # one on each instance
+    go[1].set()  # the later request ends first
+    assert await asyncio.to_thread(finished[1].wait, WAIT)
+    for _ in range(100):  # let the completion reach the event loop
+        await asyncio.sleep(0)
+    assert second.done() is not preserve
+    go[0].set()
+    results = await asyncio.wait_for(asyncio.gather(first, second), WAIT)
+    assert [out(r) for r in results] == [[1.0], [2.0]]
