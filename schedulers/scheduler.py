@@ -72,7 +72,6 @@ class ModelScheduler:
         self.aimd = AimdController(aimd_settings(config), self._max_batch)  # the cap batches are formed under
         dynamic = config.dynamic_batching
         self._policies = QueuePolicies(config)
-        self._max_queue = dynamic.default_queue_policy.max_queue_size if self._batching else 0  # 0: unbounded
         # Triton's batch shaping: wait up to the delay for a batch to fill, prefer these sizes
         self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
         self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
@@ -97,6 +96,9 @@ class ModelScheduler:
         """Requests waiting for an instance (Triton's pending request count)."""
         return sum(1 for r in self._queue if not r.future.done())
 
+    def _waiting(self, level: int) -> int:
+        return sum(1 for r in self._queue if r.level == level and not r.future.done())
+
     @property
     def in_flight(self) -> int:
         return len(self._queue) + len(self._workers) - len(self._idle)
@@ -106,9 +108,11 @@ class ModelScheduler:
         ``priority`` and ``timeout_us`` are the request's parameters (0: not given)."""
         if self._closed:
             raise Unavailable(f"model '{self.config.name}' is unloading")
-        if self._max_queue and len(self._queue) >= self._max_queue and self.pending >= self._max_queue:
-            raise Unavailable(f"model '{self.config.name}': the queue is full ({self._max_queue} requests waiting)")
         level = self._policies.level(priority) if self._batching else 0
+        if self._batching:
+            bound = self._policies.policy(level).max_queue_size
+            if bound and len(self._queue) >= bound and self._waiting(level) >= bound:
+                raise Unavailable(f"model '{self.config.name}': the queue is full ({bound} requests waiting)")
         if self._inline and self._idle and not self._queue:
             return self._run_inline(inputs, batch_size)
         loop = self._loop or asyncio.get_running_loop()

@@ -123,6 +123,16 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     )
     yield _latency_histogram(models)
     yield _family(
+        "clipperd_batch_size_executions",
+        "Model executions by batch size (rows), the batch-size distribution",
+        "counter",
+        (
+            ({**labels, "batch_size": str(size)}, batch.compute_infer.count)
+            for labels, m in rows
+            for size, batch in sorted(m.stats.batches.items())
+        ),
+    )
+    yield _family(
         "clipperd_batch_size_cap",
         "The largest batch the scheduler forms now: max_batch_size, or the AIMD cap under a latency target",
         "gauge",

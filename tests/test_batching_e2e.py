@@ -77,6 +77,15 @@ def test_adaptive_model_serves_and_exports_its_cap(server: ServerProcess) -> Non
     # the first batch (1 row) filled the cap of 1: +2; later single requests fill no cap of 3
     assert metric(server, "clipperd_batch_size_cap", "adaptive") == 3
     assert metric(server, "clipperd_batch_latency_seconds", "adaptive") > 0
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    sizes = {
+        sample.labels["batch_size"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("clipperd_batch_size_executions") and sample.labels["model"] == "adaptive"
+    }
+    assert sizes == {"1": 5}  # five requests one at a time: five executions of one row
 
 
 def test_a_bad_aimd_setting_fails_the_load_naming_the_key(server: ServerProcess) -> None:

@@ -730,3 +730,20 @@ async def test_preserve_ordering_holds_a_later_answer_until_the_earlier_ones(har
     go[0].set()
     results = await asyncio.wait_for(asyncio.gather(first, second), WAIT)
     assert [out(r) for r in results] == [[1.0], [2.0]]
+
+
+async def test_each_priority_level_has_its_own_queue_bound(harness: Factory) -> None:
+    config = policy_config(max_batch_size=1)
+    config.dynamic_batching.priority_queue_policy[2].max_queue_size = 1  # the default level: one waiting
+    h = await harness(config, hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    low = h.start(1)
+    await h.queued(2)
+    with pytest.raises(Unavailable, match="the queue is full"):
+        await h.infer(2)  # level 2 is full
+    high = [h.start(v, priority=1) for v in (3, 4)]  # level 1 is not bounded
+    await h.queued(4)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, low, *high), WAIT)
+    assert [out(r) for r in results] == [[1.0], [2.0], [4.0], [5.0]]
