@@ -1,14 +1,21 @@
-"""What dynamic batching buys on a model that is compute-bound on this CPU: ``mlp_torch``
-(TorchScript, 64 -> 256 -> 256 -> 10) at concurrency 64, against its physical limit here.
+"""What dynamic batching buys on a model that is compute-bound on this CPU, at concurrency 64,
+against the model's physical limit here.
 
-    .venv/bin/python perf/batching_gain.py [--concurrency 64] [--measurement-interval 3000]
+    .venv/bin/python perf/batching_gain.py [--model wide_mlp|mlp_torch] [--concurrency 64]
+        [--measurement-interval 3000] [--json OUT]
+
+``wide_mlp`` (the default) is a TorchScript MLP 1024 -> 4096 -> 4096 -> 10 (21 M parameters,
+about 42 MFLOP a row) built here, seeded, into a temporary repository: at batch 1 it streams its
+84 MB of weights for every row, batched it computes. ``mlp_torch`` is the bundled small MLP,
+whose rows cost less than the requests that carry them.
 
 Measures, in one run:
 - the limit: the model called in-process, back to back, at batch sizes 1 to max_batch_size,
   with the intra-op threads the server gives its one CPU instance; rows per second at the best
   batch size;
-- clipperd serving the bundled mlp_torch (``dynamic_batching { }``), perf_analyzer over gRPC at
-  the given concurrency, batch 1 per request;
+- clipperd serving the model with dynamic batching (``wide_mlp``: a 5 ms max queue delay, so a
+  batch gathers the requests that come back together instead of leaving with the first),
+  perf_analyzer over gRPC at the given concurrency, one row per request;
 - the same server with batching off (the config without ``dynamic_batching``).
 Prints rows/s for each and the ratios the project's targets are about: batched / limit (>= 0.85)
 and batched / unbatched (>= 4)."""
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,7 +43,14 @@ sys.path.insert(0, str(ROOT))
 from server.model_version import cpu_threads_per_instance  # noqa: E402
 from tests.serverproc import EXAMPLES, running  # noqa: E402
 
-MODEL = "mlp_torch"
+WIDE_CONFIG = """name: "wide_mlp"
+platform: "pytorch_libtorch"
+max_batch_size: 128
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1024 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 5000 }
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
 
 
 def perf_analyzer() -> Path:
@@ -43,15 +58,32 @@ def perf_analyzer() -> Path:
     return Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
 
 
-def in_process_limit(seconds_per_size: float = 1.0) -> tuple[int, float, dict[int, float]]:
+def build_wide_mlp(folder: Path) -> None:
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    (folder / "1").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(layers.eval()), str(folder / "1" / "model.pt"))
+    (folder / "config.pbtxt").write_text(WIDE_CONFIG)
+
+
+def model_folder(base: Path, model: str) -> Path:
+    folder = base / "models" / model
+    if model == "wide_mlp":
+        build_wide_mlp(folder)
+    else:
+        shutil.copytree(EXAMPLES / model, folder)
+    return folder
+
+
+def in_process_limit(folder: Path, width: int, seconds_per_size: float = 1.0) -> tuple[int, float, dict[int, float]]:
     """(best batch size, its rows/s, rows/s by batch size)."""
     torch.set_num_threads(cpu_threads_per_instance(1))
-    module = torch.jit.load(str(EXAMPLES / MODEL / "1" / "model.pt"), map_location="cpu").eval()
+    module = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu").eval()
     rates: dict[int, float] = {}
     size = 1
     with torch.inference_mode():
         while size <= 128:
-            x = torch.randn(size, 64)
+            x = torch.randn(size, width)
             for _ in range(20):
                 module(x)
             calls, start = 0, time.perf_counter()
@@ -64,10 +96,10 @@ def in_process_limit(seconds_per_size: float = 1.0) -> tuple[int, float, dict[in
     return best, rates[best], rates
 
 
-def serve_and_measure(repository: Path, concurrency: int, interval_ms: int, logs: Path) -> dict[str, Any]:
+def serve_and_measure(repository: Path, model: str, concurrency: int, interval_ms: int, logs: Path) -> dict[str, Any]:
     with running(repository, log_dir=logs) as server:
         out = logs / f"{repository.name}.csv"
-        command = [str(perf_analyzer()), "-m", MODEL, "-u", server.url, "-i", "grpc"]
+        command = [str(perf_analyzer()), "-m", model, "-u", server.url, "-i", "grpc"]
         command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
         command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out)]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
@@ -78,38 +110,45 @@ def serve_and_measure(repository: Path, concurrency: int, interval_ms: int, logs
         return {"rows_per_s": float(row["Inferences/Second"]), "p99_us": int(row["p99 latency"])}
 
 
-def repository_copy(base: Path, batching: bool) -> Path:
+def repository_copy(base: Path, folder: Path, batching: bool) -> Path:
     repo = base / ("batching-on" if batching else "batching-off")
-    shutil.copytree(EXAMPLES / MODEL, repo / MODEL)
+    shutil.copytree(folder, repo / folder.name)
     if not batching:
-        config = repo / MODEL / "config.pbtxt"
-        config.write_text(config.read_text().replace("dynamic_batching { }", ""))
+        config = repo / folder.name / "config.pbtxt"
+        lines = config.read_text().splitlines(keepends=True)
+        config.write_text("".join(line for line in lines if not line.startswith("dynamic_batching")))
     return repo
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="wide_mlp", choices=["wide_mlp", "mlp_torch"])
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    best, limit, rates = in_process_limit()
-    print(f"in-process: best batch {best}, {limit:.0f} rows/s; by size: "
-          + ", ".join(f"{s}: {r:.0f}" for s, r in rates.items()), flush=True)  # fmt: skip
     base = Path(tempfile.mkdtemp(prefix="batching-gain-"))
+    folder = model_folder(base, args.model)
+    best, limit, rates = in_process_limit(folder, 1024 if args.model == "wide_mlp" else 64)
+    print(f"{args.model} in-process: best batch {best}, {limit:.0f} rows/s; by size: "
+          + ", ".join(f"{s}: {r:.0f}" for s, r in rates.items()), flush=True)  # fmt: skip
     results = {}
     for batching in (True, False):
         name = "on" if batching else "off"
-        results[name] = serve_and_measure(
-            repository_copy(base, batching), args.concurrency, args.measurement_interval, base
-        )
+        repo = repository_copy(base, folder, batching)
+        results[name] = serve_and_measure(repo, args.model, args.concurrency, args.measurement_interval, base)
         print(f"clipperd batching {name}: {results[name]}", flush=True)
     on, off = results["on"].get("rows_per_s"), results["off"].get("rows_per_s")
     if on and off:
         print(f"batched / limit: {on / limit:.2f} (target >= 0.85); batched / unbatched: {on / off:.2f} (target >= 4)")
     if args.json:
-        report = {"limit": {"best": best, "rows_per_s": limit, "by_size": rates}, "server": results,
-                  "concurrency": args.concurrency, "loadavg": os.getloadavg()}  # fmt: skip
+        report = {
+            "model": args.model,
+            "limit": {"best": best, "rows_per_s": limit, "by_size": rates},
+            "server": results,
+            "concurrency": args.concurrency,
+            "loadavg": os.getloadavg(),
+        }
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
