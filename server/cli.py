@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.model_repository.is_dir():
         logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
         return 2
+    if settings.gil_switch_interval_us > 0:
+        sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         clean = runner.run(serve(settings))
         if not clean:  # a model is stuck: its thread cannot be joined, leave without waiting for it

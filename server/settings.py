@@ -52,6 +52,12 @@ class Settings:
     strict_readiness: bool = _setting(
         True, "Server readiness requires every model asked for at start to be ready (as Triton's)."
     )
+    gil_switch_interval_us: int = _setting(
+        500,
+        "Python's GIL switch interval (sys.setswitchinterval), µs: how long a thread that wants the GIL "
+        "may wait for the one holding it. Python's 5000 µs stalls model instance threads between the "
+        "steps of a batch while the event loop is busy; 0 keeps Python's default.",
+    )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
