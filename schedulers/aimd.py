@@ -44,6 +44,7 @@ class AimdController:
         self.cap = min(settings.initial, self.max_batch) if self.adaptive else self.max_batch
         self.last_latency_ns = 0
         self.over_target = 0  # batches whose latency exceeded the target
+        self.over_target_ns = 0  # and by how much, summed
 
     def observe(self, batch_size: int, latency_ns: int) -> None:
         """One executed batch of ``batch_size`` rows took ``latency_ns``."""
@@ -53,6 +54,7 @@ class AimdController:
             return
         if latency_ns > target:
             self.over_target += 1
+            self.over_target_ns += latency_ns - target
             self.cap = max(1, min(self.cap - 1, math.floor(self.cap * self.settings.backoff)))
         elif batch_size >= self.cap:  # only a full batch tells that the cap itself is fast enough
             self.cap = min(self.max_batch, self.cap + self.settings.step)

@@ -151,6 +151,12 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
         ((labels, m.scheduler.aimd.over_target) for labels, m in rows),
     )
     yield _family(
+        "clipperd_batch_time_over_latency_target_seconds",
+        "Time by which batches overran the model's batch latency target, summed",
+        "counter",
+        ((labels, m.scheduler.aimd.over_target_ns / 1e9) for labels, m in rows),
+    )
+    yield _family(
         "clipperd_inflight_requests",
         "Inference requests being handled now (validated, queued or executing), per model version",
         "gauge",

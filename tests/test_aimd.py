@@ -62,6 +62,15 @@ def test_the_cap_never_exceeds_max_batch_size_nor_falls_below_one() -> None:
     assert run(slow, 1000, 1000, 10)[-1] == 1
 
 
+def test_time_over_the_target_is_summed() -> None:
+    controller = AimdController(AimdSettings(1000 * US, initial=10), max_batch=64)
+    controller.observe(10, 1500 * US)
+    controller.observe(9, 800 * US)
+    controller.observe(9, 1200 * US)
+    assert controller.over_target == 2
+    assert controller.over_target_ns == 700 * US
+
+
 def test_partial_batches_do_not_grow_the_cap() -> None:
     controller = AimdController(AimdSettings(10**12, step=1, initial=8), max_batch=64)
     for _ in range(100):

@@ -77,6 +77,7 @@ def test_adaptive_model_serves_and_exports_its_cap(server: ServerProcess) -> Non
     # the first batch (1 row) filled the cap of 1: +2; later single requests fill no cap of 3
     assert metric(server, "clipperd_batch_size_cap", "adaptive") == 3
     assert metric(server, "clipperd_batch_latency_seconds", "adaptive") > 0
+    assert metric(server, "clipperd_batch_time_over_latency_target_seconds", "adaptive") == 0  # 50 ms is ample
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
     sizes = {
