@@ -23,11 +23,9 @@ and batched / unbatched (>= 4)."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from side_by_side import measure, perf_analyzer_path  # noqa: E402
+
 from server.model_version import cpu_threads_per_instance  # noqa: E402
 from tests.serverproc import EXAMPLES, running  # noqa: E402
 
@@ -51,11 +51,6 @@ output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 5000 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
-
-
-def perf_analyzer() -> Path:
-    configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
-    return Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
 
 
 def build_wide_mlp(folder: Path) -> None:
@@ -99,15 +94,10 @@ def in_process_limit(folder: Path, width: int, seconds_per_size: float = 1.0) ->
 def serve_and_measure(repository: Path, model: str, concurrency: int, interval_ms: int, logs: Path) -> dict[str, Any]:
     with running(repository, log_dir=logs) as server:
         out = logs / f"{repository.name}.csv"
-        command = [str(perf_analyzer()), "-m", model, "-u", server.url, "-i", "grpc"]
-        command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
-        command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out)]
-        run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if run.returncode != 0:
-            return {"error": (run.stdout + run.stderr).strip().splitlines()[-1:]}
-        with out.open() as f:
-            row = next(csv.DictReader(f))
-        return {"rows_per_s": float(row["Inferences/Second"]), "p99_us": int(row["p99 latency"])}
+        result = measure(perf_analyzer_path(None), server.url, "grpc", concurrency, interval_ms, out, model)
+    if "error" in result:
+        return result
+    return {"rows_per_s": result["infer_per_s"], "p99_us": result["p99_us"]}  # one row per request
 
 
 def repository_copy(base: Path, folder: Path, batching: bool) -> Path:

@@ -206,8 +206,10 @@ def perf_analyzer_path(given: str | None) -> Path:
     return Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
 
 
-def measure(pa: Path, address: str, protocol: str, concurrency: int, interval_ms: int, out_csv: Path) -> dict[str, Any]:
-    command = [str(pa), "-m", MODEL, "-u", address, "-i", protocol]
+def measure(
+    pa: Path, address: str, protocol: str, concurrency: int, interval_ms: int, out_csv: Path, model: str = MODEL
+) -> dict[str, Any]:
+    command = [str(pa), "-m", model, "-u", address, "-i", protocol]
     command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
     command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out_csv)]
     timeout = 90 + 25 * interval_ms / 1000

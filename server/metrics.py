@@ -57,6 +57,41 @@ _DURATIONS: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
 )
 
 
+# clipperd's own one-number-per-version families: the batcher's AIMD state and in-flight requests
+_CLIPPERD_SCALARS: tuple[tuple[str, str, str, Callable[[ModelVersion], float]], ...] = (
+    (
+        "clipperd_batch_size_cap",
+        "The largest batch the scheduler forms now: max_batch_size, or the AIMD cap under a latency target",
+        "gauge",
+        lambda m: m.scheduler.aimd.cap,
+    ),
+    (
+        "clipperd_batch_latency_seconds",
+        "Execution time of the model version's latest batch, as the AIMD controller saw it",
+        "gauge",
+        lambda m: m.scheduler.aimd.last_latency_ns / 1e9,
+    ),
+    (
+        "clipperd_batches_over_latency_target",
+        "Batches whose execution took longer than the model's batch latency target",
+        "counter",
+        lambda m: m.scheduler.aimd.over_target,
+    ),
+    (
+        "clipperd_batch_time_over_latency_target_seconds",
+        "Time by which batches overran the model's batch latency target, summed",
+        "counter",
+        lambda m: m.scheduler.aimd.over_target_ns / 1e9,
+    ),
+    (
+        "clipperd_inflight_requests",
+        "Inference requests being handled now (validated, queued or executing), per model version",
+        "gauge",
+        lambda m: m.stats.inflight,
+    ),
+)
+
+
 def _float(value: float) -> str:
     """A value as Prometheus writes it (Go's formatting of specials)."""
     if math.isinf(value):
@@ -132,36 +167,8 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
             for size, batch in sorted(m.stats.batches.items())
         ),
     )
-    yield _family(
-        "clipperd_batch_size_cap",
-        "The largest batch the scheduler forms now: max_batch_size, or the AIMD cap under a latency target",
-        "gauge",
-        ((labels, m.scheduler.aimd.cap) for labels, m in rows),
-    )
-    yield _family(
-        "clipperd_batch_latency_seconds",
-        "Execution time of the model version's latest batch, as the AIMD controller saw it",
-        "gauge",
-        ((labels, m.scheduler.aimd.last_latency_ns / 1e9) for labels, m in rows),
-    )
-    yield _family(
-        "clipperd_batches_over_latency_target",
-        "Batches whose execution took longer than the model's batch latency target",
-        "counter",
-        ((labels, m.scheduler.aimd.over_target) for labels, m in rows),
-    )
-    yield _family(
-        "clipperd_batch_time_over_latency_target_seconds",
-        "Time by which batches overran the model's batch latency target, summed",
-        "counter",
-        ((labels, m.scheduler.aimd.over_target_ns / 1e9) for labels, m in rows),
-    )
-    yield _family(
-        "clipperd_inflight_requests",
-        "Inference requests being handled now (validated, queued or executing), per model version",
-        "gauge",
-        ((labels, m.stats.inflight) for labels, m in rows),
-    )
+    for name, help, typ, value in _CLIPPERD_SCALARS:
+        yield _family(name, help, typ, ((labels, value(m)) for labels, m in rows))
 
 
 def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:
