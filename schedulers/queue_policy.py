@@ -34,6 +34,7 @@ class QueuePolicies:
         default = _policy(batching.default_queue_policy)
         self._by_level = {level: _policy(p) for level, p in batching.priority_queue_policy.items()}
         self._default = default
+        self.bounded = any(p.max_queue_size for p in (default, *self._by_level.values()))  # else no counting
 
     def level(self, priority: int) -> int:
         """The queue level of a request's ``priority`` parameter (0: the default level)."""

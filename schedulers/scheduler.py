@@ -109,7 +109,7 @@ class ModelScheduler:
         if self._closed:
             raise Unavailable(f"model '{self.config.name}' is unloading")
         level = self._policies.level(priority) if self._batching else 0
-        if self._batching:
+        if self._batching and self._policies.bounded:
             bound = self._policies.policy(level).max_queue_size
             if bound and len(self._queue) >= bound and self._waiting(level) >= bound:
                 raise Unavailable(f"model '{self.config.name}': the queue is full ({bound} requests waiting)")
