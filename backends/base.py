@@ -7,12 +7,13 @@ intra-op threads, a CUDA stream) set in ``load`` holds for every ``execute``."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
+from backends.common.tensors import concatenate
 from backends.proto import model_config_pb2 as mc
 
 
@@ -76,6 +77,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self) -> None:
         """Load the model on ``context.device``; raise to mark the version UNAVAILABLE."""
+
+    def stage(self, parts: Sequence[Tensors]) -> Tensors:
+        """One batch's inputs from its requests' inputs, on the instance's thread just before
+        ``execute``. A GPU backend overrides it to gather them straight into pinned host memory,
+        so a batch is copied once on the host and the device copy can run asynchronously."""
+        return concatenate(parts)
 
     @abc.abstractmethod
     def execute(self, inputs: Tensors) -> Tensors:

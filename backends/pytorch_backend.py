@@ -15,9 +15,9 @@ every config output follows that convention, else in config order) or a dict key
 name. TYPE_STRING tensors are not supported; BF16 travels as raw uint16 words and is viewed as
 torch.bfloat16.
 
-A GPU instance (``cuda:N``) runs on its own CUDA stream: inputs are copied to the device on it,
-outputs come back to pinned host memory and the stream is synchronized before they are
-returned."""
+A GPU instance (``cuda:N``) runs on its own CUDA stream: a batch's inputs are gathered into
+pinned host memory (backends.pinned) and copied to the device on that stream; outputs come back
+to pinned host memory and the stream is synchronized before they are returned."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import logging
 import re
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from backends.common.errors import (
     ModelExecutionError,
     NotFound,
 )
+from backends.pinned import PinnedStaging
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import describe_exception
 
@@ -204,6 +206,7 @@ class PyTorchBackend(Backend):
         self._module: Any = None
         self._device = "cpu"
         self._stream: Any = None
+        self.staging: PinnedStaging | None = None  # a GPU instance's pinned input buffers
 
     def load(self) -> None:
         _reject_strings(self.context.config)
@@ -214,10 +217,16 @@ class PyTorchBackend(Backend):
         self._plan = input_plan([t.name for t in self.context.config.input], _forward_args(module))
         if device != "cpu":
             self._stream = torch.cuda.Stream(device=device)
+            self.staging = PinnedStaging(torch)
         self._torch, self._module, self._device = torch, module, device
 
     def unload(self) -> None:
-        self._module = self._stream = None
+        self._module = self._stream = self.staging = None
+
+    def stage(self, parts: Sequence[Tensors]) -> Tensors:
+        if self.staging is None:
+            return super().stage(parts)
+        return self.staging.gather(parts)
 
     def execute(self, inputs: Tensors) -> Tensors:
         if self._module is None:

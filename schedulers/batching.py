@@ -1,11 +1,9 @@
-"""Tensor merge and split, apart from queueing: many requests' inputs become one batch, one
-batch's outputs become per-request views."""
+"""Batch bookkeeping apart from queueing: which requests may share a batch, and one batch's
+outputs as per-request views (the inputs are gathered by the backend: ``Backend.stage``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
 
 from backends.base import Tensors
 
@@ -13,13 +11,6 @@ from backends.base import Tensors
 def batch_key(inputs: Tensors) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """Requests batch together only when every input agrees past the batch dimension."""
     return tuple((name, a.shape[1:], a.dtype.str) for name, a in inputs.items())
-
-
-def merge(parts: Sequence[Tensors]) -> Tensors:
-    """One concatenation per input; a single request is passed through without a copy."""
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def split(outputs: Tensors, sizes: Sequence[int]) -> list[Tensors]:

@@ -35,6 +35,14 @@ class FailureReason(enum.Enum):
     OTHER = "OTHER"  # anything else: a request that fails validation, a response that cannot be built
 
 
+class Rejection(enum.Enum):
+    """Why the scheduler refused a request (clipperd_rejections{reason}): the detail of REJECTED."""
+
+    QUEUE_FULL = "queue_full"  # its priority level held max_queue_size requests
+    TIMEOUT = "timeout"  # it waited its queue timeout under timeout_action REJECT
+    UNLOADING = "unloading"  # the model version was unloading
+
+
 _REJECTIONS = (Unavailable, ResourceExhausted, DeadlineExceeded)
 
 
@@ -93,6 +101,7 @@ class ModelStats:
     # successful requests by end-to-end duration: counts per LATENCY_BUCKETS_NS bucket, then +Inf
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
     inflight: int = 0  # requests inside DataPlane.infer now: validating, queued, executing
+    rejections: dict[Rejection, int] = field(default_factory=lambda: dict.fromkeys(Rejection, 0))
 
     def record_execution(self, batch_size: int, requests: int, times: ExecutionTimes) -> None:
         self.execution_count += 1

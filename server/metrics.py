@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
-from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats
+from schedulers.device_queue import DeviceQueue
+from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.model_version import ModelVersion
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -57,37 +58,49 @@ _DURATIONS: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
 )
 
 
-# clipperd's own one-number-per-version families: the batcher's AIMD state and in-flight requests
-_CLIPPERD_SCALARS: tuple[tuple[str, str, str, Callable[[ModelVersion], float]], ...] = (
+# clipperd's own per-device families: each device's batcher, its AIMD state and its queue
+_DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceQueue], float]], ...] = (
     (
         "clipperd_batch_size_cap",
-        "The largest batch the scheduler forms now: max_batch_size, or the AIMD cap under a latency target",
+        "The largest batch the device's batcher forms now: max_batch_size, or the AIMD cap under a latency target",
         "gauge",
-        lambda m: m.scheduler.aimd.cap,
+        lambda q: q.aimd.cap,
     ),
     (
         "clipperd_batch_latency_seconds",
-        "Execution time of the model version's latest batch, as the AIMD controller saw it",
+        "Execution time of the latest batch on the device, as the AIMD controller saw it",
         "gauge",
-        lambda m: m.scheduler.aimd.last_latency_ns / 1e9,
+        lambda q: q.aimd.last_latency_ns / 1e9,
     ),
     (
         "clipperd_batches_over_latency_target",
         "Batches whose execution took longer than the model's batch latency target",
         "counter",
-        lambda m: m.scheduler.aimd.over_target,
+        lambda q: q.aimd.over_target,
     ),
     (
         "clipperd_batch_time_over_latency_target_seconds",
         "Time by which batches overran the model's batch latency target, summed",
         "counter",
-        lambda m: m.scheduler.aimd.over_target_ns / 1e9,
+        lambda q: q.aimd.over_target_ns / 1e9,
     ),
     (
-        "clipperd_inflight_requests",
-        "Inference requests being handled now (validated, queued or executing), per model version",
+        "clipperd_device_executions",
+        "Batches executed on the device",
+        "counter",
+        lambda q: q.executions,
+    ),
+    (
+        "clipperd_device_inference_count",
+        "Inferences (rows) executed on the device",
+        "counter",
+        lambda q: q.rows,
+    ),
+    (
+        "clipperd_queue_depth",
+        "Requests queued or executing on the device, per instance: what requests are spread by",
         "gauge",
-        lambda m: m.stats.inflight,
+        lambda q: q.depth,
     ),
 )
 
@@ -167,8 +180,21 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
             for size, batch in sorted(m.stats.batches.items())
         ),
     )
-    for name, help, typ, value in _CLIPPERD_SCALARS:
-        yield _family(name, help, typ, ((labels, value(m)) for labels, m in rows))
+    yield _family(
+        "clipperd_rejections",
+        "Requests the scheduler refused, by reason: queue_full, timeout (REJECT), unloading",
+        "counter",
+        (({**labels, "reason": r.value}, m.stats.rejections[r]) for labels, m in rows for r in Rejection),
+    )
+    yield _family(
+        "clipperd_inflight_requests",
+        "Inference requests being handled now (validated, queued or executing), per model version",
+        "gauge",
+        ((labels, m.stats.inflight) for labels, m in rows),
+    )
+    for name, help, typ, value in _DEVICE_SCALARS:
+        samples = (({**labels, "device": q.device}, value(q)) for labels, m in rows for q in m.scheduler.queues)
+        yield _family(name, help, typ, samples)
 
 
 def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:

@@ -99,7 +99,7 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
         await asyncio.gather(*(w.stop() for w in workers))
         raise _load_error(config.name, version, errors[0])
     stats = ModelStats()
-    scheduler = ModelScheduler(config, workers, stats)
+    scheduler = ModelScheduler(config, workers, stats, [device.name for _, device in placed])
     load_secs = time.perf_counter() - started
     return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats, load_secs)
 

@@ -734,6 +734,22 @@ def test_mlp_torch_on_gpu_matches_cpu() -> None:
             np.testing.assert_allclose(gpu.execute({"INPUT__0": x})["OUTPUT__0"], expected, atol=1e-5)
 
 
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.usefixtures("keep_torch_threads")
+def test_a_gpu_batch_is_gathered_once_in_pinned_memory_and_matches_cpu() -> None:
+    cpu = loaded(PyTorchBackend, example("mlp_torch"))
+    gpu = loaded(PyTorchBackend, example("mlp_torch", device=Device("gpu", 0)))
+    parts = [{"INPUT__0": rng.standard_normal((rows, 64)).astype(np.float32)} for rows in (3, 1, 4)]
+    staged = gpu.stage(parts)
+    assert gpu.staging.is_pinned(staged["INPUT__0"])
+    assert torch.from_numpy(staged["INPUT__0"]).is_pinned()
+    np.testing.assert_array_equal(staged["INPUT__0"], np.concatenate([p["INPUT__0"] for p in parts]))
+    expected = cpu.execute(cpu.stage(parts))["OUTPUT__0"]
+    np.testing.assert_allclose(gpu.execute(staged)["OUTPUT__0"], expected, atol=1e-5)
+    assert cpu.stage(parts[:1])["INPUT__0"] is parts[0]["INPUT__0"]  # a CPU instance copies nothing
+
+
 # ----------------------------------------------------------------------------------------- registry
 
 

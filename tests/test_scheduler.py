@@ -21,7 +21,7 @@ from backends.common.errors import InvalidArgument, ModelExecutionError, Unavail
 from backends.proto import model_config_pb2 as mc
 from schedulers.instance import InstanceWorker
 from schedulers.scheduler import ModelScheduler
-from schedulers.stats import ModelStats
+from schedulers.stats import ModelStats, Rejection
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,7 +165,11 @@ async def harness() -> AsyncIterator[Factory]:
         hold: bool = False,
         behaviour: Behaviour = plus_one,
         count: int = 1,
+        devices: tuple[str, ...] = (),
     ) -> Harness:
+        """``devices[i]``: where instance ``w<i>`` runs (one queue per device); ``count`` then
+        defaults to one instance per device."""
+        count = len(devices) or count
         config = config or model_config()
         gate, log = Gate(hold), Log()
         workers = []
@@ -175,7 +179,8 @@ async def harness() -> AsyncIterator[Factory]:
                 InstanceWorker(f"w{i}", functools.partial(GatedBackend, context, gate, behaviour, log), on_loop=on_loop)
             )
         await asyncio.gather(*(w.start() for w in workers))
-        made.append(Harness(ModelScheduler(config, workers, ModelStats()), gate, log, config.max_batch_size > 0))
+        scheduler = ModelScheduler(config, workers, ModelStats(), devices)
+        made.append(Harness(scheduler, gate, log, config.max_batch_size > 0))
         return made[-1]
 
     yield make
@@ -684,6 +689,7 @@ async def test_queue_timeout_reject_fails_the_request_and_never_executes_it(harn
     waiting = h.start(1)
     with pytest.raises(Unavailable, match="request timeout expired"):
         await asyncio.wait_for(waiting, WAIT)
+    assert h.scheduler.stats.rejections[Rejection.TIMEOUT] == 1
     h.gate.open()
     await first
     assert h.log.values == [[0]]
@@ -747,3 +753,137 @@ async def test_each_priority_level_has_its_own_queue_bound(harness: Factory) -> 
     h.gate.open()
     results = await asyncio.wait_for(asyncio.gather(first, low, *high), WAIT)
     assert [out(r) for r in results] == [[1.0], [2.0], [4.0], [5.0]]
+
+
+# ----------------------------------------------------------------------------------------- per-device queues
+
+
+def threads(h: Harness) -> list[str]:
+    return [call.thread.removeprefix("instance-") for call in h.log.calls]
+
+
+async def test_each_device_has_its_own_queue_and_requests_go_to_the_shortest(harness: Factory) -> None:
+    h = await harness(hold=True, devices=("cpu", "cuda:0"))
+    assert [q.device for q in h.scheduler.queues] == ["cpu", "cuda:0"]
+    first, second = h.start(0), h.start(1)  # one per device: each found the other busy
+    await h.gate.entered()
+    await h.gate.entered()
+    assert sorted(threads(h)) == ["w0", "w1"]
+    waiting = [h.start(v) for v in range(2, 8)]  # alternate between the two equal queues
+    await h.queued(8)
+    assert [len(q.queue) for q in h.scheduler.queues] == [3, 3]
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, second, *waiting), WAIT)
+    assert [out(r) for r in results] == [[v + 1] for v in range(8)]
+    assert sorted(h.log.batches) == [1, 1, 3, 3]  # each device batched its own three
+    assert [q.executions for q in h.scheduler.queues] == [2, 2]
+    assert [q.rows for q in h.scheduler.queues] == [4, 4]
+
+
+async def test_a_device_with_more_instances_takes_more_requests(harness: Factory) -> None:
+    h = await harness(model_config(dynamic=False), hold=True, devices=("cuda:0", "cuda:0", "cuda:1"))
+    assert [(q.device, len(q.queue)) for q in h.scheduler.queues] == [("cuda:0", 0), ("cuda:1", 0)]
+    started = [h.start(v) for v in range(6)]
+    await h.queued(6)
+    # depth per instance: cuda:0 (two instances) takes four, cuda:1 two
+    assert [q.in_flight for q in h.scheduler.queues] == [4, 2]
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(*started), WAIT)
+    assert [q.rows for q in h.scheduler.queues] == [4, 2]
+
+
+async def test_a_faster_device_drains_sooner_and_gets_the_next_requests(harness: Factory) -> None:
+    h = await harness(model_config(dynamic=False), hold=True, devices=("cpu", "cuda:0"))
+    slow, fast = h.start(0), h.start(1)
+    await h.gate.entered()
+    await h.gate.entered()
+    h.gate.release()  # one of the two finishes: the other device stays busy
+    done, _ = await asyncio.wait([slow, fast], timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    finished = 0 if slow in done else 1
+    queues = h.scheduler.queues
+    assert [q.in_flight for q in queues] == ([0, 1] if finished == 0 else [1, 0])
+    nxt = h.start(2)
+    await h.gate.entered()  # it runs at once, on the idle device
+    assert threads(h)[-1] == f"w{finished}"
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(slow, fast, nxt), WAIT)
+
+
+async def test_once_measured_a_faster_device_takes_more_than_its_share(harness: Factory) -> None:
+    h = await harness(hold=True, devices=("cpu", "cuda:0"))
+    cpu, gpu = h.scheduler.queues
+    first, second = h.start(0), h.start(1)  # both devices busy
+    await h.gate.entered()
+    await h.gate.entered()
+    cpu.batch_ns, gpu.batch_ns = 8e6, 1e6  # as their batches measured: 8 ms and 1 ms
+    waiting = [h.start(v) for v in range(2, 10)]
+    await h.queued(10)
+    # the cpu answers a request queued now in 2 x 8 ms; the gpu in (1 + 1 + queued/8) x 1 ms
+    assert (len(cpu.queue), len(gpu.queue)) == (0, 8)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, second, *waiting), WAIT)
+    assert [out(r) for r in results] == [[v + 1] for v in range(10)]
+
+
+async def test_each_device_has_its_own_aimd_cap(harness: Factory) -> None:
+    h = await harness(aimd_config("60000000", max_batch_size=8), devices=("cpu", "cuda:0"))
+    cpu, gpu = (q.aimd for q in h.scheduler.queues)
+    assert (cpu.cap, gpu.cap) == (1, 1)
+    cpu.observe(1, 1_000)  # a full fast batch on cpu only
+    assert (cpu.cap, gpu.cap) == (2, 1)
+
+
+async def test_preserve_ordering_holds_across_devices(harness: Factory) -> None:
+    go = threading.Event()
+
+    def first_waits(inputs: Tensors) -> Any:
+        if inputs["IN"][0, 0] == 0:
+            assert go.wait(WAIT)
+        return plus_one(inputs)
+
+    config = model_config(max_batch_size=1)
+    config.dynamic_batching.preserve_ordering = True
+    h = await harness(config, behaviour=first_waits, devices=("cpu", "cuda:0"))
+    first, second = h.start(0), h.start(1)
+    for _ in range(1000):  # the second device finishes the second request...
+        if sum(q.executions for q in h.scheduler.queues):
+            break
+        await asyncio.sleep(0.001)
+    assert sum(q.executions for q in h.scheduler.queues) == 1
+    assert not second.done()  # ...whose answer waits for the first one's
+    go.set()
+    results = await asyncio.wait_for(asyncio.gather(first, second), WAIT)
+    assert [out(r) for r in results] == [[1.0], [2.0]]
+
+
+async def test_max_queue_size_counts_the_queues_of_every_device(harness: Factory) -> None:
+    config = model_config()
+    config.dynamic_batching.default_queue_policy.max_queue_size = 2
+    h = await harness(config, hold=True, devices=("cpu", "cuda:0"))
+    running = [h.start(0), h.start(1)]
+    await h.gate.entered()
+    await h.gate.entered()
+    waiting = [h.start(2), h.start(3)]  # one in each device's queue
+    await h.queued(4)
+    assert [len(q.queue) for q in h.scheduler.queues] == [1, 1]
+    with pytest.raises(Unavailable, match="the queue is full"):
+        await h.infer(4)
+    assert h.scheduler.stats.rejections[Rejection.QUEUE_FULL] == 1
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(*running, *waiting), WAIT)
+    assert [out(r) for r in results] == [[1.0], [2.0], [3.0], [4.0]]
+
+
+async def test_closing_drains_every_device(harness: Factory) -> None:
+    h = await harness(hold=True, devices=("cpu", "cuda:0"))
+    started = [h.start(v) for v in range(4)]
+    await h.queued(4)
+    closing = asyncio.ensure_future(h.scheduler.close())
+    await asyncio.sleep(0)  # close() has begun
+    with pytest.raises(Unavailable, match="unloading"):
+        await h.infer(9)
+    assert h.scheduler.stats.rejections[Rejection.UNLOADING] == 1
+    h.gate.open()
+    await asyncio.wait_for(closing, WAIT)
+    assert [out(r) for r in await asyncio.gather(*started)] == [[v + 1] for v in range(4)]
+    assert sorted(h.log.unloads) == ["instance-w0", "instance-w1"]

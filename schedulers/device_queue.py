@@ -1,0 +1,332 @@
+"""The queue and dynamic batcher of one model version on one device.
+
+Requests wait in priority, then arrival, order; whenever an instance of the device is idle the
+queue hands it the oldest waiting request, joined (when the model has ``dynamic_batching``) by
+the waiting requests that can share its batch, up to the device's AIMD cap: what waited while
+the instances were busy, and what arrived in the same event-loop iteration (dispatch waits for
+the end of the iteration). Batches are executed on the instance threads; the event loop only
+queues, merges bookkeeping and wakes the waiters. An instance that runs on the event loop is
+never busy when a request arrives, and waiting for the iteration's end would only cost a
+suspension: its requests run at once, one by one. A request whose caller went away (its future
+cancelled) leaves the queue and is never executed."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from backends.base import Backend, Tensors
+from backends.common.errors import Unavailable
+from backends.common.outputs import check_outputs, output_specs
+from backends.proto import model_config_pb2 as mc
+from schedulers.aimd import AimdController, aimd_settings
+from schedulers.batching import split
+from schedulers.instance import InstanceWorker
+from schedulers.ordering import ResponseOrder
+from schedulers.queue_policy import QueuePolicies
+from schedulers.stats import ExecutionTimes, ModelStats, Rejection
+
+
+_SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
+
+
+class Pending:
+    """One request while it waits in a queue."""
+
+    __slots__ = ("batch_size", "enqueued_ns", "future", "inputs", "key", "level", "timer")
+
+    def __init__(
+        self, inputs: Tensors, batch_size: int, future: asyncio.Future[Tensors], key: Any, level: int = 0
+    ) -> None:
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.future = future
+        self.key = key
+        self.level = level  # priority level, 1 the highest; 0 when the model has none
+        self.timer: asyncio.TimerHandle | None = None  # the queue timeout, while queued
+        self.enqueued_ns = time.perf_counter_ns()
+
+
+class DeviceQueue:
+    """Queues requests for the instances of one model version on one device and runs them."""
+
+    def __init__(
+        self,
+        device: str,
+        config: mc.ModelConfig,
+        workers: Sequence[InstanceWorker],
+        stats: ModelStats,
+        policies: QueuePolicies,
+        order: ResponseOrder,
+    ) -> None:
+        self.device = device
+        self.config = config
+        self.stats = stats
+        self._workers = list(workers)
+        self._idle: list[InstanceWorker] = list(workers)
+        self.queue: deque[Pending] = deque()
+        self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
+        self._max_batch_size = config.max_batch_size
+        self._specs = output_specs(config)
+        self.aimd = AimdController(aimd_settings(config), max(config.max_batch_size, 1))
+        self.executions = 0  # batches executed on this device
+        self.batch_ns = 0.0  # moving average of its batches' execution time; 0 until one ran
+        self.rows = 0  # inferences (rows) they carried
+        dynamic = config.dynamic_batching
+        self._policies = policies
+        self._order = order
+        # Triton's batch shaping: wait up to the delay for a batch to fill, prefer these sizes
+        self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
+        self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatching = False
+        self._dispatch_scheduled = False
+        # an instance on the event loop would only pay a suspension for the wait: it runs at once
+        self.inline = any(w.on_loop for w in self._workers) and not self._delay_ns
+        self._defer = self._batching and not self.inline
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for an instance (Triton's pending request count)."""
+        return sum(1 for r in self.queue if not r.future.done())
+
+    def waiting(self, level: int) -> int:
+        return sum(1 for r in self.queue if r.level == level and not r.future.done())
+
+    @property
+    def busy(self) -> int:
+        return len(self._workers) - len(self._idle)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.queue) + self.busy
+
+    @property
+    def depth(self) -> float:
+        """Queued and executing requests per instance: where the next request waits least."""
+        return (len(self.queue) + self.busy) / len(self._workers)
+
+    @property
+    def expected_ns(self) -> float:
+        """When a request queued now would be answered, roughly: the batches ahead of it (the
+        running ones, the queued requests at the cap) and its own, at this device's recent batch
+        time, shared among its instances: queue depth weighted by the device's speed (0 until
+        the device has executed a batch)."""
+        ahead = self.busy + -(-len(self.queue) // self.aimd.cap)
+        return (ahead / len(self._workers) + 1) * self.batch_ns
+
+    @property
+    def runs_now(self) -> bool:
+        """An instance on the event loop is idle and nobody waits: ``run_inline`` applies."""
+        return self.inline and bool(self._idle) and not self.queue
+
+    def submit(self, pending: Pending, timeout_us: int) -> None:
+        """Queues a request; its future gets the outputs or the error."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        self._enqueue(pending, timeout_us)
+        self._drained.clear()
+        if self._defer:
+            if not self._dispatch_scheduled:
+                # the end of this loop iteration: requests that arrived together batch together
+                self._dispatch_scheduled = True
+                self._loop.call_soon(self._dispatch)
+        else:
+            self._dispatch()
+
+    def _enqueue(self, pending: Pending, timeout_us: int) -> None:
+        """Behind every request of its priority level or a higher one; the queue timeout armed."""
+        queue = self.queue
+        if pending.level and queue and queue[-1].level > pending.level:
+            index = len(queue)
+            while index and queue[index - 1].level > pending.level:
+                index -= 1
+            queue.insert(index, pending)
+        else:
+            queue.append(pending)
+        if self._batching:
+            policy = self._policies.policy(pending.level)
+            timeout_ns = self._policies.timeout_ns(policy, timeout_us)
+            if timeout_ns:
+                assert self._loop is not None
+                pending.timer = self._loop.call_later(timeout_ns / 1e9, self._expire, pending, policy.delay)
+
+    def _expire(self, pending: Pending, delay: bool) -> None:
+        """The request waited its queue timeout: rejected, or sent behind the requests still in time."""
+        pending.timer = None
+        if pending.future.done() or pending not in self.queue:
+            return
+        self.queue.remove(pending)
+        if not delay:
+            self.stats.rejections[Rejection.TIMEOUT] += 1
+            pending.future.set_exception(
+                Unavailable(f"model '{self.config.name}': request timeout expired in the queue")
+            )
+            return
+        self.queue.append(pending)  # behind everything queued now; it keeps its place after that
+        pending.level = max((r.level for r in self.queue), default=pending.level)
+
+    def run_inline(self, inputs: Tensors, batch_size: int) -> Tensors:
+        """An idle instance on the event loop and nobody waiting: run now, without queue or future."""
+        self.stats.queue.add(0)
+        result, error = self._idle[-1].run_now(self._job([inputs], [batch_size]))
+        if error is not None:
+            raise error
+        outputs, times = result
+        self._observe(batch_size, 1, times)
+        return outputs[0]  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Stops taking requests, lets queued and running ones finish, unloads the instances."""
+        self._closed = True
+        if self.queue:
+            self._dispatch()  # a batch waiting for its delay goes now
+        await self._drained.wait()
+        await asyncio.gather(*(w.stop() for w in self._workers))
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if self._dispatching:  # a completion inside submit(): the loop below goes on by itself
+            return
+        self._dispatching = True
+        try:
+            while self._idle:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                worker = self._idle.pop()
+                assert self._loop is not None
+                job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
+                worker.submit(job, self._loop, self._completion(worker, batch, self._order.ticket()))
+        finally:
+            self._dispatching = False
+        if not self.queue and not self.busy:
+            self._drained.set()
+
+    def _next_batch(self) -> list[Pending] | None:
+        queue = self.queue
+        while queue and queue[0].future.done():  # cancelled while waiting: never executed
+            queue.popleft()
+        if not queue:
+            return None
+        limit = self._batch_limit(queue[0])
+        if limit is None:
+            return None
+        first = queue.popleft()
+        batch = [first]
+        if self._batching:
+            self._fill(batch, first, limit)
+        now = time.perf_counter_ns()
+        for request in batch:
+            self.stats.queue.add(now - request.enqueued_ns)
+            if request.timer is not None:
+                request.timer.cancel()
+                request.timer = None
+        return batch
+
+    def _batch_limit(self, first: Pending) -> int | None:
+        """How many rows the next batch may take, or None to wait for more requests: a full
+        batch (the AIMD cap) goes at once, else the largest preferred size that the waiting
+        requests reach, else what there is once the oldest has waited the max queue delay."""
+        cap = self.aimd.cap
+        if not self._batching:
+            return cap
+        rows = self._rows_waiting(first, cap)
+        if rows >= cap:
+            return cap
+        reachable = [size for size in self._preferred if size <= rows]
+        if reachable:
+            return reachable[-1]
+        waited = time.perf_counter_ns() - first.enqueued_ns
+        if self._delay_ns and waited < self._delay_ns and not self._closed:
+            self._wake_in(self._delay_ns - waited)
+            return None
+        return cap
+
+    def _rows_waiting(self, first: Pending, cap: int) -> int:
+        """Rows that could join ``first``'s batch now, counting up to ``cap``."""
+        rows = 0
+        for request in self.queue:  # as _fill will take them: same shape, skipping what does not fit
+            if rows >= cap:
+                break
+            if request.key == first.key and not request.future.done() and rows + request.batch_size <= cap:
+                rows += request.batch_size
+        return rows
+
+    def _wake_in(self, ns: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(ns / 1e9, self._dispatch)
+
+    def _fill(self, batch: list[Pending], first: Pending, limit: int) -> None:
+        """Adds later requests of the same shape while they fit; others keep their place."""
+        rows = first.batch_size
+        skipped: list[Pending] = []
+        queue = self.queue
+        while queue and rows < limit:
+            request = queue.popleft()
+            if request.future.done():
+                continue
+            if request.key == first.key and rows + request.batch_size <= limit:
+                batch.append(request)
+                rows += request.batch_size
+            else:
+                skipped.append(request)
+        queue.extendleft(reversed(skipped))
+
+    def _job(self, parts: list[Tensors], sizes: list[int]) -> Any:
+        batch = sum(sizes) if self._max_batch_size > 0 else None
+        return functools.partial(_run_batch, parts, sizes, batch, self.config.name, self._specs)
+
+    def _completion(self, worker: InstanceWorker, batch: list[Pending], ticket: int) -> Any:
+        def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
+            self._idle.append(worker)
+            if error is None and result is not None:
+                self._observe(sum(r.batch_size for r in batch), len(batch), result[1])
+            self._order.release(ticket, functools.partial(_deliver, batch, result, error))
+            self._dispatch()
+
+        return done
+
+    def _observe(self, rows: int, requests: int, times: ExecutionTimes) -> None:
+        self.stats.record_execution(rows, requests, times)
+        self.aimd.observe(rows, sum(times))
+        self.executions += 1
+        self.rows += rows
+        elapsed = sum(times)
+        self.batch_ns = elapsed if not self.batch_ns else self.batch_ns + _SMOOTHING * (elapsed - self.batch_ns)
+
+
+def _deliver(
+    requests: list[Pending], result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None
+) -> None:
+    """Each request of an executed batch gets its rows, or the batch's error."""
+    if error is not None or result is None:
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error or RuntimeError("no result"))
+        return
+    for request, output in zip(requests, result[0], strict=True):
+        if not request.future.done():
+            request.future.set_result(output)
+
+
+def _run_batch(
+    parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
+) -> tuple[list[Tensors], ExecutionTimes]:
+    """One execution, on the instance's thread: gather, run, check against the config, split."""
+    t0 = time.perf_counter_ns()
+    inputs = backend.stage(parts)
+    t1 = time.perf_counter_ns()
+    outputs = check_outputs(model, specs, backend.execute(inputs), batch)
+    t2 = time.perf_counter_ns()
+    result = split(outputs, sizes)
+    return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
