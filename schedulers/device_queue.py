@@ -30,7 +30,6 @@ from schedulers.ordering import ResponseOrder
 from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
 
-
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
 
 
@@ -75,6 +74,7 @@ class DeviceQueue:
         self.aimd = AimdController(aimd_settings(config), max(config.max_batch_size, 1))
         self.executions = 0  # batches executed on this device
         self.batch_ns = 0.0  # moving average of its batches' execution time; 0 until one ran
+        self._warm: set[str] = set()  # instances past their first batch
         self.rows = 0  # inferences (rows) they carried
         dynamic = config.dynamic_batching
         self._policies = policies
@@ -119,7 +119,7 @@ class DeviceQueue:
         """When a request queued now would be answered, roughly: the batches ahead of it (the
         running ones, the queued requests at the cap) and its own, at this device's recent batch
         time, shared among its instances: queue depth weighted by the device's speed (0 until
-        the device has executed a batch)."""
+        an instance of the device has executed a batch past its first, which pays the warm-up)."""
         ahead = self.busy + -(-len(self.queue) // self.aimd.cap)
         return (ahead / len(self._workers) + 1) * self.batch_ns
 
@@ -180,7 +180,7 @@ class DeviceQueue:
         if error is not None:
             raise error
         outputs, times = result
-        self._observe(batch_size, 1, times)
+        self._observe(batch_size, 1, times, self._idle[-1])
         return outputs[0]  # type: ignore[no-any-return]
 
     async def close(self) -> None:
@@ -290,17 +290,20 @@ class DeviceQueue:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(worker)
             if error is None and result is not None:
-                self._observe(sum(r.batch_size for r in batch), len(batch), result[1])
+                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], worker)
             self._order.release(ticket, functools.partial(_deliver, batch, result, error))
             self._dispatch()
 
         return done
 
-    def _observe(self, rows: int, requests: int, times: ExecutionTimes) -> None:
+    def _observe(self, rows: int, requests: int, times: ExecutionTimes, worker: InstanceWorker) -> None:
         self.stats.record_execution(rows, requests, times)
         self.aimd.observe(rows, sum(times))
         self.executions += 1
         self.rows += rows
+        if worker.name not in self._warm:  # a first batch pays the warm-up (CUDA context, kernels)
+            self._warm.add(worker.name)
+            return
         elapsed = sum(times)
         self.batch_ns = elapsed if not self.batch_ns else self.batch_ns + _SMOOTHING * (elapsed - self.batch_ns)
 

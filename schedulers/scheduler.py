@@ -3,8 +3,8 @@ are placed on (every CPU instance shares the ``cpu`` queue; each GPU has its own
 own AIMD cap. A request goes to the device that should answer it first: the depth of its queue
 (batches ahead, per instance) weighted by the device's recent batch time, so a faster device
 takes more of the work and a slow one helps only once the fast one's queue has grown. Until
-every device has executed a batch, and between equally fast ones, the shortest queue per
-instance wins. Admission (unloading, queue
+every device has executed a batch, between equally fast ones, and for one decision in
+``_EXPLORE``, the shortest queue per instance wins. Admission (unloading, queue
 bounds) and preserve_ordering are decided here, for the model version as a whole."""
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from schedulers.instance import InstanceWorker
 from schedulers.ordering import ResponseOrder
 from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ModelStats, Rejection
+
+# one routing decision in this many goes by queue depth alone, so that a device whose estimate
+# is stale (it slowed once, and then got no work to show it is fast again) is measured again
+_EXPLORE = 32
 
 
 def _wait_then_depth(queue: DeviceQueue) -> tuple[float, float]:
@@ -52,6 +56,7 @@ class ModelScheduler:
             DeviceQueue(device, config, group, stats, self._policies, self._order) for device, group in placed.items()
         ]
         self._closed = False
+        self._routed = 0
 
     @property
     def aimd(self) -> AimdController:
@@ -97,7 +102,8 @@ class ModelScheduler:
         queues = self.queues
         if len(queues) == 1:
             return queues[0]
-        if all(q.batch_ns for q in queues):
+        self._routed += 1
+        if self._routed % _EXPLORE and all(q.batch_ns for q in queues):
             return min(queues, key=_wait_then_depth)
         return min(queues, key=_depth)
 

@@ -825,6 +825,29 @@ async def test_once_measured_a_faster_device_takes_more_than_its_share(harness: 
     assert [out(r) for r in results] == [[v + 1] for v in range(10)]
 
 
+async def test_a_slow_estimate_is_checked_again_now_and_then(harness: Factory) -> None:
+    h = await harness(model_config(max_batch_size=64), hold=True, devices=("cpu", "cuda:0"))
+    cpu, gpu = h.scheduler.queues
+    running = [h.start(0), h.start(1)]
+    await h.gate.entered()
+    await h.gate.entered()
+    cpu.batch_ns, gpu.batch_ns = 1e9, 1e6  # the cpu looks a thousand times slower
+    waiting = [h.start(v) for v in range(2, 66)]
+    await h.queued(66)
+    assert len(cpu.queue) == 2  # one decision in 32 goes by queue depth alone: 2 of 64
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(*running, *waiting), WAIT)
+
+
+async def test_an_instance_first_batch_is_left_out_of_the_device_estimate(harness: Factory) -> None:
+    h = await harness(model_config(dynamic=False))
+    queue = h.scheduler.queues[0]
+    await h.infer(0)
+    assert queue.batch_ns == 0  # the warm-up batch
+    await h.infer(1)
+    assert queue.batch_ns > 0
+
+
 async def test_each_device_has_its_own_aimd_cap(harness: Factory) -> None:
     h = await harness(aimd_config("60000000", max_batch_size=8), devices=("cpu", "cuda:0"))
     cpu, gpu = (q.aimd for q in h.scheduler.queues)
