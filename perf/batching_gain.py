@@ -45,39 +45,44 @@ from tests.serverproc import EXAMPLES, running  # noqa: E402
 
 WIDE_CONFIG = """name: "wide_mlp"
 platform: "pytorch_libtorch"
-max_batch_size: 128
-input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1024 ] } ]
-output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 5000 }
-instance_group [ { kind: KIND_CPU count: 1 } ]
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1024 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
 
 
-def build_wide_mlp(folder: Path) -> None:
+def build_wide_mlp(folder: Path, hidden: int, max_batch_size: int, delay_us: int) -> None:
     torch.manual_seed(0)
-    layers = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    layers = nn.Sequential(
+        nn.Linear(1024, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+    )
     (folder / "1").mkdir(parents=True)
     torch.jit.save(torch.jit.script(layers.eval()), str(folder / "1" / "model.pt"))
-    (folder / "config.pbtxt").write_text(WIDE_CONFIG)
+    config = WIDE_CONFIG.format(max_batch_size=max_batch_size, delay_us=delay_us)
+    (folder / "config.pbtxt").write_text(config)
 
 
-def model_folder(base: Path, model: str) -> Path:
-    folder = base / "models" / model
-    if model == "wide_mlp":
-        build_wide_mlp(folder)
+def model_folder(base: Path, args: argparse.Namespace) -> Path:
+    folder: Path = base / "models" / str(args.model)
+    if args.model == "wide_mlp":
+        build_wide_mlp(folder, args.hidden, args.max_batch_size, args.delay_us)
     else:
-        shutil.copytree(EXAMPLES / model, folder)
+        shutil.copytree(EXAMPLES / args.model, folder)
     return folder
 
 
-def in_process_limit(folder: Path, width: int, seconds_per_size: float = 1.0) -> tuple[int, float, dict[int, float]]:
-    """(best batch size, its rows/s, rows/s by batch size)."""
+def in_process_limit(
+    folder: Path, width: int, max_batch_size: int, seconds_per_size: float = 1.0
+) -> tuple[int, float, dict[int, float]]:
+    """(best batch size, its rows/s, rows/s by batch size), batch sizes up to max_batch_size."""
     torch.set_num_threads(cpu_threads_per_instance(1))
     module = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu").eval()
     rates: dict[int, float] = {}
     size = 1
     with torch.inference_mode():
-        while size <= 128:
+        while size <= max_batch_size:
             x = torch.randn(size, width)
             for _ in range(20):
                 module(x)
@@ -100,13 +105,18 @@ def serve_and_measure(repository: Path, model: str, concurrency: int, interval_m
     return {"rows_per_s": result["infer_per_s"], "p99_us": result["p99_us"]}  # one row per request
 
 
-def repository_copy(base: Path, folder: Path, batching: bool) -> Path:
-    repo = base / ("batching-on" if batching else "batching-off")
+def repository_copy(base: Path, folder: Path, mode: str, target_us: int = 0) -> Path:
+    """The model as ``mode`` serves it: ``on`` (its config), ``off`` (no dynamic_batching) or
+    ``aimd`` (its config plus a batch latency target)."""
+    repo = base / f"batching-{mode}"
     shutil.copytree(folder, repo / folder.name)
-    if not batching:
-        config = repo / folder.name / "config.pbtxt"
-        lines = config.read_text().splitlines(keepends=True)
-        config.write_text("".join(line for line in lines if not line.startswith("dynamic_batching")))
+    config = repo / folder.name / "config.pbtxt"
+    lines = config.read_text().splitlines(keepends=True)
+    if mode == "off":
+        lines = [line for line in lines if not line.startswith("dynamic_batching")]
+    if mode == "aimd":
+        lines.append(f'parameters {{ key: "batch_latency_target_us" value {{ string_value: "{target_us}" }} }}\n')
+    config.write_text("".join(lines))
     return repo
 
 
@@ -114,28 +124,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wide_mlp", choices=["wide_mlp", "mlp_torch"])
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=4096, help="wide_mlp: width of its two hidden layers")
+    parser.add_argument("--max-batch-size", type=int, default=128, help="wide_mlp: its max_batch_size")
+    parser.add_argument("--delay-us", type=int, default=5000, help="wide_mlp: its max_queue_delay_microseconds")
     parser.add_argument("--measurement-interval", type=int, default=3000)
+    parser.add_argument("--target-us", type=int, default=0, help="AIMD batch latency target (default: 1.25x the "
+                        "in-process time of a batch of --concurrency rows)")  # fmt: skip
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="batching-gain-"))
-    folder = model_folder(base, args.model)
-    best, limit, rates = in_process_limit(folder, 1024 if args.model == "wide_mlp" else 64)
+    folder = model_folder(base, args)
+    max_batch = args.max_batch_size if args.model == "wide_mlp" else 128
+    best, limit, rates = in_process_limit(folder, 1024 if args.model == "wide_mlp" else 64, max_batch)
     print(f"{args.model} in-process: best batch {best}, {limit:.0f} rows/s; by size: "
           + ", ".join(f"{s}: {r:.0f}" for s, r in rates.items()), flush=True)  # fmt: skip
+    # the SLO an operator would set: a little above what a batch as large as the load takes here
+    size = max(s for s in rates if s <= args.concurrency)
+    target_us = args.target_us or round(1.25 * size / rates[size] * 1e6)
     results = {}
-    for batching in (True, False):
-        name = "on" if batching else "off"
-        repo = repository_copy(base, folder, batching)
-        results[name] = serve_and_measure(repo, args.model, args.concurrency, args.measurement_interval, base)
-        print(f"clipperd batching {name}: {results[name]}", flush=True)
-    on, off = results["on"].get("rows_per_s"), results["off"].get("rows_per_s")
+    for mode in ("on", "off", "aimd"):
+        repo = repository_copy(base, folder, mode, target_us)
+        results[mode] = serve_and_measure(repo, args.model, args.concurrency, args.measurement_interval, base)
+        print(f"clipperd batching {mode}: {results[mode]}", flush=True)
+    on, off, aimd = (results[mode].get("rows_per_s") for mode in ("on", "off", "aimd"))
     if on and off:
         print(f"batched / limit: {on / limit:.2f} (target >= 0.85); batched / unbatched: {on / off:.2f} (target >= 4)")
+    if aimd:
+        p99_over_target = results["aimd"]["p99_us"] / target_us
+        print(f"AIMD, target {target_us} us: p99 / target {p99_over_target:.2f} (<= 1.5), "
+              f"throughput / limit {aimd / limit:.2f} (>= 0.8)")  # fmt: skip
     if args.json:
         report = {
             "model": args.model,
+            "hidden": args.hidden,
+            "max_batch_size": max_batch,
             "limit": {"best": best, "rows_per_s": limit, "by_size": rates},
             "server": results,
+            "aimd_target_us": target_us,
             "concurrency": args.concurrency,
             "loadavg": os.getloadavg(),
         }
