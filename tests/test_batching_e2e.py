@@ -87,6 +87,23 @@ def test_adaptive_model_serves_and_exports_its_cap(server: ServerProcess) -> Non
         if sample.name.startswith("clipperd_batch_size_executions") and sample.labels["model"] == "adaptive"
     }
     assert sizes == {"1": 5}  # five requests one at a time: five executions of one row
+    per_device = {
+        sample.name.removesuffix("_total"): (sample.labels["device"], sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("model") == "adaptive" and "device" in sample.labels
+    }
+    assert per_device["clipperd_batch_size_cap"] == ("cpu", 3)
+    assert per_device["clipperd_device_executions"] == ("cpu", 5)
+    assert per_device["clipperd_device_inference_count"] == ("cpu", 5)
+    assert per_device["clipperd_queue_depth"] == ("cpu", 0)
+    rejections = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("clipperd_rejections") and sample.labels["model"] == "adaptive"
+    }
+    assert rejections == {"queue_full": 0, "timeout": 0, "unloading": 0}
 
 
 def test_a_bad_aimd_setting_fails_the_load_naming_the_key(server: ServerProcess) -> None:
