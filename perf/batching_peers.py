@@ -134,6 +134,7 @@ class Served:
     name: str
     address: str
     batches: str  # "statistics" (ModelStatistics over gRPC) or "mlserver" (its model's metric)
+    http_address: str = ""  # where perf_analyzer sends requests under --protocol http
 
 
 def write_repository(base: Path, delay_us: int, mode: str) -> Path:
@@ -144,6 +145,9 @@ def write_repository(base: Path, delay_us: int, mode: str) -> Path:
     (repo / MODEL_NAME / "config.pbtxt").write_text(config)
     (version / "model.py").write_text(MODEL_PY.format(path=str(PEERS / "numpy_mlp.py")))
     return repo
+
+
+PYTRITON_HTTP = "127.0.0.1:18100"
 
 
 def peer(name: str, delay_us: int = DEFAULT_DELAYS_US["pytriton"]) -> sbs.System:
@@ -207,6 +211,9 @@ def peer_running(spec: sbs.System, log: Path) -> Iterator[None]:
         yield
     finally:
         sbs.stop(proc)
+        deadline = time.monotonic() + sbs.STOP_TIMEOUT_S  # Triton's own server may outlive its parent
+        while sbs.port_in_use(spec.address) and time.monotonic() < deadline:
+            time.sleep(0.25)
 
 
 @contextlib.contextmanager
@@ -214,11 +221,14 @@ def serving(name: str, args: argparse.Namespace, workspace: Path, round_no: int)
     if name == "clipperd":
         repo = write_repository(workspace / f"clipperd-round{round_no}", args.delays[name], args.execution_mode)
         with clipperd_running(repo, *args.clipperd_args.split(), log_dir=workspace) as server:
-            yield Served(name, server.url, "statistics")
+            yield Served(name, server.url, "statistics", server.http_url)
         return
     spec = peer(name, args.delays[name])
     with peer_running(spec, workspace / f"{name}-round{round_no}.log"):
-        yield Served(name, spec.address, "statistics" if name == "pytriton" else "mlserver")
+        if name == "pytriton":
+            yield Served(name, spec.address, "statistics", PYTRITON_HTTP)
+        else:
+            yield Served(name, spec.address, "mlserver")
 
 
 def check_outputs(address: str, expected: np.ndarray, x: np.ndarray) -> float:
@@ -315,7 +325,8 @@ def measure_system(
         before, busy, own, wall = batch_counts(served), busy_cpu_seconds(), own_cpu_seconds(), time.monotonic()
         out = workspace / f"{name}-{round_no}.csv"
         pa = sbs.perf_analyzer_path(args.perf_analyzer)
-        result = sbs.measure(pa, served.address, "grpc", args.concurrency, args.measurement_interval, out, MODEL_NAME)
+        address = served.address if args.protocol == "grpc" else served.http_address
+        result = sbs.measure(pa, address, args.protocol, args.concurrency, args.measurement_interval, out, MODEL_NAME)
         busy, own, wall = busy_cpu_seconds() - busy, own_cpu_seconds() - own, time.monotonic() - wall
         batching = batching_during(before, batch_counts(served), busy, own, wall)
     return {"max_abs_difference": difference, **started, **result, **batching}
@@ -384,6 +395,7 @@ def print_report(summary: list[dict[str, Any]], rates: dict[str, dict[str, Any]]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="what perf_analyzer speaks")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all systems; the table shows medians")
     parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
@@ -458,6 +470,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     notes = {n: s.missing for n in names if n != "clipperd" and (s := peer(n)).missing is not None}
+    if args.protocol == "http" and "mlserver" in names:
+        notes["mlserver"] = "perf_analyzer cannot read its HTTP answers (output parameters without binary_data_size)"
     runnable = [n for n in names if n not in notes]
     if not sbs.perf_analyzer_path(args.perf_analyzer).exists():
         sys.exit(f"perf_analyzer not found at {sbs.perf_analyzer_path(args.perf_analyzer)}: run make tools")
