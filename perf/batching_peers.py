@@ -419,8 +419,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    if args.execution_mode not in ("thread", "event_loop"):
-        parser.error("--clipperd-execution-mode is thread or event_loop")
+    if args.execution_mode not in ("thread", "event_loop", "process"):
+        parser.error("--clipperd-execution-mode is thread, event_loop or process")
     try:
         args.delays = parse_delays(args.max_queue_delay_us)
     except ValueError as error:

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
 from schedulers.instance import InstanceWorker
+from schedulers.process_backend import ProcessBackend
 from schedulers.scheduler import ModelScheduler
 from schedulers.stats import ModelStats
 from server.validation import ModelSignature
@@ -88,11 +90,14 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
     threads = cpu_threads_per_instance(cpu_instances)
     parameters = {k: v.string_value for k, v in config.parameters.items()}
-    on_loop = _runs_on_loop(config.name, backend_class, parameters)
+    mode = execution_mode(config.name, backend_class, parameters)
     workers = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, parameters)
-        workers.append(InstanceWorker(name, functools.partial(_make, backend_class, context), on_loop=on_loop))
+        factory: Callable[[], Backend] = functools.partial(_make, backend_class, context)
+        if mode == "process":
+            factory = functools.partial(ProcessBackend, context, factory)
+        workers.append(InstanceWorker(name, factory, on_loop=mode == "event_loop"))
     results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
@@ -111,14 +116,19 @@ def cpu_threads_per_instance(cpu_instances: int) -> int:
     return max(1, (cores - 1) // max(cpu_instances, 1))
 
 
-def _runs_on_loop(model: str, backend_class: type[Backend], parameters: dict[str, str]) -> bool:
-    """``execution_mode`` (``thread`` or ``event_loop``) overrides the backend's own preference."""
+EXECUTION_MODES = ("thread", "event_loop", "process")
+
+
+def execution_mode(model: str, backend_class: type[Backend], parameters: dict[str, str]) -> str:
+    """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
+    preference: the event loop for backends that hold the GIL, else a thread."""
     mode = parameters.get(EXECUTION_MODE, "")
-    if mode not in ("", "thread", "event_loop"):
+    if mode and mode not in EXECUTION_MODES:
         raise InvalidArgument(
-            f"model '{model}': parameter '{EXECUTION_MODE}' must be 'thread' or 'event_loop', got {mode[:32]!r}"
+            f"model '{model}': parameter '{EXECUTION_MODE}' must be 'thread', 'event_loop' or 'process', "
+            f"got {mode[:32]!r}"
         )
-    return mode == "event_loop" or (not mode and backend_class.holds_gil)
+    return mode or ("event_loop" if backend_class.holds_gil else "thread")
 
 
 def _make(backend_class: type[Backend], context: InstanceContext) -> Backend:

@@ -813,7 +813,7 @@ def crash_server(tmp_path: Path, logs_dir: Path) -> Iterator[ServerProcess]:
         pytest.fail(f"the server did not stop within 20s of SIGTERM (an instance is wedged):\n{server.log()[-2000:]}")
 
 
-@pytest.mark.parametrize("mode", ["event_loop", "thread"])
+@pytest.mark.parametrize("mode", ["event_loop", "thread", "process"])
 def test_model_raising_system_exit_in_execute(crash_server: ServerProcess, mode: str) -> None:
     extra = f'parameters: {{ key: "execution_mode" value: {{ string_value: "{mode}" }} }}'
     write_model(

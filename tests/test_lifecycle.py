@@ -609,7 +609,7 @@ class Model:
 """
 
 
-@pytest.mark.parametrize("mode", ["event_loop", "thread"])
+@pytest.mark.parametrize("mode", ["event_loop", "thread", "process"])
 def test_a_model_calling_sys_exit_fails_its_request_and_the_server_keeps_serving(
     repo: Path, logs_dir: Path, mode: str
 ) -> None:
