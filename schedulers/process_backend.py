@@ -19,6 +19,7 @@ import contextlib
 import logging
 import multiprocessing
 import pickle
+import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -112,6 +113,8 @@ class ProcessBackend(Backend):
 
 def _child_main(conn: Connection, factory: Factory) -> None:
     """The child: load, execute batches, unload when told to."""
+    # Ctrl-C reaches the whole process group: the server decides when its instances stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         backend = factory()
         backend.load()
