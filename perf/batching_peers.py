@@ -178,44 +178,6 @@ def interpreter(name: str) -> str:
     return sbs.project_python() if name == "clipperd" else sbs.peer_python(name)[0]
 
 
-def model_ready(address: str) -> bool:
-    try:
-        with grpcclient.InferenceServerClient(address) as client:
-            return bool(client.is_model_ready(MODEL_NAME))
-    except Exception:  # refused, not up yet: tritonclient wraps every gRPC error
-        return False
-
-
-@contextlib.contextmanager
-def peer_running(spec: sbs.System, log: Path) -> Iterator[None]:
-    """As side_by_side.running, waiting for numpy_mlp rather than identity_fp32."""
-    if sbs.port_in_use(spec.address):
-        raise RuntimeError(f"{spec.address} is already taken by another process")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            spec.command,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.env},
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + sbs.READY_TIMEOUT_S
-        while not model_ready(spec.address):
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with status {proc.returncode} before it was ready; see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{MODEL_NAME} not ready after {sbs.READY_TIMEOUT_S:.0f} s; see {log}")
-            time.sleep(0.25)
-        yield
-    finally:
-        sbs.stop(proc)
-        deadline = time.monotonic() + sbs.STOP_TIMEOUT_S  # Triton's own server may outlive its parent
-        while sbs.port_in_use(spec.address) and time.monotonic() < deadline:
-            time.sleep(0.25)
-
-
 @contextlib.contextmanager
 def serving(name: str, args: argparse.Namespace, workspace: Path, round_no: int) -> Iterator[Served]:
     if name == "clipperd":
@@ -224,7 +186,7 @@ def serving(name: str, args: argparse.Namespace, workspace: Path, round_no: int)
             yield Served(name, server.url, "statistics", server.http_url)
         return
     spec = peer(name, args.delays[name])
-    with peer_running(spec, workspace / f"{name}-round{round_no}.log"):
+    with sbs.running(spec, workspace / f"{name}-round{round_no}.log", "grpc", MODEL_NAME):
         if name == "pytriton":
             yield Served(name, spec.address, "statistics", PYTRITON_HTTP)
         else:

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -148,28 +149,24 @@ def load(address: str, model: str, seconds: float, concurrency: int) -> dict[str
     }
 
 
-def metrics(url: str, model: str) -> dict[str, Any]:
-    """clipperd's per-device and batch-size samples for ``model``."""
+Sample = tuple[str, dict[str, str], float]
+
+
+def metrics(url: str, model: str) -> list[Sample]:
+    """Every sample of ``model``: (family name, labels, value)."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    found: dict[str, Any] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or f'model="{model}"' not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        if name.startswith(
-            ("clipperd_device_", "clipperd_batch_size_cap", "clipperd_batch_latency", "clipperd_batch_size_")
-        ):
-            found[name.replace(f'model="{model}",', "").replace('version="1",', "")] = float(value)
-    return found
+    return [
+        (sample.name.removesuffix("_total"), sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    ]
 
 
-def by_device(samples: dict[str, Any], family: str) -> dict[str, float]:
-    return {
-        key.split('device="')[1].split('"')[0]: value
-        for key, value in samples.items()
-        if key.startswith(family + "{") and 'device="' in key
-    }
+def by_label(samples: list[Sample], family: str, label: str = "device") -> dict[str, float]:
+    """``family``'s values keyed by ``label``."""
+    return {labels[label]: value for name, labels, value in samples if name == family and label in labels}
 
 
 def serve(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -193,8 +190,8 @@ def run_checks(address: str, metrics_url: str, weights: Path, args: argparse.Nam
             ok &= error <= 1e-3
     mixed = load(address, "wide_mixed", args.seconds, args.concurrency)
     samples = metrics(metrics_url, "wide_mixed")
-    rows = by_device(samples, "clipperd_device_inference_count")
-    executions = by_device(samples, "clipperd_device_executions")
+    rows = by_label(samples, "clipperd_device_inference_count")
+    executions = by_label(samples, "clipperd_device_executions")
     emit(run=mixed, rows_by_device=rows, executions_by_device=executions)
     spread = set(rows) == {"cpu", "cuda:0"} and all(v > 0 for v in rows.values()) and rows["cuda:0"] > rows["cpu"]
     emit(check="per-device queues: both devices worked, the GPU took most", ok=spread)
@@ -203,9 +200,9 @@ def run_checks(address: str, metrics_url: str, weights: Path, args: argparse.Nam
     ok &= spread and gpu_rows_per_batch > 2
     aimd = load(address, "wide_aimd", args.seconds, args.concurrency)
     samples = metrics(metrics_url, "wide_aimd")
-    caps = by_device(samples, "clipperd_batch_size_cap")
-    latency = by_device(samples, "clipperd_batch_latency_seconds")
-    sizes = {k.split('batch_size="')[1].split('"')[0]: v for k, v in samples.items() if 'batch_size="' in k}
+    caps = by_label(samples, "clipperd_batch_size_cap")
+    latency = by_label(samples, "clipperd_batch_latency_seconds")
+    sizes = by_label(samples, "clipperd_batch_size_executions", "batch_size")
     emit(
         run=aimd,
         target_ms=TARGET_US / 1e3,
@@ -223,9 +220,9 @@ def run_checks(address: str, metrics_url: str, weights: Path, args: argparse.Nam
                 perf_analyzer=model,
                 concurrency=args.concurrency,
                 **result,
-                cap=by_device(samples, "clipperd_batch_size_cap"),
-                rows_by_device=by_device(samples, "clipperd_device_inference_count"),
-                executions_by_device=by_device(samples, "clipperd_device_executions"),
+                cap=by_label(samples, "clipperd_batch_size_cap"),
+                rows_by_device=by_label(samples, "clipperd_device_inference_count"),
+                executions_by_device=by_label(samples, "clipperd_device_executions"),
             )
     return ok
 

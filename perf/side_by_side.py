@@ -142,10 +142,10 @@ def system(name: str, protocol: str = "grpc") -> System:
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
 
 
-def model_ready(address: str, protocol: str) -> bool:
+def model_ready(address: str, protocol: str, model: str = MODEL) -> bool:
     if protocol == "http":
         try:
-            with urllib.request.urlopen(f"http://{address}/v2/models/{MODEL}/ready", timeout=2.0) as answer:
+            with urllib.request.urlopen(f"http://{address}/v2/models/{model}/ready", timeout=2.0) as answer:
                 return int(answer.status) == 200
         except OSError:  # refused, not ready yet (HTTPError), timed out
             return False
@@ -156,7 +156,7 @@ def model_ready(address: str, protocol: str) -> bool:
             response_deserializer=pb.ModelReadyResponse.FromString,
         )
         try:
-            return bool(rpc(pb.ModelReadyRequest(name=MODEL), timeout=2.0).ready)
+            return bool(rpc(pb.ModelReadyRequest(name=model), timeout=2.0).ready)
         except grpc.RpcError:
             return False
 
@@ -175,8 +175,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(spec: System, log: Path, protocol: str) -> Iterator[None]:
-    """Starts the system in a session of its own, waits until identity_fp32 is ready, stops it after."""
+def running(spec: System, log: Path, protocol: str, model: str = MODEL) -> Iterator[None]:
+    """Starts the system in a session of its own, waits until ``model`` is ready, stops it after
+    (and waits until its port is free again: Triton's own server may outlive its parent)."""
     if port_in_use(spec.address):
         raise RuntimeError(f"{spec.address} is already taken by another process")
     with log.open("wb") as out:
@@ -190,15 +191,18 @@ def running(spec: System, log: Path, protocol: str) -> Iterator[None]:
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not model_ready(spec.address, protocol):
+        while not model_ready(spec.address, protocol, model):
             if proc.poll() is not None:
                 raise RuntimeError(f"exited with status {proc.returncode} before it was ready; see {log}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{MODEL} not ready after {READY_TIMEOUT_S:.0f} s; see {log}")
+                raise RuntimeError(f"{model} not ready after {READY_TIMEOUT_S:.0f} s; see {log}")
             time.sleep(0.25)
         yield
     finally:
         stop(proc)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while port_in_use(spec.address) and time.monotonic() < deadline:
+            time.sleep(0.25)
 
 
 def perf_analyzer_path(given: str | None) -> Path:

@@ -90,8 +90,8 @@ class DeviceQueue:
         self._dispatching = False
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
-        self.inline = any(w.on_loop for w in self._workers) and not self._delay_ns
-        self._defer = self._batching and not self.inline
+        self._inline = any(w.on_loop for w in self._workers) and not self._delay_ns
+        self._defer = self._batching and not self._inline
 
     @property
     def pending(self) -> int:
@@ -112,7 +112,7 @@ class DeviceQueue:
     @property
     def depth(self) -> float:
         """Queued and executing requests per instance: where the next request waits least."""
-        return (len(self.queue) + self.busy) / len(self._workers)
+        return self.in_flight / len(self._workers)
 
     @property
     def expected_ns(self) -> float:
@@ -126,7 +126,7 @@ class DeviceQueue:
     @property
     def runs_now(self) -> bool:
         """An instance on the event loop is idle and nobody waits: ``run_inline`` applies."""
-        return self.inline and bool(self._idle) and not self.queue
+        return self._inline and bool(self._idle) and not self.queue
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""

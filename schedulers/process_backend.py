@@ -43,10 +43,6 @@ class ProcessBackend(Backend):
         self._process: Any = None
         self._conn: Connection | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def load(self) -> None:
         spawn = multiprocessing.get_context("spawn")
         parent, child = spawn.Pipe()

@@ -142,6 +142,16 @@ class Harness:
     ) -> asyncio.Task[Tensors]:
         return asyncio.ensure_future(self.infer(value, rows, width, dtype, priority, queue_us))
 
+    async def behind_a_busy_instance(self, waiting: list[float]) -> list[Tensors]:
+        """Request 0 executes, held, while the requests ``waiting`` queue behind it; then all run.
+        Every result, request 0's first."""
+        first = self.start(0)
+        await self.gate.entered()
+        tasks = [self.start(v) for v in waiting]
+        await self.queued(len(tasks) + 1)
+        self.gate.open()
+        return await asyncio.wait_for(asyncio.gather(first, *tasks), WAIT)
+
     async def queued(self, count: int) -> None:
         """Waits (a bounded number of loop turns) until ``count`` requests are waiting or running."""
         for _ in range(1000):
@@ -221,12 +231,7 @@ async def test_batches_form_from_the_requests_waiting_while_the_instance_is_busy
 
 async def test_seven_waiting_requests_make_one_batch_of_seven(harness: Factory) -> None:
     h = await harness(hold=True)
-    first = h.start(0)
-    await h.gate.entered()
-    waiting = [h.start(v) for v in range(1, 8)]
-    await h.queued(8)
-    h.gate.open()
-    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    await h.behind_a_busy_instance(list(range(1, 8)))
     assert h.log.batches == [1, 7]
 
 
@@ -285,12 +290,7 @@ async def test_requests_with_different_shapes_or_types_are_never_merged(harness:
 
 async def test_without_dynamic_batching_each_request_executes_alone(harness: Factory) -> None:
     h = await harness(model_config(dynamic=False), hold=True)
-    first = h.start(0)
-    await h.gate.entered()
-    waiting = [h.start(v) for v in range(1, 4)]
-    await h.queued(4)
-    h.gate.open()
-    results = await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    results = await h.behind_a_busy_instance([1, 2, 3])
     assert h.log.batches == [1, 1, 1, 1]
     assert h.log.values == [[0], [1], [2], [3]]
     assert [out(r) for r in results] == [[1], [2], [3], [4]]
@@ -570,12 +570,7 @@ async def test_batches_never_exceed_the_aimd_cap_which_grows_with_each_full_fast
 
 async def test_a_slow_batch_cuts_the_cap(harness: Factory) -> None:
     h = await harness(aimd_config("1", batch_size_initial="10"), hold=True)  # 1 µs: every batch is too slow
-    first = h.start(0)
-    await h.gate.entered()
-    waiting = [h.start(v) for v in range(1, 12)]
-    await h.queued(12)
-    h.gate.open()
-    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    await h.behind_a_busy_instance(list(range(1, 12)))
     assert h.log.batches == [1, 9, 2]  # after the first batch, 10 -> 9; after the second, 9 -> 8
     assert h.scheduler.aimd.cap == 7
     assert h.scheduler.aimd.over_target == 3
@@ -612,12 +607,7 @@ def shaped_config(preferred: tuple[int, ...] = (), delay_us: int = 0, max_batch_
 
 async def test_the_largest_preferred_size_the_waiting_requests_reach_goes_first(harness: Factory) -> None:
     h = await harness(shaped_config(preferred=(2, 4)), hold=True)
-    first = h.start(0)
-    await h.gate.entered()
-    waiting = [h.start(v) for v in range(1, 8)]  # 7 waiting, the cap is 8
-    await h.queued(8)
-    h.gate.open()
-    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    await h.behind_a_busy_instance(list(range(1, 8)))  # 7 waiting, the cap is 8
     assert h.log.batches == [1, 4, 2, 1]  # 7 -> 4 (preferred), 3 -> 2 (preferred), then what is left
     assert h.log.values == [[0], [1, 2, 3, 4], [5, 6], [7]]
 

@@ -25,7 +25,8 @@ MAX_BATCH = 64
 QUEUE_DELAY_US = 100
 
 
-def _ensure_libpython_path() -> None:
+def ensure_libpython_path() -> None:
+    """Triton's Python-backend stub finds this interpreter's libpython: restarts with it on LD_LIBRARY_PATH."""
     lib = os.path.join(sys.base_prefix, "lib")
     paths = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
     if lib not in paths:
@@ -34,7 +35,7 @@ def _ensure_libpython_path() -> None:
 
 
 def main() -> None:
-    _ensure_libpython_path()
+    ensure_libpython_path()
     import numpy as np
     from pytriton.decorators import batch  # type: ignore[import-not-found]
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # type: ignore[import-not-found]

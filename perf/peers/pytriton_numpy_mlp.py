@@ -13,24 +13,17 @@ statistics endpoint open (perf_analyzer and perf/batching_peers.py read it; loop
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
+
+from pytriton_identity import ensure_libpython_path
 
 HOST = "127.0.0.1"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 18100, 18101, 18102
 
 
-def _ensure_libpython_path() -> None:
-    lib = os.path.join(sys.base_prefix, "lib")
-    paths = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
-    if lib not in paths:
-        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([lib, *filter(None, paths)])
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 def main() -> None:
-    _ensure_libpython_path()
+    ensure_libpython_path()
     import numpy as np
     from numpy_mlp import IN_DIM, INPUT, MAX_BATCH, MODEL_NAME, OUT_DIM, OUTPUT, NumpyMLP, queue_delay_us
     from pytriton.decorators import batch  # type: ignore[import-not-found]

@@ -90,34 +90,32 @@ def requested_name(request: bytes) -> str:
     return ""
 
 
-def model_config_response(name: str) -> bytes:
+def model_config_response(name: str, max_batch: int = MAX_BATCH, in_dim: int = DIM, out_dim: int = DIM) -> bytes:
     """inference.ModelConfigResponse{config: ModelConfig{name, max_batch_size, input, output}}."""
-    tensor_input = _len_field(1, b"INPUT0") + _int_field(2, TYPE_FP32) + _packed_ints(4, [DIM])  # ModelInput
-    tensor_output = _len_field(1, b"OUTPUT0") + _int_field(2, TYPE_FP32) + _packed_ints(3, [DIM])  # ModelOutput
+    tensor_input = _len_field(1, b"INPUT0") + _int_field(2, TYPE_FP32) + _packed_ints(4, [in_dim])  # ModelInput
+    tensor_output = _len_field(1, b"OUTPUT0") + _int_field(2, TYPE_FP32) + _packed_ints(3, [out_dim])  # ModelOutput
     config = (
         _len_field(1, name.encode())
-        + _int_field(4, MAX_BATCH)
+        + _int_field(4, max_batch)
         + _len_field(5, tensor_input)
         + _len_field(6, tensor_output)
     )
     return _len_field(1, config)
 
 
-async def _model_config(request: bytes, context: Any) -> bytes:
-    import grpc
-
-    name = requested_name(request)
-    if name != MODEL:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"Model {name} not found")
-    return model_config_response(name)
-
-
-def _add_model_config_rpc() -> None:
+def add_model_config_rpc(model: str, answer: bytes) -> None:
+    """Adds ModelConfig, answering ``answer`` for ``model``, when MLServer registers its service."""
     import grpc
     import mlserver.grpc.server as grpc_server  # type: ignore[import-not-found]
 
+    async def model_config(request: bytes, context: Any) -> bytes:
+        name = requested_name(request)
+        if name != model:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Model {name} not found")
+        return answer
+
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"ModelConfig": grpc.unary_unary_rpc_method_handler(_model_config)}
+        SERVICE, {"ModelConfig": grpc.unary_unary_rpc_method_handler(model_config)}
     )
     register = grpc_server.add_GRPCInferenceServiceServicer_to_server
 
@@ -139,7 +137,7 @@ def _metrics_dir_outside_cwd() -> None:
 def main() -> None:
     folder = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parent)
     _metrics_dir_outside_cwd()
-    _add_model_config_rpc()
+    add_model_config_rpc(MODEL, model_config_response(MODEL))
     from mlserver.cli import main as mlserver_main  # type: ignore[import-not-found]
 
     sys.argv = ["mlserver", "start", folder]

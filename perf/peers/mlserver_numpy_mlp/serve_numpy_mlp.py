@@ -11,7 +11,7 @@ launcher copies this folder to a temporary one with max_batch_time written into
 model-settings.json, puts perf/peers on PYTHONPATH (the model and MLServer's worker processes
 import numpy_mlp from there) and runs `mlserver start` on the copy, with the ModelConfig RPC that
 perf_analyzer needs and MLServer lacks added as perf/peers/mlserver_identity/launch.py adds it
-(its wire-format helpers are reused here; the answer carries this model's name and dims)."""
+(reused from there; the answer carries this model's name and dims)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE.parent
-TYPE_FP32 = 11  # inference.DataType.TYPE_FP32
-SERVICE = "inference.GRPCInferenceService"
 
 
 def _identity_launcher() -> ModuleType:
@@ -45,42 +42,10 @@ def _identity_launcher() -> ModuleType:
 WIRE = _identity_launcher()
 
 
-def model_config_response(name: str, max_batch: int, in_dim: int, out_dim: int) -> bytes:
-    """inference.ModelConfigResponse{config: ModelConfig{name, max_batch_size, input, output}}."""
-    tensor_input = WIRE._len_field(1, b"INPUT0") + WIRE._int_field(2, TYPE_FP32) + WIRE._packed_ints(4, [in_dim])
-    tensor_output = WIRE._len_field(1, b"OUTPUT0") + WIRE._int_field(2, TYPE_FP32) + WIRE._packed_ints(3, [out_dim])
-    config = (
-        WIRE._len_field(1, name.encode())
-        + WIRE._int_field(4, max_batch)
-        + WIRE._len_field(5, tensor_input)
-        + WIRE._len_field(6, tensor_output)
-    )
-    return bytes(WIRE._len_field(1, config))
-
-
 def _add_model_config_rpc() -> None:
-    import grpc
-    import mlserver.grpc.server as grpc_server  # type: ignore[import-not-found]
     from numpy_mlp import IN_DIM, MAX_BATCH, MODEL_NAME, OUT_DIM
 
-    answer = model_config_response(MODEL_NAME, MAX_BATCH, IN_DIM, OUT_DIM)
-
-    async def model_config(request: bytes, context: Any) -> bytes:
-        name = WIRE.requested_name(request)
-        if name != MODEL_NAME:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"Model {name} not found")
-        return answer
-
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"ModelConfig": grpc.unary_unary_rpc_method_handler(model_config)}
-    )
-    register = grpc_server.add_GRPCInferenceServiceServicer_to_server
-
-    def register_with_model_config(servicer: Any, server: Any) -> None:
-        register(servicer, server)
-        server.add_generic_rpc_handlers((handler,))
-
-    grpc_server.add_GRPCInferenceServiceServicer_to_server = register_with_model_config
+    WIRE.add_model_config_rpc(MODEL_NAME, WIRE.model_config_response(MODEL_NAME, MAX_BATCH, IN_DIM, OUT_DIM))
 
 
 def _numpy_mlp_importable() -> None:
