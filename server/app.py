@@ -11,7 +11,7 @@ import os
 import signal
 
 from server.dataplane import DataPlane
-from server.grpc_service import GrpcOptions, build_grpc_server
+from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
 from server.metrics import MetricsOptions, start_metrics_server
@@ -39,12 +39,12 @@ class Server:
     async def run(self) -> None:
         settings = self.settings
         options = GrpcOptions(
-            settings.grpc_max_message_bytes, settings.grpc_http2_bdp_probe, settings.grpc_http2_lookahead_bytes
+            settings.grpc_max_message_bytes,
+            settings.grpc_http2_bdp_probe,
+            settings.grpc_http2_lookahead_bytes,
+            settings.grpc_frontend,
         )
-        grpc_server, self.grpc_port = build_grpc_server(
-            self.plane, f"{_host(settings.host)}:{settings.grpc_port}", options
-        )
-        await grpc_server.start()
+        grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
@@ -107,10 +107,6 @@ def _settle_garbage_collector() -> None:
     if os.environ.get("CLIPPERD_GC_FREEZE", "1") == "1":
         gc.collect()
         gc.freeze()
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 async def serve(settings: Settings) -> bool:

@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
+from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
 from server.proto import grpc_service_pb2 as pb
 from server.status import GRPC_STATUS
@@ -276,6 +277,26 @@ class GrpcOptions:
     max_message_bytes: int
     bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
     lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
+    frontend: str = "native"  # or "grpcio" (grpc.aio)
+
+
+class GrpcFrontend(Protocol):
+    async def stop(self, grace: float) -> None: ...
+
+
+async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOptions) -> tuple[GrpcFrontend, int]:
+    """The gRPC server of ``opts.frontend``, started; returns it and the port it bound."""
+    if opts.frontend == "native":
+        handlers = method_handlers(InferenceService(plane))
+        native = GrpcServer(SERVICE, handlers, opts.max_message_bytes, opts.lookahead_bytes)
+        return native, await native.start(host, port)
+    server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
+    await server.start()
+    return server, bound
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tuple[grpc.aio.Server, int]:

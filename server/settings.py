@@ -33,6 +33,12 @@ class Settings:
     allow_metrics: bool = _setting(
         True, "Serve Prometheus metrics (as Triton's --allow-metrics); off, no metrics port is bound."
     )
+    grpc_frontend: str = _setting(
+        "native",
+        "native: gRPC on the project's own HTTP/2 connection (a fraction of grpc.aio's CPU per call); "
+        "grpcio: the grpc.aio server, for anything the native one does not speak (see docs/grpc.md).",
+        choices=("native", "grpcio"),
+    )
     grpc_max_message_bytes: int = _setting(
         256 * 1024 * 1024, "Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED)."
     )

@@ -1,0 +1,167 @@
+"""HTTP/2 frames (RFC 9113) and header blocks (HPACK, RFC 7541) for the gRPC front end.
+
+Decoding keeps the peer's dynamic table (the ``hpack`` package, with a fast path for the blocks
+gRPC clients send once their headers are indexed: one byte per header). Encoding never uses the
+dynamic table: the few headers a gRPC server sends are literals or static-table entries, built
+once as bytes."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from urllib.parse import quote
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADER = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
+MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW = 65_535
+DEFAULT_FRAME = 16_384
+
+
+class FrameType(enum.IntEnum):
+    DATA = 0
+    HEADERS = 1
+    PRIORITY = 2
+    RST_STREAM = 3
+    SETTINGS = 4
+    PUSH_PROMISE = 5
+    PING = 6
+    GOAWAY = 7
+    WINDOW_UPDATE = 8
+    CONTINUATION = 9
+
+
+class Flag(enum.IntFlag):
+    END_STREAM = 0x1
+    ACK = 0x1
+    END_HEADERS = 0x4
+    PADDED = 0x8
+    PRIORITY = 0x20
+
+
+class ErrorCode(enum.IntEnum):
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    FLOW_CONTROL_ERROR = 3
+    STREAM_CLOSED = 5
+    FRAME_SIZE_ERROR = 6
+    REFUSED_STREAM = 7
+    CANCEL = 8
+    COMPRESSION_ERROR = 9
+    ENHANCE_YOUR_CALM = 11
+
+
+class Setting(enum.IntEnum):
+    HEADER_TABLE_SIZE = 1
+    ENABLE_PUSH = 2
+    MAX_CONCURRENT_STREAMS = 3
+    INITIAL_WINDOW_SIZE = 4
+    MAX_FRAME_SIZE = 5
+    MAX_HEADER_LIST_SIZE = 6
+
+
+class ConnectionError_(Exception):
+    """A violation that ends the connection: GOAWAY with ``code``, then close."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def frame(kind: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
+
+
+def settings_frame(values: dict[Setting, int]) -> bytes:
+    payload = b"".join(struct.pack(">HI", key, value) for key, value in values.items())
+    return frame(FrameType.SETTINGS, 0, 0, payload)
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(FrameType.WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
+
+
+def rst_stream(stream_id: int, code: ErrorCode) -> bytes:
+    return frame(FrameType.RST_STREAM, 0, stream_id, struct.pack(">I", code))
+
+
+def goaway(last_stream_id: int, code: ErrorCode, debug: str = "") -> bytes:
+    payload = struct.pack(">II", last_stream_id, code) + debug.encode()[:256]
+    return frame(FrameType.GOAWAY, 0, 0, payload)
+
+
+def strip_padding(flags: int, payload: bytes) -> bytes:
+    if not flags & Flag.PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1 : len(payload) - payload[0]]
+
+
+# --- HPACK -----------------------------------------------------------------------------------
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(text: bytes) -> bytes:
+    return _integer(len(text), 7, 0) + text  # no Huffman coding: these are short and built once
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field as 'literal without indexing, new name': touches no table."""
+    return b"\x00" + _string(name) + _string(value)
+
+
+def literal_indexed_name(index: int, value: bytes) -> bytes:
+    return _integer(index, 4, 0x00) + _string(value)
+
+
+STATUS_200 = b"\x88"  # static table entry 8, ':status: 200'
+CONTENT_TYPE_INDEX = 31  # static table name 'content-type'
+
+
+def percent_encode(message: str) -> bytes:
+    """grpc-message's encoding: printable ASCII except '%' as is, everything else %XX of UTF-8."""
+    return quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8").encode()
+
+
+class HeaderDecoder:
+    """The peer's header blocks, with its dynamic table. Raises ConnectionError_ on a block that
+    cannot be decoded (the table is then out of step with the peer's: the connection ends)."""
+
+    def __init__(self, max_list_bytes: int) -> None:
+        self._decoder = hpack.Decoder(max_header_list_size=max_list_bytes)
+        self._table = self._decoder.header_table
+
+    def decode(self, block: bytes) -> list[tuple[str, str]]:
+        if block and min(block) >= 0x81 and max(block) < 0xFF:
+            fast = self._indexed_only(block)
+            if fast is not None:
+                return fast
+        try:
+            return [(str(n), str(v)) for n, v in self._decoder.decode(block, raw=False)]
+        except hpack.HPACKError as error:
+            raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"header block: {error}") from None
+
+    def _indexed_only(self, block: bytes) -> list[tuple[str, str]] | None:
+        """Each byte an 'indexed header field' below 127: lookups only, no state change."""
+        try:
+            fields = [self._table.get_by_index(b & 0x7F) for b in block]
+        except hpack.InvalidTableIndex:
+            return None  # let the full decoder report it
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]
