@@ -363,9 +363,10 @@ class Http2Connection(asyncio.Protocol):
             if not stream.remote_done:  # answered before the request ended: the rest is not wanted
                 out.append(rst_stream(stream.id, ErrorCode.NO_ERROR))
                 stream.remote_done = True
-            self._forget_if_done(stream)
         if out:
             self._write(b"".join(out))
+        if stream.closed:
+            self._forget_if_done(stream)
 
     def _flush_blocked(self) -> None:
         for stream in list(self.blocked.values()):
