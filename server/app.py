@@ -45,7 +45,7 @@ class Server:
             settings.grpc_frontend,
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
-        log.info("KServe v2 gRPC on %s:%d", settings.host, self.grpc_port)
+        log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_server, self.http_port = await start_http_server(self.plane, http_options)
