@@ -132,6 +132,15 @@ class Http2Connection(asyncio.Protocol):
             if stream.receiver is not None:
                 stream.receiver.reset()
 
+    def pause_writing(self) -> None:
+        # a client that does not read its answers gets no new requests read either
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         try:
