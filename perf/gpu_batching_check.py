@@ -169,10 +169,10 @@ def by_label(samples: list[Sample], family: str, label: str = "device") -> dict[
     return {labels[label]: value for name, labels, value in samples if name == family and label in labels}
 
 
-def serve(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def serve(workdir: Path, frontend: str) -> tuple[subprocess.Popen[bytes], str, str]:
     grpc_port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(workdir / "repo")]
-    cmd += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", "0"]
+    cmd += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", "0", "--grpc-frontend", frontend]
     cmd += ["--metrics-port", str(metrics_port)]
     log = (workdir / "server.log").open("wb")
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -232,6 +232,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--perf-analyzer", help="also measure with this perf_analyzer binary (gRPC)")
+    parser.add_argument("--grpc-frontend", default="native", choices=("native", "grpcio"))
     args = parser.parse_args()
     import torch
 
@@ -241,7 +242,8 @@ def main() -> int:
     emit(gpu=torch.cuda.get_device_name(0))
     workdir = Path(tempfile.mkdtemp(prefix="gpu-batching-"))
     weights = build_repository(workdir)
-    server, address, metrics_url = serve(workdir)
+    emit(grpc_frontend=args.grpc_frontend)
+    server, address, metrics_url = serve(workdir, args.grpc_frontend)
     ok = False
     try:
         with grpc.insecure_channel(address) as channel:
