@@ -180,8 +180,9 @@ class GrpcCall:
     async def _unary(self, message: bytes) -> None:
         handler = self.handler
         try:
-            reply = await handler.unary_unary(handler.request_deserializer(message), CallContext(self))
-            self.reply(handler.response_serializer(reply), last=True)
+            request = handler.request_deserializer(message) if handler.request_deserializer else message
+            reply = await handler.unary_unary(request, CallContext(self))
+            self.reply(handler.response_serializer(reply) if handler.response_serializer else reply, last=True)
         except _Abort as abort:
             self.finish(abort.code, abort.details)
         except asyncio.CancelledError:
@@ -316,8 +317,12 @@ class GrpcCall:
 class GrpcServer:
     """Routes each new HTTP/2 stream to the handler of its ``:path`` (/service/method)."""
 
-    def __init__(self, service: str, handlers: dict[str, Any], max_message_bytes: int, stream_window: int) -> None:
-        self.routes = {f"/{service}/{name}": handler for name, handler in handlers.items()}
+    def __init__(self, services: dict[str, dict[str, Any]], max_message_bytes: int, stream_window: int) -> None:
+        self.routes = {
+            f"/{service}/{name}": handler
+            for service, handlers in services.items()
+            for name, handler in handlers.items()
+        }
         self.max_message_bytes = max_message_bytes
         self.http2 = Http2Server(self, stream_window)
         self.calls: set[GrpcCall] = set()

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
+from server.grpc_health import HEALTH_SERVICE, health_handlers
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
 from server.proto import grpc_service_pb2 as pb
@@ -287,8 +288,8 @@ class GrpcFrontend(Protocol):
 async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOptions) -> tuple[GrpcFrontend, int]:
     """The gRPC server of ``opts.frontend``, started; returns it and the port it bound."""
     if opts.frontend == "native":
-        handlers = method_handlers(InferenceService(plane))
-        native = GrpcServer(SERVICE, handlers, opts.max_message_bytes, opts.lookahead_bytes)
+        services = {SERVICE: method_handlers(InferenceService(plane)), HEALTH_SERVICE: health_handlers(plane, SERVICE)}
+        native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
         return native, await native.start(host, port)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
     await server.start()
@@ -314,5 +315,7 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
         server.add_registered_method_handlers(SERVICE, handlers)
     else:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    health = health_handlers(plane, SERVICE)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),))
     port = server.add_insecure_port(address)
     return server, port

@@ -20,7 +20,7 @@ DEFAULT_WINDOW = 65_535
 DEFAULT_FRAME = 16_384
 
 
-class FrameType(enum.IntEnum):
+class FrameType:  # plain ints, not enums: these are read on every frame
     DATA = 0
     HEADERS = 1
     PRIORITY = 2
@@ -33,7 +33,7 @@ class FrameType(enum.IntEnum):
     CONTINUATION = 9
 
 
-class Flag(enum.IntFlag):
+class Flag:
     END_STREAM = 0x1
     ACK = 0x1
     END_HEADERS = 0x4
@@ -71,7 +71,7 @@ class ConnectionError_(Exception):
         self.code = code
 
 
-def frame(kind: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
 
