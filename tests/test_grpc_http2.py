@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import hpack
 import numpy as np
 import pytest
@@ -388,4 +389,25 @@ def test_grpcio_frontend_still_serves(logs_dir: Path) -> None:
             client.stop_stream()  # waits for the answers in flight
             assert len(answers) == 1
             assert isinstance(answers[0], grpcclient.InferResult)
+        assert _health(proc.url, b"") == b"\x08\x01"
         assert "(grpcio front end)" in proc.log()
+
+
+def _health(url: str, request: bytes) -> bytes:
+    with grpc.insecure_channel(url) as channel:
+        return bytes(channel.unary_unary("/grpc.health.v1.Health/Check")(request, timeout=10))
+
+
+def test_grpc_health_check(server: ServerProcess) -> None:
+    """What a Kubernetes ``grpc`` probe calls: HealthCheckRequest{service} -> {status: SERVING}."""
+    serving = b"\x08\x01"
+    assert _health(server.url, b"") == serving
+    name = b"inference.GRPCInferenceService"
+    assert _health(server.url, b"\x0a" + bytes([len(name)]) + name) == serving
+    with pytest.raises(grpc.RpcError) as unknown:
+        _health(server.url, b"\x0a\x04nope")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    for garbage in (b"\xff", b"\x0a\x05ab", b"\x0a\x02\xff\xfe"):
+        with pytest.raises(grpc.RpcError) as bad:
+            _health(server.url, garbage)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
