@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from backends.common.errors import ClipperdError
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
 from backends.common.tensors import concatenate
 from backends.proto import model_config_pb2 as mc
@@ -87,6 +88,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def execute(self, inputs: Tensors) -> Tensors:
         """Run one batch. Called on the instance's own thread, one batch at a time."""
+
+    #: set (by ``load``) when the model takes a batch as its requests, as Triton's Python models
+    #: do: the scheduler then calls ``execute_requests`` instead of ``stage`` and ``execute``
+    per_request: bool = False
+
+    def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        """One batch as its requests' inputs; each request's outputs, or the error that fails it
+        alone. An exception raised here fails the whole batch."""
+        raise NotImplementedError(f"{type(self).__name__} executes whole batches")
 
     def unload(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Release the model; called once, on the instance's thread."""

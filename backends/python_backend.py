@@ -31,7 +31,9 @@ the load with a clipperd error naming the model and the file. An exception in ``
 result that is not a dict of numpy arrays matching the config's outputs, fails that batch with
 ``ModelExecutionError("model 'X' failed: <ExceptionType>: <message>")``.
 
-Triton's ``TritonPythonModel`` API (pb_utils requests and responses) is not handled here."""
+A file that defines Triton's ``TritonPythonModel`` instead (``initialize(args)``,
+``execute(requests)`` with ``triton_python_backend_utils``, ``finalize``) runs unchanged:
+backends/triton_python.py adapts it, and the batch then reaches the model as its requests."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -49,11 +52,13 @@ from typing import Any
 
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common.errors import (
+    ClipperdError,
     FailedPrecondition,
     InvalidArgument,
     ModelExecutionError,
     NotFound,
 )
+from backends.triton_python import TritonModel, install_utils
 
 _log = logging.getLogger(__name__)
 _MAX_MESSAGE = 500  # a client-facing message stays short even when a model's exception is long
@@ -157,13 +162,15 @@ _MODULES = _ModuleCache()
 
 
 def _model_class(module: ModuleType, context: InstanceContext, filename: str) -> type[Any]:
-    cls = getattr(module, "Model", None)
-    if not isinstance(cls, type):
-        hint = " (Triton's TritonPythonModel API is not supported)" if hasattr(module, "TritonPythonModel") else ""
-        raise InvalidArgument(f"model '{context.model_name}': {filename} defines no class 'Model'{hint}")
-    if not callable(getattr(cls, "execute", None)):
-        raise InvalidArgument(f"model '{context.model_name}': class 'Model' in {filename} has no execute method")
-    return cls
+    """``Model``, or else Triton's ``TritonPythonModel``."""
+    for name in ("Model", "TritonPythonModel"):
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            if not callable(getattr(cls, "execute", None)):
+                problem = f"class '{name}' in {filename} has no execute method"
+                raise InvalidArgument(f"model '{context.model_name}': {problem}")
+            return cls
+    raise InvalidArgument(f"model '{context.model_name}': {filename} defines no class 'Model' or 'TritonPythonModel'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +194,7 @@ class PythonBackend(Backend):
             raise NotFound(
                 f"model '{self.context.model_name}' version {self.context.version}: file '{path.name}' not found"
             )
+        install_utils()  # before the import: Triton models import triton_python_backend_utils at the top
         module = _MODULES.acquire(path, self.context)
         try:
             self._model = self._create(_model_class(module, self.context, path.name))
@@ -198,8 +206,11 @@ class PythonBackend(Backend):
     def _create(self, cls: type[Any]) -> Any:
         try:
             model = cls()
-            initialize = getattr(model, "initialize", None)
-            if callable(initialize):
+            if cls.__name__ == "TritonPythonModel":
+                model = TritonModel(model, self.context)
+                self.per_request = True
+                model.initialize()
+            elif callable(initialize := getattr(model, "initialize", None)):
                 initialize(self.context)
         except (Exception, SystemExit) as exc:  # sys.exit() in initialize fails the load, not the server
             raise ModelExecutionError(
@@ -217,6 +228,18 @@ class PythonBackend(Backend):
                 f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
             ) from exc
         return result  # type: ignore[no-any-return]  # checked against the config by the scheduler
+
+    def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        if not isinstance(self._model, TritonModel):
+            raise FailedPrecondition(f"model '{self.context.model_name}' is not loaded as a Triton model")
+        try:
+            return self._model.execute_requests(parts)
+        except ClipperdError:
+            raise
+        except (Exception, SystemExit) as exc:  # a TritonModelException, or anything else, fails the batch
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
+            ) from exc
 
     def unload(self) -> None:
         model, module = self._model, self._module

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backends.base import Backend, Tensors
-from backends.common.errors import Unavailable
+from backends.common.errors import ClipperdError, Unavailable
 from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController, aimd_settings
@@ -181,6 +181,8 @@ class DeviceQueue:
             raise error
         outputs, times = result
         self._observe(batch_size, 1, times, self._idle[-1])
+        if isinstance(outputs[0], BaseException):  # a per-request model failed this request
+            raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
 
     async def close(self) -> None:
@@ -318,7 +320,11 @@ def _deliver(
                 request.future.set_exception(error or RuntimeError("no result"))
         return
     for request, output in zip(requests, result[0], strict=True):
-        if not request.future.done():
+        if request.future.done():
+            continue
+        if isinstance(output, BaseException):  # a per-request model failed this request alone
+            request.future.set_exception(output)
+        else:
             request.future.set_result(output)
 
 
@@ -326,6 +332,8 @@ def _run_batch(
     parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
 ) -> tuple[list[Tensors], ExecutionTimes]:
     """One execution, on the instance's thread: gather, run, check against the config, split."""
+    if backend.per_request:
+        return _run_requests(parts, sizes, batch is not None, model, specs, backend)
     t0 = time.perf_counter_ns()
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
@@ -333,3 +341,20 @@ def _run_batch(
     t2 = time.perf_counter_ns()
     result = split(outputs, sizes)
     return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+
+
+def _run_requests(
+    parts: list[Tensors], sizes: list[int], batched: bool, model: str, specs: Any, backend: Backend
+) -> tuple[list[Any], ExecutionTimes]:
+    """One execution of a model that takes the batch as its requests: each request's outputs
+    are checked on their own, and a bad one fails only its request."""
+    t0 = time.perf_counter_ns()
+    results: list[Any] = backend.execute_requests(parts)
+    t1 = time.perf_counter_ns()
+    for i, (output, size) in enumerate(zip(results, sizes, strict=True)):
+        if not isinstance(output, BaseException):
+            try:
+                results[i] = check_outputs(model, specs, output, size if batched else None)
+            except ClipperdError as error:
+                results[i] = error
+    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)

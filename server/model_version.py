@@ -17,7 +17,7 @@ from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
 from schedulers.instance import InstanceWorker
-from schedulers.process_backend import ProcessBackend
+from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.scheduler import ModelScheduler
 from schedulers.stats import ModelStats
 from server.validation import ModelSignature
@@ -91,12 +91,13 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     threads = cpu_threads_per_instance(cpu_instances)
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     mode = execution_mode(config.name, backend_class, parameters)
+    settings = WorkerSettings.parse(config.name, parameters, version_path.parent) if mode == "process" else None
     workers = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, parameters)
         factory: Callable[[], Backend] = functools.partial(_make, backend_class, context)
-        if mode == "process":
-            factory = functools.partial(ProcessBackend, context, factory)
+        if settings is not None:
+            factory = functools.partial(ProcessBackend, context, backend_class, settings)
         workers.append(InstanceWorker(name, factory, on_loop=mode == "event_loop"))
     results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]

@@ -288,8 +288,8 @@ def test_syntax_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("source", "pattern"),
     [
-        ("x = 1\n", r"model 'nomodel': model.py defines no class 'Model'$"),
-        ("class TritonPythonModel:\n    pass\n", r"TritonPythonModel API is not supported"),
+        ("x = 1\n", r"model 'nomodel': model.py defines no class 'Model' or 'TritonPythonModel'$"),
+        ("class TritonPythonModel:\n    pass\n", r"class 'TritonPythonModel' in model.py has no execute method"),
         ("Model = 3\n", r"defines no class 'Model'"),
         ("class Model:\n    pass\n", r"class 'Model' in model.py has no execute method"),
     ],

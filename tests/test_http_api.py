@@ -22,7 +22,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = ("identity_fp32", "mlp_torch", "simple", "simple_string")
+MODELS = ("add_sub", "identity_fp32", "mlp_torch", "simple", "simple_string")
 MLP_PATH = EXAMPLES / "mlp_torch" / "1" / "model.pt"
 rng = np.random.default_rng(20240611)
 

@@ -1,0 +1,115 @@
+"""Triton Python-backend models (``class TritonPythonModel``) on clipperd's Python backend.
+
+Triton calls ``initialize(args)`` with the model config as JSON, ``execute(requests)`` with the
+requests of a batch (each with its own tensors; the model answers each with an
+``InferenceResponse``) and ``finalize()``. This adapter does the same: the dynamic batcher's
+batch arrives as its requests, unconcatenated; each response's outputs go to its request, and a
+response carrying a ``TritonError`` fails only its own request, with the status its code names."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from backends import triton_utils as pb
+from backends.base import InstanceContext, Tensors
+from backends.common.config import config_to_json
+from backends.common.errors import (
+    AlreadyExists,
+    Cancelled,
+    ClipperdError,
+    InvalidArgument,
+    ModelExecutionError,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
+
+MODULE_NAME = "triton_python_backend_utils"
+
+_ERRORS: dict[int, type[ClipperdError]] = {
+    pb.TritonError.NOT_FOUND: NotFound,
+    pb.TritonError.INVALID_ARG: InvalidArgument,
+    pb.TritonError.UNAVAILABLE: Unavailable,
+    pb.TritonError.UNSUPPORTED: Unimplemented,
+    pb.TritonError.ALREADY_EXISTS: AlreadyExists,
+    pb.TritonError.CANCELLED: Cancelled,
+}
+
+
+def install_utils() -> None:
+    """Makes ``import triton_python_backend_utils`` find clipperd's implementation."""
+    sys.modules.setdefault(MODULE_NAME, pb)
+
+
+def initialize_args(context: InstanceContext) -> dict[str, str]:
+    """What Triton passes to ``initialize``: strings only, the config as Triton's JSON."""
+    config = config_to_json(context.config, include_defaults=True)
+    return {
+        "model_config": json.dumps(config),
+        "model_instance_kind": "GPU" if context.device.kind == "gpu" else "CPU",
+        "model_instance_name": context.instance_name,
+        "model_instance_device_id": str(context.device.index),
+        "model_repository": str(context.version_path.parent),
+        "model_version": str(context.version),
+        "model_name": context.model_name,
+    }
+
+
+class TritonModel:
+    """Wraps a ``TritonPythonModel`` object."""
+
+    def __init__(self, model: Any, context: InstanceContext) -> None:
+        self.model = model
+        self.context = context
+        self.output_names = [output.name for output in context.config.output]
+
+    def initialize(self) -> None:
+        initialize = getattr(self.model, "initialize", None)
+        if callable(initialize):
+            initialize(initialize_args(self.context))
+
+    def finalize(self) -> None:
+        finalize = getattr(self.model, "finalize", None)
+        if callable(finalize):
+            finalize()
+
+    def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        requests = [
+            pb.InferenceRequest(
+                [pb.Tensor(name, array) for name, array in part.items()],
+                self.output_names,
+                model_name=self.context.model_name,
+                model_version=self.context.version,
+            )
+            for part in parts
+        ]
+        responses = self.model.execute(requests)
+        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+            got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' failed: execute must return a list of "
+                f"{len(requests)} InferenceResponse (one per request), got {got}"
+            )
+        return [self._result(response) for response in responses]
+
+    def _result(self, response: Any) -> Tensors | ClipperdError:
+        name = self.context.model_name
+        if not isinstance(response, pb.InferenceResponse):
+            return ModelExecutionError(
+                f"model '{name}' failed: execute returned a {type(response).__name__}, not an InferenceResponse"
+            )
+        error = response.error()
+        if error is not None:
+            text = str(error.message() if isinstance(error, pb.TritonError) else error)[:500]
+            code = error.code() if isinstance(error, pb.TritonError) else pb.TritonError.UNKNOWN
+            return _ERRORS.get(code, ModelExecutionError)(f"model '{name}': {text}")
+        outputs: Tensors = {}
+        for tensor in response.output_tensors():
+            if not isinstance(tensor, pb.Tensor):
+                kind = type(tensor).__name__
+                return ModelExecutionError(f"model '{name}' failed: an output is a {kind}, not a Tensor")
+            outputs[tensor.name()] = tensor.as_numpy()
+        return outputs

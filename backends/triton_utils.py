@@ -1,0 +1,283 @@
+"""``triton_python_backend_utils`` for Triton Python models served by clipperd.
+
+A Triton ``model.py`` starts with ``import triton_python_backend_utils as pb_utils``; the Python
+backend puts this module in ``sys.modules`` under that name before it imports the model, so the
+file runs unchanged. What is here is the part of Triton's module that non-decoupled models use:
+``Tensor`` (``as_numpy``, ``name``, ``shape``, DLPack), the request (``inputs``,
+``requested_output_names``, ``request_id``, ``parameters``...), ``InferenceResponse``,
+``TritonError`` and ``TritonModelException``, ``get_input_tensor_by_name`` /
+``get_output_tensor_by_name``, the model-config helpers (``get_input_config_by_name``,
+``get_output_config_by_name``, ``triton_string_to_numpy``, ``triton_to_numpy_type``,
+``numpy_to_triton_type``, ``using_decoupled_model_transaction_policy``) and ``Logger``.
+Not here: decoupled models (response senders), BLS (``InferenceRequest.exec``), custom metrics:
+they raise TritonModelException saying so."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backends.common import datatypes
+
+_log = logging.getLogger("clipperd.triton_python")
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+# Triton's DataType enum values (model_config.proto), in order
+_TYPE_NAMES = (
+    "TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8",
+    "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+)  # fmt: skip
+
+
+class TritonModelException(Exception):
+    """What Triton's utilities raise; an uncaught one fails the batch with its message."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self._msg = msg
+
+    def message(self) -> str:
+        return self._msg
+
+
+class TritonError:
+    """An error for one response: ``InferenceResponse(output_tensors=[], error=TritonError(...))``."""
+
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+    def __init__(self, msg: str, code: int = UNKNOWN) -> None:
+        self._msg = str(msg)
+        self._code = code
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+    def __repr__(self) -> str:
+        return f"TritonError({self._msg!r}, code={self._code})"
+
+
+class Tensor:
+    """A named numpy array (host memory: ``is_cpu`` is always true)."""
+
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(name, str):
+            raise TritonModelException("Tensor name must be a string")
+        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+        if array.dtype.kind == "U":  # Triton stores strings as bytes
+            array = np.vectorize(lambda s: s.encode(), otypes=[object])(array)
+        self._name = name
+        self._array = array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int:
+        return numpy_to_triton_type(self._array.dtype)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        if self._array.dtype == object:
+            raise TritonModelException("BYTES tensors cannot be shared through DLPack")
+        return self._array.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> Tensor:
+        """From an object with ``__dlpack__`` (a torch tensor, a numpy array) on the host."""
+        try:
+            return Tensor(name, np.from_dlpack(capsule))
+        except (TypeError, RuntimeError, BufferError) as exc:
+            raise TritonModelException(f"from_dlpack: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
+
+
+class InferenceRequest:
+    """One client request as the model sees it in ``execute(requests)``."""
+
+    def __init__(
+        self,
+        inputs: Sequence[Tensor] = (),
+        requested_output_names: Sequence[str] = (),
+        request_id: str = "",
+        parameters: Mapping[str, Any] | str | None = None,
+        model_name: str = "",
+        model_version: int = -1,
+        **_: Any,
+    ) -> None:
+        self._inputs = list(inputs)
+        self._outputs = list(requested_output_names)
+        self._id = request_id
+        self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
+        self._model_name = model_name
+        self._model_version = model_version
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def requested_output_names(self) -> list[str]:
+        return self._outputs
+
+    def request_id(self) -> str:
+        return self._id
+
+    def correlation_id(self) -> int:
+        return 0
+
+    def parameters(self) -> str:
+        return self._parameters
+
+    def flags(self) -> int:
+        return 0
+
+    def timeout(self) -> int:
+        return 0
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def get_response_sender(self) -> Any:
+        raise TritonModelException("decoupled models (response senders) are not supported by clipperd")
+
+    def exec(self, *args: Any, **kwargs: Any) -> Any:
+        raise TritonModelException("BLS (calling another model from execute) is not supported by clipperd")
+
+    async_exec = exec
+
+    def set_release_flags(self, flags: int) -> None:
+        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+            raise TritonModelException("request rescheduling is not supported by clipperd")
+
+
+class InferenceResponse:
+    """The answer to one request: its output tensors, or an error."""
+
+    def __init__(
+        self,
+        output_tensors: Sequence[Tensor] | None = None,
+        error: TritonError | None = None,
+        parameters: Mapping[str, Any] | str | None = None,
+    ) -> None:
+        self._tensors = list(output_tensors or [])
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._tensors
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((dict(t) for t in model_config.get("input", []) if t.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((dict(t) for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+def triton_string_to_numpy(triton_type_string: str) -> Any:
+    """``"TYPE_FP32"`` -> ``numpy.float32`` (``TYPE_STRING`` -> ``numpy.object_``)."""
+    try:
+        return datatypes.from_config(triton_type_string).numpy.type
+    except (KeyError, ValueError):
+        raise TritonModelException(f"unknown Triton data type {triton_type_string!r}") from None
+
+
+def triton_to_numpy_type(data_type: int) -> Any:
+    if not 0 < data_type < len(_TYPE_NAMES):
+        raise TritonModelException(f"unknown Triton data type {data_type}")
+    return triton_string_to_numpy(_TYPE_NAMES[data_type])
+
+
+def numpy_to_triton_type(data_type: Any) -> int:
+    dtype = np.dtype(data_type)
+    if dtype.kind in "OSU":
+        return _TYPE_NAMES.index("TYPE_STRING")
+    for index, name in enumerate(_TYPE_NAMES[1:], start=1):
+        if name not in ("TYPE_STRING", "TYPE_BF16") and triton_string_to_numpy(name) == dtype.type:
+            return index
+    raise TritonModelException(f"numpy type {dtype} has no Triton data type")
+
+
+def using_decoupled_model_transaction_policy(model_config: Mapping[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+class LogLevel(enum.IntEnum):
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+class Logger:
+    """Triton's model logger; messages go to the server's log under ``clipperd.triton_python``."""
+
+    _LEVELS: ClassVar[dict[LogLevel, int]] = {
+        LogLevel.INFO: logging.INFO,
+        LogLevel.WARNING: logging.WARNING,
+        LogLevel.ERROR: logging.ERROR,
+    }
+
+    @staticmethod
+    def log(message: str, level: LogLevel = LogLevel.INFO) -> None:
+        _log.log(Logger._LEVELS.get(level, logging.DEBUG), "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        _log.info("%s", message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _log.warning("%s", message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _log.error("%s", message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _log.debug("%s", message)
