@@ -3,7 +3,7 @@ the same numpy model under the same load.
 
     .venv/bin/python perf/batching_peers.py [--concurrency 64] [--measurement-interval 3000]
         [--repeat 3] [--systems clipperd,pytriton,mlserver] [--max-queue-delay-us US|SYSTEM=US,...]
-        [--hidden 2048,2048] [--blas-threads 1] [--clipperd-execution-mode thread|event_loop]
+        [--hidden 2048,2048] [--blas-threads 1] [--clipperd-execution-mode process|thread|event_loop]
         [--clipperd-args='--gil-switch-interval-us 100'] [--json OUT] [--logs DIR]
 
 The model is perf/peers/numpy_mlp.py, one file that all three import: FP32 INPUT0 [256] per row
@@ -15,10 +15,13 @@ in 2 ms at this load (each was measured at 0.1 to 50 ms; see DEFAULT_DELAYS_US):
 
   clipperd  this project: a Python-backend model (model.py importing numpy_mlp) written into a
             temporary repository, config.pbtxt with max_batch_size 64, dynamic_batching
-            { max_queue_delay_microseconds }, one KIND_CPU instance, execution_mode ``thread``
-            (numpy releases the GIL while it multiplies, so the batch computes while the event
-            loop takes the next requests; ``--clipperd-execution-mode event_loop`` is the Python
-            backend's default); served as perf/batching_gain.py serves (tests/serverproc.py)
+            { max_queue_delay_microseconds }, one KIND_CPU instance, execution_mode ``process``:
+            the model in a worker process with its GIL to itself, as both peers run theirs
+            (PyTriton's model runs in the Python process beside tritonserver, MLServer's in its
+            inference worker process); ``--clipperd-execution-mode thread`` runs it on a thread
+            of the server (numpy releases the GIL while it multiplies, its other steps take
+            turns with the event loop), ``event_loop`` is the Python backend's default; served
+            as perf/batching_gain.py serves (tests/serverproc.py)
   pytriton  Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_numpy_mlp.py): its dynamic
             batcher (max_queue_delay_microseconds) in front of a @batch function
   mlserver  MLServer 1.7 (perf/peers/mlserver_numpy_mlp/): its adaptive batching
@@ -370,7 +373,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--hidden", default="2048,2048", help="hidden widths of the MLP")
     parser.add_argument("--blas-threads", type=int, default=1, help="numpy's BLAS threads in every server")
-    parser.add_argument("--clipperd-execution-mode", dest="execution_mode", default="thread")
+    parser.add_argument("--clipperd-execution-mode", dest="execution_mode", default="process")
     parser.add_argument(
         "--clipperd-args", default="", help="more clipperd serve flags: --clipperd-args='--gil-switch-interval-us 100'"
     )

@@ -21,7 +21,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = ("identity_fp32", "mlp_torch", "simple", "simple_string")
+MODELS = ("add_sub", "identity_fp32", "mlp_torch", "simple", "simple_string")
 EXPLICIT = ("--model-control-mode", "explicit")
 
 IDENTITY_YAML = """\

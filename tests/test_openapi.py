@@ -28,7 +28,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(600)
 
-MODELS = ["identity_fp32", "mlp_torch", "simple", "simple_string"]
+MODELS = ["add_sub", "identity_fp32", "mlp_torch", "simple", "simple_string"]
 
 
 @pytest.fixture(scope="module")
