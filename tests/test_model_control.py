@@ -232,7 +232,13 @@ def test_load_model_flags(logs_dir: Path) -> None:
     ):
         assert client.is_server_ready() is True
         ready = {m: client.is_model_ready(m) for m in MODELS}
-        assert ready == {"simple": True, "identity_fp32": True, "mlp_torch": False, "simple_string": False}
+        assert ready == {
+            "simple": True,
+            "identity_fp32": True,
+            "mlp_torch": False,
+            "simple_string": False,
+            "add_sub": False,
+        }
         assert {m.name for m in ready_index(s.url)} == {"simple", "identity_fp32"}
         infer_simple(client)
         infer_identity(client)
