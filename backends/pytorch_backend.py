@@ -41,6 +41,7 @@ from backends.common.errors import (
     ModelExecutionError,
     NotFound,
 )
+from backends.common.imports import IMPORT_LOCK
 from backends.pinned import PinnedStaging
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import describe_exception
@@ -92,7 +93,8 @@ def output_positions(config_names: list[str]) -> tuple[tuple[str, int], ...]:
 
 def _import_torch(model_name: str) -> Any:
     try:
-        import torch
+        with IMPORT_LOCK:
+            import torch
     except ImportError:
         raise FailedPrecondition(
             f"model '{model_name}' needs PyTorch, which is not installed (pip install 'clipperd[torch]')"

@@ -5,18 +5,37 @@ Importing this module imports no framework: each backend imports its own (torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from backends import onnx_backend
 from backends.base import Backend
 from backends.common.errors import ConfigError
+from backends.onnx_backend import OnnxRuntimeBackend
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend
+from backends.sklearn_backend import SklearnBackend, XGBoostBackend
 
-BACKENDS: dict[str, type[Backend]] = {"python": PythonBackend, "pytorch": PyTorchBackend}
-PLATFORMS: dict[str, str] = {"pytorch_libtorch": "pytorch"}  # platform -> backend
-_SUFFIXES: dict[str, str] = {".py": "python", ".pt": "pytorch"}  # model file -> backend
+BACKENDS: dict[str, type[Backend]] = {
+    "python": PythonBackend,
+    "pytorch": PyTorchBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "sklearn": SklearnBackend,
+    "xgboost": XGBoostBackend,
+}
+PLATFORMS: dict[str, str] = {"pytorch_libtorch": "pytorch", "onnxruntime_onnx": "onnxruntime"}  # platform -> backend
+_SUFFIXES: dict[str, str] = {  # model file -> backend
+    ".py": "python",
+    ".pt": "pytorch",
+    ".onnx": "onnxruntime",
+    ".joblib": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".ubj": "xgboost",
+}
+# backends that can fill a config's missing inputs and outputs from the model file
+_COMPLETERS: dict[str, Callable[[mc.ModelConfig, Path], None]] = {"onnxruntime": onnx_backend.autocomplete}
 
 
 def backend_name(config: mc.ModelConfig, version_path: Path | None = None) -> str:
@@ -58,3 +77,20 @@ def backend_class(config: mc.ModelConfig, version_path: Path | None = None) -> t
 def default_filename(config: mc.ModelConfig, version_path: Path | None = None) -> str:
     """The model file in a version folder: ``default_model_filename`` or the backend's default."""
     return config.default_model_filename or backend_class(config, version_path).default_filename
+
+
+def autocomplete(config: mc.ModelConfig, model_dir: Path) -> None:
+    """Fills what the model file tells of a config that leaves it out (Triton's auto-complete):
+    for backends that can, from the newest version folder."""
+    if config.input and config.output:
+        return
+    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        return
+    try:
+        name = backend_name(config, versions[-1])
+    except ConfigError:
+        return  # validation reports it
+    completer = _COMPLETERS.get(name)
+    if completer is not None:
+        completer(config, versions[-1])

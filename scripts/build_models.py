@@ -4,7 +4,16 @@
 
 Writes model_repository/mlp_torch/1/model.pt: a TorchScript MLP 64 -> 256 -> 256 -> 10 with ReLU,
 initialised from torch.manual_seed(0); rebuilt in the same checkout the file is byte-identical (its
-debug information names the build script's path, so another checkout differs there only)."""
+debug information names the build script's path, so another checkout differs there only).
+
+Writes model_repository/mlp_onnx/1/model.onnx: the same MLP, same weights, as an ONNX graph
+(Gemm, Relu; opset 17) built with onnx.helper: INPUT0 [batch, 64] -> OUTPUT0 [batch, 10], the
+batch dimension symbolic. Byte-identical on every rebuild.
+
+Writes model_repository/iris_sklearn/1/model.joblib (a scikit-learn Pipeline: StandardScaler ->
+LogisticRegression, fitted on the iris data scikit-learn ships) and
+model_repository/iris_xgboost/1/model.json (an XGBoost classifier, 20 trees of depth 3, seed 0,
+one thread, on the same data): both answer predict_proba for 4 features -> 3 classes."""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +51,69 @@ def build_mlp(path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
+def build_mlp_onnx(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    linears = [layer for layer in model.layers if isinstance(layer, nn.Linear)]
+    initializers, nodes, current = [], [], "INPUT0"
+    for i, layer in enumerate(linears):
+        weight, bias = f"W{i}", f"B{i}"
+        initializers.append(numpy_helper.from_array(layer.weight.detach().numpy(), weight))
+        initializers.append(numpy_helper.from_array(layer.bias.detach().numpy(), bias))
+        last = i == len(linears) - 1
+        out = "OUTPUT0" if last else f"gemm{i}"
+        nodes.append(helper.make_node("Gemm", [current, weight, bias], [out], transB=1))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            current = f"relu{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 10])],
+        initializers,
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="clipperd")
+    onnx_model.ir_version = 8  # readable by every onnxruntime of the last years
+    onnx.checker.check_model(onnx_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx_model, str(path))
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def iris() -> tuple[Any, Any]:
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return data.data.astype("float32"), data.target
+
+
+def build_iris_sklearn(path: Path) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = iris()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=0)).fit(x, y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def build_iris_xgboost(path: Path) -> None:
+    import xgboost
+
+    x, y = iris()
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3, random_state=0, n_jobs=1).fit(x, y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_model(str(path))
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
 def main() -> None:
     if os.environ.get("PYTHONHASHSEED") != "0":
         # torch.jit.save's archive (its serialization_id) depends on str hashing: pin the seed so
@@ -51,6 +124,9 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     args = parser.parse_args()
     build_mlp(args.repository / "mlp_torch" / "1" / "model.pt")
+    build_mlp_onnx(args.repository / "mlp_onnx" / "1" / "model.onnx")
+    build_iris_sklearn(args.repository / "iris_sklearn" / "1" / "model.joblib")
+    build_iris_xgboost(args.repository / "iris_xgboost" / "1" / "model.json")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends import registry
 from backends.common.config import load_model_config
 from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable
 from backends.proto import model_config_pb2 as mc
@@ -217,7 +218,7 @@ class ModelRepository:
     async def _load_entry(self, entry: ModelEntry, folder: Path) -> None:
         entry.fingerprint = fingerprint(folder)
         try:
-            config = load_model_config(folder)
+            config = load_model_config(folder, registry.autocomplete)
         except ClipperdError as error:
             self._mark_failed(entry, str(error))
             raise

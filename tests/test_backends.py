@@ -460,6 +460,8 @@ def test_mlp_torch_build_is_reproducible(tmp_path: Path) -> None:
     assert list(built_state) == list(committed_state)
     for name, tensor in committed_state.items():
         assert torch.equal(built_state[name], tensor), name
+    onnx_path = "mlp_onnx/1/model.onnx"  # the ONNX graph carries no path: byte for byte the same
+    assert (tmp_path / onnx_path).read_bytes() == (REPO / onnx_path).read_bytes()
 
 
 @requires_torch

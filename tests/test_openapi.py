@@ -28,7 +28,16 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(600)
 
-MODELS = ["add_sub", "identity_fp32", "mlp_torch", "simple", "simple_string"]
+MODELS = [
+    "add_sub",
+    "identity_fp32",
+    "iris_sklearn",
+    "iris_xgboost",
+    "mlp_onnx",
+    "mlp_torch",
+    "simple",
+    "simple_string",
+]
 
 
 @pytest.fixture(scope="module")

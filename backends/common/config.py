@@ -11,7 +11,7 @@ Repository scanning lives elsewhere (``server/repository.py``); this module read
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +45,24 @@ __all__ = [
 # loading
 
 
-def load_model_config(model_dir: Path) -> mc.ModelConfig:
+def load_model_config(
+    model_dir: Path, complete: Callable[[mc.ModelConfig, Path], None] | None = None
+) -> mc.ModelConfig:
     """Read, validate and normalize the configuration of the model in ``model_dir``.
 
     An empty ``name`` is filled from the folder name (as Triton does); defaults are filled by
     :func:`normalize`. Raises :class:`ConfigError` when there is no configuration file, when
-    there are several, when it does not parse, or when it is invalid."""
+    there are several, when it does not parse, or when it is invalid. ``complete`` may fill the
+    inputs and outputs a config leaves out from the model file (auto-completion)."""
     folder = model_dir.name
     path = _config_file(model_dir)
     source = f"{folder}/{path.name}"
     text = _read_text(path, source)
     config = parse_pbtxt(text, source) if path.name == PBTXT else parse_yaml(text, source)
+    if complete is not None:
+        if not config.name:
+            config.name = folder
+        complete(config, model_dir)  # the model file fills what the config leaves out
     validate(config, source, folder)
     return normalize(config)
 

@@ -1,0 +1,210 @@
+"""Each backend served against its own framework in-process, at the same batch sizes.
+
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch] [--repeat 3]
+        [--concurrency 32] [--hidden 2048] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
+
+The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
+for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime)
+or TorchScript (PyTorch). Config: max_batch_size = the concurrency, ``dynamic_batching`` with a
+max queue delay, one CPU instance, with the intra-op threads the server gives it.
+
+One round: clipperd serves it, perf_analyzer sends one row per request at ``--concurrency``;
+ModelStatistics says how many batches of each size the server executed. Then the framework runs
+the same model in-process, back to back, at each of those batch sizes with the same threads, and
+the in-process throughput *at the server's batch sizes* is rows / (sum over the batches of the
+in-process time of a batch of that size). The ratio server / in-process is what the target
+(>= 0.85) is about: what serving costs beyond the framework's own work on the same batches."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from side_by_side import measure, perf_analyzer_path  # noqa: E402
+
+from server.model_version import cpu_threads_per_instance  # noqa: E402
+from tests.serverproc import running  # noqa: E402
+
+WIDTH = 1024
+CONFIG = """name: "wide"
+{kind}
+max_batch_size: {max_batch}
+input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+Runner = Callable[[np.ndarray], Any]
+
+
+def weights(hidden: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    sizes = [WIDTH, hidden, hidden, 10]
+    return [
+        (rng.standard_normal((o, i), dtype=np.float32) / np.sqrt(i), np.zeros(o, np.float32))
+        for i, o in itertools.pairwise(sizes)
+    ]
+
+
+def build_onnx(folder: Path, hidden: int) -> tuple[str, str, str]:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, current = [], [], "INPUT0"
+    layers = weights(hidden)
+    for i, (w, b) in enumerate(layers):
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        out = "OUTPUT0" if i == len(layers) - 1 else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [out], transB=1))
+        if out != "OUTPUT0":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            current = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "1" / "model.onnx"))
+    return 'platform: "onnxruntime_onnx"', "INPUT0", "OUTPUT0"
+
+
+def onnx_runner(folder: Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["OUTPUT0"], {"INPUT0": x})
+
+
+def build_torch(folder: Path, hidden: int) -> tuple[str, str, str]:
+    import torch
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    for i, (w, b) in enumerate(weights(hidden)):
+        linear = nn.Linear(w.shape[1], w.shape[0])
+        linear.weight.data, linear.bias.data = torch.from_numpy(w), torch.from_numpy(b)
+        layers += [linear] if i == 2 else [linear, nn.ReLU()]
+    torch.jit.save(torch.jit.script(nn.Sequential(*layers).eval()), str(folder / "1" / "model.pt"))
+    return 'platform: "pytorch_libtorch"', "INPUT__0", "OUTPUT__0"
+
+
+def torch_runner(folder: Path, threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x))
+
+    return run
+
+
+BACKENDS: dict[str, tuple[Callable[[Path, int], tuple[str, str, str]], Callable[[Path, int], Runner]]] = {
+    "onnxruntime": (build_onnx, onnx_runner),
+    "pytorch": (build_torch, torch_runner),
+}
+
+
+def build(base: Path, args: argparse.Namespace) -> Path:
+    repo = base / "repo"
+    folder = repo / "wide"
+    (folder / "1").mkdir(parents=True)
+    kind, name_in, name_out = BACKENDS[args.backend][0](folder, args.hidden)
+    config = CONFIG.format(
+        kind=kind, max_batch=args.concurrency, input=name_in, output=name_out, width=WIDTH, delay_us=args.delay_us
+    )
+    (folder / "config.pbtxt").write_text(config)
+    return repo
+
+
+def batch_counts(url: str) -> dict[int, int]:
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics("wide").model_stats[0]
+    return {int(b.batch_size): int(b.compute_infer.count) for b in stats.batch_stats}
+
+
+def seconds_per_batch(run: Runner, size: int, budget_s: float = 0.6) -> float:
+    x = np.random.default_rng(size).standard_normal((size, WIDTH), dtype=np.float32)
+    for _ in range(3):
+        run(x)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget_s or calls < 3:
+        run(x)
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -> dict[str, Any]:
+    with running(repo, log_dir=logs) as server:
+        address = server.url if args.protocol == "grpc" else server.http_url
+        out = logs / f"round{round_no}.csv"
+        result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide")
+        counts = batch_counts(server.url)
+    if "error" in result:
+        return result
+    run = BACKENDS[args.backend][1](repo / "wide", cpu_threads_per_instance(1))
+    times = {size: seconds_per_batch(run, size) for size in counts}
+    rows = sum(size * n for size, n in counts.items())
+    in_process = rows / sum(times[size] * n for size, n in counts.items())
+    mean_batch = rows / max(sum(counts.values()), 1)
+    return {
+        "server_rows_per_s": result["infer_per_s"],
+        "p99_us": result["p99_us"],
+        "in_process_rows_per_s": in_process,
+        "ratio": result["infer_per_s"] / in_process,
+        "mean_batch": mean_batch,
+        "batches": counts,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--delay-us", type=int, default=20000)
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="backend-throughput-"))
+    repo = build(base, args)
+    rounds = []
+    for round_no in range(1, args.repeat + 1):
+        result = one_round(repo, args, base, round_no)
+        rounds.append(result)
+        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k != "batches"}
+        print(f"round {round_no} {args.backend}: {shown}", flush=True)
+    ratios = [r["ratio"] for r in rounds if "ratio" in r]
+    if ratios:
+        print(f"{args.backend}: server / in-process at the same batch sizes, median of {len(ratios)}: "
+              f"{statistics.median(ratios):.2f} (target >= 0.85)")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rounds}, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
