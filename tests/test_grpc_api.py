@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
@@ -55,9 +56,18 @@ def status_of(error: InferenceServerException) -> str:
 
 
 def file_config(model: str) -> model_config_pb2.ModelConfig:
-    """The oracle: the model's config.pbtxt parsed by tritonclient's own ModelConfig."""
+    """The oracle: the model's config.pbtxt parsed by tritonclient's own ModelConfig; for an ONNX
+    model whose config leaves its tensors out, completed from what onnxruntime reads in the graph."""
     text = (EXAMPLES / model / "config.pbtxt").read_text()
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    graph = EXAMPLES / model / "1" / "model.onnx"
+    if not config.input and graph.exists():
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        types = {"tensor(float)": model_config_pb2.TYPE_FP32}
+        for field, nodes in ((config.input, session.get_inputs()), (config.output, session.get_outputs())):
+            for node in nodes:
+                field.add(name=node.name, data_type=types[node.type], dims=node.shape[1:])
+    return config
 
 
 def assert_covers(served: Message, written: Message, path: str = "config") -> None:
