@@ -1,12 +1,14 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
     .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch] [--repeat 3]
-        [--concurrency 32] [--hidden 2048] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
+        [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
 for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime)
-or TorchScript (PyTorch). Config: max_batch_size = the concurrency, ``dynamic_batching`` with a
-max queue delay, one CPU instance, with the intra-op threads the server gives it.
+or TorchScript (PyTorch). Config: max_batch_size 16 (half the concurrency, so that one batch
+computes while the next one's requests arrive: with batches as large as the load, the instance
+would wait for every answer to be sent and every new request decoded), ``dynamic_batching``
+with a max queue delay, one CPU instance, with the intra-op threads the server gives it.
 
 One round: clipperd serves it, perf_analyzer sends one row per request at ``--concurrency``;
 ModelStatistics says how many batches of each size the server executed. Then the framework runs
@@ -56,7 +58,7 @@ def weights(hidden: int) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(0)
     sizes = [WIDTH, hidden, hidden, 10]
     return [
-        (rng.standard_normal((o, i), dtype=np.float32) / np.sqrt(i), np.zeros(o, np.float32))
+        ((rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32), np.zeros(o, np.float32))
         for i, o in itertools.pairwise(sizes)
     ]
 
@@ -134,16 +136,19 @@ def build(base: Path, args: argparse.Namespace) -> Path:
     (folder / "1").mkdir(parents=True)
     kind, name_in, name_out = BACKENDS[args.backend][0](folder, args.hidden)
     config = CONFIG.format(
-        kind=kind, max_batch=args.concurrency, input=name_in, output=name_out, width=WIDTH, delay_us=args.delay_us
+        kind=kind, max_batch=args.max_batch_size, input=name_in, output=name_out, width=WIDTH, delay_us=args.delay_us
     )
     (folder / "config.pbtxt").write_text(config)
     return repo
 
 
-def batch_counts(url: str) -> dict[int, int]:
+def batch_counts(url: str) -> tuple[dict[int, int], dict[int, float]]:
+    """Batches executed by size, and the server's own mean compute time of each size (ms)."""
     with grpcclient.InferenceServerClient(url) as client:
         stats = client.get_inference_statistics("wide").model_stats[0]
-    return {int(b.batch_size): int(b.compute_infer.count) for b in stats.batch_stats}
+    counts = {int(b.batch_size): int(b.compute_infer.count) for b in stats.batch_stats}
+    ms = {int(b.batch_size): b.compute_infer.ns / max(b.compute_infer.count, 1) / 1e6 for b in stats.batch_stats}
+    return counts, ms
 
 
 def seconds_per_batch(run: Runner, size: int, budget_s: float = 0.6) -> float:
@@ -162,7 +167,7 @@ def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -
         address = server.url if args.protocol == "grpc" else server.http_url
         out = logs / f"round{round_no}.csv"
         result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide")
-        counts = batch_counts(server.url)
+        counts, server_ms = batch_counts(server.url)
     if "error" in result:
         return result
     run = BACKENDS[args.backend][1](repo / "wide", cpu_threads_per_instance(1))
@@ -177,14 +182,23 @@ def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -
         "ratio": result["infer_per_s"] / in_process,
         "mean_batch": mean_batch,
         "batches": counts,
+        "compute_ms_server": server_ms,
+        "compute_ms_in_process": {size: t * 1e3 for size, t in times.items()},
     }
+
+
+def counts_of(result: dict[str, Any]) -> dict[int, int]:
+    return result.get("batches", {})  # type: ignore[no-any-return]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument(
+        "--max-batch-size", type=int, default=16, help="half the concurrency: one batch computes while the next fills"
+    )
     parser.add_argument("--delay-us", type=int, default=20000)
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     parser.add_argument("--repeat", type=int, default=1)
@@ -196,7 +210,12 @@ def main() -> None:
     for round_no in range(1, args.repeat + 1):
         result = one_round(repo, args, base, round_no)
         rounds.append(result)
-        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k != "batches"}
+        shown: dict[str, Any] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
+        shown.pop("batches", None)
+        for key in ("compute_ms_server", "compute_ms_in_process"):
+            if key in result:
+                busy = {size: ms for size, ms in result[key].items() if counts_of(result).get(size, 0) > 10}
+                shown[key] = {size: round(ms, 2) for size, ms in busy.items()}
         print(f"round {round_no} {args.backend}: {shown}", flush=True)
     ratios = [r["ratio"] for r in rounds if "ratio" in r]
     if ratios:
