@@ -16,6 +16,7 @@ from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend
 from backends.sklearn_backend import SklearnBackend, XGBoostBackend
+from backends.tensorflow_backend import TensorFlowBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     "python": PythonBackend,
@@ -23,8 +24,13 @@ BACKENDS: dict[str, type[Backend]] = {
     "onnxruntime": OnnxRuntimeBackend,
     "sklearn": SklearnBackend,
     "xgboost": XGBoostBackend,
+    "tensorflow": TensorFlowBackend,
 }
-PLATFORMS: dict[str, str] = {"pytorch_libtorch": "pytorch", "onnxruntime_onnx": "onnxruntime"}  # platform -> backend
+PLATFORMS: dict[str, str] = {  # platform -> backend
+    "pytorch_libtorch": "pytorch",
+    "onnxruntime_onnx": "onnxruntime",
+    "tensorflow_savedmodel": "tensorflow",
+}
 _SUFFIXES: dict[str, str] = {  # model file -> backend
     ".py": "python",
     ".pt": "pytorch",
@@ -33,6 +39,7 @@ _SUFFIXES: dict[str, str] = {  # model file -> backend
     ".pkl": "sklearn",
     ".pickle": "sklearn",
     ".ubj": "xgboost",
+    ".savedmodel": "tensorflow",
 }
 # backends that can fill a config's missing inputs and outputs from the model file
 _COMPLETERS: dict[str, Callable[[mc.ModelConfig, Path], None]] = {"onnxruntime": onnx_backend.autocomplete}

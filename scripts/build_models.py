@@ -13,12 +13,16 @@ batch dimension symbolic. Byte-identical on every rebuild.
 Writes model_repository/iris_sklearn/1/model.joblib (a scikit-learn Pipeline: StandardScaler ->
 LogisticRegression, fitted on the iris data scikit-learn ships) and
 model_repository/iris_xgboost/1/model.json (an XGBoost classifier, 20 trees of depth 3, seed 0,
-one thread, on the same data): both answer predict_proba for 4 features -> 3 classes."""
+one thread, on the same data): both answer predict_proba for 4 features -> 3 classes.
+
+Writes model_repository/mlp_tf/1/model.savedmodel/: the mlp_torch MLP, same weights, as a
+TensorFlow SavedModel (signature serving_default: INPUT0 [batch, 64] -> OUTPUT0 [batch, 10])."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -84,6 +88,36 @@ def build_mlp_onnx(path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
+def build_mlp_tf(path: Path) -> None:
+    """The mlp_torch MLP, same weights, as a TensorFlow SavedModel: signature serving_default,
+    input key INPUT0 [batch, 64], output key OUTPUT0 [batch, 10]."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    torch.manual_seed(0)
+    linears = [layer for layer in MLP().eval().layers if isinstance(layer, nn.Linear)]
+
+    class Dense(tf.Module):  # type: ignore[misc]  # tensorflow is untyped here
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = [tf.Variable(layer.weight.detach().numpy().T, trainable=False) for layer in linears]
+            self.biases = [tf.Variable(layer.bias.detach().numpy(), trainable=False) for layer in linears]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="INPUT0")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+                x = tf.matmul(x, w) + b
+                if i < len(self.weights) - 1:
+                    x = tf.nn.relu(x)
+            return {"OUTPUT0": x}
+
+    module = Dense()
+    if path.exists():
+        shutil.rmtree(path)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    print(f"wrote {path}")
+
+
 def iris() -> tuple[Any, Any]:
     from sklearn.datasets import load_iris
 
@@ -127,6 +161,7 @@ def main() -> None:
     build_mlp_onnx(args.repository / "mlp_onnx" / "1" / "model.onnx")
     build_iris_sklearn(args.repository / "iris_sklearn" / "1" / "model.joblib")
     build_iris_xgboost(args.repository / "iris_xgboost" / "1" / "model.json")
+    build_mlp_tf(args.repository / "mlp_tf" / "1" / "model.savedmodel")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,7 @@ from tests.serverproc import EXAMPLES
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = (
-    "add_sub",
-    "identity_fp32",
-    "iris_sklearn",
-    "iris_xgboost",
-    "mlp_onnx",
-    "mlp_torch",
-    "simple",
-    "simple_string",
-)
+MODELS = tuple(sorted(p.name for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_file()))  # every example
 MLP_PATH = EXAMPLES / "mlp_torch" / "1" / "model.pt"
 WAIT_S = 30.0  # how long a callback may take to arrive before the test fails
 rng = np.random.default_rng(20240607)

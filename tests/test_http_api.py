@@ -22,16 +22,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = (
-    "add_sub",
-    "identity_fp32",
-    "iris_sklearn",
-    "iris_xgboost",
-    "mlp_onnx",
-    "mlp_torch",
-    "simple",
-    "simple_string",
-)
+MODELS = tuple(sorted(p.name for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_file()))  # every example
 MLP_PATH = EXAMPLES / "mlp_torch" / "1" / "model.pt"
 rng = np.random.default_rng(20240611)
 

@@ -21,16 +21,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = (
-    "add_sub",
-    "identity_fp32",
-    "iris_sklearn",
-    "iris_xgboost",
-    "mlp_onnx",
-    "mlp_torch",
-    "simple",
-    "simple_string",
-)
+MODELS = tuple(sorted(p.name for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_file()))  # every example
 EXPLICIT = ("--model-control-mode", "explicit")
 
 IDENTITY_YAML = """\
