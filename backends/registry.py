@@ -16,6 +16,7 @@ from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend
 from backends.sklearn_backend import SklearnBackend, XGBoostBackend
+from backends.spark_backend import SparkBackend
 from backends.tensorflow_backend import TensorFlowBackend
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -25,6 +26,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "sklearn": SklearnBackend,
     "xgboost": XGBoostBackend,
     "tensorflow": TensorFlowBackend,
+    "spark": SparkBackend,
 }
 PLATFORMS: dict[str, str] = {  # platform -> backend
     "pytorch_libtorch": "pytorch",
@@ -40,6 +42,7 @@ _SUFFIXES: dict[str, str] = {  # model file -> backend
     ".pickle": "sklearn",
     ".ubj": "xgboost",
     ".savedmodel": "tensorflow",
+    ".sparkml": "spark",
 }
 # backends that can fill a config's missing inputs and outputs from the model file
 _COMPLETERS: dict[str, Callable[[mc.ModelConfig, Path], None]] = {"onnxruntime": onnx_backend.autocomplete}

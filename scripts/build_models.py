@@ -16,7 +16,10 @@ model_repository/iris_xgboost/1/model.json (an XGBoost classifier, 20 trees of d
 one thread, on the same data): both answer predict_proba for 4 features -> 3 classes.
 
 Writes model_repository/mlp_tf/1/model.savedmodel/: the mlp_torch MLP, same weights, as a
-TensorFlow SavedModel (signature serving_default: INPUT0 [batch, 64] -> OUTPUT0 [batch, 10])."""
+TensorFlow SavedModel (signature serving_default: INPUT0 [batch, 64] -> OUTPUT0 [batch, 10]).
+
+Writes model_repository/iris_spark/1/model.sparkml/: a Spark MLlib PipelineModel (StandardScaler
+-> LogisticRegression) fitted on the same iris data in local mode (needs Java)."""
 
 from __future__ import annotations
 
@@ -118,6 +121,30 @@ def build_mlp_tf(path: Path) -> None:
     print(f"wrote {path}")
 
 
+def build_iris_spark(path: Path) -> None:
+    """A Spark MLlib PipelineModel (StandardScaler -> LogisticRegression) on the iris data, in
+    local mode: FEATURES (a vector of 4) -> probability (3), prediction."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import StandardScaler
+    from pyspark.ml.linalg import DenseVector
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    x, y = iris()
+    frame = spark.createDataFrame(
+        [(DenseVector(r.astype(float)), float(t)) for r, t in zip(x, y, strict=True)], ["FEATURES", "label"]
+    )
+    stages = [
+        StandardScaler(inputCol="FEATURES", outputCol="scaled"),
+        LogisticRegression(featuresCol="scaled", labelCol="label", maxIter=100),
+    ]
+    Pipeline(stages=stages).fit(frame).write().overwrite().save(str(path))
+    spark.stop()
+    print(f"wrote {path}")
+
+
 def iris() -> tuple[Any, Any]:
     from sklearn.datasets import load_iris
 
@@ -162,6 +189,7 @@ def main() -> None:
     build_iris_sklearn(args.repository / "iris_sklearn" / "1" / "model.joblib")
     build_iris_xgboost(args.repository / "iris_xgboost" / "1" / "model.json")
     build_mlp_tf(args.repository / "mlp_tf" / "1" / "model.savedmodel")
+    build_iris_spark(args.repository / "iris_spark" / "1" / "model.sparkml")
 
 
 if __name__ == "__main__":
