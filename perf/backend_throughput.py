@@ -1,11 +1,11 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
-    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch] [--repeat 3]
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow] [--repeat 3]
         [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
-for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime)
-or TorchScript (PyTorch). Config: max_batch_size 16 (half the concurrency, so that one batch
+for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime),
+TorchScript (PyTorch) or a SavedModel (TensorFlow). Config: max_batch_size 16 (half the concurrency, so that one batch
 computes while the next one's requests arrive: with batches as large as the load, the instance
 would wait for every answer to be sent and every new request decoded), ``dynamic_batching``
 with a max queue delay, one CPU instance, with the intra-op threads the server gives it.
@@ -124,9 +124,43 @@ def torch_runner(folder: Path, threads: int) -> Runner:
     return run
 
 
+def build_tensorflow(folder: Path, hidden: int) -> tuple[str, str, str]:
+    import tensorflow as tf
+
+    # TensorFlow's pools are fixed at its first op: the same as the server gives its instance
+    tf.config.threading.set_intra_op_parallelism_threads(cpu_threads_per_instance(1))
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    layers = weights(hidden)
+
+    class Wide(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = [tf.Variable(w.T) for w, _ in layers]
+            self.b = [tf.Variable(b) for _, b in layers]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, WIDTH], tf.float32)])  # type: ignore[untyped-decorator]
+        def serve(self, x: Any) -> Any:
+            for i in range(len(self.w)):
+                x = tf.matmul(x, self.w[i]) + self.b[i]
+                x = tf.nn.relu(x) if i < len(self.w) - 1 else x
+            return {"OUTPUT0": x}
+
+    module = Wide()
+    tf.saved_model.save(module, str(folder / "1" / "model.savedmodel"), signatures={"serving_default": module.serve})
+    return 'platform: "tensorflow_savedmodel"', "x", "OUTPUT0"
+
+
+def tensorflow_runner(folder: Path, threads: int) -> Runner:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(folder / "1" / "model.savedmodel")).signatures["serving_default"]
+    return lambda x: signature(x=tf.constant(x))["OUTPUT0"].numpy()
+
+
 BACKENDS: dict[str, tuple[Callable[[Path, int], tuple[str, str, str]], Callable[[Path, int], Runner]]] = {
     "onnxruntime": (build_onnx, onnx_runner),
     "pytorch": (build_torch, torch_runner),
+    "tensorflow": (build_tensorflow, tensorflow_runner),
 }
 
 
