@@ -1,12 +1,14 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
-    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow] [--repeat 3]
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn] [--repeat 3]
         [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
 for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime),
-TorchScript (PyTorch) or a SavedModel (TensorFlow). Config: max_batch_size 16 (half the concurrency, so that one batch
-computes while the next one's requests arrive: with batches as large as the load, the instance
+TorchScript (PyTorch) or a SavedModel (TensorFlow); for scikit-learn, whose models are not
+networks, a brute-force k-nearest-neighbours classifier whose predict_proba is a GEMM.
+Config: max_batch_size 16 (half the concurrency, so that one batch computes while the next
+one's requests arrive: with batches as large as the load, the instance
 would wait for every answer to be sent and every new request decoded), ``dynamic_batching``
 with a max queue delay, one CPU instance, with the intra-op threads the server gives it.
 
@@ -157,10 +159,32 @@ def tensorflow_runner(folder: Path, threads: int) -> Runner:
     return lambda x: signature(x=tf.constant(x))["OUTPUT0"].numpy()
 
 
+def build_sklearn(folder: Path, hidden: int) -> tuple[str, str, str]:
+    """k-nearest neighbours over 8,000 points of 1024 features (10 classes): its predict_proba is
+    a distance matrix, a GEMM, so it batches; ``hidden`` is not used."""
+    import joblib
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((8000, WIDTH), dtype=np.float32)
+    model = KNeighborsClassifier(n_neighbors=5, algorithm="brute").fit(points, rng.integers(0, 10, 8000))
+    joblib.dump(model, folder / "1" / "model.joblib")
+    method = 'parameters { key: "method" value: { string_value: "predict_proba" } }'
+    return f'backend: "sklearn"\n{method}', "INPUT0", "OUTPUT0"
+
+
+def sklearn_runner(folder: Path, threads: int) -> Runner:
+    import joblib
+
+    model = joblib.load(folder / "1" / "model.joblib")
+    return lambda x: model.predict_proba(x)
+
+
 BACKENDS: dict[str, tuple[Callable[[Path, int], tuple[str, str, str]], Callable[[Path, int], Runner]]] = {
     "onnxruntime": (build_onnx, onnx_runner),
     "pytorch": (build_torch, torch_runner),
     "tensorflow": (build_tensorflow, tensorflow_runner),
+    "sklearn": (build_sklearn, sklearn_runner),
 }
 
 
