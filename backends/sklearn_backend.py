@@ -53,6 +53,7 @@ class SklearnBackend(Backend):
             where = f"model '{config.name}' version {self.context.version}"
             raise NotFound(f"{where}: file '{path.name}' not found")
         self._model = self._read()
+        _bound_blas_threads(self.context)
         name = self.context.parameters.get("method", "predict")
         if name not in METHODS:
             raise InvalidArgument(f"model '{config.name}': parameter 'method' must be one of {', '.join(METHODS)}")
@@ -137,6 +138,21 @@ class XGBoostBackend(SklearnBackend):
                 f"model '{self.context.model_name}': {path.name} cannot be loaded by xgboost: {reason}"
             ) from None
         return model
+
+
+def _bound_blas_threads(context: InstanceContext) -> None:
+    """BLAS (and OpenMP) pools are process-wide: bounded to the instance's share of the cores
+    (``blas_threads`` overrides), as every backend's intra-op threads are, so that a GEMM inside
+    an estimator does not take the cores the server and the other instances need."""
+    value = context.parameters.get("blas_threads", "")
+    try:
+        threads = int(value) if value else context.threads
+    except ValueError:
+        raise InvalidArgument(f"model '{context.model_name}': parameter 'blas_threads' must be an integer") from None
+    with IMPORT_LOCK:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=max(1, threads))
 
 
 def _import(module: str, extra: str) -> Any:

@@ -175,7 +175,9 @@ def build_sklearn(folder: Path, hidden: int) -> tuple[str, str, str]:
 
 def sklearn_runner(folder: Path, threads: int) -> Runner:
     import joblib
+    from threadpoolctl import threadpool_limits
 
+    threadpool_limits(limits=threads)  # as the server bounds its instance's BLAS
     model = joblib.load(folder / "1" / "model.joblib")
     return lambda x: model.predict_proba(x)
 
@@ -224,7 +226,9 @@ def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -
     with running(repo, log_dir=logs) as server:
         address = server.url if args.protocol == "grpc" else server.http_url
         out = logs / f"round{round_no}.csv"
-        result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide")
+        # zeros: perf_analyzer's random bytes can spell NaN, which scikit-learn refuses
+        extra = ("--input-data", "zero") if args.backend == "sklearn" else ()
+        result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide", extra)
         counts, server_ms = batch_counts(server.url)
     if "error" in result:
         return result

@@ -211,9 +211,16 @@ def perf_analyzer_path(given: str | None) -> Path:
 
 
 def measure(
-    pa: Path, address: str, protocol: str, concurrency: int, interval_ms: int, out_csv: Path, model: str = MODEL
+    pa: Path,
+    address: str,
+    protocol: str,
+    concurrency: int,
+    interval_ms: int,
+    out_csv: Path,
+    model: str = MODEL,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    command = [str(pa), "-m", model, "-u", address, "-i", protocol]
+    command = [str(pa), "-m", model, "-u", address, "-i", protocol, *extra]
     command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
     command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out_csv)]
     timeout = 90 + 25 * interval_ms / 1000
