@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.serverproc import ServerProcess, running
@@ -338,3 +340,32 @@ def test_bad_worker_parameters_make_the_model_unavailable(isolation: ServerProce
         reasons = {m.name: m.reason for m in client.get_model_repository_index().models}
     assert "worker_python 'no/such/python' is not an executable file" in reasons["bad_python"]
     assert "worker parameters" in reasons["bad_timeout"]
+
+
+def test_kill_9_under_load_fails_only_the_batch_in_flight(isolation: ServerProcess) -> None:
+    """One request executing (it waits to be killed) and eight queued behind it on the same
+    single-instance worker: kill -9 fails the one in flight; the eight are served by the new
+    worker, each with its own answer."""
+    pid = int(call(isolation.url, np.array([1.0]))["PID"][0])
+    markers = isolation.repository / "guarded" / "1"
+    with ThreadPoolExecutor(9) as pool:
+        doomed = pool.submit(call_error, isolation.url, -1)
+        wait_for(lambda: (markers / f"started-{pid}").exists(), "the request executing in the worker")
+        queued = [pool.submit(call, isolation.url, np.array([float(v)])) for v in range(10, 18)]
+        wait_for(lambda: inflight(isolation, "guarded") >= 9, "eight requests queued behind the stuck one")
+        os.kill(pid, signal.SIGKILL)
+        assert "worker died (exit code -9)" in doomed.result(timeout=60)
+        answers = [f.result(timeout=60) for f in queued]
+    assert [a["OUT"].tolist() for a in answers] == [[2.0 * v] for v in range(10, 18)]
+    assert {int(a["PID"][0]) for a in answers} - {pid}  # a new worker served them
+
+
+def inflight(server: ServerProcess, model: str) -> float:
+    """The server's clipperd_inflight_requests gauge for ``model`` (validated, queued or executing)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "clipperd_inflight_requests" and sample.labels.get("model") == model:
+                return float(sample.value)
+    return 0.0
