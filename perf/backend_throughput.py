@@ -1,12 +1,14 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
-    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn] [--repeat 3]
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn|spark] [--repeat 3]
         [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
 for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime),
 TorchScript (PyTorch) or a SavedModel (TensorFlow); for scikit-learn, whose models are not
-networks, a brute-force k-nearest-neighbours classifier whose predict_proba is a GEMM.
+networks, a brute-force k-nearest-neighbours classifier whose predict_proba is a GEMM; for
+Spark, the bundled iris_spark PipelineModel (the in-process side builds the same DataFrame per
+batch as the backend does).
 Config: max_batch_size 16 (half the concurrency, so that one batch computes while the next
 one's requests arrive: with batches as large as the load, the instance
 would wait for every answer to be sent and every new request decoded), ``dynamic_batching``
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -41,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from side_by_side import measure, perf_analyzer_path  # noqa: E402
 
 from server.model_version import cpu_threads_per_instance  # noqa: E402
-from tests.serverproc import running  # noqa: E402
+from tests.serverproc import EXAMPLES, running  # noqa: E402
 
 WIDTH = 1024
 CONFIG = """name: "wide"
@@ -182,12 +185,47 @@ def sklearn_runner(folder: Path, threads: int) -> Runner:
     return lambda x: model.predict_proba(x)
 
 
+SPARK_CONFIG = """name: "wide"
+backend: "spark"
+max_batch_size: {max_batch}
+input [ {{ name: "FEATURES" data_type: TYPE_FP64 dims: [ 4 ] }} ]
+output [ {{ name: "probability" data_type: TYPE_FP64 dims: [ 3 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+
+def build_spark(folder: Path, hidden: int) -> tuple[str, str, str]:
+    """The bundled iris_spark PipelineModel (the config is SPARK_CONFIG; ``hidden`` is not used)."""
+    shutil.copytree(EXAMPLES / "iris_spark" / "1" / "model.sparkml", folder / "1" / "model.sparkml")
+    return "", "", ""
+
+
+def spark_runner(folder: Path, threads: int) -> Runner:
+    """What the backend does for a batch, in-process: a DataFrame of the rows, transform, collect."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.linalg import DenseVector
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.master(f"local[{threads}]").config("spark.ui.enabled", "false").getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    model = PipelineModel.load(str(folder / "1" / "model.sparkml"))
+
+    def run(x: np.ndarray) -> Any:
+        frame = spark.createDataFrame([(i, DenseVector(r)) for i, r in enumerate(x)], ["row", "FEATURES"])
+        return model.transform(frame).select("row", "probability").collect()
+
+    return run
+
+
 BACKENDS: dict[str, tuple[Callable[[Path, int], tuple[str, str, str]], Callable[[Path, int], Runner]]] = {
     "onnxruntime": (build_onnx, onnx_runner),
     "pytorch": (build_torch, torch_runner),
     "tensorflow": (build_tensorflow, tensorflow_runner),
     "sklearn": (build_sklearn, sklearn_runner),
+    "spark": (build_spark, spark_runner),
 }
+FEATURES: dict[str, tuple[int, Any]] = {"spark": (4, np.float64)}  # the others: (WIDTH, float32)
 
 
 def build(base: Path, args: argparse.Namespace) -> Path:
@@ -195,9 +233,17 @@ def build(base: Path, args: argparse.Namespace) -> Path:
     folder = repo / "wide"
     (folder / "1").mkdir(parents=True)
     kind, name_in, name_out = BACKENDS[args.backend][0](folder, args.hidden)
-    config = CONFIG.format(
-        kind=kind, max_batch=args.max_batch_size, input=name_in, output=name_out, width=WIDTH, delay_us=args.delay_us
-    )
+    if args.backend == "spark":
+        config = SPARK_CONFIG.format(max_batch=args.max_batch_size, delay_us=args.delay_us)
+    else:
+        config = CONFIG.format(
+            kind=kind,
+            max_batch=args.max_batch_size,
+            input=name_in,
+            output=name_out,
+            width=WIDTH,
+            delay_us=args.delay_us,
+        )
     (folder / "config.pbtxt").write_text(config)
     return repo
 
@@ -211,8 +257,9 @@ def batch_counts(url: str) -> tuple[dict[int, int], dict[int, float]]:
     return counts, ms
 
 
-def seconds_per_batch(run: Runner, size: int, budget_s: float = 0.6) -> float:
-    x = np.random.default_rng(size).standard_normal((size, WIDTH), dtype=np.float32)
+def seconds_per_batch(run: Runner, size: int, backend: str, budget_s: float = 0.6) -> float:
+    width, dtype = FEATURES.get(backend, (WIDTH, np.float32))
+    x = np.random.default_rng(size).standard_normal((size, width)).astype(dtype)
     for _ in range(3):
         run(x)
     calls, start = 0, time.perf_counter()
@@ -227,13 +274,13 @@ def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -
         address = server.url if args.protocol == "grpc" else server.http_url
         out = logs / f"round{round_no}.csv"
         # zeros: perf_analyzer's random bytes can spell NaN, which scikit-learn refuses
-        extra = ("--input-data", "zero") if args.backend == "sklearn" else ()
+        extra = ("--input-data", "zero") if args.backend in ("sklearn", "spark") else ()
         result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide", extra)
         counts, server_ms = batch_counts(server.url)
     if "error" in result:
         return result
     run = BACKENDS[args.backend][1](repo / "wide", cpu_threads_per_instance(1))
-    times = {size: seconds_per_batch(run, size) for size in counts}
+    times = {size: seconds_per_batch(run, size, args.backend) for size in counts}
     rows = sum(size * n for size, n in counts.items())
     in_process = rows / sum(times[size] * n for size, n in counts.items())
     mean_batch = rows / max(sum(counts.values()), 1)
