@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("hpack").setLevel(logging.WARNING)  # at DEBUG it logs every header of every call
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # Spark's bridge narrates every connection at INFO
     if not settings.model_repository.is_dir():
         logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
         return 2
