@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from backends.common.errors import ClipperdError
+from backends.common.errors import ClipperdError, InvalidArgument, NotFound
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
 from backends.common.tensors import concatenate
 from backends.proto import model_config_pb2 as mc
@@ -53,6 +53,24 @@ class InstanceContext:
     def model_name(self) -> str:
         return self.config.name
 
+    @property
+    def who(self) -> str:
+        """How messages name the model: ``model 'X'``."""
+        return f"model '{self.config.name}'"
+
+    def int_parameter(self, key: str, default: int) -> int:
+        """The config parameter ``key`` as a non-negative integer, ``default`` when unset."""
+        value = self.parameters.get(key, "")
+        if not value:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise InvalidArgument(f"{self.who}: parameter '{key}' must be an integer, got {value[:32]!r}") from None
+        if number < 0:
+            raise InvalidArgument(f"{self.who}: parameter '{key}' cannot be negative")
+        return number
+
 
 class Backend(abc.ABC):
     """One model instance. ``execute`` receives a whole batch: every input has the batch as its
@@ -74,6 +92,14 @@ class Backend(abc.ABC):
         """The model's file in the version folder: ``default_model_filename`` or the backend's own."""
         name = self.context.config.default_model_filename or self.default_filename
         return self.context.version_path / name
+
+    def existing_model_file(self, kind: str = "file") -> Path:
+        """``model_file``, or NotFound naming it; ``kind`` other than "file" names a folder."""
+        path = self.model_file
+        if not (path.is_file() if kind == "file" else path.is_dir()):
+            context = self.context
+            raise NotFound(f"{context.who} version {context.version}: {kind} '{path.name}' not found")
+        return path
 
     @abc.abstractmethod
     def load(self) -> None:

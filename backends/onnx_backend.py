@@ -31,6 +31,7 @@ import numpy as np
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
 from backends.common.imports import IMPORT_LOCK
+from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 DEFAULT_MAX_BATCH = 4  # what Triton's auto-completion gives a model whose first dims are all dynamic
@@ -77,11 +78,7 @@ class OnnxRuntimeBackend(Backend):
 
     def load(self) -> None:
         ort = _ort()
-        path = self.model_file
-        if not path.is_file():
-            raise NotFound(
-                f"model '{self.context.model_name}' version {self.context.version}: file '{path.name}' not found"
-            )
+        path = self.existing_model_file()
         options = self._session_options(ort)
         providers = self._providers(ort)
         self._session = open_session(ort, path, self.context.model_name, options, providers)
@@ -94,7 +91,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             results = self._session.run(self._outputs, feeds)
         except Exception as exc:  # ORT's errors (shape, type) name the tensor
-            raise ModelExecutionError(f"model '{self.context.model_name}' failed: {_first_line(exc)}") from exc
+            raise ModelExecutionError(f"{self.context.who} failed: {exception_text(exc)}") from exc
         return dict(zip(self._outputs, results, strict=True))
 
     def unload(self) -> None:
@@ -102,9 +99,9 @@ class OnnxRuntimeBackend(Backend):
 
     def _session_options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
-        parameters = self.context.parameters
-        options.intra_op_num_threads = _int_parameter(parameters, "intra_op_thread_count", self.context.threads)
-        options.inter_op_num_threads = _int_parameter(parameters, "inter_op_thread_count", 1)
+        context = self.context
+        options.intra_op_num_threads = context.int_parameter("intra_op_thread_count", context.threads)
+        options.inter_op_num_threads = context.int_parameter("inter_op_thread_count", 1)
         options.graph_optimization_level = self._optimization_level(ort)
         return options
 
@@ -138,7 +135,7 @@ def open_session(ort: Any, path: Path, model: str, options: Any = None, provider
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers) or None)
     except Exception as exc:  # a corrupt or unsupported file: ORT says why (without our paths)
-        reason = _first_line(exc).replace(str(path), path.name)
+        reason = exception_text(exc, hide=path)
         raise InvalidArgument(f"model '{model}': {path.name} cannot be loaded by onnxruntime: {reason}") from None
 
 
@@ -208,21 +205,3 @@ def _to_ort(array: np.ndarray) -> np.ndarray:
     """BYTES arrive as bytes objects; ONNX Runtime's string tensors take str."""
     flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
     return np.array(flat, dtype=object).reshape(array.shape)
-
-
-def _int_parameter(parameters: Any, key: str, default: int) -> int:
-    value = parameters.get(key, "")
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidArgument(f"parameter '{key}' must be an integer, got {value[:32]!r}") from None
-    if number < 0:
-        raise InvalidArgument(f"parameter '{key}' cannot be negative")
-    return number
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[-1] if text else type(exc).__name__)[:400]

@@ -56,7 +56,6 @@ from backends.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelExecutionError,
-    NotFound,
 )
 from backends.triton_python import TritonModel, install_utils
 
@@ -189,11 +188,7 @@ class PythonBackend(Backend):
         self._model: Any = None
 
     def load(self) -> None:
-        path = self.model_file
-        if not path.is_file():
-            raise NotFound(
-                f"model '{self.context.model_name}' version {self.context.version}: file '{path.name}' not found"
-            )
+        path = self.existing_model_file()
         install_utils()  # before the import: Triton models import triton_python_backend_utils at the top
         module = _MODULES.acquire(path, self.context)
         try:

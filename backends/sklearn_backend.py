@@ -22,8 +22,9 @@ import numpy as np
 
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common import datatypes
-from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
+from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
+from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 METHODS = ("predict", "predict_proba", "decision_function", "transform")
@@ -44,24 +45,18 @@ class SklearnBackend(Backend):
 
     def load(self) -> None:
         config = self.context.config
+        who = self.context.who
         if len(config.input) != 1 or len(config.output) != 1:
-            raise InvalidArgument(
-                f"model '{config.name}': a {config.backend} model has one input (the features) and one output"
-            )
-        path = self.model_file
-        if not path.is_file():
-            where = f"model '{config.name}' version {self.context.version}"
-            raise NotFound(f"{where}: file '{path.name}' not found")
+            raise InvalidArgument(f"{who}: a {config.backend} model has one input (the features) and one output")
+        path = self.existing_model_file()
         self._model = self._read()
         _bound_blas_threads(self.context)
         name = self.context.parameters.get("method", "predict")
         if name not in METHODS:
-            raise InvalidArgument(f"model '{config.name}': parameter 'method' must be one of {', '.join(METHODS)}")
+            raise InvalidArgument(f"{who}: parameter 'method' must be one of {', '.join(METHODS)}")
         self._method = getattr(self._model, name, None)
         if not callable(self._method):
-            raise InvalidArgument(
-                f"model '{config.name}': the {type(self._model).__name__} in {path.name} has no {name}()"
-            )
+            raise InvalidArgument(f"{who}: the {type(self._model).__name__} in {path.name} has no {name}()")
         self._check_features()
         self._input, self._output = config.input[0].name, config.output[0].name
         output = config.output[0]
@@ -78,21 +73,17 @@ class SklearnBackend(Backend):
                 joblib = _import("joblib", "sklearn")
                 return joblib.load(path)
         except (Unavailable, ModuleNotFoundError) as exc:
-            raise Unavailable(
-                f"model '{self.context.model_name}': {path.name} needs a package that is missing: {exc}"
-            ) from None
+            raise Unavailable(f"{self.context.who}: {path.name} needs a package that is missing: {exc}") from None
         except Exception as exc:  # corrupt, truncated, written by an incompatible version
-            reason = f"{type(exc).__name__}: {exc}".replace(str(path), path.name)[:400]
-            raise InvalidArgument(
-                f"model '{self.context.model_name}': {path.name} cannot be loaded: {reason}"
-            ) from None
+            reason = exception_text(exc, hide=path, with_type=True)
+            raise InvalidArgument(f"{self.context.who}: {path.name} cannot be loaded: {reason}") from None
 
     def _check_features(self) -> None:
         expected = getattr(self._model, "n_features_in_", None)
         dims = list(self.context.config.input[0].dims)
         if expected is not None and dims and dims[-1] != -1 and dims[-1] != expected:
             raise InvalidArgument(
-                f"model '{self.context.model_name}': the estimator takes {expected} features, "
+                f"{self.context.who}: the estimator takes {expected} features, "
                 f"the config's input '{self.context.config.input[0].name}' has {dims[-1]}"
             )
 
@@ -101,9 +92,7 @@ class SklearnBackend(Backend):
         try:
             result = np.asarray(self._method(features))
         except Exception as exc:
-            raise ModelExecutionError(
-                f"model '{self.context.model_name}' failed: {type(exc).__name__}: {exc}"[:500]
-            ) from exc
+            raise ModelExecutionError(f"{self.context.who} failed: {exception_text(exc, with_type=True)}") from exc
         if self._flatten and result.ndim == 1:
             result = result.reshape(-1, 1)
         return {self._output: _cast(result, self._dtype)}
@@ -123,20 +112,14 @@ class XGBoostBackend(SklearnBackend):
             xgboost = _import("xgboost", "xgboost")
         kind = self.context.parameters.get("xgboost_estimator", "classifier")
         if kind not in XGBOOST_ESTIMATORS:
-            raise InvalidArgument(f"model '{self.context.model_name}': xgboost_estimator is classifier or regressor")
+            raise InvalidArgument(f"{self.context.who}: xgboost_estimator is classifier or regressor")
         model = xgboost.XGBClassifier() if kind == "classifier" else xgboost.XGBRegressor()
+        path = self.model_file
         try:
-            model.load_model(str(self.model_file))
+            model.load_model(str(path))
         except Exception as exc:
-            path = self.model_file
-            reason = (
-                str(exc).replace(str(path), path.name).strip().splitlines()[-1][:400]
-                if str(exc)
-                else type(exc).__name__
-            )
-            raise InvalidArgument(
-                f"model '{self.context.model_name}': {path.name} cannot be loaded by xgboost: {reason}"
-            ) from None
+            reason = exception_text(exc, hide=path)
+            raise InvalidArgument(f"{self.context.who}: {path.name} cannot be loaded by xgboost: {reason}") from None
         return model
 
 
@@ -144,11 +127,7 @@ def _bound_blas_threads(context: InstanceContext) -> None:
     """BLAS (and OpenMP) pools are process-wide: bounded to the instance's share of the cores
     (``blas_threads`` overrides), as every backend's intra-op threads are, so that a GEMM inside
     an estimator does not take the cores the server and the other instances need."""
-    value = context.parameters.get("blas_threads", "")
-    try:
-        threads = int(value) if value else context.threads
-    except ValueError:
-        raise InvalidArgument(f"model '{context.model_name}': parameter 'blas_threads' must be an integer") from None
+    threads = context.int_parameter("blas_threads", context.threads)
     with IMPORT_LOCK:
         from threadpoolctl import threadpool_limits
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common import datatypes
-from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
+from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
+from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 ROW = "__clipperd_row"
@@ -55,7 +56,7 @@ def spark_session(context: InstanceContext) -> Any:
         try:
             _session = builder.getOrCreate()
         except Exception as exc:
-            raise Unavailable(f"Spark did not start: {_one_line(exc)}") from None
+            raise Unavailable(f"Spark did not start: {exception_text(exc)}") from None
         _session.sparkContext.setLogLevel("ERROR")
         return _session
 
@@ -70,22 +71,16 @@ class SparkBackend(Backend):
         self._vectors: set[str] = set()
         self._outputs: list[tuple[str, np.dtype[Any]]] = []
 
-    @property
-    def _who(self) -> str:
-        return f"model '{self.context.model_name}'"
-
     def load(self) -> None:
-        path = self.model_file
-        if not path.is_dir():
-            raise NotFound(f"{self._who} version {self.context.version}: Spark model folder '{path.name}' not found")
+        path = self.existing_model_file("Spark model folder")
         self._spark = spark_session(self.context)
         from pyspark.ml import PipelineModel
 
         try:
             self._model = PipelineModel.load(str(path))
         except Exception as exc:
-            reason = _one_line(exc).replace(str(path), path.name)
-            raise InvalidArgument(f"{self._who}: {path.name} is not a saved PipelineModel: {reason}") from None
+            reason = exception_text(exc, hide=path)
+            raise InvalidArgument(f"{self.context.who}: {path.name} is not a saved PipelineModel: {reason}") from None
         config = self.context.config
         self._vectors = {t.name for t in config.input if list(t.dims) not in ([1], [])}
         self._outputs = [(t.name, datatypes.from_config(mc.DataType.Name(t.data_type)).numpy) for t in config.output]
@@ -107,7 +102,7 @@ class SparkBackend(Backend):
             frame = self._spark.createDataFrame(records, [ROW, *names])
             result = self._model.transform(frame).select(ROW, *(name for name, _ in self._outputs)).collect()
         except Exception as exc:
-            raise ModelExecutionError(f"{self._who} failed: {_one_line(exc)}") from exc
+            raise ModelExecutionError(f"{self.context.who} failed: {exception_text(exc)}") from exc
         result.sort(key=lambda r: r[ROW])
         return {name: _column([r[name] for r in result], dtype) for name, dtype in self._outputs}
 
@@ -121,8 +116,3 @@ def _column(values: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
     if dtype.kind == "O":
         return np.array([str(v).encode() for v in values], dtype=object).reshape(-1, 1)
     return np.asarray(values, dtype=dtype).reshape(-1, 1)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:400]

@@ -25,8 +25,9 @@ import numpy as np
 
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common import datatypes
-from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
+from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
+from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def _tf(context: InstanceContext) -> Any:
         except ImportError:
             raise Unavailable("the tensorflow backend needs TensorFlow: pip install 'clipperd[tensorflow]'") from None
         if not _threads_set.is_set():
-            intra = _int(context, "intra_op_thread_count", context.threads)
-            inter = _int(context, "inter_op_thread_count", 1)
+            intra = context.int_parameter("intra_op_thread_count", context.threads)
+            inter = context.int_parameter("inter_op_thread_count", 1)
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
                 tf.config.threading.set_inter_op_parallelism_threads(inter)
@@ -64,27 +65,23 @@ class TensorFlowBackend(Backend):
         self._feeds: dict[str, str] = {}  # config input name -> signature key
         self._fetches: dict[str, str] = {}  # config output name -> signature key
 
-    @property
-    def _who(self) -> str:
-        return f"model '{self.context.model_name}'"
-
     def load(self) -> None:
-        path = self.model_file
-        if not path.is_dir():
-            raise NotFound(f"{self._who} version {self.context.version}: SavedModel folder '{path.name}' not found")
+        path = self.existing_model_file("SavedModel folder")
         tf = self._tf = _tf(self.context)
         self._device = self._device_name(tf)
         try:
             with tf.device(self._device):
                 self._model = tf.saved_model.load(str(path))
         except Exception as exc:
-            reason = _one_line(exc).replace(str(path), path.name)
-            raise InvalidArgument(f"{self._who}: {path.name} cannot be loaded by TensorFlow: {reason}") from None
+            reason = exception_text(exc, hide=path)
+            raise InvalidArgument(f"{self.context.who}: {path.name} cannot be loaded by TensorFlow: {reason}") from None
         name = self.context.parameters.get("signature_name", "serving_default")
         signatures = getattr(self._model, "signatures", {})
         if name not in signatures:
             known = ", ".join(sorted(signatures)) or "none"
-            raise InvalidArgument(f"{self._who}: the SavedModel has no signature '{name[:64]}' (it has: {known})")
+            raise InvalidArgument(
+                f"{self.context.who}: the SavedModel has no signature '{name[:64]}' (it has: {known})"
+            )
         self._function = signatures[name]
         self._map_tensors()
 
@@ -94,20 +91,20 @@ class TensorFlowBackend(Backend):
             return "/CPU:0"
         if len(tf.config.list_physical_devices("GPU")) <= device.index:
             raise Unavailable(
-                f"{self._who} has a KIND_GPU instance on GPU {device.index}, which TensorFlow does not see"
+                f"{self.context.who} has a KIND_GPU instance on GPU {device.index}, which TensorFlow does not see"
             )
         return f"/GPU:{device.index}"
 
     def _map_tensors(self) -> None:
         config = self.context.config
-        renamed = _tensor_names(self.context.parameters.get("tensor_names", ""), self._who)
+        renamed = _tensor_names(self.context.parameters.get("tensor_names", ""), self.context.who)
         _, inputs = self._function.structured_input_signature
         outputs = self._function.structured_outputs
         self._feeds = self._match("input", config.input, inputs, renamed)
         self._fetches = self._match("output", config.output, outputs, renamed)
         unfed = sorted(set(inputs) - set(self._feeds.values()))
         if unfed:
-            raise InvalidArgument(f"{self._who}: the signature needs input(s) {unfed[:4]} that the config lacks")
+            raise InvalidArgument(f"{self.context.who}: the signature needs input(s) {unfed[:4]} that the config lacks")
 
     def _match(self, kind: str, tensors: Any, specs: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, str]:
         mapping = {}
@@ -116,11 +113,11 @@ class TensorFlowBackend(Backend):
             spec = specs.get(key)
             if spec is None:
                 known = ", ".join(sorted(specs)[:8])
-                raise InvalidArgument(f"{self._who}: {kind} '{key}' is not in the signature (it has {known})")
+                raise InvalidArgument(f"{self.context.who}: {kind} '{key}' is not in the signature (it has {known})")
             wanted = datatypes.from_config(mc.DataType.Name(tensor.data_type))
             if not _same_type(spec.dtype, wanted.numpy):
                 raise InvalidArgument(
-                    f"{self._who}: {kind} '{tensor.name}' is {mc.DataType.Name(tensor.data_type)} in the config "
+                    f"{self.context.who}: {kind} '{tensor.name}' is {mc.DataType.Name(tensor.data_type)} in the config "
                     f"but {spec.dtype.name} in the signature"
                 )
             mapping[tensor.name] = key
@@ -133,7 +130,7 @@ class TensorFlowBackend(Backend):
                 feeds = {key: tf.constant(inputs[name]) for name, key in self._feeds.items()}
                 results = self._function(**feeds)
         except Exception as exc:  # TensorFlow's errors name the op and the shapes
-            raise ModelExecutionError(f"{self._who} failed: {_one_line(exc)}") from exc
+            raise ModelExecutionError(f"{self.context.who} failed: {exception_text(exc)}") from exc
         return {name: np.asarray(results[key].numpy()) for name, key in self._fetches.items()}
 
     def unload(self) -> None:
@@ -155,18 +152,3 @@ def _tensor_names(text: str, who: str) -> dict[str, str]:
             raise InvalidArgument(f"{who}: tensor_names is CONFIG_NAME=signature_key,...; got {pair[:64]!r}")
         mapping[name.strip()] = key.strip()
     return mapping
-
-
-def _int(context: InstanceContext, key: str, default: int) -> int:
-    value = context.parameters.get(key, "")
-    if not value:
-        return default
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise InvalidArgument(f"model '{context.model_name}': parameter '{key}' must be an integer") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:400]

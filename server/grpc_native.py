@@ -16,7 +16,8 @@ import asyncio
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -88,6 +89,32 @@ class CallContext:
         return f"ipv4:{address[0]}:{address[1]}" if address else "unknown"
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A method's handler (grpc.RpcMethodHandler) with its codecs resolved once, not per call."""
+
+    unary: Any  # async (request, context) -> reply, or None
+    stream: Any  # async generator (requests, context) -> replies, or None
+    deserialize: Callable[[bytes], Any]
+    serialize: Callable[[Any], bytes]
+
+    @classmethod
+    def of(cls, handler: Any) -> Route:
+        return cls(
+            handler.unary_unary,
+            handler.stream_stream,
+            handler.request_deserializer or _same,
+            handler.response_serializer or _same,
+        )
+
+
+NO_ROUTE = Route(None, None, _same, _same)  # the call of a request that is answered at once
+
+
 class GrpcCall:
     """One call: gathers its request messages from DATA frames, runs the handler as a task and
     answers on its stream."""
@@ -99,20 +126,20 @@ class GrpcCall:
         "deadline_passed",
         "done",
         "encoding",
-        "handler",
         "headers",
         "headers_sent",
         "queue",
+        "route",
         "server",
         "stream",
         "task",
         "timer",
     )  # fmt: skip
 
-    def __init__(self, server: GrpcServer, stream: Stream, handler: Any, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, server: GrpcServer, stream: Stream, route: Route, headers: list[tuple[str, str]]) -> None:
         self.server = server
         self.stream = stream
-        self.handler = handler
+        self.route = route
         self.headers = headers
         self.encoding = "identity"
         self.buffer = bytearray()
@@ -132,9 +159,9 @@ class GrpcCall:
         if timeout_s is not None:
             self.deadline = loop.time() + timeout_s
             self.timer = loop.call_later(timeout_s, self._deadline_passed)
-        if self.handler.stream_stream is not None:
+        if self.route.stream is not None:
             self.queue = asyncio.Queue()
-            self.task = loop.create_task(self._streaming())
+            self.task = loop.create_task(self._guarded(self._streaming()))
             if end:
                 self.queue.put_nowait(None)
         elif end:
@@ -166,7 +193,7 @@ class GrpcCall:
         except _Abort as abort:
             self.finish(abort.code, abort.details)
             return
-        self.task = asyncio.get_running_loop().create_task(self._unary(message))
+        self.task = asyncio.get_running_loop().create_task(self._guarded(self._unary(message)))
 
     def _single_message(self) -> bytes:
         buffer = self.buffer
@@ -178,11 +205,14 @@ class GrpcCall:
         return self._decompress(buffer[0], bytes(buffer[5:]))
 
     async def _unary(self, message: bytes) -> None:
-        handler = self.handler
+        route = self.route
+        reply = await route.unary(route.deserialize(message), CallContext(self))
+        self.reply(route.serialize(reply), last=True)
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """Runs a call's handler; what it raises becomes the call's status."""
         try:
-            request = handler.request_deserializer(message) if handler.request_deserializer else message
-            reply = await handler.unary_unary(request, CallContext(self))
-            self.reply(handler.response_serializer(reply) if handler.response_serializer else reply, last=True)
+            await work
         except _Abort as abort:
             self.finish(abort.code, abort.details)
         except asyncio.CancelledError:
@@ -211,25 +241,17 @@ class GrpcCall:
 
     async def _requests(self) -> AsyncIterator[Any]:
         assert self.queue is not None
-        deserialize = self.handler.request_deserializer
+        deserialize = self.route.deserialize
         while (item := await self.queue.get()) is not None:
             message, size = item
             self.stream.consumed(size)  # the window reopens as the handler takes messages
             yield deserialize(self._decompress(message[0], message[5:]))
 
     async def _streaming(self) -> None:
-        handler = self.handler
-        try:
-            async for reply in handler.stream_stream(self._requests(), CallContext(self)):
-                self.reply(handler.response_serializer(reply), last=False)
-            self.finish(grpc.StatusCode.OK, "")
-        except _Abort as abort:
-            self.finish(abort.code, abort.details)
-        except asyncio.CancelledError:
-            self._after_cancel()
-        except Exception:
-            log.exception("internal error in a gRPC stream handler")
-            self.finish(grpc.StatusCode.UNKNOWN, "Unexpected error in handler")
+        route = self.route
+        async for reply in route.stream(self._requests(), CallContext(self)):
+            self.reply(route.serialize(reply), last=False)
+        self.finish(grpc.StatusCode.OK, "")
 
     # --- answering ------------------------------------------------------------------------------
 
@@ -319,7 +341,7 @@ class GrpcServer:
 
     def __init__(self, services: dict[str, dict[str, Any]], max_message_bytes: int, stream_window: int) -> None:
         self.routes = {
-            f"/{service}/{name}": handler
+            f"/{service}/{name}": Route.of(handler)
             for service, handlers in services.items()
             for name, handler in handlers.items()
         }
@@ -332,7 +354,8 @@ class GrpcServer:
 
     def open(self, stream: Stream, headers: list[tuple[str, str]], end: bool) -> Any:
         pseudo = dict(h for h in headers if h[0].startswith(":") or h[0] in _ROUTING)
-        call = GrpcCall(self, stream, None, headers)
+        route = self.routes.get(pseudo.get(":path", ""))
+        call = GrpcCall(self, stream, route or NO_ROUTE, headers)
         if pseudo.get(":method") != "POST":
             stream.send(None, b"", http_error(405))
             call.done = True
@@ -341,8 +364,7 @@ class GrpcServer:
             stream.send(None, b"", http_error(415))
             call.done = True
             return call
-        call.handler = self.routes.get(pseudo.get(":path", ""))
-        if call.handler is None:
+        if route is None:
             call.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {pseudo.get(':path', '')[:200]}")
             return call
         call.encoding = pseudo.get("grpc-encoding", "identity")

@@ -118,3 +118,12 @@ def running(repository: Path, *args: str, log_dir: Path, wait_ready: bool = True
         yield server
     finally:
         server.stop()
+
+
+def index_entry(url: str, model: str) -> tuple[str, str]:
+    """``model``'s (state, reason) in the server's repository index (RepositoryIndex over gRPC)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        entry = next(m for m in client.get_model_repository_index().models if m.name == model)
+    return str(entry.state), str(entry.reason)
