@@ -1,0 +1,200 @@
+"""An application (Clipper's selection layer at run time): fan a query out to the models its
+policy selects, wait no longer than the latency objective, combine what arrived, and fall back
+to the default output when nothing usable did. Feedback updates the policy state of the user
+(context) it names. Models run through a resolver the server passes in, so this module knows
+nothing of how or where they run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backends.common.errors import ClipperdError, InvalidArgument
+from schedulers.app_definition import AppDefinition
+from schedulers.selection import Feedback, State, policy, with_models
+from schedulers.stats import LATENCY_BUCKETS_NS
+
+# runs one model (name, version "" for the latest) on one input; returns its output
+Resolver = Callable[[str, str, np.ndarray], Awaitable[np.ndarray]]
+
+DEFAULT_UID = "0"
+MAX_USERS = 10_000  # policy states per application; past it, new users share the default one
+RECENT_QUERIES = 4096  # inputs whose member answers are kept for feedback
+FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no longer remembered
+
+
+@dataclass
+class Answer:
+    output: np.ndarray | None  # None: the default output answers
+    default: bool
+    explanation: str
+    confidence: float
+    answered: list[str]
+
+
+@dataclass
+class AppMetrics:
+    predictions: int = 0
+    defaults: Counter[str] = field(default_factory=Counter)  # by reason: timeout, low_confidence, failed
+    stragglers: int = 0  # selected members that had not answered at the deadline
+    feedback: int = 0
+    latency_ns: int = 0  # summed over predictions
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
+
+    def record(self, elapsed_ns: int) -> None:
+        self.predictions += 1
+        self.latency_ns += elapsed_ns
+        index = next((i for i, b in enumerate(LATENCY_BUCKETS_NS) if elapsed_ns <= b), len(LATENCY_BUCKETS_NS))
+        self.latency_buckets[index] += 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "predictions": self.predictions,
+            "defaults": dict(self.defaults),
+            "stragglers": self.stragglers,
+            "feedback": self.feedback,
+            "mean_latency_micros": self.latency_ns / self.predictions / 1000 if self.predictions else 0.0,
+        }
+
+
+def _retrieve(task: asyncio.Task[np.ndarray]) -> None:
+    if not task.cancelled():
+        task.exception()  # a straggler's late failure is expected: keep asyncio from logging it
+
+
+def _user_seed(seed: int, uid: str) -> int:
+    return seed if uid == DEFAULT_UID else (seed * 1_000_003 + zlib.crc32(uid.encode())) & 0xFFFFFFFF
+
+
+class Application:
+    def __init__(self, definition: AppDefinition, states: dict[str, State] | None = None) -> None:
+        self.definition = definition
+        self.states: dict[str, State] = dict(states or {})
+        self.metrics = AppMetrics()
+        self._recent: OrderedDict[tuple[str, bytes], tuple[dict[str, np.ndarray], tuple[str, ...]]] = OrderedDict()
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.definition.models]
+
+    def state(self, uid: str) -> State:
+        """The policy state of ``uid`` (created on first use), fitted to the linked models."""
+        d = self.definition
+        if uid not in self.states and len(self.states) >= MAX_USERS:
+            uid = DEFAULT_UID
+        state = self.states.get(uid)
+        names = self.model_names()
+        if state is None or state.get("models") != names or state.get("policy") != d.policy:
+            learnt = state if state is not None and state.get("policy") == d.policy else {}
+            state = with_models(d.policy, learnt, names, _user_seed(d.seed, uid))
+            state["policy"] = d.policy
+            self.states[uid] = state
+        return state
+
+    def redefine(self, definition: AppDefinition) -> None:
+        """A new definition (linked models, policy, pins...); learnt state carries over where the
+        policy stays the same."""
+        if definition.policy != self.definition.policy:
+            self.states = {}
+        self.definition = definition
+        self._recent.clear()
+
+    # -- predict --------------------------------------------------------------------------
+
+    async def predict(self, x: np.ndarray, uid: str, resolver: Resolver) -> Answer:
+        start = time.perf_counter_ns()
+        try:
+            return await self._predict(x, uid, resolver)
+        finally:
+            self.metrics.record(time.perf_counter_ns() - start)
+
+    async def _predict(self, x: np.ndarray, uid: str, resolver: Resolver) -> Answer:
+        d = self.definition
+        state = self.state(uid)
+        chosen = policy(d.policy).select(state, x)
+        if not chosen:
+            return self._default("failed", "the application has no linked model")
+        predictions, late, errors = await self._fan_out(chosen, x, resolver, d.slo_micros / 1e6)
+        self.metrics.stragglers += late
+        self._remember(uid, x, predictions, tuple(chosen))
+        if not predictions:
+            if errors and all(isinstance(e, InvalidArgument) for e in errors):
+                raise errors[0]  # the input is wrong for the models: the client's error, not a default
+            if late:
+                return self._default("timeout", f"no model answered within the slo ({d.slo_micros} µs)")
+            return self._default("failed", f"every selected model failed: {_first_message(errors)}")
+        y, agreeing = policy(d.policy).combine(state, x, predictions)
+        confidence = agreeing * len(predictions) / len(chosen)  # stragglers and failures do not agree
+        if confidence < d.confidence_threshold:
+            return self._default(
+                "low_confidence", f"confidence {confidence:.2f} below threshold {d.confidence_threshold:g}", confidence
+            )
+        return Answer(y, False, "", confidence, sorted(predictions))
+
+    async def _fan_out(
+        self, chosen: list[str], x: np.ndarray, resolver: Resolver, timeout_s: float
+    ) -> tuple[dict[str, np.ndarray], int, list[BaseException]]:
+        versions = {m.name: m.version for m in self.definition.models}
+        tasks = {m: asyncio.ensure_future(resolver(m, versions.get(m, ""), x)) for m in chosen}
+        done, pending = await asyncio.wait(tasks.values(), timeout=timeout_s)
+        for task in pending:
+            task.add_done_callback(_retrieve)
+            task.cancel()  # a late answer is worse than none: free its queue slot
+        predictions = {}
+        errors = []
+        for model, task in tasks.items():
+            if task in done:
+                error = task.exception()
+                if error is None:
+                    predictions[model] = task.result()
+                else:
+                    errors.append(error)
+        return predictions, len(pending), errors
+
+    def _default(self, reason: str, explanation: str, confidence: float = 0.0) -> Answer:
+        self.metrics.defaults[reason] += 1
+        return Answer(None, True, explanation, confidence, [])
+
+    def _remember(self, uid: str, x: np.ndarray, predictions: dict[str, np.ndarray], chosen: tuple[str, ...]) -> None:
+        key = (uid, x.tobytes())
+        self._recent[key] = (predictions, chosen)
+        self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_QUERIES:
+            self._recent.popitem(last=False)
+
+    # -- feedback -------------------------------------------------------------------------
+
+    async def update(self, x: np.ndarray, label: np.ndarray, uid: str, resolver: Resolver) -> State:
+        """Learns from the true label of ``x`` for ``uid``; returns the new state (to persist).
+        The members' answers come from the prediction of ``x`` when it is remembered, else the
+        models are asked again (Clipper did the same)."""
+        state = self.state(uid)
+        remembered = self._recent.get((uid, x.tobytes()))
+        if remembered is None:
+            chosen = tuple(policy(self.definition.policy).select(state, x))
+            predictions, _, errors = await self._fan_out(list(chosen), x, resolver, FEEDBACK_TIMEOUT_S)
+            if not predictions and errors:
+                raise errors[0] if isinstance(errors[0], ClipperdError) else InvalidArgument(_first_message(errors))
+        else:
+            predictions, chosen = remembered
+        new_state = policy(self.definition.policy).observe(state, x, Feedback(label, predictions, chosen))
+        key = uid if uid in self.states else DEFAULT_UID
+        self.states[key] = new_state
+        self.metrics.feedback += 1
+        return new_state
+
+
+def _first_message(errors: list[BaseException]) -> str:
+    if not errors:
+        return "no answer"
+    error = errors[0]
+    return error.message if isinstance(error, ClipperdError) else type(error).__name__
