@@ -10,6 +10,9 @@ import logging
 import os
 import signal
 
+from server.app_metrics import application_families
+from server.app_state import open_store
+from server.applications import ApplicationManager
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
@@ -27,6 +30,9 @@ class Server:
         mode = ControlMode(settings.model_control_mode)
         self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
         self.plane = DataPlane(self.repository, settings.strict_readiness)
+        store = open_store(settings.app_state, settings.model_repository)
+        self.applications = ApplicationManager(self.repository, self.plane.infer, store)
+        self.plane.applications = self.applications
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
@@ -46,14 +52,16 @@ class Server:
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
+        await self.applications.start()
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
         runners = []
         if settings.allow_metrics:
+            app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
-                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port)
+                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port), app_families
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
@@ -74,6 +82,7 @@ class Server:
             http_server.stop(settings.exit_timeout_secs),
             *(r.cleanup() for r in runners),
         )
+        await self.applications.stop()
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             await asyncio.wait_for(self.repository.stop(), remaining)

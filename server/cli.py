@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server import __version__
 from server.app import serve
+from server.app_state import check_store_spec
 from server.settings import Settings, env_default, setting_fields
 
 
@@ -67,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)  # Spark's bridge narrates every connection at INFO
     if not settings.model_repository.is_dir():
         logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
+        return 2
+    try:
+        check_store_spec(settings.app_state)
+    except ValueError as error:
+        logging.getLogger("clipperd").error("%s", error)
         return 2
     if settings.gil_switch_interval_us > 0:
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)

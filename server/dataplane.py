@@ -7,9 +7,11 @@ import time
 from dataclasses import dataclass
 
 from backends.base import Tensors
+from backends.common.errors import NotFound
 from backends.proto import model_config_pb2 as mc
 from schedulers.stats import ModelStats, failure_reason
 from server import __version__
+from server.applications import ApplicationManager
 from server.messages import InferRequest, InferResponse, OutputTensor
 from server.model_version import ModelVersion
 from server.repository import IndexEntry, ModelRepository
@@ -58,6 +60,12 @@ class DataPlane:
         self.version = __version__
         self.extensions = EXTENSIONS
         self.shared_memory = SharedMemoryRegistry()
+        self.applications: ApplicationManager | None = None  # Clipper applications, as models of their own
+
+    def _application(self, name: str) -> ApplicationManager | None:
+        """The manager when ``name`` is an application (models come first: no name is both)."""
+        apps = self.applications
+        return apps if apps is not None and name in apps else None
 
     def live(self) -> bool:
         return True
@@ -66,9 +74,15 @@ class DataPlane:
         return self.accepting and (not self.strict_readiness or self.repository.all_ready())
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        if (apps := self._application(name)) is not None:
+            return apps.ready(name, version)
         return self.repository.is_ready(name, version)
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        if (apps := self._application(name)) is not None:
+            sig = apps.metadata(name, version)
+            tensors = [TensorMetadata(t.name, t.datatype, ([-1] if t.batched else []) + t.dims) for t in sig]
+            return ModelMetadata(name, ["1"], "clipperd_application", tensors[:1], tensors[1:])
         model = self.repository.get(name, version)
         signature = model.signature
         batch = [-1] if model.config.max_batch_size > 0 else []
@@ -78,6 +92,8 @@ class DataPlane:
         return ModelMetadata(name, versions, model.platform, inputs, outputs)
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        if (apps := self._application(name)) is not None:
+            return apps.model_config(name, version)
         return self.repository.get(name, version).config
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
@@ -102,7 +118,12 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
-        model = self.repository.get(request.model_name, request.model_version)
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except NotFound:
+            if (apps := self._application(request.model_name)) is not None:
+                return await apps.infer(request)
+            raise
         stats = model.stats
         stats.inflight += 1
         executing = False

@@ -13,6 +13,7 @@ import yaml
 
 from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from server.applications_http import ApplicationRoutes
 from server.dataplane import DataPlane
 from server.http_body import BodyLimits, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
@@ -190,7 +191,10 @@ class RestApi:
         ):
             routes.append(Route(method, f"/v2/models/{{model}}{suffix}", handler))
             routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
-        return routes + self.shared_memory.routes()
+        routes += self.shared_memory.routes()
+        if self.plane.applications is not None:  # after the others: /{app}/predict matches any first segment
+            routes += ApplicationRoutes(self.plane.applications, self.limits).routes()
+        return routes
 
 
 @dataclass(frozen=True)

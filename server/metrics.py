@@ -271,18 +271,28 @@ class CpuMetrics:
 class ServerCollector:
     """A prometheus-client collector that reads the server's counters at scrape time."""
 
-    def __init__(self, models: Callable[[], list[ModelVersion]], cpu: CpuMetrics | None = None) -> None:
+    def __init__(
+        self,
+        models: Callable[[], list[ModelVersion]],
+        cpu: CpuMetrics | None = None,
+        extra: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
         self._models = models
         self._cpu = cpu or CpuMetrics()
+        self._extra = extra
 
     def collect(self) -> Iterator[Metric]:
         yield from model_families(self._models())
         yield from self._cpu.families()
+        if self._extra is not None:
+            yield from self._extra()
 
 
-def build_registry(models: Callable[[], list[ModelVersion]]) -> CollectorRegistry:
+def build_registry(
+    models: Callable[[], list[ModelVersion]], extra: Callable[[], Iterable[Metric]] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(models))
+    registry.register(ServerCollector(models, extra=extra))
     return registry
 
 
@@ -363,11 +373,14 @@ class MetricsOptions:
 
 
 async def start_metrics_server(
-    models: Callable[[], list[ModelVersion]], opts: MetricsOptions
+    models: Callable[[], list[ModelVersion]],
+    opts: MetricsOptions,
+    extra: Callable[[], Iterable[Metric]] | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Serves ``GET /metrics``; returns the runner (``cleanup()`` stops it) and the bound port."""
+    """Serves ``GET /metrics``; returns the runner (``cleanup()`` stops it) and the bound port.
+    ``extra`` yields more families at each scrape (the applications')."""
     app = web.Application()
-    app[REGISTRY] = build_registry(models)
+    app[REGISTRY] = build_registry(models, extra)
     app.add_routes([web.get("/metrics", metrics)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()

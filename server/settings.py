@@ -64,6 +64,12 @@ class Settings:
         "may wait for the one holding it. Python's 5000 µs stalls model instance threads between the "
         "steps of a batch while the event loop is busy; 0 keeps Python's default.",
     )
+    app_state: str = _setting(
+        "",
+        "Where application definitions and policy states persist: empty for SQLite in "
+        "<model-repository>/.clipperd/applications.sqlite, sqlite:///path, redis://host:port/db "
+        "(replicas share state), or memory:// (nothing kept). See docs/applications.md.",
+    )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

@@ -1,0 +1,349 @@
+"""Applications on the server: the registry of them, the admin operations, the resolver that
+runs a linked model through its own scheduler, the KServe face (an application answers as a
+model of the same name), and persistence through an AppStore.
+
+Tensor contract: the linked models take one input and return one output; the application's
+input and output are those of its first linked model (name, data type, shape), and every member
+receives the same array (converted to its own input data type). Over KServe the answer carries
+the combined output and the response parameters ``default`` (bool), ``confidence`` (float, the
+lowest of the batch's rows) and, when a row got the default output, ``default_explanation``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backends.common import datatypes
+from backends.common.errors import AlreadyExists, ClipperdError, FailedPrecondition, InvalidArgument, NotFound
+from backends.proto import model_config_pb2 as mc
+from schedulers.app_definition import (
+    AppDefinition,
+    LinkedModel,
+    check_default_output,
+    check_name,
+    check_policy,
+    check_slo,
+    check_threshold,
+)
+from schedulers.application import DEFAULT_UID, Answer, Application
+from schedulers.selection import summary
+from server.app_state import AppStore
+from server.messages import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
+from server.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+Infer = Callable[[InferRequest], Awaitable[InferResponse]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # wire name
+    dims: list[int]  # without the batch dimension
+    batched: bool  # the first linked model batches (max_batch_size > 0)
+
+
+@dataclass(frozen=True)
+class Signature:
+    input: TensorSpec
+    output: TensorSpec
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return body
+
+
+class ApplicationManager:
+    def __init__(self, repository: ModelRepository, infer: Infer, store: AppStore) -> None:
+        self.repository = repository
+        self.infer_model = infer
+        self.store = store
+        self.apps: dict[str, Application] = {}
+        self._query_ids = itertools.count(1)
+        self._lock = asyncio.Lock()  # admin changes one at a time (a read-modify-write each)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open(self._changed_elsewhere)
+        for name, (definition, states) in (await self.store.load_all()).items():
+            try:
+                self.apps[name] = Application(AppDefinition.from_json(definition), states)
+            except Exception as error:
+                log.error("application %r in the state store is unreadable, skipped: %s", name, error)
+        if self.apps:
+            log.info("applications: %s", ", ".join(sorted(self.apps)))
+
+    async def stop(self) -> None:
+        await self.store.close()
+
+    async def _changed_elsewhere(self, name: str, uid: str | None) -> None:
+        """Another replica changed ``name`` (its definition, or the state of ``uid``)."""
+        record = await self.store.load(name)
+        if record is None:
+            self.apps.pop(name, None)
+            return
+        definition, states = record
+        app = self.apps.get(name)
+        if app is None:
+            self.apps[name] = Application(AppDefinition.from_json(definition), states)
+        elif uid is not None:
+            if uid in states:
+                app.states[uid] = states[uid]
+        else:
+            app.redefine(AppDefinition.from_json(definition))
+            app.states = dict(states)
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Application:
+        app = self.apps.get(name)
+        if app is None:
+            raise NotFound(f"application {name[:64]!r} is not found")
+        return app
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.apps
+
+    def _check_model(self, name: str) -> None:
+        check_name(name, "a model 'name'")
+        if name not in self.repository.scan() and not self.repository.versions(name):
+            raise NotFound(f"model {name[:64]!r} is not in the model repository")
+
+    def describe(self, app: Application) -> dict[str, Any]:
+        state = app.state(DEFAULT_UID)
+        return {
+            **app.definition.to_json(),
+            "state": {"users": len(app.states), "weights": summary(state)},
+            "metrics": app.metrics.to_json(),
+        }
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    async def register(self, body: Any) -> dict[str, Any]:
+        definition = AppDefinition.from_json(_object(body))
+        async with self._lock:
+            if definition.name in self.apps:
+                raise AlreadyExists(f"application {definition.name!r} already exists")
+            if self.repository.versions(definition.name) or definition.name in self.repository.scan():
+                raise AlreadyExists(f"{definition.name!r} is the name of a model: an application needs its own")
+            for model in definition.models:
+                self._check_model(model.name)
+            if not await self.store.create(definition.name, definition.to_json()):
+                raise AlreadyExists(f"application {definition.name!r} already exists (on another replica)")
+            self.apps[definition.name] = Application(definition)
+        return definition.to_json()
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            self.get(name)
+            del self.apps[name]
+            await self.store.delete(name)
+
+    async def _redefine(self, app: Application, definition: AppDefinition) -> dict[str, Any]:
+        app.redefine(definition)
+        await self.store.save(app.name, definition.to_json(), app.states)
+        return definition.to_json()
+
+    async def link(self, name: str, body: Any) -> dict[str, Any]:
+        linked = LinkedModel.from_json(_object(body))
+        async with self._lock:
+            app = self.get(name)
+            self._check_model(linked.name)
+            if app.definition.linked(linked.name) is not None:
+                raise AlreadyExists(f"model {linked.name!r} is already linked to {name!r}")
+            definition = AppDefinition(**{**vars(app.definition), "models": [*app.definition.models, linked]})
+            return await self._redefine(app, definition)
+
+    async def unlink(self, name: str, model: str) -> dict[str, Any]:
+        async with self._lock:
+            app = self.get(name)
+            if app.definition.linked(model) is None:
+                raise NotFound(f"model {model[:64]!r} is not linked to {name!r}")
+            models = [m for m in app.definition.models if m.name != model]
+            return await self._redefine(app, AppDefinition(**{**vars(app.definition), "models": models}))
+
+    async def pin(self, name: str, body: Any) -> dict[str, Any]:
+        """Pins a linked model's version; the version it had is remembered for rollback."""
+        body = _object(body)
+        wanted = LinkedModel.from_json({"name": body.get("model"), "version": body.get("version")})
+        if not wanted.version:
+            raise InvalidArgument("'version' is required")
+        async with self._lock:
+            app = self.get(name)
+            linked = self._linked(app, wanted.name)
+            if wanted.version not in {str(v.version) for v in self.repository.versions(wanted.name)}:
+                raise NotFound(f"model {wanted.name!r} version {wanted.version} is not loaded")
+            if linked.version != wanted.version:
+                linked.previous.append(linked.version)
+                linked.version = wanted.version
+            return await self._redefine(app, app.definition)
+
+    async def rollback(self, name: str, body: Any) -> dict[str, Any]:
+        model = _object(body).get("model")
+        async with self._lock:
+            app = self.get(name)
+            linked = self._linked(app, check_name(model, "'model'"))
+            if not linked.previous:
+                raise FailedPrecondition(f"model {linked.name!r} has no earlier version to roll back to")
+            linked.version = linked.previous.pop()
+            return await self._redefine(app, app.definition)
+
+    @staticmethod
+    def _linked(app: Application, model: str) -> LinkedModel:
+        linked = app.definition.linked(model)
+        if linked is None:
+            raise NotFound(f"model {model[:64]!r} is not linked to {app.name!r}")
+        return linked
+
+    async def update_definition(self, name: str, body: Any) -> dict[str, Any]:
+        body = _object(body)
+        checks = {
+            "default_output": check_default_output,
+            "slo_micros": check_slo,
+            "confidence_threshold": check_threshold,
+            "policy": check_policy,
+        }
+        unknown = sorted(set(body) - set(checks))
+        if unknown or not body:
+            raise InvalidArgument(f"update one or more of {', '.join(checks)} (unknown: {', '.join(unknown)[:100]})")
+        changes = {key: checks[key](value) for key, value in body.items()}
+        async with self._lock:
+            app = self.get(name)
+            return await self._redefine(app, AppDefinition(**{**vars(app.definition), **changes}))
+
+    # -- predict and feedback -------------------------------------------------------------------
+
+    def signature(self, app: Application) -> Signature:
+        """The first linked model's input and output (see the module docstring)."""
+        if not app.definition.models:
+            raise FailedPrecondition(f"application {app.name!r} has no linked model")
+        first = app.definition.models[0]
+        model = self.repository.get(first.name, first.version)
+        config = model.config
+        if len(config.input) != 1 or len(config.output) != 1:
+            raise FailedPrecondition(f"model {first.name!r} must have exactly one input and one output")
+        batched = config.max_batch_size > 0
+        spec = model.signature.inputs[config.input[0].name]
+        out = config.output[0]
+        return Signature(
+            TensorSpec(spec.name, spec.datatype, list(spec.dims), batched),
+            TensorSpec(out.name, model.signature.outputs[out.name], list(out.dims), batched),
+        )
+
+    async def run_model(self, name: str, version: str, x: np.ndarray) -> np.ndarray:
+        """The resolver: one input through the model's own validation and batcher."""
+        model = self.repository.get(name, version)
+        config = model.config
+        if len(config.input) != 1 or len(config.output) != 1:
+            raise FailedPrecondition(f"model {name!r} must have exactly one input and one output")
+        spec = model.signature.inputs[config.input[0].name]
+        dtype = datatypes.from_wire(spec.datatype).numpy
+        data = x if x.dtype == dtype or spec.datatype == "BYTES" else x.astype(dtype)
+        batched = config.max_batch_size > 0
+        if batched:
+            data = data[np.newaxis]
+        request = InferRequest(
+            name, version, "", [InputTensor(spec.name, spec.datatype, list(data.shape), data)],
+            [RequestedOutput(config.output[0].name)],
+        )  # fmt: skip
+        response = await self.infer_model(request)
+        out = response.outputs[0].data
+        return out[0] if batched else out
+
+    def next_query_id(self) -> int:
+        return next(self._query_ids)
+
+    async def predict(self, app: Application, x: np.ndarray, uid: str) -> Answer:
+        return await app.predict(x, uid, self.run_model)
+
+    async def update(self, app: Application, x: np.ndarray, label: np.ndarray, uid: str) -> dict[str, float]:
+        state = await app.update(x, label, uid, self.run_model)
+        key = uid if uid in app.states else DEFAULT_UID
+        await self.store.save_state(app.name, key, state)
+        return summary(state)
+
+    # -- the KServe face --------------------------------------------------------------------------
+
+    def _versioned(self, name: str, version: str) -> Application:
+        app = self.get(name)
+        if version not in ("", "1"):
+            raise NotFound(f"application {app.name!r} has only version 1")
+        return app
+
+    def ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.signature(self._versioned(name, version))
+        except ClipperdError:
+            return False
+        return True
+
+    def metadata(self, name: str, version: str = "") -> tuple[TensorSpec, TensorSpec]:
+        sig = self.signature(self._versioned(name, version))
+        return sig.input, sig.output
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        app = self._versioned(name, version)
+        first = app.definition.models[0] if app.definition.models else None
+        config = mc.ModelConfig(name=name, platform="clipperd_application")
+        if first is not None and self.repository.is_ready(first.name, first.version):
+            model = self.repository.get(first.name, first.version).config
+            config.max_batch_size = model.max_batch_size
+            config.input.extend(model.input)
+            config.output.extend(model.output)
+        return config
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        app = self._versioned(request.model_name, request.model_version)
+        sig = self.signature(app)
+        if len(request.inputs) != 1:
+            raise InvalidArgument(f"application {app.name!r} takes one input, {sig.input.name!r}")
+        tensor = request.inputs[0]
+        if tensor.datatype != sig.input.datatype:
+            raise InvalidArgument(
+                f"input {tensor.name[:64]!r} must be {sig.input.datatype}, not {tensor.datatype[:16]}"
+            )
+        rows = list(tensor.data) if sig.input.batched else [tensor.data]
+        uid = str(request.parameters.get("uid", DEFAULT_UID))
+        answers = await asyncio.gather(*(app.predict(row, uid, self.run_model) for row in rows))
+        outputs = [self.answer_array(app, a, sig.output) for a in answers]
+        data = np.stack(outputs) if sig.input.batched else outputs[0]
+        params: dict[str, bool | int | float | str] = {
+            "default": any(a.default for a in answers),
+            "confidence": min(a.confidence for a in answers),
+        }
+        explanation = next((a.explanation for a in answers if a.default), "")
+        if explanation:
+            params["default_explanation"] = explanation
+        out = OutputTensor(sig.output.name, sig.output.datatype, list(data.shape), data)
+        return InferResponse(app.name, "1", request.id, [out], params)
+
+    @staticmethod
+    def answer_array(app: Application, answer: Answer, spec: TensorSpec) -> np.ndarray:
+        if answer.output is not None:
+            return answer.output
+        dtype = datatypes.from_wire(spec.datatype).numpy
+        default = app.definition.default_output
+        value = np.asarray(default if spec.datatype != "BYTES" else _as_bytes(default), dtype=dtype)
+        shape = [d if d > 0 else value.size for d in spec.dims]
+        try:
+            return np.broadcast_to(value.reshape(-1) if value.size > 1 else value, shape).copy()
+        except ValueError:
+            raise FailedPrecondition(
+                f"application {app.name!r}: its default output does not fit the output shape {spec.dims}"
+            ) from None
+
+
+def _as_bytes(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_bytes(v) for v in value]
+    return value.encode() if isinstance(value, str) else value
