@@ -6,7 +6,7 @@ PA := .tools/pa/bin/perf_analyzer
 MODEL_REPOSITORY ?= model_repository
 SERVE_ARGS ?=
 
-.PHONY: serve test lint venv tools clean
+.PHONY: serve test lint venv tools redis clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ venv: $(BIN)/.installed
 $(PA): scripts/install-perf-analyzer.sh
 	scripts/install-perf-analyzer.sh .tools/pa
 
-tools: $(PA)
+redis:
+	scripts/install-redis.sh
+
+tools: $(PA) redis
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)

@@ -185,7 +185,11 @@ def test_kserve_face_grpc_and_http(server: ServerProcess, admin: ApplicationAdmi
         assert params["default_explanation"].string_param == "confidence 0.67 below threshold 0.9"
 
 
-BAD = [
+def app_body(name: str, models: list[dict[str, str]], policy: str, slo: int) -> dict[str, Any]:
+    return {"name": name, "models": models, "policy": policy, "default_output": 1, "slo_micros": slo}
+
+
+BAD: list[tuple[str, str, Any, bytes | None, int]] = [
     ("POST", "/badapp/predict", None, b"{not json", 400),
     ("POST", "/nosuchapp/predict", {"input": X}, None, 404),
     ("POST", "/badapp/predict", {"input": ["a", "b", "c", "d"]}, None, 400),
@@ -199,41 +203,11 @@ BAD = [
     ("POST", "/badapp/update", {"input": X, "label": None}, None, 400),
     ("POST", "/nosuchapp/update", {"input": X, "label": 1}, None, 404),
     ("POST", "/admin/applications", None, b"[1, 2", 400),
-    (
-        "POST",
-        "/admin/applications",
-        {"name": "x1", "models": [], "policy": "nope", "default_output": 1, "slo_micros": 10},
-        None,
-        400,
-    ),  # fmt: skip
-    (
-        "POST",
-        "/admin/applications",
-        {"name": "x1", "models": [], "policy": "vote", "default_output": 1, "slo_micros": -1},
-        None,
-        400,
-    ),  # fmt: skip
-    (
-        "POST",
-        "/admin/applications",
-        {"name": "x1", "models": [{"name": "ghost"}], "policy": "vote", "default_output": 1, "slo_micros": 10},
-        None,
-        404,
-    ),  # fmt: skip
-    (
-        "POST",
-        "/admin/applications",
-        {"name": "badapp", "models": [], "policy": "vote", "default_output": 1, "slo_micros": 10},
-        None,
-        409,
-    ),  # fmt: skip
-    (
-        "POST",
-        "/admin/applications",
-        {"name": "one_a", "models": [], "policy": "vote", "default_output": 1, "slo_micros": 10},
-        None,
-        409,
-    ),  # fmt: skip
+    ("POST", "/admin/applications", app_body("x1", [], "nope", 10), None, 400),
+    ("POST", "/admin/applications", app_body("x1", [], "vote", -1), None, 400),
+    ("POST", "/admin/applications", app_body("x1", [{"name": "ghost"}], "vote", 10), None, 404),
+    ("POST", "/admin/applications", app_body("badapp", [], "vote", 10), None, 409),
+    ("POST", "/admin/applications", app_body("one_a", [], "vote", 10), None, 409),
     ("GET", "/admin/applications/nosuchapp", None, None, 404),
     ("DELETE", "/admin/applications/nosuchapp", None, None, 404),
     ("PATCH", "/admin/applications/badapp", {"colour": "red"}, None, 400),

@@ -1,0 +1,95 @@
+"""Two server processes share applications through a real Redis (Debian's redis-server, which
+`make test` installs): a change on one replica is seen by the other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipperd_admin import AdminError, ApplicationAdmin
+from tests.appmodels import add_model
+from tests.serverproc import free_port, running
+from tests.test_applications_server import X, call, predict
+
+REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (scripts/install-redis.sh)")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    import redis
+
+    assert REDIS_SERVER is not None
+    port = free_port()
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        eventually(lambda: _pings(client), "redis-server answers")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Replicas learn of changes through pub/sub: poll the other process until it shows one."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not seen within {timeout_s}s: {what}")
+
+
+def _status(admin: ApplicationAdmin, name: str) -> int:
+    try:
+        admin.get_application(name)
+    except AdminError as error:
+        return error.status
+    return 200
+
+
+def test_two_replicas_share_applications_and_learnt_state(tmp_path: Path, redis_url: str) -> None:
+    repository = tmp_path / "models"
+    add_model(repository, "one_a", value=1)
+    add_model(repository, "two", value=2)
+    state = ("--app-state", redis_url)
+    with running(repository, *state, log_dir=tmp_path) as a, running(repository, *state, log_dir=tmp_path) as b:
+        admin_a, admin_b = ApplicationAdmin(a.http_url), ApplicationAdmin(b.http_url)
+        admin_a.register_application("shared", ["one_a", "two"], policy="exp4", default_output=-1, slo_micros=5_000_000)
+        eventually(lambda: _status(admin_b, "shared") == 200, "the application on replica b")
+        assert predict(b, "shared", {"input": X})["default"] is False
+
+        with pytest.raises(AdminError) as error:  # the name is taken on the other replica too
+            admin_b.register_application("shared", ["two"], default_output=0, slo_micros=1000)
+        assert error.value.status == 409
+
+        for i in range(6):
+            assert call(a, "POST", "/shared/update", {"input": [float(i), 0, 0, 0], "label": 2})[0] == 200
+        learnt = admin_a.get_application("shared")["state"]["weights"]
+        assert learnt["two"] > 0.6
+        eventually(lambda: admin_b.get_application("shared")["state"]["weights"] == learnt, "the weights on b")
+        assert predict(b, "shared", {"input": X})["output"] == 2.0
+
+        admin_b.update_application("shared", confidence_threshold=0.75)
+        eventually(lambda: admin_a.get_application("shared")["confidence_threshold"] == 0.75, "the threshold on a")
+
+        with running(repository, *state, log_dir=tmp_path) as c:  # a replica that starts later loads it all
+            assert ApplicationAdmin(c.http_url).get_application("shared")["state"]["weights"] == learnt
+
+        admin_b.delete_application("shared")
+        eventually(lambda: _status(admin_a, "shared") == 404, "the deletion on a")
