@@ -18,7 +18,7 @@ import numpy as np
 from backends.common.errors import ClipperdError, InvalidArgument
 from schedulers.app_definition import AppDefinition
 from schedulers.selection import Feedback, State, policy, with_models
-from schedulers.stats import LATENCY_BUCKETS_NS
+from schedulers.stats import LATENCY_BUCKETS_NS, ModelStats
 
 # runs one model (name, version "" for the latest) on one input; returns its output
 Resolver = Callable[[str, str, np.ndarray], Awaitable[np.ndarray]]
@@ -27,6 +27,14 @@ DEFAULT_UID = "0"
 MAX_USERS = 10_000  # policy states per application; past it, new users share the default one
 RECENT_QUERIES = 4096  # inputs whose member answers are kept for feedback
 FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no longer remembered
+# Of the slo, the fan-out waits all but this reserve (10 %, at most 1 ms), kept for combining,
+# encoding and the event loop's timer granularity, so that the answer leaves within the slo.
+RESERVE_SHARE, RESERVE_MAX_S = 0.1, 0.001
+
+
+def fan_out_deadline_s(slo_micros: int) -> float:
+    slo_s = slo_micros / 1e6
+    return slo_s - min(RESERVE_MAX_S, RESERVE_SHARE * slo_s)
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Application:
         self.definition = definition
         self.states: dict[str, State] = dict(states or {})
         self.metrics = AppMetrics()
+        self.stats = ModelStats()  # its KServe face's statistics, as a model's
         self._recent: OrderedDict[tuple[str, bytes], tuple[dict[str, np.ndarray], tuple[str, ...]]] = OrderedDict()
 
     @property
@@ -123,7 +132,7 @@ class Application:
         chosen = policy(d.policy).select(state, x)
         if not chosen:
             return self._default("failed", "the application has no linked model")
-        predictions, late, errors = await self._fan_out(chosen, x, resolver, d.slo_micros / 1e6)
+        predictions, late, errors = await self._fan_out(chosen, x, resolver, fan_out_deadline_s(d.slo_micros))
         self.metrics.stragglers += late
         self._remember(uid, x, predictions, tuple(chosen))
         if not predictions:

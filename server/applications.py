@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from schedulers.app_definition import (
 )
 from schedulers.application import DEFAULT_UID, Answer, Application
 from schedulers.selection import summary
+from schedulers.stats import ModelStats, failure_reason
 from server.app_state import AppStore
 from server.messages import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
 from server.repository import ModelRepository
@@ -302,8 +304,23 @@ class ApplicationManager:
             config.output.extend(model.output)
         return config
 
+    def statistics(self, name: str, version: str = "") -> ModelStats:
+        return self._versioned(name, version).stats
+
     async def infer(self, request: InferRequest) -> InferResponse:
+        """A KServe infer on the application, counted in its KServe statistics (as perf_analyzer
+        and Triton's statistics endpoint read them)."""
+        start = time.perf_counter_ns()
         app = self._versioned(request.model_name, request.model_version)
+        try:
+            response = await self._infer(app, request)
+        except BaseException as error:
+            app.stats.record_failure(failure_reason(error, True), time.perf_counter_ns() - start)
+            raise
+        app.stats.record_success(time.perf_counter_ns() - start)
+        return response
+
+    async def _infer(self, app: Application, request: InferRequest) -> InferResponse:
         sig = self.signature(app)
         if len(request.inputs) != 1:
             raise InvalidArgument(f"application {app.name!r} takes one input, {sig.input.name!r}")

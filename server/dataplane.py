@@ -97,11 +97,16 @@ class DataPlane:
         return self.repository.get(name, version).config
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        if name and (apps := self._application(name)) is not None:
+            return [VersionStatistics(name, "1", apps.statistics(name, version))]
         if name:
             models = [self.repository.get(name, version)] if version else self._versions_of(name)
         else:
             models = self.repository.loaded()
-        return [VersionStatistics(m.name, str(m.version), m.stats) for m in models]
+        rows = [VersionStatistics(m.name, str(m.version), m.stats) for m in models]
+        if not name and self.applications is not None:
+            rows += [VersionStatistics(a.name, "1", a.stats) for a in self.applications.apps.values()]
+        return rows
 
     def _versions_of(self, name: str) -> list[ModelVersion]:
         versions = self.repository.versions(name)
