@@ -27,9 +27,9 @@ DEFAULT_UID = "0"
 MAX_USERS = 10_000  # policy states per application; past it, new users share the default one
 RECENT_QUERIES = 4096  # inputs whose member answers are kept for feedback
 FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no longer remembered
-# Of the slo, the fan-out waits all but this reserve (10 %, at most 1 ms), kept for combining,
+# Of the slo, the fan-out waits all but this reserve (10 %, at most 2 ms), kept for combining,
 # encoding and the event loop's timer granularity, so that the answer leaves within the slo.
-RESERVE_SHARE, RESERVE_MAX_S = 0.1, 0.001
+RESERVE_SHARE, RESERVE_MAX_S = 0.1, 0.002
 
 
 def fan_out_deadline_s(slo_micros: int) -> float:
@@ -50,7 +50,8 @@ class Answer:
 class AppMetrics:
     predictions: int = 0
     defaults: Counter[str] = field(default_factory=Counter)  # by reason: timeout, low_confidence, failed
-    stragglers: int = 0  # selected members that had not answered at the deadline
+    stragglers: int = 0  # selected members not heard from when the application answered
+    early: int = 0  # answers given before every member answered: the rest could not change them
     feedback: int = 0
     latency_ns: int = 0  # summed over predictions
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
@@ -66,12 +67,13 @@ class AppMetrics:
             "predictions": self.predictions,
             "defaults": dict(self.defaults),
             "stragglers": self.stragglers,
+            "early_answers": self.early,
             "feedback": self.feedback,
             "mean_latency_micros": self.latency_ns / self.predictions / 1000 if self.predictions else 0.0,
         }
 
 
-def _retrieve(task: asyncio.Task[np.ndarray]) -> None:
+def _retrieve(task: asyncio.Future[np.ndarray]) -> None:
     if not task.cancelled():
         task.exception()  # a straggler's late failure is expected: keep asyncio from logging it
 
@@ -129,10 +131,21 @@ class Application:
     async def _predict(self, x: np.ndarray, uid: str, resolver: Resolver) -> Answer:
         d = self.definition
         state = self.state(uid)
-        chosen = policy(d.policy).select(state, x)
+        pol = policy(d.policy)
+        chosen = pol.select(state, x)
         if not chosen:
             return self._default("failed", "the application has no linked model")
-        predictions, late, errors = await self._fan_out(chosen, x, resolver, fan_out_deadline_s(d.slo_micros))
+
+        def decided(predictions: dict[str, np.ndarray], waiting: list[str]) -> bool:
+            """The answer cannot change any more and its confidence already meets the threshold
+            (the waiting members counted as disagreeing)."""
+            if not pol.decided(state, predictions, waiting):
+                return False
+            agreeing = pol.combine(state, x, predictions)[1]
+            return agreeing * len(predictions) / len(chosen) >= d.confidence_threshold
+
+        deadline_s = fan_out_deadline_s(d.slo_micros)
+        predictions, late, errors = await self._fan_out(chosen, x, resolver, deadline_s, decided)
         self.metrics.stragglers += late
         self._remember(uid, x, predictions, tuple(chosen))
         if not predictions:
@@ -141,7 +154,7 @@ class Application:
             if late:
                 return self._default("timeout", f"no model answered within the slo ({d.slo_micros} µs)")
             return self._default("failed", f"every selected model failed: {_first_message(errors)}")
-        y, agreeing = policy(d.policy).combine(state, x, predictions)
+        y, agreeing = pol.combine(state, x, predictions)
         confidence = agreeing * len(predictions) / len(chosen)  # stragglers and failures do not agree
         if confidence < d.confidence_threshold:
             return self._default(
@@ -150,23 +163,38 @@ class Application:
         return Answer(y, False, "", confidence, sorted(predictions))
 
     async def _fan_out(
-        self, chosen: list[str], x: np.ndarray, resolver: Resolver, timeout_s: float
+        self,
+        chosen: list[str],
+        x: np.ndarray,
+        resolver: Resolver,
+        timeout_s: float,
+        decided: Callable[[dict[str, np.ndarray], list[str]], bool] | None = None,
     ) -> tuple[dict[str, np.ndarray], int, list[BaseException]]:
+        """Asks ``chosen``; returns at the deadline, when all answered, or as soon as ``decided``
+        says the rest cannot change the answer. The members not heard from are cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         versions = {m.name: m.version for m in self.definition.models}
-        tasks = {m: asyncio.ensure_future(resolver(m, versions.get(m, ""), x)) for m in chosen}
-        done, pending = await asyncio.wait(tasks.values(), timeout=timeout_s)
+        tasks: dict[asyncio.Future[np.ndarray], str] = {
+            asyncio.ensure_future(resolver(m, versions.get(m, ""), x)): m for m in chosen
+        }
+        pending: set[asyncio.Future[np.ndarray]] = set(tasks)
+        predictions: dict[str, np.ndarray] = {}
+        errors: list[BaseException] = []
+        while pending and (remaining := deadline - loop.time()) > 0:
+            done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is None:
+                    predictions[tasks[task]] = task.result()
+                else:
+                    errors.append(error)
+            if pending and predictions and decided is not None and decided(predictions, [tasks[t] for t in pending]):
+                self.metrics.early += 1
+                break
         for task in pending:
             task.add_done_callback(_retrieve)
             task.cancel()  # a late answer is worse than none: free its queue slot
-        predictions = {}
-        errors = []
-        for model, task in tasks.items():
-            if task in done:
-                error = task.exception()
-                if error is None:
-                    predictions[model] = task.result()
-                else:
-                    errors.append(error)
         return predictions, len(pending), errors
 
     def _default(self, reason: str, explanation: str, confidence: float = 0.0) -> Answer:

@@ -191,3 +191,30 @@ def test_definition_checks() -> None:
     ):
         with pytest.raises(InvalidArgument, match=message):
             AppDefinition.from_json({**good, **change})
+
+
+async def test_answers_before_the_deadline_once_the_stragglers_cannot_change_it() -> None:
+    answers = {"a": 1.0, "b": 1.0, "c": 2.0, "never": 3.0}
+    never = asyncio.Event()  # never set
+
+    async def resolve(model: str, version: str, x: np.ndarray) -> np.ndarray:
+        if model == "never":
+            await never.wait()
+        return np.array([answers[model]], dtype=np.float32)
+
+    decided = make_app("vote", ["a", "b", "never"])
+    decided.definition.slo_micros = 60_000_000  # a minute: only an early answer passes wait_for
+    answer = await asyncio.wait_for(decided.predict(np.zeros(1), "0", resolve), 5)
+    assert (answer.default, answer.answered, decided.metrics.early, decided.metrics.stragglers) == (
+        False, ["a", "b"], 1, 1,
+    )  # fmt: skip
+
+    for members, policy, threshold in (
+        (["a", "c", "never"], "vote", 0.0),  # 1 against 1: the straggler would break the tie
+        (["a", "b", "never"], "vote", 0.9),  # decided, but 2/3 is below the threshold unless it agrees
+        (["a", "b", "never"], "average", 0.0),  # every member moves the mean
+    ):
+        app = make_app(policy, members, threshold=threshold)
+        app.definition.slo_micros = 30_000
+        await app.predict(np.zeros(1), "0", resolve)
+        assert (app.metrics.early, app.metrics.stragglers) == (0, 1), (members, policy, threshold)

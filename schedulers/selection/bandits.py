@@ -21,7 +21,16 @@ import math
 
 import numpy as np
 
-from schedulers.selection.base import Feedback, Predictions, State, agreement, loss, majority, normalised
+from schedulers.selection.base import (
+    Feedback,
+    Predictions,
+    State,
+    agreement,
+    loss,
+    majority,
+    majority_decided,
+    normalised,
+)
 
 DISCOUNT = 0.98
 EXP3_ETA = 0.05
@@ -93,6 +102,9 @@ class Exp3Policy:
                 losses[model] += loss(feedback.predictions[model], feedback.label) / probs[model]
         return {**state, "losses": losses}
 
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        return True  # one member
+
 
 class Exp4Policy:
     name = "exp4"
@@ -116,3 +128,6 @@ class Exp4Policy:
             if model in losses:
                 losses[model] += loss(y, feedback.label)
         return {**state, "losses": losses}
+
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        return majority_decided(predictions, waiting, _weights(state))

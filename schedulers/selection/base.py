@@ -35,6 +35,11 @@ class Policy(Protocol):
 
     def observe(self, state: State, x: np.ndarray, feedback: Feedback) -> State: ...
 
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        """True when the members still ``waiting`` can no longer change the answer: the
+        application then answers without them (before its deadline)."""
+        ...
+
 
 def label_of(y: np.ndarray) -> Any:
     """What two answers must share to agree: the class of a score vector (argmax), otherwise
@@ -72,6 +77,17 @@ def majority(predictions: Predictions, weights: Mapping[str, float] | None = Non
     best = max(tally.values())
     winner = next(key for key in first if tally[key] == best)
     return first[winner]
+
+
+def majority_decided(predictions: Predictions, waiting: list[str], weights: Mapping[str, float] | None = None) -> bool:
+    """Whether the leading label keeps the lead whatever the waiting members answer."""
+    tally: dict[Any, float] = {}
+    for name, y in predictions.items():
+        key = label_of(y)
+        tally[key] = tally.get(key, 0.0) + (1.0 if weights is None else weights.get(name, 0.0))
+    ranked = [*sorted(tally.values(), reverse=True), 0.0]
+    pending = float(len(waiting)) if weights is None else sum(weights.get(m, 0.0) for m in waiting)
+    return ranked[0] > ranked[1] + pending
 
 
 def normalised(weights: Mapping[str, float], models: list[str]) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schedulers.selection.base import Feedback, Predictions, State, agreement, majority
+from schedulers.selection.base import Feedback, Predictions, State, agreement, majority, majority_decided
 
 
 class SinglePolicy:
@@ -27,6 +27,9 @@ class SinglePolicy:
     def observe(self, state: State, x: np.ndarray, feedback: Feedback) -> State:
         return state
 
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        return True
+
 
 class AveragePolicy:
     """Every model answers; the answer is the element-wise mean (scores, probabilities,
@@ -48,6 +51,9 @@ class AveragePolicy:
     def observe(self, state: State, x: np.ndarray, feedback: Feedback) -> State:
         return state
 
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        return False  # every member moves the mean
+
 
 class VotePolicy:
     """Every model answers; the majority label wins (ties: the model linked first)."""
@@ -67,3 +73,6 @@ class VotePolicy:
 
     def observe(self, state: State, x: np.ndarray, feedback: Feedback) -> State:
         return state
+
+    def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
+        return majority_decided(predictions, waiting)
