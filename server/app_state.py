@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 Definition = dict[str, Any]
 States = dict[str, dict[str, Any]]
-# (application, user id or None for the whole application) changed on another replica
+# (application, user id or None for the whole application) changed on another replica;
+# ("", None): anything may have changed, reload everything
 OnChange = Callable[[str, str | None], Awaitable[None]]
 
 
@@ -200,6 +201,26 @@ class RedisStore:
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub, on_change))
 
     async def _listen(self, pubsub: Any, on_change: OnChange) -> None:
+        """Applies the other replicas' changes; when the connection drops, retries every
+        second and, back, reloads everything (changes made meanwhile were not heard)."""
+        while True:
+            try:
+                await self._follow(pubsub, on_change)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("lost the Redis change feed (%s): retrying", error)
+            await asyncio.sleep(1.0)
+            try:
+                await pubsub.aclose()
+                pubsub = self.client.pubsub()
+                await pubsub.subscribe(_CHANNEL)
+                await on_change("", None)
+                log.info("Redis change feed back; applications reloaded")
+            except Exception:
+                continue
+
+    async def _follow(self, pubsub: Any, on_change: OnChange) -> None:
         async for message in pubsub.listen():
             if message.get("type") != "message":
                 continue

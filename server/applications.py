@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from backends.common import datatypes
-from backends.common.errors import AlreadyExists, ClipperdError, FailedPrecondition, InvalidArgument, NotFound
+from backends.common.errors import (
+    AlreadyExists,
+    ClipperdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from backends.proto import model_config_pb2 as mc
 from schedulers.app_definition import (
     AppDefinition,
@@ -58,6 +65,22 @@ class Signature:
     output: TensorSpec
 
 
+class _Persisting:
+    """Turns a failing state store (Redis gone, disk full) into 503 for the client; the cause
+    goes to the log."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is not None and isinstance(error, Exception) and not isinstance(error, ClipperdError):
+            log.error("application state store failed: %s: %s", type(error).__name__, error)
+            raise Unavailable("the application state store is unavailable") from None
+
+
+_persisting = _Persisting()
+
+
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object")
@@ -89,7 +112,15 @@ class ApplicationManager:
         await self.store.close()
 
     async def _changed_elsewhere(self, name: str, uid: str | None) -> None:
-        """Another replica changed ``name`` (its definition, or the state of ``uid``)."""
+        """Another replica changed ``name`` (its definition, or the state of ``uid``); an empty
+        name: anything may have changed."""
+        if not name:
+            records = await self.store.load_all()
+            for gone in set(self.apps) - set(records):
+                del self.apps[gone]
+            for each in records:
+                await self._changed_elsewhere(each, None)
+            return
         record = await self.store.load(name)
         if record is None:
             self.apps.pop(name, None)
@@ -140,7 +171,9 @@ class ApplicationManager:
                 raise AlreadyExists(f"{definition.name!r} is the name of a model: an application needs its own")
             for model in definition.models:
                 self._check_model(model.name)
-            if not await self.store.create(definition.name, definition.to_json()):
+            with _persisting:
+                created = await self.store.create(definition.name, definition.to_json())
+            if not created:
                 raise AlreadyExists(f"application {definition.name!r} already exists (on another replica)")
             self.apps[definition.name] = Application(definition)
         return definition.to_json()
@@ -149,11 +182,13 @@ class ApplicationManager:
         async with self._lock:
             self.get(name)
             del self.apps[name]
-            await self.store.delete(name)
+            with _persisting:
+                await self.store.delete(name)
 
     async def _redefine(self, app: Application, definition: AppDefinition) -> dict[str, Any]:
         app.redefine(definition)
-        await self.store.save(app.name, definition.to_json(), app.states)
+        with _persisting:
+            await self.store.save(app.name, definition.to_json(), app.states)
         return definition.to_json()
 
     async def link(self, name: str, body: Any) -> dict[str, Any]:
@@ -271,7 +306,8 @@ class ApplicationManager:
     async def update(self, app: Application, x: np.ndarray, label: np.ndarray, uid: str) -> dict[str, float]:
         state = await app.update(x, label, uid, self.run_model)
         key = uid if uid in app.states else DEFAULT_UID
-        await self.store.save_state(app.name, key, state)
+        with _persisting:
+            await self.store.save_state(app.name, key, state)
         return summary(state)
 
     # -- the KServe face --------------------------------------------------------------------------
@@ -325,6 +361,11 @@ class ApplicationManager:
         if len(request.inputs) != 1:
             raise InvalidArgument(f"application {app.name!r} takes one input, {sig.input.name!r}")
         tensor = request.inputs[0]
+        unknown = [o.name for o in request.outputs if o.name != sig.output.name]
+        if unknown:
+            raise InvalidArgument(
+                f"application {app.name!r} has one output, {sig.output.name!r}, not {unknown[0][:64]!r}"
+            )
         if tensor.datatype != sig.input.datatype:
             raise InvalidArgument(
                 f"input {tensor.name[:64]!r} must be {sig.input.datatype}, not {tensor.datatype[:16]}"

@@ -127,7 +127,7 @@ class DataPlane:
             model = self.repository.get(request.model_name, request.model_version)
         except NotFound:
             if (apps := self._application(request.model_name)) is not None:
-                return await apps.infer(request)
+                return await self._infer_application(apps, request)
             raise
         stats = model.stats
         stats.inflight += 1
@@ -151,6 +151,12 @@ class DataPlane:
             return response
         finally:
             stats.inflight -= 1
+
+    async def _infer_application(self, apps: ApplicationManager, request: InferRequest) -> InferResponse:
+        with self.shared_memory.use(request) as shared_memory:
+            response = await apps.infer(request)
+            shared_memory.write_outputs(response)
+        return response
 
     @staticmethod
     def _response(request: InferRequest, model: ModelVersion, outputs: Tensors) -> InferResponse:

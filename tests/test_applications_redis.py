@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is no
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     import redis
 
     assert REDIS_SERVER is not None
@@ -32,10 +32,17 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     try:
         client = redis.Redis(port=port)
         eventually(lambda: _pings(client), "redis-server answers")
-        yield f"redis://127.0.0.1:{port}/0"
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return redis_server[0]
 
 
 def _pings(client: Any) -> bool:
@@ -93,3 +100,36 @@ def test_two_replicas_share_applications_and_learnt_state(tmp_path: Path, redis_
 
         admin_b.delete_application("shared")
         eventually(lambda: _status(admin_a, "shared") == 404, "the deletion on a")
+
+
+def test_a_lost_redis_is_a_503_and_predictions_go_on(
+    tmp_path: Path, redis_server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, redis_proc = redis_server
+    repository = tmp_path / "models"
+    add_model(repository, "one_a", value=1)
+    with running(repository, "--app-state", url, log_dir=tmp_path) as server:
+        admin = ApplicationAdmin(server.http_url)
+        admin.register_application("fragile", ["one_a"], default_output=-1, slo_micros=5_000_000)
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        status, answer = call(server, "POST", "/fragile/update", {"input": X, "label": 1})
+        assert (status, answer["cause"]) == (503, "the application state store is unavailable")
+        with pytest.raises(AdminError) as error:
+            admin.register_application("another", ["one_a"], default_output=-1, slo_micros=1000)
+        assert error.value.status == 503
+        assert predict(server, "fragile", {"input": X})["output"] == 1.0  # predictions need no store
+        assert server.is_running()
+
+        # Redis back, empty (it kept nothing): the replica follows it again and reloads from it
+        assert REDIS_SERVER is not None
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        args = [REDIS_SERVER, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        back = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            eventually(lambda: _status(admin, "fragile") == 404, "the reload from the new, empty Redis")
+            admin.register_application("again", ["one_a"], default_output=-1, slo_micros=5_000_000)
+            assert [a["name"] for a in admin.list_applications()] == ["again"]
+        finally:
+            back.terminate()
+            back.wait(10)
