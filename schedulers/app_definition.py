@@ -73,7 +73,7 @@ def check_threshold(value: Any) -> float:
 
 
 def check_policy(value: Any) -> str:
-    if value not in POLICIES:
+    if not isinstance(value, str) or value not in POLICIES:
         raise InvalidArgument(f"'policy' must be one of {', '.join(sorted(POLICIES))}")
     return str(value)
 

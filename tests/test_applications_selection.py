@@ -179,6 +179,7 @@ def test_definition_checks() -> None:
     assert AppDefinition.from_json(good).models[0].version == "2"
     for change, message in (
         ({"policy": "nope"}, "'policy'"),
+        ({"policy": {}}, "'policy'"),
         ({"slo_micros": -5}, "slo_micros"),
         ({"slo_micros": 1.5}, "slo_micros"),
         ({"name": "bad name"}, "'name'"),

@@ -20,6 +20,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from server.app_state import MemoryStore
+from server.applications import ApplicationManager
 from server.dataplane import DataPlane
 from server.http_body import BodyLimits
 from server.http_service import OPENAPI_PATH, RestApi
@@ -34,7 +36,8 @@ MODELS = sorted(p.name for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_fi
 @pytest.fixture(scope="module")
 def fuzz_server(logs_dir: Path) -> Iterator[ServerProcess]:
     """Explicit control mode so load and unload really run (and may unload what others use)."""
-    with running(EXAMPLES, "--model-control-mode", "explicit", "--load-model", "*", log_dir=logs_dir) as server:
+    args = ("--model-control-mode", "explicit", "--load-model", "*", "--app-state", "memory://")
+    with running(EXAMPLES, *args, log_dir=logs_dir) as server:
         yield server
         assert server.is_running(), server.log()
 
@@ -60,6 +63,7 @@ def test_json_and_yaml_documents_agree(fuzz_server: ServerProcess) -> None:
 
 def test_document_covers_every_route(tmp_path: Path) -> None:
     plane = DataPlane(ModelRepository(tmp_path, ControlMode.EXPLICIT, []))
+    plane.applications = ApplicationManager(plane.repository, plane.infer, MemoryStore())
     api = RestApi(plane, BodyLimits(1 << 20, 1 << 20))
     served = set()
     for route in api.routes():
