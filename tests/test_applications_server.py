@@ -169,6 +169,11 @@ def test_kserve_face_grpc_and_http(server: ServerProcess, admin: ApplicationAdmi
         assert round(params["confidence"].double_param, 2) == 0.67
     client_http = httpclient.InferenceServerClient(server.http_url)
     try:
+        assert client_http.is_model_ready("kserve")
+        assert client_http.get_model_metadata("kserve")["outputs"] == [
+            {"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, 1]}
+        ]
+        assert client_http.get_model_config("kserve")["max_batch_size"] == 16
         inp_http = httpclient.InferInput("INPUT0", [2, 4], "FP32")
         inp_http.set_data_from_numpy(batch, binary_data=True)
         result_http = client_http.infer("kserve", [inp_http])
@@ -248,13 +253,20 @@ def test_bad_kserve_inputs(server: ServerProcess, admin: ApplicationAdmin) -> No
         wrong_type.set_data_from_numpy(np.zeros((1, 4), np.int32))
         wrong_shape = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
         wrong_shape.set_data_from_numpy(np.zeros((1, 3), np.float32))
-        for inputs, version, code in (
-            ([wrong_type], "", "INVALID_ARGUMENT"),
-            ([wrong_shape], "", "INVALID_ARGUMENT"),
-            ([wrong_shape], "2", "NOT_FOUND"),
+        good = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+        good.set_data_from_numpy(np.zeros((1, 4), np.float32))
+        for inputs, version, outputs, code in (
+            ([wrong_type], "", None, "INVALID_ARGUMENT"),
+            ([wrong_shape], "", None, "INVALID_ARGUMENT"),
+            ([good, good], "", None, "INVALID_ARGUMENT"),
+            ([good], "", [grpcclient.InferRequestedOutput("NOPE")], "INVALID_ARGUMENT"),
+            ([good], "2", None, "NOT_FOUND"),
         ):
             with pytest.raises(Exception, match=code):
-                client.infer("badapp", inputs, model_version=version)
+                client.infer("badapp", inputs, model_version=version, outputs=outputs)
+        assert client.get_model_metadata("badapp").name == "badapp"
+        with pytest.raises(Exception, match="NOT_FOUND"):
+            client.get_model_metadata("badapp", model_version="7")
     assert server.is_running()
 
 
@@ -275,3 +287,13 @@ def test_restart_keeps_definitions_and_learnt_state(tmp_path: Path) -> None:
         assert predict(second, "keep", {"input": X})["output"] == 1.0
     assert {k: v for k, v in after.items() if k != "metrics"} == {k: v for k, v in before.items() if k != "metrics"}
     assert after["state"]["weights"]["one_a"] > 0.6
+
+
+def test_an_unknown_state_store_is_refused_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(tmp_path)]
+    run = subprocess.run([*command, "--app-state", "bogus://x"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "--app-state 'bogus://x': use sqlite:///path, redis://host:port/db or memory://" in run.stderr
