@@ -4,6 +4,7 @@ ApplicationManager; the JSON <-> array conversions live here."""
 
 from __future__ import annotations
 
+import asyncio
 from math import prod
 from typing import Any
 
@@ -128,7 +129,7 @@ class ApplicationRoutes:
         if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
             raise InvalidArgument(f"'input_batch' must be a list of 1 to {MAX_BATCH} inputs")
         rows = [to_array(item, spec, f"input_batch[{i}]") for i, item in enumerate(batch)]
-        answers = [await self.manager.predict(app, x, uid) for x in rows]
+        answers = await asyncio.gather(*(self.manager.predict(app, x, uid) for x in rows))
         return json_response({"batch_predictions": [self._answer(app, a) for a in answers]})
 
     def _answer(self, app: Application, answer: Answer) -> dict[str, Any]:

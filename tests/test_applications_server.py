@@ -109,6 +109,17 @@ def test_nothing_by_the_deadline_gives_the_default(server: ServerProcess, admin:
     assert admin.get_application("late")["metrics"]["defaults"] == {"timeout": 1}
 
 
+def test_feedback_moves_exp3_weights(server: ServerProcess, admin: ApplicationAdmin) -> None:
+    admin.register_application("bandit", ["one_a", "two"], policy="exp3", default_output=-1, slo_micros=5_000_000)
+    for i in range(40):  # new inputs each time: the server asks the drawn model at feedback
+        status, reply = call(server, "POST", "/bandit/update", {"input": [float(i), 1, 0, 0], "label": 2})
+        assert status == 200, reply
+    weights = admin.get_application("bandit")["state"]["weights"]
+    assert weights["two"] > 0.7 > weights["one_a"], weights
+    outputs = [predict(server, "bandit", {"input": X})["output"] for _ in range(20)]
+    assert outputs.count(2.0) > outputs.count(1.0)  # it still explores, less and less
+
+
 def test_feedback_moves_exp4_weights(server: ServerProcess, admin: ApplicationAdmin) -> None:
     admin.register_application("learn", ["one_a", "two"], policy="exp4", default_output=-1, slo_micros=5_000_000)
     assert admin.get_application("learn")["state"]["weights"] == {"one_a": 0.5, "two": 0.5}
