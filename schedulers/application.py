@@ -27,9 +27,9 @@ DEFAULT_UID = "0"
 MAX_USERS = 10_000  # policy states per application; past it, new users share the default one
 RECENT_QUERIES = 4096  # inputs whose member answers are kept for feedback
 FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no longer remembered
-# Of the slo, the fan-out waits all but this reserve (10 %, at most 2 ms), kept for combining,
+# Of the slo, the fan-out waits all but this reserve (20 %, at most 5 ms), kept for combining,
 # encoding and the event loop's timer granularity, so that the answer leaves within the slo.
-RESERVE_SHARE, RESERVE_MAX_S = 0.1, 0.002
+RESERVE_SHARE, RESERVE_MAX_S = 0.2, 0.005
 
 
 def fan_out_deadline_s(slo_micros: int) -> float:
