@@ -52,7 +52,11 @@ class Server:
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
-        await self.applications.start()
+        try:
+            await self.applications.start()
+        except Exception as error:  # a store that cannot be reached: say so, not a traceback
+            log.error("application state (--app-state) unavailable: %s: %s", type(error).__name__, error)
+            raise SystemExit(2) from None
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_server, self.http_port = await start_http_server(self.plane, http_options)

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 
 from clipperd_admin import AdminError, ApplicationAdmin
 from tests.appmodels import add_model
-from tests.serverproc import ServerProcess, running
+from tests.serverproc import ServerProcess, free_port, running
 
 X = [1.0, 2.0, 3.0, 4.0]
 SLOW_DELAY_MS = 3000
@@ -308,3 +308,7 @@ def test_an_unknown_state_store_is_refused_at_start(tmp_path: Path) -> None:
     run = subprocess.run([*command, "--app-state", "bogus://x"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "--app-state 'bogus://x': use sqlite:///path, redis://host:port/db or memory://" in run.stderr
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    run = subprocess.run([*command, "--app-state", unreachable], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "application state (--app-state) unavailable: ConnectionError" in run.stderr
