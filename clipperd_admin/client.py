@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-
+from backends.common.config import config_to_json
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin import frameworks
 from clipperd_admin.errors import AdminError, LoadFailed, ModelClash, ModelNotFound, ServerError
@@ -158,12 +157,13 @@ class ClipperdAdmin:
         return self.api.index()
 
     def get_model_config(self, name: str, *, from_server: bool = False) -> dict[str, Any]:
-        """The model's config.pbtxt as a dict (field names as in the file); ``from_server``: the
-        config the server serves, completed and with defaults filled in."""
+        """The model's config.pbtxt as a dict (field names as in the file, the JSON the server's
+        config endpoint answers); ``from_server``: the config the server serves, completed and
+        with defaults filled in."""
         check_model_name(name)
         if from_server:
             return self.api.model_config(name)
-        return json_format.MessageToDict(self.files.read_config(name), preserving_proto_field_name=True)
+        return config_to_json(self.files.read_config(name))
 
     def model_versions(self, name: str) -> list[int]:
         """The version folders in the repository."""

@@ -79,8 +79,8 @@ def _torchscript(name: str, module: Any, examples: tuple[Any, ...], how: str) ->
             return torch.jit.script(module)
         return torch.jit.trace(module, examples)
     except Exception as error:  # torch raises many types here; each means "cannot export"
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"model '{name}': the module cannot be {how}d by TorchScript: {text}") from error
+        text = " ".join(str(error).split())[:400] or type(error).__name__
+        raise ExportError(f"model '{name}': torch.jit.{how} cannot export the module: {text}") from error
 
 
 def _torch_spec(tensor_name: str, tensor: Any, serving: Serving, model: str) -> TensorSpec:
