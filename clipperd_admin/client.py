@@ -20,7 +20,7 @@ from clipperd_admin.specs import Serving, TensorSpec, check_model_name, check_ve
 from clipperd_admin.staging import Bundle, RepositoryFiles
 
 MODES = ("explicit", "poll")
-Tensors = Sequence[TensorSpec | Sequence[Any]]
+Tensors = str | Sequence[TensorSpec | Sequence[Any]]  # a str: one of Clipper's input types ("doubles")
 Row = tuple[int | None, str, str]  # (version, state, reason) of a repository index row
 
 
@@ -62,7 +62,11 @@ class ClipperdAdmin:
         requirements: Sequence[str] = (),
         parameters: Mapping[str, str] | None = None,
     ) -> int:
-        """Serves ``func(*inputs) -> outputs`` on whole batches of numpy arrays; returns the version."""
+        """Serves ``func(*inputs) -> outputs`` on whole batches of numpy arrays; returns the version.
+
+        ``inputs`` / ``outputs``: TensorSpecs or ``(name, data_type, dims)`` tuples, or one of
+        Clipper's type names ("ints", "floats", "doubles", "bytes", "strings") for a single
+        tensor named INPUT / OUTPUT."""
         serving = Serving(max_batch_size, True, batch_delay_us, instance_count, "KIND_CPU", parameters or {})
         ins, outs = specs(inputs, "input"), specs(outputs, "output")
         return self._deploy(
@@ -228,9 +232,9 @@ class ClipperdAdmin:
             if version in pinned:
                 self.files.write_config(name, _with_policy(config, [v for v in pinned if v != version]))
             self.files.remove(self.files.model_dir(name) / str(version))
-        remaining = _policy_versions(self.files.read_config(name), self.files.versions(name))
-        if mode == "poll" or loaded:
-            self._serve(name, set(remaining), baseline)
+            remaining = _policy_versions(self.files.read_config(name), self.files.versions(name))
+            if mode == "poll" or loaded:
+                self._serve(name, set(remaining), baseline)
 
     def delete_model(self, name: str) -> None:
         """Stops serving the model and removes its folder from the repository."""
@@ -341,6 +345,9 @@ class ClipperdAdmin:
             raise LoadFailed(name, version, self._reason(name, version) or f"not served after {self.timeout}s")
         if failures:
             raise LoadFailed(name, failures[0].version, failures[0].reason)
+        not_ready = [v for v in sorted(wanted) if not self.api.is_ready(name, v)]  # what clients will see
+        if not_ready:
+            raise LoadFailed(name, not_ready[0], self._reason(name, not_ready[0]) or "not ready")
 
     def _rows(self, name: str) -> list[ModelStatus]:
         return [s for s in self.api.index() if s.name == name]

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ class ServerApi:
             raise
         raise ServerError(f"the server at {self.base} accepted a load of an invalid model name")
 
-    def wait(self, check: Any, timeout: float, interval: float = 0.1) -> bool:
+    def wait(self, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
         """Polls ``check()`` until it is true or ``timeout`` seconds pass; whether it became true."""
         end = time.monotonic() + timeout
         while True:

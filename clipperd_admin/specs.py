@@ -98,7 +98,24 @@ class TensorSpec:
         return cls(name, wire_type(data_type), shape)
 
 
-def specs(tensors: Sequence[TensorSpec | Sequence[Any]], kind: str) -> list[TensorSpec]:
+# Clipper's input types: one input, a variable-length vector per row ("strings": one string per row)
+CLIPPER_INPUT_TYPES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "ints": ("INT32", (-1,)),
+    "floats": ("FP32", (-1,)),
+    "doubles": ("FP64", (-1,)),
+    "bytes": ("UINT8", (-1,)),
+    "strings": ("STRING", (1,)),
+}
+
+
+def specs(tensors: str | Sequence[TensorSpec | Sequence[Any]], kind: str) -> list[TensorSpec]:
+    """Tensor specs from a list of them (or of tuples), or from one of Clipper's input type names
+    (one tensor named INPUT or OUTPUT)."""
+    if isinstance(tensors, str):
+        if tensors not in CLIPPER_INPUT_TYPES:
+            raise ValueError(f"unknown {kind} type {tensors!r} (Clipper's: {', '.join(CLIPPER_INPUT_TYPES)})")
+        data_type, dims = CLIPPER_INPUT_TYPES[tensors]
+        return [TensorSpec(kind.upper(), data_type, dims)]
     result = [TensorSpec.of(t) for t in tensors]
     if not result:
         raise ValueError(f"at least one {kind} is needed")

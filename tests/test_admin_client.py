@@ -162,6 +162,15 @@ def test_python_function_strings_and_explicit_version(admin: ClipperdAdmin, expl
     assert admin.get_model_config("fn_shout")["parameters"]["execution_mode"] == {"string_value": "thread"}
 
 
+def test_clipper_input_type_names(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
+    admin.deploy_python_function("fn_doubles", lambda x: x.sum(axis=1, keepdims=True), "doubles", "doubles")
+    config = admin.get_model_config("fn_doubles")
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("INPUT", "TYPE_FP64", [-1])]
+    rows = np.array([[0.5, 1.25, 2.0]], dtype=np.float64)
+    (got,) = infer(explicit_server.url, "fn_doubles", {"INPUT": rows}, ["OUTPUT"])
+    np.testing.assert_array_equal(got, [[3.75]])
+
+
 def test_function_that_raises_fails_its_request_only(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
     def broken(x: np.ndarray) -> np.ndarray:
         raise ValueError("no good row in this batch")
@@ -323,6 +332,7 @@ def function_cases() -> dict[str, Case]:
         "execution mode": (deploy(execution_mode="gpu"), ValueError, "execution_mode"),
         "negative batch": (deploy(max_batch_size=-1), ValueError, "max_batch_size"),
         "requirement": (deploy(requirements=["os; rm"]), ValueError, "module names"),
+        "clipper type": (deploy(inputs="float"), ValueError, "unknown input type 'float'"),
         "clash: other tensors": (
             deploy("fixed", inputs=[("X", "FP32", [5])], outputs=[("Y", "FP32", [5])]),
             ModelClash,
