@@ -161,6 +161,15 @@ def test_python_function_strings_and_explicit_version(admin: ClipperdAdmin, expl
     assert got.tolist() == [[b"HELLO"], [b"CLIPPER"]]
     assert admin.get_model_config("fn_shout")["parameters"]["execution_mode"] == {"string_value": "thread"}
 
+    def whisper(text: np.ndarray) -> np.ndarray:
+        return np.array([[t.decode().lower().encode()] for t in text[:, 0]], dtype=object)
+
+    spec = ([("TEXT", "STRING", [1])], [("LOUD", "STRING", [1])])
+    assert admin.deploy_python_function("fn_shout", whisper, *spec, version=3, execution_mode="thread") == 3
+    assert admin.get_model_config("fn_shout")["version_policy"] == {"specific": {"versions": [3]}}  # older: pinned
+    (got,) = infer(explicit_server.url, "fn_shout", {"TEXT": text}, ["LOUD"])
+    assert got.tolist() == [[b"hello"], [b"clipper"]]
+
 
 def test_clipper_input_type_names(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
     admin.deploy_python_function("fn_doubles", lambda x: x.sum(axis=1, keepdims=True), "doubles", "doubles")
@@ -477,6 +486,20 @@ def test_failed_new_version_leaves_the_old_one_serving(admin: ClipperdAdmin, exp
     assert caught.value.version == 2
     assert admin.model_versions("fn_keep") == [1]
     check_scaler(explicit_server.url, "fn_keep", 3.0)
+
+
+def test_failed_set_model_version_restores_the_served_version(
+    admin: ClipperdAdmin, explicit_server: ServerProcess
+) -> None:
+    admin.deploy_python_function("fn_restore", scaler(1.0), TWO_IN, TWO_OUT)
+    admin.deploy_python_function("fn_restore", scaler(2.0), TWO_IN, TWO_OUT)
+    (admin.files.root / "fn_restore" / "1" / "function.pkl").write_bytes(b"not a pickle")  # broken by hand
+    config_before = admin.get_model_config("fn_restore")
+    with pytest.raises(LoadFailed, match="failed to initialize: UnpicklingError") as caught:
+        admin.set_model_version("fn_restore", 1)
+    assert caught.value.version == 1
+    assert admin.get_model_config("fn_restore") == config_before
+    check_scaler(explicit_server.url, "fn_restore", 2.0)
 
 
 def test_kind_gpu_without_gpu_fails_with_reason(admin: ClipperdAdmin, explicit_repo: Path) -> None:
