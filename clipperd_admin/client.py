@@ -41,7 +41,7 @@ class ClipperdAdmin:
         if control_mode is not None and control_mode not in MODES:
             raise ValueError(f"control_mode must be 'explicit', 'poll' or None, not {control_mode!r}")
         self.files = RepositoryFiles(Path(repository))
-        self.api = ServerApi(http_url)
+        self.api = ServerApi(http_url, timeout=max(timeout, 5.0))  # a load call lasts as long as the load
         self.timeout = timeout
         self._mode = control_mode
 
@@ -188,7 +188,7 @@ class ClipperdAdmin:
             self.files.write_config(name, updated)
             try:
                 self._serve(name, {version}, baseline, version)
-            except LoadFailed:
+            except AdminError:  # not loaded, or no answer: the repository goes back to what served
                 self.files.write_config(name, config)
                 self._serve_quietly(name, config)
                 raise
@@ -265,7 +265,7 @@ class ClipperdAdmin:
             wanted = set(_policy_versions(bundle.config, self.files.versions(name)))
             try:
                 self._serve(name, wanted, baseline, number)
-            except LoadFailed:
+            except AdminError:  # not loaded, or no answer: the repository goes back to what served
                 self._undo(name, number, previous)
                 raise
         return number

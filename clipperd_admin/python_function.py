@@ -46,7 +46,9 @@ class Model:
             try:
                 importlib.import_module(module)
             except ImportError as error:
-                raise RuntimeError(f"the function needs module '{{module}}', not importable on the server: {{error}}")
+                raise RuntimeError(
+                    f"the function needs module '{{module}}', not importable on the server: {{error}}"
+                ) from error
         with open(context.version_path / {function_file!r}, "rb") as file:
             self.function = cloudpickle.load(file)
 

@@ -556,6 +556,48 @@ def test_repository_must_exist(tmp_path: Path) -> None:
         ClipperdAdmin(tmp_path / "missing")
 
 
+def test_concurrent_deploys_get_distinct_versions(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
+    admin.deploy_python_function("fn_race", scaler(0.0), TWO_IN, TWO_OUT)
+    start = threading.Barrier(3)
+    versions: list[int] = []
+
+    def deploy(factor: float) -> None:
+        start.wait()
+        versions.append(admin.deploy_python_function("fn_race", scaler(factor), TWO_IN, TWO_OUT))
+
+    threads = [threading.Thread(target=deploy, args=(f,)) for f in (1.0, 2.0, 3.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(versions) == [2, 3, 4]
+    assert admin.model_versions("fn_race") == [1, 2, 3, 4]
+    assert states(admin, "fn_race")[4] == "READY"
+
+
+def test_files_are_staged_outside_the_scanned_folders(tmp_path: Path) -> None:
+    """While a version's files are written, neither the model folder (new model) nor the version
+    folder (new version) exists where the server scans: both appear in one rename."""
+    from clipperd_admin.specs import Serving, build_config
+    from clipperd_admin.staging import Bundle, RepositoryFiles
+
+    files = RepositoryFiles(tmp_path)
+    seen: list[tuple[bool, bool]] = []
+
+    def write(folder: Path) -> None:
+        (folder / "model.py").write_text("class Model: ...\n")
+        seen.append(((tmp_path / "staged").exists(), (tmp_path / "staged" / "2").exists()))
+        assert not folder.is_relative_to(tmp_path / "staged")
+
+    bundle = Bundle(build_config("staged", Serving(), backend="python"), write)
+    files.add_model("staged", bundle, 1)
+    files.add_version("staged", bundle, 2)
+    assert seen == [(False, False), (True, False)]
+    assert files.versions("staged") == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clipperd-admin", "staged"]
+    assert [p.name for p in (tmp_path / ".clipperd-admin").iterdir()] == []  # staging folders removed
+
+
 # ------------------------------------------------------------------------------------- poll mode
 
 
