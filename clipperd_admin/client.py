@@ -281,6 +281,13 @@ class ClipperdAdmin:
         number = version or max(versions, default=0) + 1
         if number in versions:
             raise ModelClash(f"model '{name}' already has version {number} (versions: {versions})")
+        if bundle.tensors is not None and bundle.tensors_of is not None and versions:
+            existing = bundle.tensors_of(self.files.model_dir(name) / str(versions[-1]))
+            if existing is not None and existing != bundle.tensors:
+                raise ModelClash(
+                    f"model '{name}' version {versions[-1]} has tensors {existing}, the new model {bundle.tensors}: "
+                    "versions of one model share one config; deploy it under another name"
+                )
         return number, previous
 
     def _write(self, name: str, bundle: Bundle, number: int, previous: mc.ModelConfig | None) -> None:
@@ -296,7 +303,11 @@ class ClipperdAdmin:
             self.files.add_model(name, bundle, number)
             return
         self.files.add_version(name, bundle, number)
-        self.files.write_config(name, bundle.config)
+        try:
+            self.files.write_config(name, bundle.config)
+        except BaseException:
+            self.files.remove(self.files.model_dir(name) / str(number))
+            raise
 
     def _undo(self, name: str, number: int, previous: mc.ModelConfig | None) -> None:
         """Takes a version the server did not load back out, so the repository is as it was."""

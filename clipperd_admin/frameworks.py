@@ -98,9 +98,12 @@ def _torch_spec(tensor_name: str, tensor: Any, serving: Serving, model: str) -> 
 
 def onnx_bundle(name: str, model: Any, serving: Serving) -> Bundle:
     data = _onnx_bytes(name, model)
-    _check_onnx(name, data)
+    try:
+        tensors = _graph_tensors(data)
+    except Exception as error:  # ORT raises its own exception types for bad graphs
+        raise ExportError(f"model '{name}': ONNX Runtime cannot open the model: {error}") from error
     config = build_config(name, serving, platform="onnxruntime_onnx")
-    return Bundle(config, _file_writer("model.onnx", data))
+    return Bundle(config, _file_writer("model.onnx", data), tensors, _version_graph_tensors)
 
 
 def _onnx_bytes(name: str, model: Any) -> bytes:
@@ -117,17 +120,31 @@ def _onnx_bytes(name: str, model: Any) -> bytes:
     raise ExportError(f"model '{name}': give an ONNX file path, its bytes or an onnx.ModelProto, not {model!r}")
 
 
-def _check_onnx(name: str, data: bytes) -> None:
-    """Opens the graph with ONNX Runtime when it is installed here: a bad file fails now, not on
-    the server (without it, the server's load reports the problem)."""
+GraphTensors = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], ...]
+
+
+def _graph_tensors(data: bytes) -> GraphTensors | None:
+    """The graph's inputs and outputs (name, type, shape with -1 for symbolic dimensions), read
+    by ONNX Runtime when it is installed here (a bad file then fails now, not on the server);
+    None without it."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return
+        return None
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def rows(nodes: Any) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        return tuple((n.name, n.type, tuple(d if isinstance(d, int) else -1 for d in n.shape or ())) for n in nodes)
+
+    return rows(session.get_inputs()), rows(session.get_outputs())
+
+
+def _version_graph_tensors(version_dir: Path) -> GraphTensors | None:
+    path = version_dir / "model.onnx"
     try:
-        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for bad graphs
-        raise ExportError(f"model '{name}': ONNX Runtime cannot open the model: {error}") from error
+        return _graph_tensors(path.read_bytes()) if path.is_file() else None
+    except Exception:  # an unreadable old version: nothing to compare against
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin.errors import ModelClash, ModelNotFound
@@ -27,6 +28,10 @@ class Bundle:
 
     config: mc.ModelConfig
     write: Callable[[Path], None]  # writes the model files into an (empty) version folder
+    # where the config leaves the tensors to the server (ONNX): the model file's tensors, and how
+    # to read them from a version folder already there, so that versions with other tensors clash
+    tensors: Any = None
+    tensors_of: Callable[[Path], Any] | None = None
 
 
 class RepositoryFiles:

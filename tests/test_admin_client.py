@@ -238,22 +238,29 @@ def test_pytorch_trace_and_script(admin: ClipperdAdmin, explicit_server: ServerP
         np.testing.assert_allclose(got, scripted(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_model_with_autocompleted_config(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+def matmul_graph(weights: np.ndarray) -> Any:
+    from onnx import TensorProto, checker, helper, numpy_helper
 
-    weights = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+    rows, cols = weights.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["X", "W"], ["Y"])],
         "matmul",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", rows])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", cols])],
         initializer=[numpy_helper.from_array(weights, "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
-    assert admin.deploy_onnx_model("onnx_matmul", model) == 1
+    checker.check_model(model)
+    return model
+
+
+def test_onnx_model_with_autocompleted_config(
+    admin: ClipperdAdmin, explicit_server: ServerProcess, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnx")
+    weights = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+    assert admin.deploy_onnx_model("onnx_matmul", matmul_graph(weights)) == 1
     assert "input" not in admin.get_model_config("onnx_matmul")  # left to the server's auto-completion
     served = admin.get_model_config("onnx_matmul", from_server=True)
     assert [t["name"] for t in served["input"]] == ["X"]
@@ -261,6 +268,18 @@ def test_onnx_model_with_autocompleted_config(admin: ClipperdAdmin, explicit_ser
     x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)  # auto-completion allows 4 rows
     (got,) = infer(explicit_server.url, "onnx_matmul", {"X": x}, ["Y"])
     np.testing.assert_allclose(got, x @ weights, rtol=1e-5, atol=1e-6)
+
+    path = tmp_path / "v2.onnx"
+    path.write_bytes(matmul_graph(weights * 2).SerializeToString())
+    assert admin.deploy_onnx_model("onnx_matmul", path) == 2  # from a file this time
+    (got,) = infer(explicit_server.url, "onnx_matmul", {"X": x}, ["Y"])
+    np.testing.assert_allclose(got, x @ (weights * 2), rtol=1e-5, atol=1e-6)
+
+    before = snapshot(admin.files.root)
+    wider = matmul_graph(np.ones((5, 3), np.float32)).SerializeToString()
+    with pytest.raises(ModelClash, match="share one config"):
+        admin.deploy_onnx_model("onnx_matmul", wider)
+    assert snapshot(admin.files.root) == before
 
 
 def test_tensorflow_saved_model(admin: ClipperdAdmin, explicit_server: ServerProcess, tmp_path: Path) -> None:
