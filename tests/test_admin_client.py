@@ -5,6 +5,7 @@ poll modes, and every bad input raising before the repository is touched."""
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -519,6 +520,18 @@ def test_failed_set_model_version_restores_the_served_version(
     assert caught.value.version == 1
     assert admin.get_model_config("fn_restore") == config_before
     check_scaler(explicit_server.url, "fn_restore", 2.0)
+
+
+def test_function_pickled_under_another_python_is_refused(admin: ClipperdAdmin, explicit_server: ServerProcess) -> None:
+    admin.deploy_python_function("fn_python", scaler(1.0), TWO_IN, TWO_OUT)
+    admin.deploy_python_function("fn_python", scaler(2.0), TWO_IN, TWO_OUT)
+    model_py = admin.files.root / "fn_python" / "1" / "model.py"
+    here = f"PICKLED_UNDER = {list(sys.version_info[:2])}"
+    assert here in model_py.read_text()
+    model_py.write_text(model_py.read_text().replace(here, "PICKLED_UNDER = [3, 99]"))  # as if from 3.99
+    with pytest.raises(LoadFailed, match=r"pickled under Python 3\.99, the server runs 3\.\d+"):
+        admin.set_model_version("fn_python", 1)
+    check_scaler(explicit_server.url, "fn_python", 2.0)
 
 
 def test_kind_gpu_without_gpu_fails_with_reason(admin: ClipperdAdmin, explicit_repo: Path) -> None:
