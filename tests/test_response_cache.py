@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -272,6 +273,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (strings / "config.pbtxt").write_text(
         config.replace('"simple_string"', '"strings"') + "\nresponse_cache { enable: true }\n"
     )
+    shutil.copytree(EXAMPLES / "iris_sklearn", root / "iris_sklearn")  # the bundled example that caches
     return root
 
 
@@ -464,6 +466,21 @@ def test_bytes_inputs_are_keyed_by_their_bytes(grpc_client: grpcclient.Inference
     assert after.execution_count == before.execution_count + 2
     assert a.as_numpy("OUTPUT0").tolist() == b.as_numpy("OUTPUT0").tolist()
     assert c.as_numpy("OUTPUT0")[0, 1] == b"3"
+
+
+def test_the_bundled_sklearn_example_caches(grpc_client: grpcclient.InferenceServerClient) -> None:
+    features = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    before = stats(grpc_client, "iris_sklearn")
+    answers = []
+    for _ in range(3):
+        tensor = grpcclient.InferInput("FEATURES", [2, 4], "FP32")
+        tensor.set_data_from_numpy(features)
+        answers.append(grpc_client.infer("iris_sklearn", [tensor]).as_numpy("PROBABILITIES"))
+    after = stats(grpc_client, "iris_sklearn")
+    assert after.execution_count == before.execution_count + 1
+    assert after.inference_stats.cache_hit.count == before.inference_stats.cache_hit.count + 2
+    assert answers[0].argmax(axis=1).tolist() == [0, 2]  # setosa, virginica
+    assert answers[1].tobytes() == answers[0].tobytes() == answers[2].tobytes()
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
