@@ -360,10 +360,14 @@ def test_http_and_grpc_share_entries_and_http_reports_the_statistics(
     runs = executions(repository, "counted")
     before = http_client.get_inference_statistics("counted")["model_stats"][0]["inference_stats"]
     over_http = infer(http_client, "counted", x)
+    as_json = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+    as_json.set_data_from_numpy(x, binary_data=False)  # the same values as JSON numbers
+    in_json = http_client.infer("counted", [as_json])
     after = http_client.get_inference_statistics("counted")["model_stats"][0]["inference_stats"]
     assert executions(repository, "counted") == runs
     assert over_http.as_numpy("OUTPUT0").tobytes() == fresh.as_numpy("OUTPUT0").tobytes()
-    assert after["cache_hit"]["count"] == before["cache_hit"]["count"] + 1
+    assert in_json.as_numpy("OUTPUT1").tobytes() == fresh.as_numpy("OUTPUT1").tobytes()
+    assert after["cache_hit"]["count"] == before["cache_hit"]["count"] + 2
     assert after["cache_miss"]["count"] == before["cache_miss"]["count"]
 
 
