@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -213,14 +214,16 @@ def test_bad_cache_config_exits_2_before_serving() -> None:
 # ------------------------------------------------------------------------------- real servers
 
 COUNTED_MODEL = '''\
-"""OUTPUT0 = FACTOR * x, OUTPUT1 = x + 1; every execution appends its batch size to a file
-beside this one; a negative first element fails the request."""
+"""OUTPUT0 = FACTOR * x, OUTPUT1 = x + 1; every execution appends its batch size to a file at the
+repository's root (outside the model's folder, whose changes poll mode reloads); a negative first
+element fails the request."""
 from pathlib import Path
 
 import numpy as np
 
 FACTOR = 2
-LOG = Path(__file__).with_name("executions.log")
+MODEL_FOLDER = Path(__file__).resolve().parents[1]
+LOG = MODEL_FOLDER.parent / f".{MODEL_FOLDER.name}.executions"
 
 
 class Model:
@@ -256,7 +259,7 @@ def add_counted(repository: Path, name: str, cache: bool = True) -> Path:
 
 
 def executions(repository: Path, name: str) -> int:
-    log = repository / name / "1" / "executions.log"
+    log = repository / f".{name}.executions"
     return len(log.read_text().split()) if log.exists() else 0
 
 
@@ -571,6 +574,26 @@ def test_a_reload_with_a_new_model_file_invalidates_and_unload_purges(small: tup
         client.unload_model("counted")
         assert metric(scrape(server), "clipperd_cache_entries") == 0
         assert metric(scrape(server), "clipperd_cache_size_bytes") == 0
+
+
+def test_poll_mode_picks_up_a_changed_model_file_without_serving_stale_answers(tmp_path: Path, logs_dir: Path) -> None:
+    add_counted(tmp_path, "counted")
+    args = ("--cache-config", "local,size=65536", "--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    x = np.full((1, 16), 7, np.float32)
+    with running(tmp_path, *args, log_dir=logs_dir) as started, grpcclient.InferenceServerClient(started.url) as client:
+        for _ in range(2):
+            np.testing.assert_array_equal(infer(client, "counted", x).as_numpy("OUTPUT0"), x * 2)
+        assert executions(tmp_path, "counted") == 1
+        (tmp_path / "counted" / "1" / "model.py").write_text(COUNTED_MODEL.replace("FACTOR = 2", "FACTOR = 10"))
+        deadline = time.monotonic() + 30
+        answer = infer(client, "counted", x).as_numpy("OUTPUT0")
+        while not np.array_equal(answer, x * 10) and time.monotonic() < deadline:  # until a rescan reloads it
+            time.sleep(0.1)
+            answer = infer(client, "counted", x).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(answer, x * 10)
+        runs = executions(tmp_path, "counted")
+        np.testing.assert_array_equal(infer(client, "counted", x).as_numpy("OUTPUT0"), x * 10)
+        assert executions(tmp_path, "counted") == runs  # the new load's answer is cached in turn
 
 
 def test_a_server_without_a_cache_loads_the_model_and_warns(tmp_path: Path, logs_dir: Path) -> None:
