@@ -82,7 +82,7 @@ def run_round(names: list[str], args: argparse.Namespace, workspace: Path, repos
             with sbs.running(spec, workspace / f"{name}-round{n}.log", "grpc"):
                 out = workspace / f"{name}-{n}.csv"
                 result = sbs.measure(pa, spec.address, "grpc", 1, args.measurement_interval, out, extra=FIXED_INPUT)
-                note = hit_share(spec.address) if name.startswith("clipperd") else ""
+                note = hit_share(spec.address) if name != "floor" else ""
         except RuntimeError as error:
             result, note = {"error": str(error)}, ""
         rows.append({"system": name, "concurrency": 1, "round": n, "server": note, **result})
