@@ -15,6 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,9 @@ def test_a_hit_skips_the_model_and_answers_as_a_fresh_execution(
         for name in ("OUTPUT0", "OUTPUT1"):
             assert result.as_numpy(name).tobytes() == fresh.as_numpy(name).tobytes()
     np.testing.assert_array_equal(fresh.as_numpy("OUTPUT0"), x * 2)
+    elsewhere = infer(grpc_client, "uncached", x)  # the same model.py, executed afresh
+    for name in ("OUTPUT0", "OUTPUT1"):
+        assert cached[-1].as_numpy(name).tobytes() == elsewhere.as_numpy(name).tobytes()
 
 
 def test_a_different_input_misses(grpc_client: grpcclient.InferenceServerClient, repository: Path) -> None:
@@ -419,6 +423,53 @@ def test_shared_memory_outputs_are_written_on_a_hit(
         np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=64), x + 1)
     finally:
         grpc_client.unregister_system_shared_memory(name)
+
+
+def test_shared_memory_inputs_are_keyed_by_what_the_region_holds(
+    grpc_client: grpcclient.InferenceServerClient, repository: Path, region: tuple[str, Any]
+) -> None:
+    key, handle = region
+    name = f"cache_in_{uuid.uuid4().hex[:8]}"
+    grpc_client.register_system_shared_memory(name, key, 128)
+    try:
+
+        def from_region(x: np.ndarray) -> Any:
+            shm.set_shared_memory_region(handle, [x])
+            tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+            tensor.set_shared_memory(name, 64)
+            return grpc_client.infer("counted", [tensor])
+
+        x, y = unique_input(), unique_input()
+        runs = executions(repository, "counted")
+        np.testing.assert_array_equal(from_region(x).as_numpy("OUTPUT0"), x * 2)
+        np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT0"), y * 2)  # the region changed
+        assert executions(repository, "counted") == runs + 2
+        np.testing.assert_array_equal(infer(grpc_client, "counted", x).as_numpy("OUTPUT0"), x * 2)  # inline
+        np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT1"), y + 1)
+        assert executions(repository, "counted") == runs + 2
+    finally:
+        grpc_client.unregister_system_shared_memory(name)
+
+
+def test_concurrent_identical_requests_all_get_the_answer(server: ServerProcess, repository: Path) -> None:
+    x = unique_input()
+    with grpcclient.InferenceServerClient(server.url) as client:
+        before = stats(client, "counted").inference_stats
+        runs = executions(repository, "counted")
+
+        def call(_: int) -> bytes:
+            with grpcclient.InferenceServerClient(server.url) as own:
+                return bytes(infer(own, "counted", x).as_numpy("OUTPUT0").tobytes())
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, range(32)))
+        after = stats(client, "counted").inference_stats
+    assert set(answers) == {(x * 2).tobytes()}
+    ran = executions(repository, "counted") - runs
+    hits = after.cache_hit.count - before.cache_hit.count
+    misses = after.cache_miss.count - before.cache_miss.count
+    assert 1 <= ran <= 8  # at most the requests that were in flight together before the first insert
+    assert (hits + misses, misses) == (32, ran)
 
 
 def test_an_error_is_never_cached(grpc_client: grpcclient.InferenceServerClient, repository: Path) -> None:
