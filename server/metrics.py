@@ -231,9 +231,9 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
 
 
 def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:
-    """Triton's per-model response cache families (reported when the server has a cache), then
+    """Triton's per-model response cache families, for the versions that cache (as Triton's), then
     clipperd's own for the cache as a whole."""
-    rows = [(_labels(m), m.stats) for m in models]
+    rows = [(_labels(m), m.stats) for m in models if m.cache is not None]
     for name, help, typ, value in _CACHE_PER_MODEL:
         yield _family(name, help, typ, ((labels, value(stats)) for labels, stats in rows))
     for name, help, typ, total in _CACHE_TOTALS:
