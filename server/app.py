@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 
+from schedulers.cache import ResponseCache
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
@@ -25,7 +26,9 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         mode = ControlMode(settings.model_control_mode)
-        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
+        size = settings.cache_bytes()
+        self.cache = ResponseCache(size) if size else None
+        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model), self.cache)
         self.plane = DataPlane(self.repository, settings.strict_readiness)
         self.grpc_port = 0
         self.http_port = 0
@@ -50,10 +53,12 @@ class Server:
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
+        if self.cache is not None:
+            log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
             metrics_runner, self.metrics_port = await start_metrics_server(
-                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port)
+                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port), self.cache
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)

@@ -16,6 +16,7 @@ from backends.base import CPU, Backend, Device, InstanceContext
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
+from schedulers.cache import ResponseCache, VersionCache, version_cache
 from schedulers.instance import InstanceWorker
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.scheduler import ModelScheduler
@@ -36,6 +37,7 @@ class ModelVersion:
     scheduler: ModelScheduler
     stats: ModelStats
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
+    cache: VersionCache | None = None  # its share of the response cache, when it caches
 
     @property
     def name(self) -> str:
@@ -46,8 +48,10 @@ class ModelVersion:
         return self.config.platform or self.config.backend
 
     async def close(self) -> None:
-        """Lets in-flight requests finish, then unloads every instance."""
+        """Lets in-flight requests finish, then unloads every instance and drops its cached responses."""
         await self.scheduler.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 # backends that can use a GPU; KIND_AUTO places the others on the CPU
@@ -82,8 +86,11 @@ def _gpu_instances(model: str, group: str, wanted: list[int], count: int, availa
     return [(f"{group}_{i}_gpu{gpu}", Device("gpu", gpu)) for gpu in ids for i in range(count)]
 
 
-async def load_model_version(config: mc.ModelConfig, version: int, version_path: Path) -> ModelVersion:
-    """Starts every instance (each loads on its own thread); all or nothing."""
+async def load_model_version(
+    config: mc.ModelConfig, version: int, version_path: Path, cache: ResponseCache | None = None
+) -> ModelVersion:
+    """Starts every instance (each loads on its own thread); all or nothing. ``cache``: the
+    server's response cache, used when the config enables ``response_cache``."""
     started = time.perf_counter()
     backend_class = registry.backend_class(config, version_path)
     placed = instance_devices(config, version_path)
@@ -107,7 +114,9 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
     stats = ModelStats()
     scheduler = ModelScheduler(config, workers, stats, [device.name for _, device in placed])
     load_secs = time.perf_counter() - started
-    return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats, load_secs)
+    signature = ModelSignature(config)
+    cached = version_cache(config, version, cache)
+    return ModelVersion(config, version, version_path, signature, scheduler, stats, load_secs, cached)
 
 
 def cpu_threads_per_instance(cpu_instances: int) -> int:

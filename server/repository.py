@@ -15,6 +15,7 @@ from backends import registry
 from backends.common.config import load_model_config
 from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable
 from backends.proto import model_config_pb2 as mc
+from schedulers.cache import ResponseCache
 from server.model_version import ModelVersion, load_model_version
 from server.versions import select_versions, version_folders
 
@@ -73,9 +74,14 @@ def shown(name: str) -> str:
 
 class ModelRepository:
     def __init__(
-        self, root: Path, mode: ControlMode = ControlMode.NONE, startup_models: list[str] | None = None
+        self,
+        root: Path,
+        mode: ControlMode = ControlMode.NONE,
+        startup_models: list[str] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.cache = cache  # the response cache the versions that enable it share
         self.mode = mode
         self.startup_models = startup_models or []
         self._models: dict[str, ModelEntry] = {}
@@ -238,7 +244,7 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.LOADING)
         versions = list(wanted)
         results = await asyncio.gather(
-            *(load_model_version(config, v, wanted[v]) for v in versions), return_exceptions=True
+            *(load_model_version(config, v, wanted[v], self.cache) for v in versions), return_exceptions=True
         )
         serving: dict[int, ModelVersion] = {}
         errors: list[ClipperdError] = []
