@@ -1,7 +1,8 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
-    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn|xgboost|spark] [--repeat 3]
-        [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn|xgboost|spark]
+        [--repeat 3] [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000]
+        [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
 for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime),

@@ -78,9 +78,7 @@ def aimd_settings(config: mc.ModelConfig) -> AimdSettings:
     """The model's AIMD settings, or ConfigError naming the bad parameter."""
     params = {key: value.string_value for key, value in config.parameters.items()}
     source = f"model '{config.name}'"
-    fill_us = _number(params, FILL_DELAY_KEY, source, float, -1.0)
-    if FILL_DELAY_KEY in params and not (fill_us >= 0 and math.isfinite(fill_us)):
-        raise ConfigError(source, f"parameters.{FILL_DELAY_KEY}", f"must be a number of µs >= 0, got {fill_us}")
+    fill_us = _fill_delay_us(params, source)
     if TARGET_KEY not in params:
         for key in (STEP_KEY, BACKOFF_KEY, INITIAL_KEY):
             if key in params:
@@ -103,6 +101,14 @@ def aimd_settings(config: mc.ModelConfig) -> AimdSettings:
     if fill_us < 0:
         fill_us = target_us * _DEFAULT_FILL_SHARE
     return AimdSettings(int(target_us * 1000), step, backoff, initial, int(fill_us * 1000))
+
+
+def _fill_delay_us(params: dict[str, str], source: str) -> float:
+    """The fill delay asked for, µs, or -1 when the config leaves it to the default."""
+    fill_us = _number(params, FILL_DELAY_KEY, source, float, -1.0)
+    if FILL_DELAY_KEY in params and not (fill_us >= 0 and math.isfinite(fill_us)):
+        raise ConfigError(source, f"parameters.{FILL_DELAY_KEY}", f"must be a number of µs >= 0, got {fill_us}")
+    return fill_us
 
 
 def _number(params: dict[str, str], key: str, source: str, kind: type, default: float | None) -> float:
