@@ -8,7 +8,9 @@ round and per ensemble, with one synchronous tritonclient:
 - steps: the client walks the ensemble's own config (read from the server) and calls each step
   model with the tensors the step would receive, feeding outputs forward; per step, the p50 of
   its round trip; ``summed`` is their sum (what a client pays to run the DAG itself, step after
-  step; ``chain`` is the p50 of that whole walk, for reference).
+  step; ``chain`` is the p50 of that whole walk, for reference);
+- server side: the ensemble's mean request time less its steps' (ModelStatistics): what the
+  ensemble itself adds (planning, tasks, hand-offs).
 The figure is ensemble / summed (the target: <= 0.5). Rounds alternate the two sides; the table
 shows the medians of the rounds."""
 
@@ -84,6 +86,22 @@ def walk_steps(
     return times, (time.perf_counter() - started) * 1e6
 
 
+def success(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    stats = client.get_inference_statistics(model).model_stats[0].inference_stats
+    return stats.success.count, stats.success.ns
+
+
+def added_us(client: grpcclient.InferenceServerClient, model: str, steps: list[str], run: Any) -> tuple[float, float]:
+    """Runs ``run()`` and returns what it returns with what the ensemble adds to its steps, from
+    the server's statistics: its mean request time less the sum of its steps' mean request times."""
+    names = [model, *steps]
+    before = [success(client, n) for n in names]
+    result = run()
+    after = [success(client, n) for n in names]
+    means = [(a[1] - b[1]) / max(a[0] - b[0], 1) / 1e3 for a, b in zip(after, before, strict=True)]
+    return result, means[0] - sum(means[1:])
+
+
 def one_round(client: grpcclient.InferenceServerClient, model: str, requests: int, flip: bool) -> dict[str, Any]:
     inputs = example_inputs(client, model)
     steps = ordered_steps(client.get_model_config(model).config)
@@ -99,16 +117,17 @@ def one_round(client: grpcclient.InferenceServerClient, model: str, requests: in
     for _ in range(max(requests // 10, 10)):  # warm both paths
         timed(client, model, inputs)
         walk_steps(client, steps, inputs)
+    names = [s.model_name for s in steps]
     if flip:
         per_step, chain = steps_side()
-        ensemble = ensemble_side()
+        ensemble, added = added_us(client, model, names, ensemble_side)
     else:
-        ensemble = ensemble_side()
+        ensemble, added = added_us(client, model, names, ensemble_side)
         per_step, chain = steps_side()
     summed = sum(per_step)
-    names = [s.model_name for s in steps]
     return {"ensemble_p50_us": ensemble, "steps_p50_us": dict(zip(names, per_step, strict=True)),
-            "summed_us": summed, "chain_p50_us": chain, "ratio": ensemble / summed}  # fmt: skip
+            "summed_us": summed, "chain_p50_us": chain, "ratio": ensemble / summed,
+            "server_added_us": added}  # fmt: skip
 
 
 def wait_for_steps(client: grpcclient.InferenceServerClient, models: list[str], timeout_s: float = 180.0) -> None:
@@ -126,7 +145,7 @@ def wait_for_steps(client: grpcclient.InferenceServerClient, models: list[str], 
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("ensemble_p50_us", "summed_us", "chain_p50_us", "ratio")
+    keys = ("ensemble_p50_us", "summed_us", "chain_p50_us", "ratio", "server_added_us")
     summary: dict[str, Any] = {k: statistics.median(r[k] for r in rounds) for k in keys}
     summary["steps_p50_us"] = {
         n: statistics.median(r["steps_p50_us"][n] for r in rounds) for n in rounds[0]["steps_p50_us"]
@@ -161,7 +180,7 @@ def main() -> None:
             f"{s['ratio']:6.3f}  <= {TARGET} {verdict}"
         )
         steps = ", ".join(f"{n} {us:.0f}" for n, us in s["steps_p50_us"].items())
-        print(f"{'':14} steps p50 us: {steps}")
+        print(f"{'':14} steps p50 us: {steps}; the ensemble adds {s['server_added_us']:.0f} us to its steps")
     if args.json:
         report = {"command": sys.argv, "machine_before": before, "machine_after": machine(), "rounds": results,
                   "summary": summaries, "target": TARGET}  # fmt: skip

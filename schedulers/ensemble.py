@@ -291,21 +291,22 @@ class EnsembleScheduler:
         running: dict[asyncio.Task[Tensors], Step] = {}
         try:
             while left or running:
-                for index in sorted(i for i in left if not plan.after[i] & (left | _indices(running))):
-                    left.discard(index)
+                ready = sorted(i for i in left if not plan.after[i] & (left | _indices(running)))
+                left.difference_update(ready)
+                if len(ready) == 1 and not running:  # a chain: no task to make, nothing to wait beside
+                    step = plan.steps[ready[0]]
+                    _store(step, await self._step(step, tensors, priority, timeout_us), tensors)
+                    continue
+                for index in ready:
                     step = plan.steps[index]
                     running[asyncio.ensure_future(self._step(step, tensors, priority, timeout_us))] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    step = running.pop(task)
-                    outputs = task.result()  # a failed step raises here
-                    for output, tensor in step.outputs:
-                        tensors[tensor] = outputs[output]
+                    _store(running[task], task.result(), tensors)  # a failed step raises here
+                    del running[task]
         finally:
-            for task in running:
-                task.cancel()
             if running:
-                await asyncio.wait(running)
+                await _cancel(running)
         return tensors
 
     async def _step(self, step: Step, tensors: Tensors, priority: int, timeout_us: int) -> Tensors:
@@ -338,6 +339,21 @@ class EnsembleScheduler:
         """Stops taking requests and lets those in flight finish (the steps' models stay loaded)."""
         self._closed = True
         await self._idle.wait()
+
+
+def _store(step: Step, outputs: Tensors, tensors: Tensors) -> None:
+    for output, tensor in step.outputs:
+        tensors[tensor] = outputs[output]
+
+
+async def _cancel(running: Mapping[asyncio.Task[Tensors], Step]) -> None:
+    """Cancels the steps still running after one failed, and waits for them to end."""
+    for task in running:
+        task.cancel()
+    await asyncio.wait(running)
+    for task in running:
+        if not task.cancelled():
+            task.exception()  # retrieved: the first failure is the one reported
 
 
 def _indices(running: Mapping[asyncio.Task[Tensors], Step]) -> set[int]:

@@ -1,6 +1,6 @@
 """Triton ensembles (platform: "ensemble") on a real server, through tritonclient gRPC and HTTP:
 the bundled pipeline (pre_standardize -> mlp_torch -> post_softmax) and diamond (two branches
-joined by add_sub) answer what calling their steps one by one answers; the diamond's branches
+joined by branch_join) answer what calling their steps one by one answers; the diamond's branches
 run at the same time; bad ensembles are refused at load with their reason; run-time errors name
 the step; a step model that is unloaded makes the ensemble UNAVAILABLE while the rest serves."""
 
@@ -23,7 +23,7 @@ from tests.serverproc import EXAMPLES, ServerProcess, running
 pytestmark = pytest.mark.timeout(180)
 
 # example models the ensembles here need, copied into a repository of the test's own
-STEPS = ("pre_standardize", "mlp_torch", "post_softmax", "branch_double", "branch_square", "add_sub")
+STEPS = ("pre_standardize", "mlp_torch", "post_softmax", "branch_double", "branch_square", "branch_join", "add_sub")
 ENSEMBLES = ("mlp_pipeline", "diamond")
 
 
@@ -298,7 +298,7 @@ def test_diamond_answers_what_its_steps_answer_over_http(http: httpclient.Infere
     got = call_http(http, "diamond", INPUT=x)
     doubled = call_http(http, "branch_double", INPUT0=x)["OUTPUT0"]
     squared = call_http(http, "branch_square", INPUT0=x)["OUTPUT0"]
-    want = call_http(http, "add_sub", INPUT0=doubled, INPUT1=squared)
+    want = call_http(http, "branch_join", INPUT0=doubled, INPUT1=squared)
     np.testing.assert_array_equal(got["SUM"], want["OUTPUT0"])
     np.testing.assert_array_equal(got["DIFF"], want["OUTPUT1"])
     np.testing.assert_array_equal(got["SUM"], 2 * x + x * x)
@@ -330,18 +330,18 @@ def test_ensemble_metadata_and_config(client: grpcclient.InferenceServerClient) 
     assert meta.platform == "ensemble"
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT", "FP32", [-1, 4])]
     config = client.get_model_config("diamond").config
-    assert [s.model_name for s in config.ensemble_scheduling.step] == ["branch_double", "branch_square", "add_sub"]
+    assert [s.model_name for s in config.ensemble_scheduling.step] == ["branch_double", "branch_square", "branch_join"]
 
 
 def test_ensemble_and_steps_keep_their_own_statistics(client: grpcclient.InferenceServerClient) -> None:
-    before = {m: success_count(client, m) for m in ("diamond", "branch_double", "add_sub")}
+    before = {m: success_count(client, m) for m in ("diamond", "branch_double", "branch_join")}
     x = np.ones((2, 4), dtype=np.float32)
     call(client, "diamond", INPUT=x)
     failure(lambda: call(client, "diamond", INPUT=np.ones((2, 3), dtype=np.float32)))
     after = {m: success_count(client, m) for m in before}
     assert after["diamond"] == (before["diamond"][0] + 1, before["diamond"][1] + 1)
     assert after["branch_double"][0] == before["branch_double"][0] + 1
-    assert after["add_sub"][0] == before["add_sub"][0] + 1
+    assert after["branch_join"][0] == before["branch_join"][0] + 1
     stats = client.get_inference_statistics("diamond").model_stats[0]
     assert stats.inference_count >= 2
     assert stats.inference_stats.success.ns > 0
