@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,6 +82,25 @@ class Model:
             time.sleep(0.005)
         met = (self.folder / f"{token}.{self.other}").exists()
         return {"MET": np.full((len(inputs["TOKEN"]), 1), met, dtype=np.bool_)}
+"""
+
+# Marks that it started, then holds until the test releases it (token: the first input value).
+HELD_UNTIL_RELEASED = """\
+import time
+from pathlib import Path
+
+
+class Model:
+    def initialize(self, context):
+        self.folder = Path(context.parameters["meeting_folder"])
+
+    def execute(self, inputs):
+        token = int(inputs["INPUT0"].ravel()[0])
+        (self.folder / f"{token}.started").touch()
+        end = time.monotonic() + 30
+        while not (self.folder / f"{token}.release").exists() and time.monotonic() < end:
+            time.sleep(0.005)
+        return {"OUTPUT0": inputs["INPUT0"]}
 """
 
 
@@ -196,6 +216,12 @@ def build_repository(repo: Path) -> None:
             parameters {{ key: "meeting_folder" value: {{ string_value: "{meeting}" }} }}
             """,
         )
+    held = VECTOR + (
+        'parameters { key: "execution_mode" value: { string_value: "thread" } }\n'
+        f'parameters {{ key: "meeting_folder" value: {{ string_value: "{meeting}" }} }}\n'
+    )
+    python_model(repo, "held", HELD_UNTIL_RELEASED, held)
+    ensemble(repo, "held_chain", vector_ensemble([one_step("held", "INPUT", "mid"), one_step("ident", "mid")]))
     meet = """\
         {{ model_name: "{0}", model_version: -1,
           input_map {{ key: "TOKEN" value: "TOKEN" }}, output_map {{ key: "MET" value: "{1}" }} }}"""
@@ -266,6 +292,13 @@ def failure(call_it: object) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as info:
         call_it()  # type: ignore[operator]
     return info.value
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < end, f"{what} after {timeout_s} s"
+        time.sleep(0.01)
 
 
 def index(client: grpcclient.InferenceServerClient) -> dict[str, tuple[str, str]]:
@@ -366,7 +399,7 @@ def test_bad_ensemble_is_refused_at_load_with_its_reason(client: grpcclient.Infe
 
 def test_good_models_ready_beside_the_bad_ones(client: grpcclient.InferenceServerClient) -> None:
     rows = index(client)
-    for name in (*STEPS, *ENSEMBLES, "ident", "failing", "checked", "rendezvous"):
+    for name in (*STEPS, *ENSEMBLES, "ident", "failing", "checked", "rendezvous", "held", "held_chain"):
         assert rows[name] == ("READY", ""), name
 
 
@@ -426,3 +459,33 @@ def test_an_unloaded_step_makes_the_ensemble_unavailable(client: grpcclient.Infe
     finally:
         client.load_model("branch_square")
     assert call(client, "diamond", INPUT=x)["SUM"].tolist() == [[3.0] * 4]  # the reload is picked up
+
+
+def held_executions(client: grpcclient.InferenceServerClient) -> int:
+    return int(client.get_inference_statistics("held").model_stats[0].execution_count)
+
+
+def test_a_cancelled_request_runs_no_further_step(
+    server: ServerProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    """The client cancels while step 0 (held) executes: step 1 (ident) is never sent the request."""
+    meeting = server.repository.parent / "meetings"
+    idents = success_count(client, "ident")
+    ensembles = success_count(client, "held_chain")
+    tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 4), 41, dtype=np.float32))
+    answers: list[object] = []
+    call_context = client.async_infer("held_chain", [tensor], lambda result, error: answers.append(error))
+    wait_for((meeting / "41.started").exists, "step 0 never started")
+    call_context.cancel()
+    wait_for(lambda: bool(answers), "no answer to the cancelled request")
+    assert isinstance(answers[0], InferenceServerException)
+    assert "CANCELLED" in str(answers[0].status())
+    executions = held_executions(client)  # step 0 still holds: its batch has not finished
+    (meeting / "41.release").touch()
+    wait_for(lambda: held_executions(client) > executions, "step 0 never finished")
+    wait_for(lambda: success_count(client, "held_chain")[1] == ensembles[1] + 1, "the ensemble's failure not counted")
+    assert success_count(client, "ident") == idents  # step 1 never ran
+    (meeting / "42.release").touch()
+    x = np.full((1, 4), 42, dtype=np.float32)
+    np.testing.assert_array_equal(call(client, "held_chain", INPUT=x)["OUTPUT"], x)
