@@ -31,9 +31,6 @@ from schedulers.stats import ModelStats
 class StepModel(Protocol):
     """A loaded version of a step's model, as the repository serves it to clients."""
 
-    @property
-    def name(self) -> str: ...
-
     async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int, timeout_us: int) -> Tensors:
         """Validates ``inputs`` against the model's config, runs them through its scheduler and
         counts the request in the model's own statistics."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.serverproc import EXAMPLES, ServerProcess, running
@@ -366,7 +368,24 @@ def test_ensemble_metadata_and_config(client: grpcclient.InferenceServerClient) 
     assert [s.model_name for s in config.ensemble_scheduling.step] == ["branch_double", "branch_square", "branch_join"]
 
 
-def test_ensemble_and_steps_keep_their_own_statistics(client: grpcclient.InferenceServerClient) -> None:
+def request_metrics(server: ServerProcess, model: str) -> tuple[float, float]:
+    """nv_inference_request_success and _failure (all reasons) of ``model`` version 1, scraped."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as answer:
+        text = answer.read().decode()
+    found = {"success": 0.0, "failure": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name.startswith("nv_inference_request_"):
+                kind = sample.name.removeprefix("nv_inference_request_").removesuffix("_total")
+                if kind in found:
+                    found[kind] += sample.value
+    return found["success"], found["failure"]
+
+
+def test_ensemble_and_steps_keep_their_own_statistics(
+    server: ServerProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    metrics_before = request_metrics(server, "diamond")
     before = {m: success_count(client, m) for m in ("diamond", "branch_double", "branch_join")}
     x = np.ones((2, 4), dtype=np.float32)
     call(client, "diamond", INPUT=x)
@@ -375,6 +394,7 @@ def test_ensemble_and_steps_keep_their_own_statistics(client: grpcclient.Inferen
     assert after["diamond"] == (before["diamond"][0] + 1, before["diamond"][1] + 1)
     assert after["branch_double"][0] == before["branch_double"][0] + 1
     assert after["branch_join"][0] == before["branch_join"][0] + 1
+    assert request_metrics(server, "diamond") == (metrics_before[0] + 1, metrics_before[1] + 1)
     stats = client.get_inference_statistics("diamond").model_stats[0]
     assert stats.inference_count >= 2
     assert stats.inference_stats.success.ns > 0
