@@ -130,17 +130,13 @@ def one_round(client: grpcclient.InferenceServerClient, model: str, requests: in
             "server_added_us": added}  # fmt: skip
 
 
-def wait_for_steps(client: grpcclient.InferenceServerClient, models: list[str], timeout_s: float = 180.0) -> None:
-    """The server loads its models concurrently: wait until every step of every ensemble is ready."""
-    names = set(models)
-    for model in models:
-        names |= {s.model_name for s in client.get_model_config(model).config.ensemble_scheduling.step}
+def wait_until_ready(client: grpcclient.InferenceServerClient, timeout_s: float = 300.0) -> None:
+    """The server loads its models concurrently: wait until all are (the others' loading would
+    take the CPU from the first round)."""
     deadline = time.monotonic() + timeout_s
-    while not all(client.is_model_ready(n) for n in names):
+    while not client.is_server_ready():
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"not ready after {timeout_s:.0f} s: {sorted(n for n in names if not client.is_model_ready(n))}"
-            )
+            raise RuntimeError(f"the server is not ready after {timeout_s:.0f} s")
         time.sleep(0.25)
 
 
@@ -166,7 +162,7 @@ def main() -> None:
     before = machine()
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
     with running(spec, log, "grpc", model=models[-1]), grpcclient.InferenceServerClient(spec.address) as client:
-        wait_for_steps(client, models)
+        wait_until_ready(client)
         for r in range(args.rounds):
             for model in models:
                 results[model].append(one_round(client, model, args.requests, flip=r % 2 == 1))
