@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol
 
 import numpy as np
@@ -56,6 +57,7 @@ class Step:
     version: str  # "" for the latest (model_version -1)
     inputs: tuple[tuple[str, str], ...]  # (step model input, ensemble tensor)
     outputs: tuple[tuple[str, str], ...]  # (step model output, ensemble tensor)
+    label: str  # how errors name it: "ensemble 'e' step 1 (model 'm')"
 
     @property
     def who(self) -> str:
@@ -69,6 +71,8 @@ class EnsemblePlan:
     after: tuple[frozenset[int], ...]  # after[i]: the steps whose outputs step i reads
     outputs: tuple[tuple[str, tuple[int, ...]], ...]  # ensemble output, its dims (batch excluded)
     batching: bool
+    order: tuple[Step, ...]  # an order that runs every step after the steps it reads from
+    chain: bool  # each step in ``order`` reads from the one before: nothing can run concurrently
 
 
 # -- the plan, checked at load -----------------------------------------------------------------
@@ -101,9 +105,10 @@ class _Checker:
         for j, output in enumerate(config.output):
             self._ensemble_output(j, output)
         after = tuple(frozenset(self.producer[t] for _, t in s.inputs) - {-1} for s in steps)
-        _check_acyclic(self, steps, after)
+        order = _topological_order(self, steps, after)
+        chain = all(a.index in after[b.index] for a, b in pairwise(order))
         outputs = tuple((o.name, tuple(o.dims)) for o in config.output)
-        return EnsemblePlan(config.name, tuple(steps), after, outputs, config.max_batch_size > 0)
+        return EnsemblePlan(config.name, tuple(steps), after, outputs, config.max_batch_size > 0, order, chain)
 
     def _step_config(self, i: int, spec: mc.ModelEnsembling.Step) -> mc.ModelConfig:
         field = f"ensemble_scheduling.step[{i}].model_name"
@@ -154,9 +159,9 @@ class _Checker:
             self._declare(tensor, output.data_type, f"output '{key}' of model '{spec.model_name}'", i, field)
             self._check_dims(field, tensor, step_config, output)
         version = "" if spec.model_version < 0 else str(spec.model_version)
-        return Step(
-            i, spec.model_name, version, tuple(sorted(spec.input_map.items())), tuple(sorted(spec.output_map.items()))
-        )
+        inputs, outputs = tuple(sorted(spec.input_map.items())), tuple(sorted(spec.output_map.items()))
+        label = f"{self.where} step {i} (model '{spec.model_name}')"
+        return Step(i, spec.model_name, version, inputs, outputs, label)
 
     def _inputs(self, i: int, spec: mc.ModelEnsembling.Step, step_config: mc.ModelConfig) -> None:
         declared = {t.name: t for t in step_config.input}
@@ -216,12 +221,14 @@ def _dims_fit(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
 
 
-def _check_acyclic(checker: _Checker, steps: Sequence[Step], after: Sequence[frozenset[int]]) -> None:
+def _topological_order(checker: _Checker, steps: Sequence[Step], after: Sequence[frozenset[int]]) -> tuple[Step, ...]:
     """Kahn's algorithm: whatever cannot be ordered lies on a cycle (or behind one)."""
     waiting = {s.index: set(after[s.index]) for s in steps}
     ready = [i for i, deps in waiting.items() if not deps]
+    order: list[Step] = []
     while ready:
-        done = ready.pop()
+        done = ready.pop(0)
+        order.append(steps[done])
         del waiting[done]
         for i, deps in waiting.items():
             if done in deps:
@@ -231,6 +238,7 @@ def _check_acyclic(checker: _Checker, steps: Sequence[Step], after: Sequence[fro
     if waiting:
         stuck = ", ".join(steps[i].who for i in sorted(waiting))
         raise checker.fail("ensemble_scheduling.step", f"the steps form a cycle: {stuck}")
+    return tuple(order)
 
 
 def plan_ensemble(config: mc.ModelConfig, source: StepSource) -> EnsemblePlan:
@@ -284,13 +292,17 @@ class EnsembleScheduler:
 
     async def _run(self, tensors: Tensors, priority: int, timeout_us: int) -> Tensors:
         plan = self.plan
+        if plan.chain:  # one step after the other: no task to make, nothing to wait beside
+            for step in plan.order:
+                _store(step, await self._step(step, tensors, priority, timeout_us), tensors)
+            return tensors
         left = {s.index for s in plan.steps}
         running: dict[asyncio.Task[Tensors], Step] = {}
         try:
             while left or running:
                 ready = sorted(i for i in left if not plan.after[i] & (left | _indices(running)))
                 left.difference_update(ready)
-                if len(ready) == 1 and not running:  # a chain: no task to make, nothing to wait beside
+                if len(ready) == 1 and not running:  # a stretch of chain
                     step = plan.steps[ready[0]]
                     _store(step, await self._step(step, tensors, priority, timeout_us), tensors)
                     continue
@@ -307,16 +319,15 @@ class EnsembleScheduler:
         return tensors
 
     async def _step(self, step: Step, tensors: Tensors, priority: int, timeout_us: int) -> Tensors:
-        prefix = f"ensemble '{self.plan.name}' {step.who}"
         try:
             model = self.source.step_model(step.model, step.version)
         except ClipperdError as error:
-            raise Unavailable(f"{prefix}: {error.message}") from None
+            raise Unavailable(f"{step.label}: {error.message}") from None
         inputs = {name: tensors[tensor] for name, tensor in step.inputs if tensor in tensors}
         try:
             return await model.infer_tensors(inputs, priority, timeout_us)
         except ClipperdError as error:
-            raise in_step(error, prefix) from None
+            raise in_step(error, step.label) from None
 
     def _outputs(self, tensors: Tensors) -> Tensors:
         outputs: Tensors = {}

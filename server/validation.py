@@ -141,8 +141,10 @@ class ModelSignature:
 
 
 def _wire_type(array: np.ndarray, expected: str) -> str:
-    """The wire type of an array; BF16 travels as raw uint16 words, so those pass as BF16."""
-    if expected == "BF16" and array.dtype == np.uint16:
+    """The wire type of an array: ``expected`` when the array's dtype is that type's (the common
+    case, one compare); BF16 travels as raw uint16 words, so those pass as BF16."""
+    want = datatypes.BY_WIRE[expected]
+    if array.dtype == want.numpy or (expected == "BYTES" and array.dtype.kind in "OSU"):
         return expected
     try:
         return datatypes.wire_name_of_array(array)
