@@ -509,3 +509,15 @@ def test_a_cancelled_request_runs_no_further_step(
     (meeting / "42.release").touch()
     x = np.full((1, 4), 42, dtype=np.float32)
     np.testing.assert_array_equal(call(client, "held_chain", INPUT=x)["OUTPUT"], x)
+
+
+def test_only_the_requested_outputs_come_back(client: grpcclient.InferenceServerClient) -> None:
+    x = np.full((2, 4), 3, dtype=np.float32)
+    tensor = grpcclient.InferInput("INPUT", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("diamond", [tensor], outputs=[grpcclient.InferRequestedOutput("DIFF")])
+    assert [o.name for o in result.get_response().outputs] == ["DIFF"]
+    np.testing.assert_array_equal(result.as_numpy("DIFF"), np.full((2, 4), -3, dtype=np.float32))
+    error = failure(lambda: client.infer("diamond", [tensor], outputs=[grpcclient.InferRequestedOutput("doubled")]))
+    assert str(error.status()) == "StatusCode.INVALID_ARGUMENT"  # intermediate tensors are not outputs
+    assert "unexpected inference output 'doubled' for model 'diamond'" in (error.message() or "")
