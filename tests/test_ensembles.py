@@ -200,9 +200,11 @@ def build_repository(repo: Path) -> None:
         shutil.copytree(EXAMPLES / name, repo / name)
     python_model(repo, "ident", IDENTITY, VECTOR)
     python_model(repo, "failing", FAILS_ON_NEGATIVE, VECTOR)
-    ensemble(
-        repo, "checked", vector_ensemble([one_step("ident", "INPUT", "mid"), one_step("failing", "mid")], dims="-1")
-    )
+    checked = [one_step("ident", "INPUT", "mid"), one_step("failing", "mid")]
+    ensemble(repo, "checked", vector_ensemble(checked, dims="-1"))  # any length: step 0 checks it
+    for version in (1, 2):  # ident serves version 1 only
+        pinned = one_step("ident").replace("model_version: -1", f"model_version: {version}")
+        ensemble(repo, f"pinned_{version}", vector_ensemble([pinned]))
     meeting = repo.parent / "meetings"
     meeting.mkdir()
     for side in ("meet_a", "meet_b"):
@@ -419,7 +421,8 @@ def test_bad_ensemble_is_refused_at_load_with_its_reason(client: grpcclient.Infe
 
 def test_good_models_ready_beside_the_bad_ones(client: grpcclient.InferenceServerClient) -> None:
     rows = index(client)
-    for name in (*STEPS, *ENSEMBLES, "ident", "failing", "checked", "rendezvous", "held", "held_chain"):
+    test_models = ("ident", "failing", "checked", "rendezvous", "held", "held_chain", "pinned_1", "pinned_2")
+    for name in (*STEPS, *ENSEMBLES, *test_models):
         assert rows[name] == ("READY", ""), name
 
 
@@ -521,3 +524,13 @@ def test_only_the_requested_outputs_come_back(client: grpcclient.InferenceServer
     error = failure(lambda: client.infer("diamond", [tensor], outputs=[grpcclient.InferRequestedOutput("doubled")]))
     assert str(error.status()) == "StatusCode.INVALID_ARGUMENT"  # intermediate tensors are not outputs
     assert "unexpected inference output 'doubled' for model 'diamond'" in (error.message() or "")
+
+
+def test_a_step_pinned_to_a_version_uses_that_version(client: grpcclient.InferenceServerClient) -> None:
+    x = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_array_equal(call(client, "pinned_1", INPUT=x)["OUTPUT"], x)
+    error = failure(lambda: call(client, "pinned_2", INPUT=x))
+    assert str(error.status()) == "StatusCode.UNAVAILABLE"
+    message = error.message() or ""
+    assert message.startswith("ensemble 'pinned_2' step 0 (model 'ident'): ")
+    assert "version 2" in message
