@@ -413,6 +413,7 @@ def test_bad_ensemble_is_refused_at_load_with_its_reason(client: grpcclient.Infe
     assert f"ensemble '{name}'" in reason
     assert fragment in reason
     error = failure(lambda: client.load_model(name))
+    assert str(error.status()) == "StatusCode.INVALID_ARGUMENT"
     assert fragment in (error.message() or "")
     assert client.is_model_ready(name) is False
     assert client.is_server_live()
