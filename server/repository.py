@@ -108,6 +108,14 @@ class ModelRepository:
             raise NotFound(f"Request for unknown model: {shown(name)} version {number} is not found")
         raise Unavailable(f"model {shown(name)} version {number} is not ready ({status.state.value})")
 
+    def step_model(self, name: str, version: str) -> ModelVersion:
+        """An ensemble step's model: the version serving it now (see schedulers/ensemble.py)."""
+        return self.get(name, version)
+
+    def step_config(self, name: str) -> mc.ModelConfig:
+        """A model's config as its folder holds it now, loaded or not (an ensemble's step)."""
+        return load_model_config(self._model_folder(name), registry.autocomplete)
+
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
@@ -244,7 +252,7 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.LOADING)
         versions = list(wanted)
         results = await asyncio.gather(
-            *(load_model_version(config, v, wanted[v], self.cache) for v in versions), return_exceptions=True
+            *(load_model_version(config, v, wanted[v], self, self.cache) for v in versions), return_exceptions=True
         )
         serving: dict[int, ModelVersion] = {}
         errors: list[ClipperdError] = []
