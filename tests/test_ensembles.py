@@ -485,6 +485,38 @@ def test_an_unloaded_step_makes_the_ensemble_unavailable(client: grpcclient.Infe
     assert call(client, "diamond", INPUT=x)["SUM"].tolist() == [[3.0] * 4]  # the reload is picked up
 
 
+def test_loading_an_ensemble_loads_its_step_models(client: grpcclient.InferenceServerClient) -> None:
+    for step in ("branch_double", "branch_square", "branch_join"):
+        client.unload_model(step)
+    client.unload_model("diamond")
+    assert not client.is_model_ready("branch_square")
+    client.load_model("diamond")  # as Triton does: the steps not serving come up first
+    assert all(client.is_model_ready(step) for step in ("branch_double", "branch_square", "branch_join"))
+    x = np.ones((1, 4), dtype=np.float32)
+    assert call(client, "diamond", INPUT=x)["SUM"].tolist() == [[3.0] * 4]
+
+
+def test_an_ensemble_whose_step_cannot_load_fails_its_load_naming_the_step(
+    server: ServerProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    repo = server.repository
+    ensemble(
+        repo,
+        "broken_steps",
+        """\
+        max_batch_size: 8
+        input [ { name: "X", data_type: TYPE_FP32, dims: [ 4 ] } ]
+        output [ { name: "Y", data_type: TYPE_FP32, dims: [ 4 ] } ]
+        ensemble_scheduling { step [ { model_name: "unloadable", model_version: -1,
+          input_map { key: "INPUT0" value: "X" } output_map { key: "OUTPUT0" value: "Y" } } ] }
+        """,
+    )
+    python_model(repo, "unloadable", "raise ImportError('no such package')\n", VECTOR)
+    error = failure(lambda: client.load_model("broken_steps"))
+    assert "step model 'unloadable' failed to load" in (error.message() or "")
+    assert client.is_server_live()
+
+
 def held_executions(client: grpcclient.InferenceServerClient) -> int:
     return int(client.get_inference_statistics("held").model_stats[0].execution_count)
 
