@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 PA := .tools/pa/bin/perf_analyzer
 MODEL_REPOSITORY ?= model_repository
 SERVE_ARGS ?=
+# the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
+CACHE_CONFIG ?= local,size=67108864
 
 .PHONY: serve test lint venv tools redis clean
 
@@ -25,7 +27,7 @@ redis:
 tools: $(PA) redis
 
 serve: venv
-	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
+	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

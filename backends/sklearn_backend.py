@@ -120,6 +120,9 @@ class XGBoostBackend(SklearnBackend):
         except Exception as exc:
             reason = exception_text(exc, hide=path)
             raise InvalidArgument(f"{self.context.who}: {path.name} cannot be loaded by xgboost: {reason}") from None
+        # XGBoost's OpenMP pool, bounded like every backend's intra-op threads: the saved model
+        # may carry n_jobs, and by default it takes every core, the event loop's included
+        model.set_params(n_jobs=max(1, self.context.int_parameter("blas_threads", self.context.threads)))
         return model
 
 

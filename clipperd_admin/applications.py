@@ -8,7 +8,8 @@ output, the latency objective, the confidence threshold or the policy.
                                default_output=-1, slo_micros=20_000)
 
 Standard library only (urllib). Every method returns the server's JSON answer; an error answer
-raises AdminError with the HTTP status and the server's message."""
+raises ServerError (an AdminError) with the HTTP status and the server's message (status 0: no
+answer)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-
-class AdminError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
+from clipperd_admin.errors import ServerError
 
 ModelRef = str | dict[str, Any]  # "name" or {"name": ..., "version": ...}
 
@@ -52,7 +47,9 @@ class ApplicationAdmin:
                 message = json.loads(text).get("error", text)
             except (ValueError, AttributeError):
                 message = text
-            raise AdminError(error.code, str(message)) from None
+            raise ServerError(f"{method} {path}: HTTP {error.code}: {message}", error.code) from None
+        except (urllib.error.URLError, OSError) as error:
+            raise ServerError(f"{method} {path}: no answer from {self.base}: {error}") from None
 
     @staticmethod
     def _app(name: str) -> str:

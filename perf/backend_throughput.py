@@ -1,7 +1,8 @@
 """Each backend served against its own framework in-process, at the same batch sizes.
 
-    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn|spark] [--repeat 3]
-        [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000] [--protocol grpc|http] [--json OUT]
+    .venv/bin/python perf/backend_throughput.py [--backend onnxruntime|pytorch|tensorflow|sklearn|xgboost|spark]
+        [--repeat 3] [--concurrency 32] [--hidden 4096] [--max-batch-size 16] [--delay-us 20000]
+        [--protocol grpc|http] [--json OUT]
 
 The model is a compute-bound MLP (1024 -> hidden -> hidden -> 10, ReLU, seeded weights) written
 for the chosen framework into a temporary repository: an ONNX graph (onnx.helper; ONNX Runtime),
@@ -51,7 +52,7 @@ CONFIG = """name: "wide"
 {kind}
 max_batch_size: {max_batch}
 input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
-output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {classes} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
@@ -185,6 +186,32 @@ def sklearn_runner(folder: Path, threads: int) -> Runner:
     return lambda x: model.predict_proba(x)
 
 
+XGB_FEATURES = 64
+
+
+def build_xgboost(folder: Path, hidden: int) -> tuple[str, str, str]:
+    """A boosted forest of 3,000 trees (1,000 rounds x 3 classes, depth 8) over 64 features: a
+    forest that is compute-bound on this CPU, where predicting one row already walks every tree
+    (``hidden`` is not used). Saved in XGBoost's own format, as ``backend: "xgboost"`` reads it."""
+    import xgboost
+
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((4000, XGB_FEATURES), dtype=np.float32)
+    model = xgboost.XGBClassifier(n_estimators=1000, max_depth=8, tree_method="hist", n_jobs=2, random_state=0)
+    model.fit(points, rng.integers(0, 3, 4000))
+    model.save_model(folder / "1" / "model.ubj")
+    method = 'parameters { key: "method" value: { string_value: "predict_proba" } }'
+    return f'backend: "xgboost"\ndefault_model_filename: "model.ubj"\n{method}', "FEATURES", "PROBABILITIES"
+
+
+def xgboost_runner(folder: Path, threads: int) -> Runner:
+    import xgboost
+
+    model = xgboost.XGBClassifier(n_jobs=threads)  # as the backend gives its instance's threads
+    model.load_model(folder / "1" / "model.ubj")
+    return lambda x: model.predict_proba(x)
+
+
 SPARK_CONFIG = """name: "wide"
 backend: "spark"
 max_batch_size: {max_batch}
@@ -223,9 +250,15 @@ BACKENDS: dict[str, tuple[Callable[[Path, int], tuple[str, str, str]], Callable[
     "pytorch": (build_torch, torch_runner),
     "tensorflow": (build_tensorflow, tensorflow_runner),
     "sklearn": (build_sklearn, sklearn_runner),
+    "xgboost": (build_xgboost, xgboost_runner),
     "spark": (build_spark, spark_runner),
 }
-FEATURES: dict[str, tuple[int, Any]] = {"spark": (4, np.float64)}  # the others: (WIDTH, float32)
+# (features, dtype) where not (WIDTH, float32); classes where not 10
+FEATURES: dict[str, tuple[int, Any]] = {"spark": (4, np.float64), "xgboost": (XGB_FEATURES, np.float32)}
+CLASSES: dict[str, int] = {"xgboost": 3}
+# perf_analyzer sends these zeros (its random bytes can spell NaN, which scikit-learn refuses);
+# the in-process side then computes on zeros too: a forest's work depends on its input
+ZERO_INPUT = ("sklearn", "xgboost", "spark")
 
 
 def build(base: Path, args: argparse.Namespace) -> Path:
@@ -241,7 +274,8 @@ def build(base: Path, args: argparse.Namespace) -> Path:
             max_batch=args.max_batch_size,
             input=name_in,
             output=name_out,
-            width=WIDTH,
+            width=FEATURES.get(args.backend, (WIDTH,))[0],
+            classes=CLASSES.get(args.backend, 10),
             delay_us=args.delay_us,
         )
     (folder / "config.pbtxt").write_text(config)
@@ -259,7 +293,10 @@ def batch_counts(url: str) -> tuple[dict[int, int], dict[int, float]]:
 
 def seconds_per_batch(run: Runner, size: int, backend: str, budget_s: float = 0.6) -> float:
     width, dtype = FEATURES.get(backend, (WIDTH, np.float32))
-    x = np.random.default_rng(size).standard_normal((size, width)).astype(dtype)
+    if backend in ZERO_INPUT:
+        x = np.zeros((size, width), dtype)
+    else:
+        x = np.random.default_rng(size).standard_normal((size, width)).astype(dtype)
     for _ in range(3):
         run(x)
     calls, start = 0, time.perf_counter()
@@ -273,8 +310,7 @@ def one_round(repo: Path, args: argparse.Namespace, logs: Path, round_no: int) -
     with running(repo, log_dir=logs) as server:
         address = server.url if args.protocol == "grpc" else server.http_url
         out = logs / f"round{round_no}.csv"
-        # zeros: perf_analyzer's random bytes can spell NaN, which scikit-learn refuses
-        extra = ("--input-data", "zero") if args.backend in ("sklearn", "spark") else ()
+        extra = ("--input-data", "zero") if args.backend in ZERO_INPUT else ()
         result = measure(perf_analyzer_path(None), address, args.protocol, args.concurrency, 3000, out, "wide", extra)
         counts, server_ms = batch_counts(server.url)
     if "error" in result:

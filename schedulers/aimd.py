@@ -9,8 +9,18 @@ Settings come from the model config's ``parameters`` (string values, as Triton's
   ``batch_size_step``          the additive increase, rows (default 1)
   ``batch_backoff``            the multiplicative decrease factor, (0, 1) (default 0.9)
   ``batch_size_initial``       where the cap starts (default 1)
+  ``batch_fill_delay_us``      Clipper's delayed batching (§4.3.2), µs: right after a batch
+                               completes, a batch under the cap waits this long for more rows
+                               (default: 5 % of the target; 0 without one)
 
-Without a target the cap is fixed at max_batch_size (Triton's behaviour)."""
+Without a target the cap is fixed at max_batch_size (Triton's behaviour).
+
+Why the fill delay: under a closed loop (each client sends its next request when the last one
+is answered) the callers of a batch come back while the next batch executes. Dispatching the
+rows that waited at once splits the load into cohorts that never merge again, each batch short
+of the cap, and a short batch tells AIMD nothing about the cap. Waiting a little after a
+completion lets the returning cohort join, like Nagle's algorithm holds a segment until the
+previous one is acknowledged."""
 
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ TARGET_KEY = "batch_latency_target_us"
 STEP_KEY = "batch_size_step"
 BACKOFF_KEY = "batch_backoff"
 INITIAL_KEY = "batch_size_initial"
+FILL_DELAY_KEY = "batch_fill_delay_us"
+_DEFAULT_FILL_SHARE = 0.05  # of the target: a wait the target absorbs
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class AimdSettings:
     step: int = 1
     backoff: float = 0.9
     initial: int = 1
+    fill_delay_ns: int = 0
 
 
 class AimdController:
@@ -46,8 +59,9 @@ class AimdController:
         self.over_target = 0  # batches whose latency exceeded the target
         self.over_target_ns = 0  # and by how much, summed
 
-    def observe(self, batch_size: int, latency_ns: int) -> None:
-        """One executed batch of ``batch_size`` rows took ``latency_ns``."""
+    def observe(self, batch_size: int, latency_ns: int, cap_bound: bool = False) -> None:
+        """One executed batch of ``batch_size`` rows took ``latency_ns``; ``cap_bound``: more rows
+        waited than the cap let in (the batcher shared them out in equal batches)."""
         self.last_latency_ns = latency_ns
         target = self.settings.target_ns
         if target is None:
@@ -56,7 +70,7 @@ class AimdController:
             self.over_target += 1
             self.over_target_ns += latency_ns - target
             self.cap = max(1, min(self.cap - 1, math.floor(self.cap * self.settings.backoff)))
-        elif batch_size >= self.cap:  # only a full batch tells that the cap itself is fast enough
+        elif batch_size >= self.cap or cap_bound:  # only a batch the cap limited tells it is fast enough
             self.cap = min(self.max_batch, self.cap + self.settings.step)
 
 
@@ -64,11 +78,12 @@ def aimd_settings(config: mc.ModelConfig) -> AimdSettings:
     """The model's AIMD settings, or ConfigError naming the bad parameter."""
     params = {key: value.string_value for key, value in config.parameters.items()}
     source = f"model '{config.name}'"
+    fill_us = _fill_delay_us(params, source)
     if TARGET_KEY not in params:
         for key in (STEP_KEY, BACKOFF_KEY, INITIAL_KEY):
             if key in params:
                 raise ConfigError(source, f"parameters.{key}", f"needs parameters.{TARGET_KEY} to be set")
-        return AimdSettings(None)
+        return AimdSettings(None, fill_delay_ns=int(max(fill_us, 0) * 1000))
     if config.max_batch_size <= 0:
         raise ConfigError(source, f"parameters.{TARGET_KEY}", "adaptive batching needs max_batch_size > 0")
     target_us = _number(params, TARGET_KEY, source, float, None)
@@ -83,7 +98,17 @@ def aimd_settings(config: mc.ModelConfig) -> AimdSettings:
         raise ConfigError(source, f"parameters.{BACKOFF_KEY}", f"must be between 0 and 1, got {backoff}")
     if initial < 1:
         raise ConfigError(source, f"parameters.{INITIAL_KEY}", f"must be at least 1, got {initial}")
-    return AimdSettings(int(target_us * 1000), step, backoff, initial)
+    if fill_us < 0:
+        fill_us = target_us * _DEFAULT_FILL_SHARE
+    return AimdSettings(int(target_us * 1000), step, backoff, initial, int(fill_us * 1000))
+
+
+def _fill_delay_us(params: dict[str, str], source: str) -> float:
+    """The fill delay asked for, µs, or -1 when the config leaves it to the default."""
+    fill_us = _number(params, FILL_DELAY_KEY, source, float, -1.0)
+    if FILL_DELAY_KEY in params and not (fill_us >= 0 and math.isfinite(fill_us)):
+        raise ConfigError(source, f"parameters.{FILL_DELAY_KEY}", f"must be a number of µs >= 0, got {fill_us}")
+    return fill_us
 
 
 def _number(params: dict[str, str], key: str, source: str, kind: type, default: float | None) -> float:

@@ -82,6 +82,10 @@ class DeviceQueue:
         # Triton's batch shaping: wait up to the delay for a batch to fill, prefer these sizes
         self._delay_ns = dynamic.max_queue_delay_microseconds * 1000 if self._batching else 0
         self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
+        # Clipper's delayed batching: a short wait for more rows right after a batch completes
+        self._fill_delay_ns = self.aimd.settings.fill_delay_ns if self._batching else 0
+        self._freed_ns = 0  # when a batch last completed
+        self._cap_bound = False  # the batch being formed was cut to size by the AIMD cap
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._drained = asyncio.Event()
@@ -90,7 +94,7 @@ class DeviceQueue:
         self._dispatching = False
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
-        self._inline = any(w.on_loop for w in self._workers) and not self._delay_ns
+        self._inline = any(w.on_loop for w in self._workers) and not (self._delay_ns or self._fill_delay_ns)
         self._defer = self._batching and not self._inline
 
     @property
@@ -206,7 +210,8 @@ class DeviceQueue:
                 worker = self._idle.pop()
                 assert self._loop is not None
                 job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
-                worker.submit(job, self._loop, self._completion(worker, batch, self._order.ticket()))
+                done = self._completion(worker, batch, self._order.ticket(), self._cap_bound)
+                worker.submit(job, self._loop, done)
         finally:
             self._dispatching = False
         if not self.queue and not self.busy:
@@ -238,19 +243,31 @@ class DeviceQueue:
         batch (the AIMD cap) goes at once, else the largest preferred size that the waiting
         requests reach, else what there is once the oldest has waited the max queue delay."""
         cap = self.aimd.cap
+        self._cap_bound = False
         if not self._batching:
             return cap
-        rows = self._rows_waiting(first, cap)
+        rows = self._rows_waiting(first, 2 * cap if self.aimd.adaptive else cap)
+        if cap < rows < 2 * cap:
+            return self._halves(rows)
         if rows >= cap:
             return cap
         reachable = [size for size in self._preferred if size <= rows]
         if reachable:
             return reachable[-1]
-        waited = time.perf_counter_ns() - first.enqueued_ns
-        if self._delay_ns and waited < self._delay_ns and not self._closed:
-            self._wake_in(self._delay_ns - waited)
+        now = time.perf_counter_ns()
+        wait_ns = max(self._delay_ns - (now - first.enqueued_ns), self._fill_delay_ns - (now - self._freed_ns))
+        if wait_ns > 0 and not self._closed:
+            self._wake_in(wait_ns)
             return None
         return cap
+
+    def _halves(self, rows: int) -> int:
+        """Under an AIMD cap, more than one batch but less than two wait: two equal batches. When
+        the cap falls a little under the load, 64 rows under a cap of 57 go as 32 and 32, not 57
+        and a straggling 7 that waits a whole batch more. Such a batch is as full as the cap
+        allows: it counts as full for AIMD."""
+        self._cap_bound = True
+        return -(-rows // 2)
 
     def _rows_waiting(self, first: Pending, cap: int) -> int:
         """Rows that could join ``first``'s batch now, counting up to ``cap``."""
@@ -288,19 +305,22 @@ class DeviceQueue:
         batch = sum(sizes) if self._max_batch_size > 0 else None
         return functools.partial(_run_batch, parts, sizes, batch, self.config.name, self._specs)
 
-    def _completion(self, worker: InstanceWorker, batch: list[Pending], ticket: int) -> Any:
+    def _completion(self, worker: InstanceWorker, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(worker)
+            self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
-                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], worker)
+                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], worker, cap_bound)
             self._order.release(ticket, functools.partial(_deliver, batch, result, error))
             self._dispatch()
 
         return done
 
-    def _observe(self, rows: int, requests: int, times: ExecutionTimes, worker: InstanceWorker) -> None:
+    def _observe(
+        self, rows: int, requests: int, times: ExecutionTimes, worker: InstanceWorker, cap_bound: bool = False
+    ) -> None:
         self.stats.record_execution(rows, requests, times)
-        self.aimd.observe(rows, sum(times))
+        self.aimd.observe(rows, sum(times), cap_bound)
         self.executions += 1
         self.rows += rows
         if worker.name not in self._warm:  # a first batch pays the warm-up (CUDA context, kernels)

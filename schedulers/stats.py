@@ -102,6 +102,8 @@ class ModelStats:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
     inflight: int = 0  # requests inside DataPlane.infer now: validating, queued, executing
     rejections: dict[Rejection, int] = field(default_factory=lambda: dict.fromkeys(Rejection, 0))
+    cache_hit: Duration = field(default_factory=Duration)  # hits, and the time their lookups took
+    cache_miss: Duration = field(default_factory=Duration)  # misses: lookup, then insertion time
 
     def record_execution(self, batch_size: int, requests: int, times: ExecutionTimes) -> None:
         self.execution_count += 1
@@ -116,6 +118,13 @@ class ModelStats:
         batch.compute_input.add(times.compute_input_ns)
         batch.compute_infer.add(times.compute_infer_ns)
         batch.compute_output.add(times.compute_output_ns)
+
+    def record_cache_hit(self, lookup_ns: int) -> None:
+        """A request answered from the response cache: Triton counts it in success and queue
+        (no wait), and neither in inference_count nor execution_count nor the compute times."""
+        self.cache_hit.add(lookup_ns)
+        self.queue.add(0)
+        self.last_inference_ms = int(time.time() * 1000)
 
     def record_success(self, duration_ns: int) -> None:
         self.success.add(duration_ns)

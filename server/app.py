@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 
+from schedulers.cache import ResponseCache
 from server.app_metrics import application_families
 from server.app_state import open_store
 from server.applications import ApplicationManager
@@ -28,7 +29,9 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         mode = ControlMode(settings.model_control_mode)
-        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model))
+        size = settings.cache_bytes()
+        self.cache = ResponseCache(size) if size else None
+        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model), self.cache)
         self.plane = DataPlane(self.repository, settings.strict_readiness)
         store = open_store(settings.app_state, settings.model_repository)
         self.applications = ApplicationManager(self.repository, self.plane.infer, store)
@@ -61,11 +64,16 @@ class Server:
         http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
+        if self.cache is not None:
+            log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
             app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
-                self.repository.loaded, MetricsOptions(settings.host, settings.metrics_port), app_families
+                self.repository.loaded,
+                MetricsOptions(settings.host, settings.metrics_port),
+                self.cache,
+                app_families,
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)

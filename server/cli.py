@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values = {f.name: getattr(args, f.name) for f in setting_fields()}
-    if values["load_model"] is None:
-        values["load_model"] = env_default("load_model", None) or []
+    for f in setting_fields():
+        if f.metadata.get("multiple") and values[f.name] is None:
+            values[f.name] = env_default(f.name, None) or []
     return Settings(**values)
 
 
@@ -59,8 +60,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = settings_from_args(args)
+    try:
+        settings.cache_bytes()
+    except ValueError as error:
+        parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -21,6 +21,8 @@ def _row(row: VersionStatistics) -> dict[str, Any]:
         "compute_input": _duration(stats.compute_input),
         "compute_infer": _duration(stats.compute_infer),
         "compute_output": _duration(stats.compute_output),
+        "cache_hit": _duration(stats.cache_hit),
+        "cache_miss": _duration(stats.cache_miss),
     }
     batches = [
         {

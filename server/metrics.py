@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
+from schedulers.cache import ResponseCache
 from schedulers.device_queue import DeviceQueue
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.model_version import ModelVersion
@@ -101,6 +102,38 @@ _DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceQueue], float]], ...
         "Requests queued or executing on the device, per instance: what requests are spread by",
         "gauge",
         lambda q: q.depth,
+    ),
+)
+
+
+# Triton's per-model response cache families (durations in microseconds, as Triton's)
+_CACHE_PER_MODEL: tuple[tuple[str, str, str, Callable[[ModelStats], int]], ...] = (
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", "counter", lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of cache misses per model", "counter", lambda s: s.cache_miss.count),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        "counter",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (lookup and insertion) duration per model, in microseconds",
+        "counter",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+)
+
+# clipperd's own families for the response cache as a whole
+_CACHE_TOTALS: tuple[tuple[str, str, str, Callable[[ResponseCache], float]], ...] = (
+    ("clipperd_cache_size_bytes", "Bytes the response cache's entries take now", "gauge", lambda c: c.size),
+    ("clipperd_cache_capacity_bytes", "The response cache's size (--cache-config)", "gauge", lambda c: c.capacity),
+    ("clipperd_cache_entries", "Responses held in the response cache now", "gauge", len),
+    (
+        "clipperd_cache_evictions",
+        "Responses evicted (least recently used first) to make room for new ones",
+        "counter",
+        lambda c: c.evictions,
     ),
 )
 
@@ -197,6 +230,16 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
         yield _family(name, help, typ, samples)
 
 
+def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:
+    """Triton's per-model response cache families, for the versions that cache (as Triton's), then
+    clipperd's own for the cache as a whole."""
+    rows = [(_labels(m), m.stats) for m in models if m.cache is not None]
+    for name, help, typ, value in _CACHE_PER_MODEL:
+        yield _family(name, help, typ, ((labels, value(stats)) for labels, stats in rows))
+    for name, help, typ, total in _CACHE_TOTALS:
+        yield _family(name, help, typ, [({}, total(cache))])
+
+
 def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:
     histogram = HistogramMetricFamily(
         "clipperd_request_duration_seconds",
@@ -275,24 +318,31 @@ class ServerCollector:
         self,
         models: Callable[[], list[ModelVersion]],
         cpu: CpuMetrics | None = None,
+        cache: ResponseCache | None = None,
         extra: Callable[[], Iterable[Metric]] | None = None,
     ) -> None:
         self._models = models
         self._cpu = cpu or CpuMetrics()
+        self._cache = cache
         self._extra = extra
 
     def collect(self) -> Iterator[Metric]:
-        yield from model_families(self._models())
+        models = self._models()
+        yield from model_families(models)
+        if self._cache is not None:
+            yield from cache_families(models, self._cache)
         yield from self._cpu.families()
         if self._extra is not None:
             yield from self._extra()
 
 
 def build_registry(
-    models: Callable[[], list[ModelVersion]], extra: Callable[[], Iterable[Metric]] | None = None
+    models: Callable[[], list[ModelVersion]],
+    cache: ResponseCache | None = None,
+    extra: Callable[[], Iterable[Metric]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(models, extra=extra))
+    registry.register(ServerCollector(models, cache=cache, extra=extra))
     return registry
 
 
@@ -375,12 +425,13 @@ class MetricsOptions:
 async def start_metrics_server(
     models: Callable[[], list[ModelVersion]],
     opts: MetricsOptions,
+    cache: ResponseCache | None = None,
     extra: Callable[[], Iterable[Metric]] | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serves ``GET /metrics``; returns the runner (``cleanup()`` stops it) and the bound port.
     ``extra`` yields more families at each scrape (the applications')."""
     app = web.Application()
-    app[REGISTRY] = build_registry(models, extra)
+    app[REGISTRY] = build_registry(models, cache, extra)
     app.add_routes([web.get("/metrics", metrics)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()

@@ -7,19 +7,24 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from backends import registry
-from backends.base import CPU, Backend, Device, InstanceContext
+from backends.base import CPU, Backend, Device, InstanceContext, Tensors
+from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
+from schedulers.cache import ResponseCache, VersionCache, version_cache
+from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import InstanceWorker
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.scheduler import ModelScheduler
-from schedulers.stats import ModelStats
+from schedulers.stats import ModelStats, failure_reason
 from server.validation import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -33,9 +38,10 @@ class ModelVersion:
     version: int
     path: Path
     signature: ModelSignature
-    scheduler: ModelScheduler
+    scheduler: ModelScheduler | EnsembleScheduler
     stats: ModelStats
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
+    cache: VersionCache | None = None  # its share of the response cache, when it caches
 
     @property
     def name(self) -> str:
@@ -46,8 +52,30 @@ class ModelVersion:
         return self.config.platform or self.config.backend
 
     async def close(self) -> None:
-        """Lets in-flight requests finish, then unloads every instance."""
+        """Lets in-flight requests finish, then unloads every instance and drops its cached responses."""
         await self.scheduler.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Tensors:
+        """One request from inside the server (an ensemble's step): validated against this
+        version's config, queued and batched like a client's, counted in its statistics."""
+        stats = self.stats
+        start = time.perf_counter_ns()
+        stats.inflight += 1
+        executing = False
+        try:
+            arrays, batch = self.signature.validate_tensors(inputs)
+            executing = True
+            outputs = await self.scheduler.execute(arrays, batch, priority, timeout_us)
+        except BaseException as error:
+            stats.record_failure(failure_reason(error, executing), time.perf_counter_ns() - start)
+            raise
+        else:
+            stats.record_success(time.perf_counter_ns() - start)
+            return outputs
+        finally:
+            stats.inflight -= 1
 
 
 # backends that can use a GPU; KIND_AUTO places the others on the CPU
@@ -82,9 +110,19 @@ def _gpu_instances(model: str, group: str, wanted: list[int], count: int, availa
     return [(f"{group}_{i}_gpu{gpu}", Device("gpu", gpu)) for gpu in ids for i in range(count)]
 
 
-async def load_model_version(config: mc.ModelConfig, version: int, version_path: Path) -> ModelVersion:
-    """Starts every instance (each loads on its own thread); all or nothing."""
+async def load_model_version(
+    config: mc.ModelConfig,
+    version: int,
+    version_path: Path,
+    steps: StepSource | None = None,
+    cache: ResponseCache | None = None,
+) -> ModelVersion:
+    """Starts every instance (each loads on its own thread); all or nothing. An ensemble starts
+    none: its plan is checked against its step models, found through ``steps``. ``cache``: the
+    server's response cache, used when the config enables ``response_cache``."""
     started = time.perf_counter()
+    if is_ensemble(config):
+        return _load_ensemble(config, version, version_path, steps)
     backend_class = registry.backend_class(config, version_path)
     placed = instance_devices(config, version_path)
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
@@ -106,6 +144,19 @@ async def load_model_version(config: mc.ModelConfig, version: int, version_path:
         raise _load_error(config.name, version, errors[0])
     stats = ModelStats()
     scheduler = ModelScheduler(config, workers, stats, [device.name for _, device in placed])
+    load_secs = time.perf_counter() - started
+    signature = ModelSignature(config)
+    cached = version_cache(config, version, cache)
+    return ModelVersion(config, version, version_path, signature, scheduler, stats, load_secs, cached)
+
+
+def _load_ensemble(config: mc.ModelConfig, version: int, version_path: Path, steps: StepSource | None) -> ModelVersion:
+    if steps is None:
+        raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
+    started = time.perf_counter()
+    plan = plan_ensemble(config, steps)
+    stats = ModelStats()
+    scheduler = EnsembleScheduler(plan, steps, stats)
     load_secs = time.perf_counter() - started
     return ModelVersion(config, version, version_path, ModelSignature(config), scheduler, stats, load_secs)
 

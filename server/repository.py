@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends import registry
-from backends.common.config import load_model_config
+from backends.common.config import is_ensemble, load_model_config
 from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable
 from backends.proto import model_config_pb2 as mc
+from schedulers.cache import ResponseCache
 from server.model_version import ModelVersion, load_model_version
 from server.versions import select_versions, version_folders
 
@@ -73,9 +74,14 @@ def shown(name: str) -> str:
 
 class ModelRepository:
     def __init__(
-        self, root: Path, mode: ControlMode = ControlMode.NONE, startup_models: list[str] | None = None
+        self,
+        root: Path,
+        mode: ControlMode = ControlMode.NONE,
+        startup_models: list[str] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.cache = cache  # the response cache the versions that enable it share
         self.mode = mode
         self.startup_models = startup_models or []
         self._models: dict[str, ModelEntry] = {}
@@ -101,6 +107,14 @@ class ModelRepository:
         if status is None:
             raise NotFound(f"Request for unknown model: {shown(name)} version {number} is not found")
         raise Unavailable(f"model {shown(name)} version {number} is not ready ({status.state.value})")
+
+    def step_model(self, name: str, version: str) -> ModelVersion:
+        """An ensemble step's model: the version serving it now (see schedulers/ensemble.py)."""
+        return self.get(name, version)
+
+    def step_config(self, name: str) -> mc.ModelConfig:
+        """A model's config as its folder holds it now, loaded or not (an ensemble's step)."""
+        return load_model_config(self._model_folder(name), registry.autocomplete)
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -155,10 +169,37 @@ class ModelRepository:
         if by_api:
             self._check_api_allowed()
         folder = self._model_folder(name)
+        step_failed = await self._load_steps(name, {name}) if by_api else None
         entry = self._models.setdefault(name, ModelEntry(name))
         self._expected.add(name)
         async with entry.lock:
             await self._load_entry(entry, folder)
+        if step_failed is not None:  # the ensemble itself is sound: say which step cannot serve
+            raise step_failed
+
+    async def _load_steps(self, name: str, seen: set[str]) -> ClipperdError | None:
+        """Loading an ensemble loads the step models not serving yet, as Triton does (and theirs,
+        for an ensemble of ensembles); the first step that fails, as the error to report once
+        the ensemble's own checks have passed. Unknown steps are left to those checks."""
+        try:
+            config = load_model_config(self._model_folder(name), registry.autocomplete)
+        except ClipperdError:
+            return None
+        if not is_ensemble(config):
+            return None
+        failed: ClipperdError | None = None
+        for step in sorted({s.model_name for s in config.ensemble_scheduling.step} - seen):
+            seen.add(step)
+            entry = self._models.get(step)
+            if (entry is not None and entry.latest is not None) or not (self.root / step).is_dir():
+                continue
+            failed = failed or await self._load_steps(step, seen)
+            try:
+                await self.load(step, by_api=False)
+            except ClipperdError as error:
+                reason = f"ensemble {shown(name)}: step model {shown(step)} failed to load: {error.message}"
+                failed = failed or Unavailable(reason)
+        return failed
 
     async def unload(self, name: str, *, by_api: bool = True) -> None:
         if by_api:
@@ -238,7 +279,7 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.LOADING)
         versions = list(wanted)
         results = await asyncio.gather(
-            *(load_model_version(config, v, wanted[v]) for v in versions), return_exceptions=True
+            *(load_model_version(config, v, wanted[v], self, self.cache) for v in versions), return_exceptions=True
         )
         serving: dict[int, ModelVersion] = {}
         errors: list[ClipperdError] = []

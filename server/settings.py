@@ -70,12 +70,24 @@ class Settings:
         "<model-repository>/.clipperd/applications.sqlite, sqlite:///path, redis://host:port/db "
         "(replicas share state), or memory:// (nothing kept). See docs/applications.md.",
     )
+    cache_config: list[str] = _setting(
+        None,
+        "Triton's response cache: '<cache>,<key>=<value>', here 'local,size=<bytes>' (may be repeated); "
+        "models opt in with 'response_cache { enable: true }'. Not given: no cache.",
+        multiple=True,
+    )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
         if self.load_model is None:
             self.load_model = []
+        if self.cache_config is None:
+            self.cache_config = []
+
+    def cache_bytes(self) -> int:
+        """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""
+        return parse_cache_config(self.cache_config)
 
 
 def setting_fields() -> list[Any]:
@@ -92,3 +104,34 @@ def env_default(name: str, default: Any) -> Any:
     if isinstance(default, list) or default is None:
         return [v for v in value.split(",") if v]
     return type(default)(value)
+
+
+CACHES = ("local",)  # the cache implementations clipperd has (Triton also ships 'redis')
+_CACHE_EXAMPLE = "expected <cache>,<key>=<value>, e.g. local,size=1048576"
+
+
+def parse_cache_config(values: list[str]) -> int:
+    """Triton's ``--cache-config local,size=<bytes>``: the local cache's size in bytes (0 when no
+    value is given). Each value is ``<cache>,<key>=<value>[,<key>=<value>...]``; the pieces may
+    also arrive split at the commas (``CLIPPERD_CACHE_CONFIG=local,size=1048576``)."""
+    if not values:
+        return 0
+    cache, settings = "", {}
+    for piece in ",".join(values).split(","):
+        key, equals, value = piece.strip().partition("=")
+        if not equals:
+            if key not in CACHES:
+                raise ValueError(f"--cache-config: unknown cache {key[:32]!r} (clipperd has: local); {_CACHE_EXAMPLE}")
+            cache = key
+        elif not cache:
+            raise ValueError(f"--cache-config: {piece[:32]!r} names no cache first; {_CACHE_EXAMPLE}")
+        elif key != "size":
+            raise ValueError(f"--cache-config: the local cache has no setting {key[:32]!r} (it takes size=<bytes>)")
+        else:
+            settings[key] = value
+    if "size" not in settings:
+        raise ValueError(f"--cache-config: the local cache needs size=<bytes>; {_CACHE_EXAMPLE}")
+    size = settings["size"]
+    if not (size.isascii() and size.isdigit()) or int(size) < 1 or len(size) > 19:
+        raise ValueError(f"--cache-config: size must be a whole number of bytes, at least 1, got {size[:32]!r}")
+    return int(size)

@@ -4,7 +4,10 @@ so the hot path is dictionary lookups and tuple compares."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from backends.base import Tensors
 from backends.common import datatypes
@@ -53,19 +56,44 @@ class ModelSignature:
         batch = -1
         for tensor in request.inputs:
             spec = self._spec(tensor, arrays)
-            batch = self._check_shape(spec, tensor, batch)
+            batch = self._check_shape(spec, tensor.name, tuple(tensor.shape), batch)
             data = tensor.data
             if spec.reshape is not None:
                 data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
             arrays[tensor.name] = data
+        self._check_required(arrays)
+        self._check_outputs(request)
+        return arrays, max(batch, 1)
+
+    def validate_tensors(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, int]:
+        """As :meth:`validate`, for named arrays that come from inside the server (an ensemble's
+        step), not from a client: the data type is the array's."""
+        arrays: Tensors = {}
+        batch = -1
+        for name, data in tensors.items():
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise InvalidArgument(f"unexpected inference input '{name[:64]}' for model '{self.model}'")
+            datatype = _wire_type(data, spec.datatype)
+            if datatype != spec.datatype:
+                raise InvalidArgument(
+                    f"inference input '{name}' data-type is '{datatype}', but model '{self.model}' expects "
+                    f"'{spec.datatype}'"
+                )
+            batch = self._check_shape(spec, name, data.shape, batch)
+            if spec.reshape is not None:
+                data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
+            arrays[name] = data
+        self._check_required(arrays)
+        return arrays, max(batch, 1)
+
+    def _check_required(self, arrays: Tensors) -> None:
         missing = [n for n in self.required if n not in arrays] if len(arrays) < len(self.required) else []
         if missing:
             raise InvalidArgument(
-                f"expected {len(self.required)} inputs but got {len(request.inputs)} inputs for model "
+                f"expected {len(self.required)} inputs but got {len(arrays)} inputs for model "
                 f"'{self.model}'; missing: {', '.join(repr(n) for n in missing[:8])}"
             )
-        self._check_outputs(request)
-        return arrays, max(batch, 1)
 
     def _spec(self, tensor: InputTensor, seen: Tensors) -> InputSpec:
         spec = self.inputs.get(tensor.name)
@@ -80,12 +108,12 @@ class ModelSignature:
             )
         return spec
 
-    def _check_shape(self, spec: InputSpec, tensor: InputTensor, batch: int) -> int:
-        shape = tuple(tensor.shape)
+    def _check_shape(self, spec: InputSpec, name: str, shape: tuple[int, ...], batch: int) -> int:
+        given = shape
         if self.max_batch_size > 0:
             if not shape or shape[0] < 1:
                 raise InvalidArgument(
-                    f"input '{tensor.name}' has shape {list(shape)}: model '{self.model}' needs a batch "
+                    f"input '{name}' has shape {list(given)}: model '{self.model}' needs a batch "
                     f"dimension of at least 1 first"
                 )
             if shape[0] > self.max_batch_size:
@@ -93,13 +121,12 @@ class ModelSignature:
                     f"inference request batch-size must be <= {self.max_batch_size} for '{self.model}', got {shape[0]}"
                 )
             if batch not in (-1, shape[0]):
-                raise InvalidArgument(f"input '{tensor.name}' has batch size {shape[0]}, other inputs {batch}")
+                raise InvalidArgument(f"input '{name}' has batch size {shape[0]}, other inputs {batch}")
             batch, shape = shape[0], shape[1:]
         if not spec.accepts(shape):
             want = ([-1] if self.max_batch_size > 0 else []) + list(spec.dims)
             raise InvalidArgument(
-                f"unexpected shape for input '{tensor.name}' for model '{self.model}'. Expected {want}, "
-                f"got {list(tensor.shape)}"
+                f"unexpected shape for input '{name}' for model '{self.model}'. Expected {want}, got {list(given)}"
             )
         return batch
 
@@ -111,6 +138,18 @@ class ModelSignature:
             if output.name in seen:
                 raise InvalidArgument(f"output '{output.name}' is requested more than once")
             seen.add(output.name)
+
+
+def _wire_type(array: np.ndarray, expected: str) -> str:
+    """The wire type of an array: ``expected`` when the array's dtype is that type's (the common
+    case, one compare); BF16 travels as raw uint16 words, so those pass as BF16."""
+    want = datatypes.BY_WIRE[expected]
+    if array.dtype == want.numpy or (expected == "BYTES" and array.dtype.kind in "OSU"):
+        return expected
+    try:
+        return datatypes.wire_name_of_array(array)
+    except InvalidArgument:
+        return str(array.dtype)
 
 
 def _input_spec(tensor: mc.ModelInput) -> InputSpec:

@@ -78,6 +78,12 @@ def test_partial_batches_do_not_grow_the_cap() -> None:
     assert controller.cap == 8
 
 
+def test_a_batch_the_cap_limited_grows_it_though_it_is_smaller() -> None:
+    controller = AimdController(AimdSettings(10**12, step=1, initial=8), max_batch=64)
+    controller.observe(5, 1, cap_bound=True)  # ten waited under a cap of eight: two batches of five
+    assert controller.cap == 9
+
+
 def test_without_a_target_the_cap_is_max_batch_size() -> None:
     controller = AimdController(AimdSettings(None), max_batch=64)
     controller.observe(64, 10**12)
@@ -97,7 +103,9 @@ def test_settings_from_the_config() -> None:
     settings = aimd_settings(
         config(batch_latency_target_us="2500", batch_size_step="4", batch_backoff="0.8", batch_size_initial="2")
     )
-    assert settings == AimdSettings(2_500_000, 4, 0.8, 2)
+    assert settings == AimdSettings(2_500_000, 4, 0.8, 2, fill_delay_ns=125_000)  # 5 % of the target
+    assert aimd_settings(config(batch_latency_target_us="2500", batch_fill_delay_us="0")).fill_delay_ns == 0
+    assert aimd_settings(config(batch_fill_delay_us="300")) == AimdSettings(None, fill_delay_ns=300_000)
     assert aimd_settings(config(batch_latency_target_us=" 1.5 ")).target_ns == 1500
 
 
@@ -115,6 +123,9 @@ def test_settings_from_the_config() -> None:
         ({"batch_latency_target_us": "100", "batch_backoff": "0"}, 8, "between 0 and 1"),
         ({"batch_latency_target_us": "100", "batch_size_initial": "0"}, 8, "must be at least 1"),
         ({"batch_size_step": "4"}, 8, "needs parameters.batch_latency_target_us"),
+        ({"batch_fill_delay_us": "-1"}, 8, "must be a number of µs >= 0"),
+        ({"batch_fill_delay_us": "soon"}, 8, "must be a number, got 'soon'"),
+        ({"batch_latency_target_us": "100", "batch_fill_delay_us": "inf"}, 8, "must be a number of µs >= 0"),
         ({"batch_latency_target_us": "100"}, 0, "needs max_batch_size > 0"),
     ],
 )

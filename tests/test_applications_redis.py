@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clipperd_admin import AdminError, ApplicationAdmin
+from clipperd_admin import ApplicationAdmin, ServerError
 from tests.appmodels import add_model
 from tests.serverproc import free_port, running
 from tests.test_applications_server import X, call, predict
@@ -65,7 +65,7 @@ def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) ->
 def _status(admin: ApplicationAdmin, name: str) -> int:
     try:
         admin.get_application(name)
-    except AdminError as error:
+    except ServerError as error:
         return error.status
     return 200
 
@@ -81,7 +81,7 @@ def test_two_replicas_share_applications_and_learnt_state(tmp_path: Path, redis_
         eventually(lambda: _status(admin_b, "shared") == 200, "the application on replica b")
         assert predict(b, "shared", {"input": X})["default"] is False
 
-        with pytest.raises(AdminError) as error:  # the name is taken on the other replica too
+        with pytest.raises(ServerError) as error:  # the name is taken on the other replica too
             admin_b.register_application("shared", ["two"], default_output=0, slo_micros=1000)
         assert error.value.status == 409
 
@@ -115,7 +115,7 @@ def test_a_lost_redis_is_a_503_and_predictions_go_on(
         redis_proc.wait(10)
         status, answer = call(server, "POST", "/fragile/update", {"input": X, "label": 1})
         assert (status, answer["cause"]) == (503, "the application state store is unavailable")
-        with pytest.raises(AdminError) as error:
+        with pytest.raises(ServerError) as error:
             admin.register_application("another", ["one_a"], default_output=-1, slo_micros=1000)
         assert error.value.status == 503
         assert predict(server, "fragile", {"input": X})["output"] == 1.0  # predictions need no store

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from clipperd_admin import AdminError, ApplicationAdmin
+from clipperd_admin import ApplicationAdmin, ServerError
 from tests.appmodels import add_model
 from tests.serverproc import ServerProcess, free_port, running
 
@@ -144,7 +144,7 @@ def test_pin_a_version_and_roll_back(server: ServerProcess, admin: ApplicationAd
     assert predict(server, "pinned", {"input": X})["output"] == 1.0
     admin.rollback("pinned", "versioned")
     assert predict(server, "pinned", {"input": X})["output"] == 2.0  # back to "latest"
-    with pytest.raises(AdminError) as error:
+    with pytest.raises(ServerError) as error:
         admin.rollback("pinned", "versioned")
     assert error.value.status == 400
 

@@ -571,9 +571,52 @@ async def test_batches_never_exceed_the_aimd_cap_which_grows_with_each_full_fast
 async def test_a_slow_batch_cuts_the_cap(harness: Factory) -> None:
     h = await harness(aimd_config("1", batch_size_initial="10"), hold=True)  # 1 µs: every batch is too slow
     await h.behind_a_busy_instance(list(range(1, 12)))
-    assert h.log.batches == [1, 9, 2]  # after the first batch, 10 -> 9; after the second, 9 -> 8
+    # after the first batch, 10 -> 9; eleven waiting under a cap of 9 go as two equal halves, each cut
+    assert h.log.batches == [1, 6, 5]
     assert h.scheduler.aimd.cap == 7
     assert h.scheduler.aimd.over_target == 3
+
+
+async def test_after_a_batch_completes_the_fill_delay_holds_a_short_batch_for_its_callers(harness: Factory) -> None:
+    # Clipper's delayed batching: the callers of a finished batch come back; wait for them
+    config = aimd_config("60000000", max_batch_size=4, batch_size_initial="4", batch_fill_delay_us="3600000000")
+    h = await harness(config, hold=True)
+    first = h.start(0)
+    await h.gate.entered()
+    waiting = [h.start(1), h.start(2)]
+    await h.queued(3)
+    h.gate.open()
+    assert out(await asyncio.wait_for(first, WAIT)) == [1.0]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert h.log.batches == [1]  # two rows under a cap of four: held for the fill delay
+    later = [h.start(3), h.start(4)]
+    results = await asyncio.wait_for(asyncio.gather(*waiting, *later), WAIT)
+    assert h.log.batches == [1, 4]
+    assert [out(r) for r in results] == [[2.0], [3.0], [4.0], [5.0]]
+
+
+async def test_the_fill_delay_does_not_hold_a_request_that_finds_the_queue_idle(harness: Factory) -> None:
+    config = aimd_config("60000000", max_batch_size=4, batch_size_initial="4", batch_fill_delay_us="3600000000")
+    h = await harness(config)
+    assert out(await asyncio.wait_for(h.infer(0), WAIT)) == [1.0]  # no batch completed before it
+    assert h.log.batches == [1]
+
+
+async def test_a_batch_held_by_the_fill_delay_goes_when_the_delay_ends(harness: Factory) -> None:
+    config = aimd_config("60000000", max_batch_size=4, batch_size_initial="4", batch_fill_delay_us="20000")
+    h = await harness(config, hold=True)
+    results = await h.behind_a_busy_instance([1.0, 2.0])  # nobody else comes
+    assert h.log.batches == [1, 2]
+    assert [out(r) for r in results] == [[1.0], [2.0], [3.0]]
+
+
+async def test_between_one_and_two_caps_waiting_go_as_two_equal_batches_that_count_as_full(harness: Factory) -> None:
+    h = await harness(aimd_config("60000000", batch_size_initial="4"), hold=True)
+    results = await h.behind_a_busy_instance([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # six under a cap of four
+    assert h.log.batches == [1, 3, 3]  # not 4 and a straggling 2
+    assert [out(r) for r in results] == [[float(v + 1)] for v in range(7)]
+    assert h.scheduler.aimd.cap == 5  # the first half was limited by the cap: it grew
 
 
 async def test_a_full_queue_rejects_at_once(harness: Factory) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "YAML_NAMES",
     "config_to_json",
     "full_shape",
+    "is_ensemble",
     "load_model_config",
     "normalize",
     "parse_pbtxt",
@@ -306,7 +307,7 @@ def normalize(config: mc.ModelConfig) -> mc.ModelConfig:
     - instance group count 0: 1; an unnamed group: ``<model>_<index>``."""
     if not config.HasField("version_policy") or not config.version_policy.WhichOneof("policy_choice"):
         config.version_policy.latest.num_versions = 1
-    if _is_ensemble(config):
+    if is_ensemble(config):
         return config
     if not config.instance_group:
         config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
@@ -318,7 +319,8 @@ def normalize(config: mc.ModelConfig) -> mc.ModelConfig:
     return config
 
 
-def _is_ensemble(config: mc.ModelConfig) -> bool:
+def is_ensemble(config: mc.ModelConfig) -> bool:
+    """Whether the config declares an ensemble (it runs steps, not instances of its own)."""
     return config.platform == ENSEMBLE_PLATFORM or config.HasField("ensemble_scheduling")
 
 

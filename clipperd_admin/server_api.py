@@ -1,0 +1,131 @@
+"""The few KServe v2 HTTP calls the admin client makes (repository index, load, unload,
+readiness), over the standard library's urllib so the client needs no HTTP package."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from clipperd_admin.errors import ServerError
+
+# the server's answer to a load or unload call outside explicit mode names the mode
+_MODE_IN_MESSAGE = re.compile(r"model control mode is '(\w+)'")
+_PROBE_NAME = ".clipperd-admin-probe"  # invalid on purpose: explicit mode refuses it without side effects
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of the server's repository index."""
+
+    name: str
+    version: int | None  # None: the model has no loaded or failed version (yet)
+    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING, or "" when never loaded
+    reason: str
+
+
+class ServerApi:
+    def __init__(self, http_url: str, timeout: float = 30.0) -> None:
+        base = http_url if "://" in http_url else f"http://{http_url}"
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def index(self) -> list[ModelStatus]:
+        rows = self._call("POST", "/v2/repository/index", {})
+        if not isinstance(rows, list):
+            raise ServerError(f"unexpected repository index answer from {self.base}: {str(rows)[:200]}")
+        return [_status(row) for row in rows]
+
+    def load(self, model: str) -> None:
+        self._call("POST", f"/v2/repository/models/{_quote(model)}/load", {})
+
+    def unload(self, model: str) -> None:
+        self._call("POST", f"/v2/repository/models/{_quote(model)}/unload", {})
+
+    def is_ready(self, model: str, version: int | None = None) -> bool:
+        path = f"/v2/models/{_quote(model)}" + (f"/versions/{version}" if version is not None else "") + "/ready"
+        try:
+            self._call("GET", path)
+        except ServerError as error:
+            if error.status in (400, 404, 503):
+                return False
+            raise
+        return True
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        config = self._call("GET", f"/v2/models/{_quote(model)}/config")
+        if not isinstance(config, dict):
+            raise ServerError(f"unexpected model config answer from {self.base}: {str(config)[:200]}")
+        return config
+
+    def control_mode(self) -> str:
+        """``explicit``, ``poll`` or ``none``, learnt from how the server answers a load call for
+        a name no repository can hold (nothing is loaded or changed by it)."""
+        try:
+            self.load(_PROBE_NAME)
+        except ServerError as error:
+            if error.status == 400:
+                return "explicit"  # explicit mode checked the name, so load calls are allowed
+            found = _MODE_IN_MESSAGE.search(error.message)
+            if found:
+                return found.group(1)
+            raise
+        raise ServerError(f"the server at {self.base} accepted a load of an invalid model name")
+
+    def wait(self, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+        """Polls ``check()`` until it is true or ``timeout`` seconds pass; whether it became true."""
+        end = time.monotonic() + timeout
+        while True:
+            if check():
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(interval)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                payload = answer.read()
+        except urllib.error.HTTPError as error:
+            raise ServerError(_error_text(error), error.code) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ServerError(f"cannot reach the clipperd server at {self.base}: {reason}") from None
+        return json.loads(payload) if payload else None
+
+
+def _quote(model: str) -> str:
+    return urllib.parse.quote(model, safe="")
+
+
+def _error_text(error: urllib.error.HTTPError) -> str:
+    raw = error.read()
+    try:
+        message = json.loads(raw).get("error", "")
+    except (ValueError, AttributeError):
+        message = raw.decode(errors="replace")
+    return str(message) or f"HTTP {error.code} {error.reason}"
+
+
+def _status(row: dict[str, Any]) -> ModelStatus:
+    version = str(row.get("version", ""))
+    return ModelStatus(
+        name=str(row.get("name", "")),
+        version=int(version) if version.isdigit() else None,
+        state=str(row.get("state", "")),
+        reason=str(row.get("reason", "")),
+    )

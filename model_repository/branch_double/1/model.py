@@ -1,0 +1,9 @@
+"""OUTPUT0 = 2 * x."""
+
+import numpy as np
+
+
+class Model:
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["INPUT0"]
+        return {"OUTPUT0": (2 * x).astype(np.float32)}
