@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from backends.common import datatypes
-from backends.common.errors import ClipperdError
+from backends.common.errors import ClipperdError, InvalidArgument
 from backends.common.tensors import (
     array_from_raw,
     array_to_raw,
@@ -209,6 +209,13 @@ def test_bytes_array_from_raw_any_shape(raw: bytes, shape: list[int]) -> None:
     """Even a shape of 2**62 elements over a few bytes is an InvalidArgument, not a MemoryError."""
     with contextlib.suppress(ClipperdError):
         bytes_array_from_raw(raw, shape, element_count(shape), "x")
+
+
+@pytest.mark.parametrize("wire", ["BYTES", "FP32"])
+def test_an_empty_shape_too_large_for_numpy_is_invalid_argument(wire: str) -> None:
+    """[0, 2**62] holds no element, yet numpy cannot shape even an empty array so (found by the fuzzer)."""
+    with pytest.raises(InvalidArgument, match="too large"):
+        array_from_raw(b"", datatypes.from_wire(wire), [0, 2**62], "x")
 
 
 @pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])

@@ -49,7 +49,15 @@ def array_from_raw(raw: bytes | memoryview, dtype: DataType, shape: Sequence[int
         raise InvalidArgument(
             f"input '{name}': {len(raw)} bytes of raw data, but shape {list(shape)} of {dtype.wire} needs {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
+    return _reshaped(np.frombuffer(raw, dtype=dtype.numpy, count=count), shape, name)
+
+
+def _reshaped(array: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:
+    """``array`` in ``shape``; a shape numpy cannot hold even empty ([0, 2**62]) is the client's error."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InvalidArgument(f"input '{name}': shape {list(shape)} is too large") from None
 
 
 def bytes_array_from_raw(raw: bytes | memoryview, shape: Sequence[int], count: int, name: str) -> np.ndarray:
@@ -70,7 +78,7 @@ def bytes_array_from_raw(raw: bytes | memoryview, shape: Sequence[int], count: i
         offset += length
     if offset != end:
         raise InvalidArgument(f"input '{name}': {end - offset} bytes left over after {count} BYTES elements")
-    return out.reshape(shape)
+    return _reshaped(out, shape, name)
 
 
 def array_from_values(
