@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,13 +28,33 @@ MAX_USERS = 10_000  # policy states per application; past it, new users share th
 RECENT_QUERIES = 4096  # inputs whose member answers are kept for feedback
 FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no longer remembered
 # Of the slo, the fan-out waits all but this reserve (20 %, at most 5 ms), kept for combining,
-# encoding and the event loop's timer granularity, so that the answer leaves within the slo.
+# encoding and sending, so that the answer leaves within the slo; plus what the application has
+# lately seen answers run past the fan-out deadline (the event loop's timer granularity, a loop
+# busy with other requests), never more than half the slo.
 RESERVE_SHARE, RESERVE_MAX_S = 0.2, 0.005
+LATENESS_WINDOW = 256  # recent deadline-bound predictions the lateness percentile is taken over
 
 
-def fan_out_deadline_s(slo_micros: int) -> float:
+def fan_out_deadline_s(slo_micros: int, lateness_s: float = 0.0) -> float:
     slo_s = slo_micros / 1e6
-    return slo_s - min(RESERVE_MAX_S, RESERVE_SHARE * slo_s)
+    return slo_s - min(slo_s / 2, min(RESERVE_MAX_S, RESERVE_SHARE * slo_s) + lateness_s)
+
+
+class Lateness:
+    """How far past its fan-out deadline an answer was ready, over the recent predictions that
+    waited for the deadline: the 99th percentile, which the next deadlines are moved up by."""
+
+    def __init__(self, window: int = LATENESS_WINDOW) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._added = 0
+        self.p99_s = 0.0
+
+    def add(self, late_s: float) -> None:
+        self._recent.append(max(late_s, 0.0))
+        self._added += 1
+        if self._added % 16 == 0 or len(self._recent) < 16:  # a sort per 16 answers, not per answer
+            ordered = sorted(self._recent)
+            self.p99_s = ordered[int(0.99 * (len(ordered) - 1))]
 
 
 @dataclass
@@ -87,6 +107,7 @@ class Application:
         self.definition = definition
         self.states: dict[str, State] = dict(states or {})
         self.metrics = AppMetrics()
+        self.lateness = Lateness()
         self.stats = ModelStats()  # its KServe face's statistics, as a model's
         self._recent: OrderedDict[tuple[str, bytes], tuple[dict[str, np.ndarray], tuple[str, ...]]] = OrderedDict()
 
@@ -144,8 +165,12 @@ class Application:
             agreeing = pol.combine(state, x, predictions)[1]
             return agreeing * len(predictions) / len(chosen) >= d.confidence_threshold
 
-        deadline_s = fan_out_deadline_s(d.slo_micros)
+        started = time.perf_counter()  # not loop.time(): uvloop's is in ms, cached per iteration
+        deadline_s = fan_out_deadline_s(d.slo_micros, self.lateness.p99_s)
         predictions, late, errors = await self._fan_out(chosen, x, resolver, deadline_s, decided)
+        waited = time.perf_counter() - started
+        if late and waited >= deadline_s:  # it waited for the deadline: how late was it ready?
+            self.lateness.add(waited - deadline_s)
         self.metrics.stragglers += late
         self._remember(uid, x, predictions, tuple(chosen))
         if not predictions:

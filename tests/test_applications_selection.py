@@ -11,7 +11,7 @@ import pytest
 
 from backends.common.errors import InvalidArgument
 from schedulers.app_definition import AppDefinition, LinkedModel
-from schedulers.application import Application
+from schedulers.application import Application, Lateness, fan_out_deadline_s
 from schedulers.selection import POLICIES, summary
 
 # Stated bounds: after 300 feedbacks with A right 90 % of the time, B 70 %, C 50 %, A drops to
@@ -163,6 +163,40 @@ async def test_deadline_combines_what_arrived_and_counts_stragglers() -> None:
     assert answer.default
     assert answer.explanation == "no model answered within the slo (5000 µs)"
     assert only_slow.metrics.defaults["timeout"] == 1
+
+
+def test_the_fan_out_deadline_keeps_a_reserve_and_moves_up_by_the_recent_lateness() -> None:
+    assert fan_out_deadline_s(15_000) == pytest.approx(0.012)  # 20 % of the slo kept back
+    assert fan_out_deadline_s(100_000) == pytest.approx(0.095)  # at most 5 ms
+    assert fan_out_deadline_s(15_000, 0.002) == pytest.approx(0.010)  # answers ran 2 ms late lately
+    assert fan_out_deadline_s(15_000, 1.0) == pytest.approx(0.0075)  # never less than half the slo
+
+
+def test_lateness_is_the_99th_percentile_of_the_recent_window() -> None:
+    lateness = Lateness(window=160)
+    for ms in range(160):
+        lateness.add(ms / 1000)
+    assert lateness.p99_s == pytest.approx(0.157)  # (taken every 16 answers)
+    for _ in range(160):  # the window moves on: old lateness is forgotten
+        lateness.add(0.001)
+    assert lateness.p99_s == pytest.approx(0.001)
+    lateness.add(-0.5)  # early is not negative lateness
+    assert lateness.p99_s >= 0
+
+
+async def test_an_application_that_waits_for_its_deadline_learns_how_late_it_answers() -> None:
+    never = asyncio.Event()
+
+    async def resolve(model: str, version: str, x: np.ndarray) -> np.ndarray:
+        if model == "slow":
+            await never.wait()
+        return np.array([1.0], dtype=np.float32)
+
+    app = make_app("average", ["fast", "slow"])
+    app.definition.slo_micros = 10_000
+    for _ in range(3):
+        await app.predict(np.zeros(1), "0", resolve)
+    assert app.lateness.p99_s > 0  # the timer fires after the deadline, never before
 
 
 async def test_a_bad_input_for_every_member_is_the_clients_error() -> None:
