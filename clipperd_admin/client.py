@@ -13,6 +13,7 @@ from typing import Any
 from backends.common.config import config_to_json
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin import frameworks
+from clipperd_admin.applications import ApplicationAdmin
 from clipperd_admin.errors import AdminError, LoadFailed, ModelClash, ModelNotFound, ServerError
 from clipperd_admin.python_function import function_bundle
 from clipperd_admin.server_api import ModelStatus, ServerApi
@@ -28,7 +29,8 @@ class ClipperdAdmin:
     """Admin client of one clipperd server and its model repository (a local folder).
 
     ``control_mode``: ``explicit`` or ``poll`` as the server was started; None asks the server.
-    ``timeout``: seconds a deploy or version change waits for the server to serve it."""
+    ``timeout``: seconds a deploy or version change waits for the server to serve it.
+    ``applications``: the same server's applications (register, link, pin, roll back...)."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class ClipperdAdmin:
         self.api = ServerApi(http_url, timeout=max(timeout, 5.0))  # a load call lasts as long as the load
         self.timeout = timeout
         self._mode = control_mode
+        self.applications = ApplicationAdmin(http_url, timeout_s=max(timeout, 5.0))
 
     # ---- deploying ------------------------------------------------------------------------
 

@@ -312,3 +312,16 @@ def test_an_unknown_state_store_is_refused_at_start(tmp_path: Path) -> None:
     run = subprocess.run([*command, "--app-state", unreachable], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "application state (--app-state) unavailable: ConnectionError" in run.stderr
+
+
+def test_the_admin_client_reaches_the_applications_of_its_server(server: ServerProcess) -> None:
+    from clipperd_admin import ClipperdAdmin
+
+    admin = ClipperdAdmin(server.repository, server.http_url)
+    apps = admin.applications
+    apps.register_application("joined", ["one_a"], "single", default_output=-1.0, slo_micros=500_000)
+    try:
+        assert [a["name"] for a in apps.list_applications()].count("joined") == 1
+        assert admin.list_models()  # the same client deploys and lists the repository's models
+    finally:
+        apps.delete_application("joined")
