@@ -106,6 +106,7 @@ def run(args: argparse.Namespace, slow_factor: float) -> dict[str, Any]:
         "slo_ms": args.slo_ms,
         **result,
         "server_predictions": metrics["predictions"],
+        "server_mean_ms": round(metrics["mean_latency_micros"] / 1000, 2),  # inside the application
         "default_share": round(sum(metrics["defaults"].values()) / predictions, 4),
         "defaults": metrics["defaults"],
         "stragglers": metrics["stragglers"],

@@ -33,6 +33,11 @@ FEEDBACK_TIMEOUT_S = 10.0  # re-asking the models for feedback on an input no lo
 # busy with other requests), never more than half the slo.
 RESERVE_SHARE, RESERVE_MAX_S = 0.2, 0.005
 LATENESS_WINDOW = 256  # recent deadline-bound predictions the lateness percentile is taken over
+# A member that missed the deadline in this many predictions in a row is not waited for: the
+# answer goes once the others are in (it would have gone without it at the deadline anyway).
+# Every PROBE_EVERY-th prediction waits for it as usual, so that a member that is fast again
+# is waited for again from its first answer in time.
+LATE_STREAK, PROBE_EVERY = 8, 128  # probes under 1 % of predictions stay out of the p99
 
 
 def fan_out_deadline_s(slo_micros: int, lateness_s: float = 0.0) -> float:
@@ -108,6 +113,7 @@ class Application:
         self.states: dict[str, State] = dict(states or {})
         self.metrics = AppMetrics()
         self.lateness = Lateness()
+        self.late_streak: Counter[str] = Counter()  # per member: deadlines missed in a row
         self.stats = ModelStats()  # its KServe face's statistics, as a model's
         self._recent: OrderedDict[tuple[str, bytes], tuple[dict[str, np.ndarray], tuple[str, ...]]] = OrderedDict()
 
@@ -167,10 +173,14 @@ class Application:
 
         started = time.perf_counter()  # not loop.time(): uvloop's is in ms, cached per iteration
         deadline_s = fan_out_deadline_s(d.slo_micros, self.lateness.p99_s)
-        predictions, late, errors = await self._fan_out(chosen, x, resolver, deadline_s, decided)
+        hopeless = self._hopeless(chosen)
+        predictions, pending, errors = await self._fan_out(chosen, x, resolver, deadline_s, decided, hopeless)
         waited = time.perf_counter() - started
-        if late and waited >= deadline_s:  # it waited for the deadline: how late was it ready?
+        at_deadline = bool(pending) and waited >= deadline_s
+        if at_deadline:  # it waited for the deadline: how late was it ready?
             self.lateness.add(waited - deadline_s)
+        self._count_late(chosen, pending, at_deadline)
+        late = len(pending)
         self.metrics.stragglers += late
         self._remember(uid, x, predictions, tuple(chosen))
         if not predictions:
@@ -194,9 +204,12 @@ class Application:
         resolver: Resolver,
         timeout_s: float,
         decided: Callable[[dict[str, np.ndarray], list[str]], bool] | None = None,
-    ) -> tuple[dict[str, np.ndarray], int, list[BaseException]]:
-        """Asks ``chosen``; returns at the deadline, when all answered, or as soon as ``decided``
-        says the rest cannot change the answer. The members not heard from are cancelled."""
+        hopeless: frozenset[str] = frozenset(),
+    ) -> tuple[dict[str, np.ndarray], list[str], list[BaseException]]:
+        """Asks ``chosen``; returns at the deadline, when all answered, as soon as ``decided``
+        says the rest cannot change the answer, or when only ``hopeless`` members (chronically
+        late) are left and one answer is in. The members not heard from are cancelled and
+        returned by name."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         versions = {m.name: m.version for m in self.definition.models}
@@ -214,13 +227,33 @@ class Application:
                     predictions[tasks[task]] = task.result()
                 else:
                     errors.append(error)
-            if pending and predictions and decided is not None and decided(predictions, [tasks[t] for t in pending]):
+            waiting = [tasks[t] for t in pending]
+            if pending and predictions and decided is not None and decided(predictions, waiting):
+                self.metrics.early += 1
+                break
+            if pending and predictions and hopeless.issuperset(waiting):
                 self.metrics.early += 1
                 break
         for task in pending:
             task.add_done_callback(_retrieve)
             task.cancel()  # a late answer is worse than none: free its queue slot
-        return predictions, len(pending), errors
+        return predictions, [tasks[t] for t in pending], errors
+
+    def _hopeless(self, chosen: list[str]) -> frozenset[str]:
+        """The chosen members not to wait for: late at every one of their last LATE_STREAK
+        deadlines (none on a probing prediction)."""
+        if self.metrics.predictions % PROBE_EVERY == 0:
+            return frozenset()
+        return frozenset(m for m in chosen if self.late_streak[m] >= LATE_STREAK)
+
+    def _count_late(self, chosen: list[str], pending: list[str], at_deadline: bool) -> None:
+        """A member heard from is on time again; one still pending at the deadline missed it
+        (one not waited for, or cut short by an early answer, says nothing)."""
+        for member in chosen:
+            if member not in pending:
+                self.late_streak[member] = 0
+            elif at_deadline:
+                self.late_streak[member] += 1
 
     def _default(self, reason: str, explanation: str, confidence: float = 0.0) -> Answer:
         self.metrics.defaults[reason] += 1

@@ -11,7 +11,7 @@ import pytest
 
 from backends.common.errors import InvalidArgument
 from schedulers.app_definition import AppDefinition, LinkedModel
-from schedulers.application import Application, Lateness, fan_out_deadline_s
+from schedulers.application import LATE_STREAK, PROBE_EVERY, Application, Lateness, fan_out_deadline_s
 from schedulers.selection import POLICIES, summary
 
 # Stated bounds: after 300 feedbacks with A right 90 % of the time, B 70 %, C 50 %, A drops to
@@ -197,6 +197,32 @@ async def test_an_application_that_waits_for_its_deadline_learns_how_late_it_ans
     for _ in range(3):
         await app.predict(np.zeros(1), "0", resolve)
     assert app.lateness.p99_s > 0  # the timer fires after the deadline, never before
+
+
+async def test_a_member_late_at_every_recent_deadline_is_not_waited_for_except_by_probes() -> None:
+    slow_answers = asyncio.Event()
+
+    async def resolve(model: str, version: str, x: np.ndarray) -> np.ndarray:
+        if model == "slow":
+            await slow_answers.wait()
+        return np.array([0.5], dtype=np.float32)
+
+    app = make_app("average", ["fast", "slow"])
+    app.definition.slo_micros = 20_000
+    for _ in range(LATE_STREAK):  # each waits for the deadline: the slow member misses it
+        answer = await app.predict(np.zeros(1), "0", resolve)
+    assert app.late_streak["slow"] == LATE_STREAK
+    assert app.late_streak["fast"] == 0
+    app.definition.slo_micros = 3_600_000_000  # an hour: waiting for this deadline would hang
+    answer = await asyncio.wait_for(app.predict(np.zeros(1), "0", resolve), 5)
+    assert answer.answered == ["fast"]
+    assert app.metrics.stragglers == LATE_STREAK + 1
+    app.definition.slo_micros = 20_000
+    app.metrics.predictions = PROBE_EVERY  # a probe waits for the slow member as before
+    slow_answers.set()  # and it is on time now
+    answer = await asyncio.wait_for(app.predict(np.zeros(1), "0", resolve), 5)
+    assert answer.answered == ["fast", "slow"]
+    assert app.late_streak["slow"] == 0  # waited for again from now on
 
 
 async def test_a_bad_input_for_every_member_is_the_clients_error() -> None:
