@@ -18,7 +18,7 @@ import numpy as np
 from backends.common.errors import ClipperdError, InvalidArgument
 from schedulers.app_definition import AppDefinition
 from schedulers.selection import Feedback, State, policy, with_models
-from schedulers.stats import LATENCY_BUCKETS_NS, ModelStats
+from schedulers.stats import LATENCY_BUCKETS_NS, ModelStats, latency_bucket
 
 # runs one model (name, version "" for the latest) on one input; returns its output
 Resolver = Callable[[str, str, np.ndarray], Awaitable[np.ndarray]]
@@ -84,8 +84,7 @@ class AppMetrics:
     def record(self, elapsed_ns: int) -> None:
         self.predictions += 1
         self.latency_ns += elapsed_ns
-        index = next((i for i, b in enumerate(LATENCY_BUCKETS_NS) if elapsed_ns <= b), len(LATENCY_BUCKETS_NS))
-        self.latency_buckets[index] += 1
+        self.latency_buckets[latency_bucket(elapsed_ns)] += 1
 
     def to_json(self) -> dict[str, object]:
         return {

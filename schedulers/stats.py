@@ -46,6 +46,11 @@ class Rejection(enum.Enum):
 _REJECTIONS = (Unavailable, ResourceExhausted, DeadlineExceeded)
 
 
+def latency_bucket(duration_ns: int) -> int:
+    """The index, in a list of LATENCY_BUCKETS_NS counts and then +Inf, of ``duration_ns``'s bucket."""
+    return bisect_left(LATENCY_BUCKETS_NS, duration_ns)
+
+
 def failure_reason(error: BaseException, executing: bool) -> FailureReason:
     """Classifies a failed request; ``executing``: it failed while queued or executing."""
     if isinstance(error, asyncio.CancelledError | Cancelled):
@@ -128,8 +133,38 @@ class ModelStats:
 
     def record_success(self, duration_ns: int) -> None:
         self.success.add(duration_ns)
-        self.latency_buckets[bisect_left(LATENCY_BUCKETS_NS, duration_ns)] += 1
+        self.latency_buckets[latency_bucket(duration_ns)] += 1
+
+    def track(self) -> RequestTracker:
+        """``with stats.track() as request:`` counts one request in flight and records its
+        success or failure with its duration; ``request.executing`` says where it failed."""
+        return RequestTracker(self)
 
     def record_failure(self, reason: FailureReason, duration_ns: int) -> None:
         self.fail.add(duration_ns)
         self.failures[reason] += 1
+
+
+class RequestTracker:
+    """One request through a model version: in flight while inside, then a success or a failure
+    (classified by whether it had reached the queue), with its end-to-end duration."""
+
+    __slots__ = ("executing", "start", "stats")
+
+    def __init__(self, stats: ModelStats) -> None:
+        self.stats = stats
+        self.executing = False  # set while the request is queued or executing
+
+    def __enter__(self) -> RequestTracker:
+        self.start = time.perf_counter_ns()
+        self.stats.inflight += 1
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        stats = self.stats
+        stats.inflight -= 1
+        elapsed = time.perf_counter_ns() - self.start
+        if error is None:
+            stats.record_success(elapsed)
+        else:
+            stats.record_failure(failure_reason(error, self.executing), elapsed)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from schedulers.application import Application
-from server.metrics import _BUCKET_BOUNDS, _family
+from server.metrics import _family, cumulative_buckets
 
 DEFAULT_REASONS = ("timeout", "low_confidence", "failed")
 
@@ -46,10 +46,7 @@ def application_families(apps: Callable[[], list[Application]]) -> Callable[[], 
             labels=("application",),
         )
         for _, app in rows:
-            cumulative, buckets = 0, []
-            for bound, count in zip(_BUCKET_BOUNDS, app.metrics.latency_buckets, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
+            buckets = cumulative_buckets(app.metrics.latency_buckets)
             histogram.add_metric([app.name], buckets, app.metrics.latency_ns / 1e9)
         yield histogram
 

@@ -3,13 +3,12 @@ management and ``infer``. Nothing here knows about gRPC or HTTP."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from backends.base import Tensors
 from backends.common.errors import NotFound
 from backends.proto import model_config_pb2 as mc
-from schedulers.stats import ModelStats, failure_reason
+from schedulers.stats import ModelStats
 from server import __version__, response_cache
 from server.applications import ApplicationManager
 from server.messages import InferRequest, InferResponse, OutputTensor
@@ -122,41 +121,29 @@ class DataPlane:
         await self.repository.unload(name)
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        start = time.perf_counter_ns()
         try:
             model = self.repository.get(request.model_name, request.model_version)
         except NotFound:
             if (apps := self._application(request.model_name)) is not None:
                 return await self._infer_application(apps, request)
             raise
-        stats = model.stats
-        stats.inflight += 1
-        executing = False
-        try:
-            with self.shared_memory.use(request) as shared_memory:  # reads inputs, holds the regions
-                inputs, batch = model.signature.validate(request)
-                probe = response_cache.lookup(model, request) if model.cache is not None else None
-                if probe is not None and probe.outputs is not None:
-                    outputs = probe.outputs  # a hit: the model does not run
-                else:
-                    executing = True
-                    params = request.parameters
-                    outputs = await model.scheduler.execute(
-                        inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
-                    )
-                    executing = False
-                    if probe is not None:
-                        response_cache.store(model, probe, outputs)
-                response = self._response(request, model, outputs)
-                shared_memory.write_outputs(response)
-        except BaseException as error:
-            stats.record_failure(failure_reason(error, executing), time.perf_counter_ns() - start)
-            raise
-        else:
-            stats.record_success(time.perf_counter_ns() - start)
-            return response
-        finally:
-            stats.inflight -= 1
+        with model.stats.track() as tracked, self.shared_memory.use(request) as shared_memory:
+            inputs, batch = model.signature.validate(request)  # shared memory's inputs are read now
+            probe = response_cache.lookup(model, request)
+            if probe is not None and probe.outputs is not None:
+                outputs = probe.outputs  # a hit: the model does not run
+            else:
+                tracked.executing = True
+                params = request.parameters
+                outputs = await model.scheduler.execute(
+                    inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
+                )
+                tracked.executing = False
+                if probe is not None:
+                    response_cache.store(model, probe, outputs)
+            response = self._response(request, model, outputs)
+            shared_memory.write_outputs(response)
+        return response
 
     async def _infer_application(self, apps: ApplicationManager, request: InferRequest) -> InferResponse:
         with self.shared_memory.use(request) as shared_memory:

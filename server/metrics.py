@@ -11,6 +11,7 @@ counter's samples)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -247,12 +248,14 @@ def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:
         labels=_MODEL_LABELS,
     )
     for m in models:
-        cumulative, buckets = 0, []
-        for bound, count in zip(_BUCKET_BOUNDS, m.stats.latency_buckets, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
+        buckets = cumulative_buckets(m.stats.latency_buckets)
         histogram.add_metric([m.name, str(m.version)], buckets, m.stats.success.ns / 1e9)
     return histogram
+
+
+def cumulative_buckets(counts: list[int]) -> list[tuple[str, int]]:
+    """Counts per LATENCY_BUCKETS_NS bucket (then +Inf) as Prometheus' cumulative (bound, count) pairs."""
+    return list(zip(_BUCKET_BOUNDS, itertools.accumulate(counts), strict=True))
 
 
 class CpuMetrics:

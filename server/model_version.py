@@ -24,7 +24,7 @@ from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import InstanceWorker
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.scheduler import ModelScheduler
-from schedulers.stats import ModelStats, failure_reason
+from schedulers.stats import ModelStats
 from server.validation import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -60,22 +60,10 @@ class ModelVersion:
     async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Tensors:
         """One request from inside the server (an ensemble's step): validated against this
         version's config, queued and batched like a client's, counted in its statistics."""
-        stats = self.stats
-        start = time.perf_counter_ns()
-        stats.inflight += 1
-        executing = False
-        try:
+        with self.stats.track() as request:
             arrays, batch = self.signature.validate_tensors(inputs)
-            executing = True
-            outputs = await self.scheduler.execute(arrays, batch, priority, timeout_us)
-        except BaseException as error:
-            stats.record_failure(failure_reason(error, executing), time.perf_counter_ns() - start)
-            raise
-        else:
-            stats.record_success(time.perf_counter_ns() - start)
-            return outputs
-        finally:
-            stats.inflight -= 1
+            request.executing = True
+            return await self.scheduler.execute(arrays, batch, priority, timeout_us)
 
 
 # backends that can use a GPU; KIND_AUTO places the others on the CPU
