@@ -92,16 +92,7 @@ def run_round(names: list[str], args: argparse.Namespace, workspace: Path, repos
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3, help="rounds over all systems; the table shows medians")
-    parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
-    parser.add_argument("--perf-analyzer", help="the binary (default $CLIPPERD_PERF_ANALYZER or .tools/pa)")
-    parser.add_argument("--json", help="write the machine, every run and the medians here")
-    parser.add_argument("--logs", help="keep the servers' logs and perf_analyzer's CSVs in this folder")
-    args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return sbs.parse_round_args(parser, SYSTEMS, repeat=3)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,11 +357,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="what perf_analyzer speaks")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds over all systems; the table shows medians")
+    return parse_round_args(parser, SYSTEMS, repeat=1)
+
+
+def parse_round_args(parser: argparse.ArgumentParser, systems: Sequence[str], repeat: int) -> argparse.Namespace:
+    """The arguments every side-by-side script takes (rounds, window, systems, outputs), parsed."""
+    parser.add_argument("--repeat", type=int, default=repeat, help="rounds over all systems; the table shows medians")
     parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(systems), help="comma-separated, from: " + ", ".join(systems))
     parser.add_argument("--perf-analyzer", help="the binary (default $CLIPPERD_PERF_ANALYZER or .tools/pa)")
-    parser.add_argument("--json", help="write the machine, every run, the medians and the targets here")
+    parser.add_argument("--json", help="write the machine, every run and the medians here")
     parser.add_argument("--logs", help="keep the servers' logs and perf_analyzer's CSVs in this folder")
     args = parser.parse_args()
     if args.repeat < 1:
