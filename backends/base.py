@@ -83,6 +83,11 @@ class Backend(abc.ABC):
     #: parallelism and costs two thread switches per batch, so the scheduler runs it on the event
     #: loop unless the config's ``execution_mode`` parameter says ``thread``
     holds_gil: ClassVar[bool] = False
+    #: True when ``execute`` may be called from another thread than the one that loaded the
+    #: instance (never two at once) on a CPU: the framework keeps no per-thread state that
+    #: execution relies on. The scheduler then runs short requests on an idle device's event
+    #: loop, sparing two thread switches (the ``idle_inline_us`` parameter)
+    runs_off_thread: ClassVar[bool] = False
 
     def __init__(self, context: InstanceContext) -> None:
         self.context = context

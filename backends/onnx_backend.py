@@ -69,6 +69,7 @@ def _ort() -> Any:
 
 class OnnxRuntimeBackend(Backend):
     default_filename = "model.onnx"
+    runs_off_thread = True  # an InferenceSession is thread-safe
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

@@ -197,6 +197,7 @@ class PyTorchBackend(Backend):
     """One TorchScript instance on the CPU or one GPU, with its own CUDA stream on a GPU."""
 
     default_filename = "model.pt"
+    runs_off_thread = True  # on a CPU; per-thread state (inference mode, a stream) is set per execute
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

@@ -33,6 +33,7 @@ XGBOOST_ESTIMATORS = ("classifier", "regressor")
 
 class SklearnBackend(Backend):
     default_filename = "model.joblib"
+    runs_off_thread = True  # predict holds no per-thread state; thread pools are bounded process-wide
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

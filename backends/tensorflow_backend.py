@@ -55,6 +55,7 @@ def _tf(context: InstanceContext) -> Any:
 
 class TensorFlowBackend(Backend):
     default_filename = "model.savedmodel"
+    runs_off_thread = True  # a concrete function is thread-safe; the device is set per execute
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

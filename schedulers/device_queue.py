@@ -8,7 +8,14 @@ the end of the iteration). Batches are executed on the instance threads; the eve
 queues, merges bookkeeping and wakes the waiters. An instance that runs on the event loop is
 never busy when a request arrives, and waiting for the iteration's end would only cost a
 suspension: its requests run at once, one by one. A request whose caller went away (its future
-cancelled) leaves the queue and is never executed."""
+cancelled) leaves the queue and is never executed.
+
+Idle inline execution: a request that finds every instance of the device idle and nobody
+waiting runs at once on the event loop when the device's recent single-request executions were
+short (at most the instances' ``inline_ns``, scaled to the request's rows). The loop would only
+wait for the thread, and the two thread switches, with the idle cores waking for each, cost
+more than a small model's forward (on a VM: ~100 µs against a 64->256->256->10 MLP's 35-100).
+Under load the device is never idle, and requests queue and batch as before."""
 
 from __future__ import annotations
 
@@ -94,8 +101,14 @@ class DeviceQueue:
         self._dispatching = False
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
-        self._inline = any(w.on_loop for w in self._workers) and not (self._delay_ns or self._fill_delay_ns)
+        windowless = not (self._delay_ns or self._fill_delay_ns)  # a batching window is honoured
+        self._inline = any(w.on_loop for w in self._workers) and windowless
         self._defer = self._batching and not self._inline
+        # idle inline execution (see the module's doc): the instances' bound, 0 when not allowed
+        self._inline_ns = min(w.inline_ns for w in self._workers) if windowless else 0
+        self._solo_ns = 0.0  # moving average of single-request executions, past the warm-up
+        self._solo_rows = 0.0  # and of their rows
+        self.inline_executions = 0  # requests run at once on the event loop
 
     @property
     def pending(self) -> int:
@@ -127,10 +140,17 @@ class DeviceQueue:
         ahead = self.busy + -(-len(self.queue) // self.aimd.cap)
         return (ahead / len(self._workers) + 1) * self.batch_ns
 
-    @property
-    def runs_now(self) -> bool:
-        """An instance on the event loop is idle and nobody waits: ``run_inline`` applies."""
-        return self._inline and bool(self._idle) and not self.queue
+    def runs_now(self, rows: int) -> bool:
+        """``run_inline`` applies to a request of ``rows`` rows: nobody waits, and an instance on
+        the event loop is idle, or every (thread) instance is idle and the request should take
+        at most their ``inline_ns``, by the device's recent single-request executions."""
+        if self.queue:
+            return False
+        if self._inline:
+            return bool(self._idle)
+        if not self._inline_ns or len(self._idle) < len(self._workers) or not self._solo_ns:
+            return False
+        return self._solo_ns * max(1.0, rows / self._solo_rows) <= self._inline_ns
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
@@ -178,8 +198,9 @@ class DeviceQueue:
         pending.level = max((r.level for r in self.queue), default=pending.level)
 
     def run_inline(self, inputs: Tensors, batch_size: int) -> Tensors:
-        """An idle instance on the event loop and nobody waiting: run now, without queue or future."""
+        """``runs_now``: run on the event loop now, without queue, future or thread switch."""
         self.stats.queue.add(0)
+        self.inline_executions += 1
         result, error = self._idle[-1].run_now(self._job([inputs], [batch_size]))
         if error is not None:
             raise error
@@ -327,7 +348,15 @@ class DeviceQueue:
             self._warm.add(worker.name)
             return
         elapsed = sum(times)
-        self.batch_ns = elapsed if not self.batch_ns else self.batch_ns + _SMOOTHING * (elapsed - self.batch_ns)
+        self.batch_ns = _average(self.batch_ns, elapsed)
+        if requests == 1:
+            self._solo_ns = _average(self._solo_ns, elapsed)
+            self._solo_rows = _average(self._solo_rows, rows)
+
+
+def _average(average: float, value: float) -> float:
+    """An exponential moving average: ``value`` itself when there is none yet."""
+    return value if not average else average + _SMOOTHING * (value - average)
 
 
 def _deliver(

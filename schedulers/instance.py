@@ -8,7 +8,11 @@ Work is handed over through a SimpleQueue and results come back with one
 A backend that holds the GIL throughout (pure Python) gains nothing from a thread and pays
 those switches, plus GIL hand-offs with the event loop under load; such an instance executes on
 the event loop itself (it still loads and unloads on a helper thread, so a slow import does not
-stall serving)."""
+stall serving).
+
+A thread instance with ``inline_ns`` set may also run a job on the event loop (``run_now``)
+while its thread waits for work: the scheduler does so for short requests on an idle device,
+where the two switches (and the idle cores waking for them) cost more than the model."""
 
 from __future__ import annotations
 
@@ -33,9 +37,14 @@ _STOP = object()
 class InstanceWorker:
     """Runs one backend instance, one job at a time (the scheduler keeps it so)."""
 
-    def __init__(self, name: str, make_backend: Callable[[], Backend], *, on_loop: bool = False) -> None:
+    def __init__(
+        self, name: str, make_backend: Callable[[], Backend], *, on_loop: bool = False, inline_ns: int = 0
+    ) -> None:
+        """``inline_ns``: for a thread instance, the longest execution the scheduler may run on
+        the event loop instead when the device is idle (0: never)."""
         self.name = name
         self.on_loop = on_loop
+        self.inline_ns = 0 if on_loop else inline_ns
         self._make_backend = make_backend
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"instance-{name}", daemon=True)
@@ -61,8 +70,10 @@ class InstanceWorker:
             self._jobs.put((job, loop, done))
 
     def run_now(self, job: Job) -> tuple[Any, BaseException | None]:
-        """Runs ``job`` at once on the calling thread (the event loop): for instances on the loop."""
-        assert self._backend is not None, "run_now is for loaded instances on the event loop"
+        """Runs ``job`` at once on the calling thread (the event loop): for an instance on the
+        loop, or an idle thread instance with ``inline_ns`` (its thread is waiting for a job, and
+        only the loop submits one, so the backend is never used by both at once)."""
+        assert self._backend is not None, "run_now is for loaded instances on the loop or with inline_ns"
         return _call(job, self._backend)
 
     async def stop(self) -> None:
@@ -89,10 +100,13 @@ class InstanceWorker:
             self._ready.set_exception(exc)
             self._stopped.set_result(None)
             return
+        if self.inline_ns:
+            self._backend = backend
         self._ready.set_result(None)
         try:
             self._serve(backend)
         finally:
+            self._backend = None
             _unload(backend, self.name)
             self._stopped.set_result(None)
 

@@ -82,7 +82,7 @@ class ModelScheduler:
         if self._batching and self._policies.bounded:
             self._admit(level)
         queue = self._route()
-        if queue.runs_now:
+        if queue.runs_now(batch_size):
             return queue.run_inline(inputs, batch_size)
         key = batch_key(inputs) if self._batching else None
         pending = Pending(inputs, batch_size, asyncio.get_running_loop().create_future(), key, level)

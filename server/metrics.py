@@ -93,6 +93,12 @@ _DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceQueue], float]], ...
         lambda q: q.executions,
     ),
     (
+        "clipperd_device_inline_executions",
+        "Requests executed at once on the event loop (an idle device, a short request): no queue, no thread switch",
+        "counter",
+        lambda q: q.inline_executions,
+    ),
+    (
         "clipperd_device_inference_count",
         "Inferences (rows) executed on the device",
         "counter",

@@ -30,6 +30,8 @@ from server.validation import ModelSignature
 log = logging.getLogger(__name__)
 
 EXECUTION_MODE = "execution_mode"  # config parameter: where instances execute
+IDLE_INLINE = "idle_inline_us"  # config parameter: the longest request run on an idle device's event loop
+DEFAULT_IDLE_INLINE_US = 300
 
 
 @dataclass
@@ -118,13 +120,16 @@ async def load_model_version(
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     mode = execution_mode(config.name, backend_class, parameters)
     settings = WorkerSettings.parse(config.name, parameters, version_path.parent) if mode == "process" else None
+    inline_ns = idle_inline_us(config.name, backend_class, parameters) * 1000
     workers = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, parameters)
         factory: Callable[[], Backend] = functools.partial(_make, backend_class, context)
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
-        workers.append(InstanceWorker(name, factory, on_loop=mode == "event_loop"))
+        on_loop = mode == "event_loop"
+        inline = inline_ns if device.kind == "cpu" else 0  # a GPU instance keeps its stream's thread
+        workers.append(InstanceWorker(name, factory, on_loop=on_loop, inline_ns=inline))
     results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
@@ -169,6 +174,22 @@ def execution_mode(model: str, backend_class: type[Backend], parameters: dict[st
             f"got {mode[:32]!r}"
         )
     return mode or ("event_loop" if backend_class.holds_gil else "thread")
+
+
+def idle_inline_us(model: str, backend_class: type[Backend], parameters: dict[str, str]) -> int:
+    """How long (µs) a request may take to run on the event loop of an idle CPU device
+    (schedulers.device_queue): ``idle_inline_us`` (0 turns it off), else the default for a
+    backend that may execute off its thread, run in the default execution mode. A config that
+    asks for ``execution_mode`` thread or process keeps every execution there."""
+    text = parameters.get(IDLE_INLINE, "").strip()
+    if text and not text.isdigit():
+        raise InvalidArgument(
+            f"model '{model}': parameter '{IDLE_INLINE}' must be a whole number of microseconds (0: off), "
+            f"got {text[:32]!r}"
+        )
+    if not backend_class.runs_off_thread or parameters.get(EXECUTION_MODE, ""):
+        return 0
+    return int(text) if text else DEFAULT_IDLE_INLINE_US
 
 
 def _make(backend_class: type[Backend], context: InstanceContext) -> Backend:

@@ -176,6 +176,7 @@ async def harness() -> AsyncIterator[Factory]:
         behaviour: Behaviour = plus_one,
         count: int = 1,
         devices: tuple[str, ...] = (),
+        inline_ns: int = 0,
     ) -> Harness:
         """``devices[i]``: where instance ``w<i>`` runs (one queue per device); ``count`` then
         defaults to one instance per device."""
@@ -186,7 +187,12 @@ async def harness() -> AsyncIterator[Factory]:
         for i in range(count):
             context = InstanceContext(config, 1, Path("/nonexistent/m/1"), CPU, f"w{i}")
             workers.append(
-                InstanceWorker(f"w{i}", functools.partial(GatedBackend, context, gate, behaviour, log), on_loop=on_loop)
+                InstanceWorker(
+                    f"w{i}",
+                    functools.partial(GatedBackend, context, gate, behaviour, log),
+                    on_loop=on_loop,
+                    inline_ns=inline_ns,
+                )
             )
         await asyncio.gather(*(w.start() for w in workers))
         scheduler = ModelScheduler(config, workers, ModelStats(), devices)
@@ -483,6 +489,91 @@ async def test_event_loop_instances_run_each_request_at_once(harness: Factory) -
     assert h.log.values == [[1], [2], [3]]
     results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert [out(r) for r in results] == [[2], [3], [4]]
+
+
+# ----------------------------------------------------------------------------------------- idle inline
+
+LOOP_BOUND_NS = 10**9  # far above what the test backend takes: only idleness decides
+
+
+async def test_an_idle_device_runs_short_requests_on_the_event_loop_after_the_warm_up(harness: Factory) -> None:
+    h = await harness(inline_ns=LOOP_BOUND_NS)
+    loop_thread = threading.current_thread().name
+    for value in range(4):
+        assert out(await asyncio.wait_for(h.infer(value), WAIT)) == [value + 1]
+    # the first execution warms the instance up and the second is the first measured: both on
+    # the instance's thread; from then on the device is idle at each arrival and known to be fast
+    assert [c.thread for c in h.log.calls] == ["instance-w0", "instance-w0", loop_thread, loop_thread]
+    assert h.scheduler.queues[0].inline_executions == 2
+    assert h.scheduler.queues[0].executions == 4
+    assert h.scheduler.stats.execution_count == 4
+
+
+async def test_no_idle_inline_without_its_bound_or_with_a_batching_window(harness: Factory) -> None:
+    windowed = model_config()
+    windowed.dynamic_batching.max_queue_delay_microseconds = 100
+    for h in (await harness(), await harness(windowed, inline_ns=LOOP_BOUND_NS)):
+        for value in range(4):
+            assert out(await asyncio.wait_for(h.infer(value), WAIT)) == [value + 1]
+        assert {c.thread for c in h.log.calls} == {"instance-w0"}
+        assert h.scheduler.queues[0].inline_executions == 0
+
+
+async def test_a_request_longer_than_the_bound_goes_to_the_thread(harness: Factory) -> None:
+    h = await harness(inline_ns=1)  # 1 ns: no execution is that short
+    for value in range(4):
+        await asyncio.wait_for(h.infer(value), WAIT)
+    assert {c.thread for c in h.log.calls} == {"instance-w0"}
+    fast = await harness(inline_ns=LOOP_BOUND_NS)
+    for value in range(3):
+        await asyncio.wait_for(fast.infer(value), WAIT)
+    assert fast.log.calls[-1].thread != "instance-w0"  # now inline, for one-row requests
+    queue = fast.scheduler.queues[0]
+    assert queue.runs_now(1)
+    queue._inline_ns = int(queue._solo_ns * 4) + 1  # a bound just over four of these rows' time
+    assert queue.runs_now(4)
+    assert not queue.runs_now(5)  # scaled by rows: five would take longer than the bound
+
+
+async def test_requests_arriving_while_busy_queue_and_batch_on_the_thread(harness: Factory) -> None:
+    h = await harness(hold=True, inline_ns=LOOP_BOUND_NS)
+    h.gate.open()
+    for value in range(2):  # warm-up and first measure
+        await asyncio.wait_for(h.infer(value), WAIT)
+    h.gate.hold = True
+    first = h.start(10)  # inline: the test's loop itself is held in execute until released
+    second = h.start(11)
+    h.gate.release()
+    await asyncio.wait_for(first, WAIT)
+    assert h.log.calls[-1].thread == threading.current_thread().name
+    # while one request executes on the thread, the others queue and batch together
+    h.gate.hold = True
+    h.scheduler.queues[0]._solo_ns = float(LOOP_BOUND_NS) * 2  # the next goes to the thread
+    busy = h.start(20)
+    await h.gate.entered()
+    h.scheduler.queues[0]._solo_ns = 1.0  # fast again, but the device is busy now
+    waiting = [h.start(v) for v in (21, 22, 23)]
+    await h.queued(4)
+    h.gate.open()
+    results = await asyncio.wait_for(asyncio.gather(second, busy, *waiting), WAIT)
+    assert [out(r) for r in results] == [[12], [21], [22], [23], [24]]
+    assert h.log.values[-1] == [21, 22, 23]
+    assert h.log.calls[-1].thread == "instance-w0"
+
+
+async def test_a_failure_inline_fails_its_request_and_the_device_goes_on(harness: Factory) -> None:
+    def fails_on_seven(inputs: Tensors) -> Any:
+        if float(inputs["IN"].ravel()[0]) == 7:
+            raise ValueError("seven")
+        return plus_one(inputs)
+
+    h = await harness(behaviour=fails_on_seven, inline_ns=LOOP_BOUND_NS)
+    for value in range(2):
+        await asyncio.wait_for(h.infer(value), WAIT)
+    with pytest.raises(ValueError, match="seven"):
+        await asyncio.wait_for(h.infer(7), WAIT)
+    assert h.log.calls[-1].thread == threading.current_thread().name
+    assert out(await asyncio.wait_for(h.infer(8), WAIT)) == [9]
 
 
 async def test_a_request_cancelled_while_executing_does_not_break_the_others(harness: Factory) -> None:

@@ -1,0 +1,148 @@
+"""Idle inline execution through a real server: a small PyTorch model's requests at concurrency 1
+run on the event loop once the device is known to be fast (the clipperd_device_inline_executions
+counter), answers are the model's own whichever path a request took, concurrent requests still
+queue and batch on the instance thread, the config's opt-outs hold, and a bad ``idle_inline_us``
+fails the load with the parameter named."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serverproc import EXAMPLES, ServerProcess, running
+
+pytestmark = pytest.mark.timeout(180)
+
+MLP = EXAMPLES / "mlp_torch"
+BASE = (MLP / "config.pbtxt").read_text()
+FAST = "1000000"  # 1 s: far above any forward of this MLP, so only idleness decides
+
+
+def variant(name: str, **parameters: str) -> str:
+    config = BASE.replace('name: "mlp_torch"', f'name: "{name}"')
+    for key, value in parameters.items():
+        config += f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    return config + "\n"
+
+
+MODELS = {
+    "inline": variant("inline", idle_inline_us=FAST),
+    "threaded": variant("threaded", execution_mode="thread", idle_inline_us=FAST),
+    "off": variant("off", idle_inline_us="0"),
+    "tiny_bound": variant("tiny_bound", idle_inline_us="1"),
+    "windowed": variant("windowed", idle_inline_us=FAST).replace(
+        "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 100 }"
+    ),
+    "bad_word": variant("bad_word", idle_inline_us="soon"),
+    "bad_negative": variant("bad_negative", idle_inline_us="-5"),
+    "bad_fraction": variant("bad_fraction", idle_inline_us="2.5"),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("inline-repo")
+    for name, config in MODELS.items():
+        shutil.copytree(MLP, repo / name)
+        (repo / name / "config.pbtxt").write_text(config)
+    with running(repo, "--no-strict-readiness", log_dir=logs_dir) as proc:  # the bad ones fail, on purpose
+        yield proc
+        assert proc.is_running(), proc.log()
+
+
+@pytest.fixture(scope="module")
+def module() -> torch.jit.ScriptModule:
+    return torch.jit.load(str(MLP / "1" / "model.pt")).eval()
+
+
+def device_metric(server: ServerProcess, name: str, model: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.removesuffix("_total") == name and sample.labels.get("model") == model:
+                return float(sample.value)
+    raise AssertionError(f"{name} for {model} not in the metrics")
+
+
+def infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
+    tensor = grpcclient.InferInput("INPUT__0", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result: np.ndarray | None = client.infer(model, [tensor]).as_numpy("OUTPUT__0")
+    assert result is not None
+    return result
+
+
+def expected(module: torch.jit.ScriptModule, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).numpy()  # type: ignore[no-any-return]
+
+
+def test_sequential_requests_run_on_the_event_loop_after_the_warm_up(
+    server: ServerProcess, module: torch.jit.ScriptModule
+) -> None:
+    rng = np.random.default_rng(0)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        for _ in range(6):
+            x = rng.standard_normal((1, 64)).astype(np.float32)
+            np.testing.assert_allclose(infer(client, "inline", x), expected(module, x), rtol=1e-5, atol=1e-6)
+    # the first execution warms the instance up, the second is the first measured (both on the
+    # instance thread); the device is idle at every later arrival
+    assert device_metric(server, "clipperd_device_executions", "inline") == 6
+    assert device_metric(server, "clipperd_device_inline_executions", "inline") == 4
+
+
+@pytest.mark.parametrize("model", ["threaded", "off", "tiny_bound", "windowed"])
+def test_the_opt_outs_keep_every_execution_on_the_thread(server: ServerProcess, model: str) -> None:
+    """An explicit execution_mode thread, idle_inline_us 0, a bound no forward meets, a batching
+    window (max_queue_delay_microseconds) that must be honoured."""
+    x = np.ones((1, 64), dtype=np.float32)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        for _ in range(5):
+            infer(client, model, x)
+    assert device_metric(server, "clipperd_device_executions", model) == 5
+    assert device_metric(server, "clipperd_device_inline_executions", model) == 0
+
+
+def test_concurrent_requests_are_answered_right_on_either_path(
+    server: ServerProcess, module: torch.jit.ScriptModule
+) -> None:
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal((1 + i % 3, 64)).astype(np.float32) for i in range(96)]
+    executions = device_metric(server, "clipperd_device_executions", "inline")
+    inline = device_metric(server, "clipperd_device_inline_executions", "inline")
+
+    def call(x: np.ndarray) -> np.ndarray:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            return infer(client, "inline", x)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(call, rows))
+    for x, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer, expected(module, x), rtol=1e-5, atol=1e-6)
+    ran = device_metric(server, "clipperd_device_executions", "inline") - executions
+    ran_inline = device_metric(server, "clipperd_device_inline_executions", "inline") - inline
+    assert 0 < ran <= 96
+    assert 0 <= ran_inline <= ran
+    with grpcclient.InferenceServerClient(server.url) as client:  # the device is idle again after
+        infer(client, "inline", rows[0])
+    assert device_metric(server, "clipperd_device_inline_executions", "inline") == inline + ran_inline + 1
+
+
+@pytest.mark.parametrize("model", ["bad_word", "bad_negative", "bad_fraction"])
+def test_a_bad_bound_fails_the_load_naming_the_parameter(server: ServerProcess, model: str) -> None:
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert not client.is_model_ready(model)
+        assert client.is_model_ready("inline")  # the others serve
+        index = {m.name: m for m in client.get_model_repository_index().models}
+    assert "idle_inline_us" in index[model].reason
+    assert "whole number of microseconds" in index[model].reason
