@@ -15,13 +15,18 @@ waiting runs at once on the event loop when the device's recent single-request e
 short (at most the instances' ``inline_ns``, scaled to the request's rows). The loop would only
 wait for the thread, and the two thread switches, with the idle cores waking for each, cost
 more than a small model's forward (on a VM: ~100 µs against a 64->256->256->10 MLP's 35-100).
-Under load the device is never idle, and requests queue and batch as before."""
+It applies at low load only: the device must have been idle for at least such an execution's
+time (a closed loop of several clients brings the next request right after a completion), and
+no other device on the event loop may have work queued or executing (its completions need the
+loop). Otherwise requests queue and batch on the threads as before: inline executions never
+batch, so under load they would trade the batcher's throughput for the switches saved."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +43,9 @@ from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
 
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
+
+# per event loop: how many of its devices have requests queued or executing on their threads
+_active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 
 class Pending:
@@ -140,6 +148,11 @@ class DeviceQueue:
         ahead = self.busy + -(-len(self.queue) // self.aimd.cap)
         return (ahead / len(self._workers) + 1) * self.batch_ns
 
+    @property
+    def solo_ns(self) -> float:
+        """The moving average of this device's single-request executions (0 until measured)."""
+        return self._solo_ns
+
     def runs_now(self, rows: int) -> bool:
         """``run_inline`` applies to a request of ``rows`` rows: nobody waits, and an instance on
         the event loop is idle, or every (thread) instance is idle and the request should take
@@ -150,13 +163,18 @@ class DeviceQueue:
             return bool(self._idle)
         if not self._inline_ns or len(self._idle) < len(self._workers) or not self._solo_ns:
             return False
-        return self._solo_ns * max(1.0, rows / self._solo_rows) <= self._inline_ns
+        expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
+        if expected_ns > self._inline_ns or time.perf_counter_ns() - self._freed_ns < expected_ns:
+            return False
+        return not _active.get(asyncio.get_running_loop(), 0)
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
         self._loop = self._loop or asyncio.get_running_loop()
         self._enqueue(pending, timeout_us)
-        self._drained.clear()
+        if self._drained.is_set():
+            self._drained.clear()
+            _active[self._loop] = _active.get(self._loop, 0) + 1
         if self._defer:
             if not self._dispatch_scheduled:
                 # the end of this loop iteration: requests that arrived together batch together
@@ -202,6 +220,7 @@ class DeviceQueue:
         self.stats.queue.add(0)
         self.inline_executions += 1
         result, error = self._idle[-1].run_now(self._job([inputs], [batch_size]))
+        self._freed_ns = time.perf_counter_ns()
         if error is not None:
             raise error
         outputs, times = result
@@ -235,8 +254,10 @@ class DeviceQueue:
                 worker.submit(job, self._loop, done)
         finally:
             self._dispatching = False
-        if not self.queue and not self.busy:
+        if not self.queue and not self.busy and not self._drained.is_set():
             self._drained.set()
+            assert self._loop is not None
+            _active[self._loop] -= 1
 
     def _next_batch(self) -> list[Pending] | None:
         queue = self.queue

@@ -1,13 +1,14 @@
 """Idle inline execution through a real server: a small PyTorch model's requests at concurrency 1
 run on the event loop once the device is known to be fast (the clipperd_device_inline_executions
 counter), answers are the model's own whichever path a request took, concurrent requests still
-queue and batch on the instance thread, the config's opt-outs hold, and a bad ``idle_inline_us``
-fails the load with the parameter named."""
+queue and batch on the instance thread (inline executions never batch), the config's opt-outs
+hold, and a bad ``idle_inline_us`` fails the load with the parameter named."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,13 @@ def infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -
     return result
 
 
+def alone(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
+    """A request after a pause, as a lone client's requests come (a request right after a
+    completion is taken for load, and queues)."""
+    time.sleep(0.005)
+    return infer(client, model, x)
+
+
 def expected(module: torch.jit.ScriptModule, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return module(torch.from_numpy(x)).numpy()  # type: ignore[no-any-return]
@@ -94,7 +102,7 @@ def test_sequential_requests_run_on_the_event_loop_after_the_warm_up(
     with grpcclient.InferenceServerClient(server.url) as client:
         for _ in range(6):
             x = rng.standard_normal((1, 64)).astype(np.float32)
-            np.testing.assert_allclose(infer(client, "inline", x), expected(module, x), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(alone(client, "inline", x), expected(module, x), rtol=1e-5, atol=1e-6)
     # the first execution warms the instance up, the second is the first measured (both on the
     # instance thread); the device is idle at every later arrival
     assert device_metric(server, "clipperd_device_executions", "inline") == 6
@@ -108,7 +116,7 @@ def test_the_opt_outs_keep_every_execution_on_the_thread(server: ServerProcess, 
     x = np.ones((1, 64), dtype=np.float32)
     with grpcclient.InferenceServerClient(server.url) as client:
         for _ in range(5):
-            infer(client, model, x)
+            alone(client, model, x)
     assert device_metric(server, "clipperd_device_executions", model) == 5
     assert device_metric(server, "clipperd_device_inline_executions", model) == 0
 
@@ -131,10 +139,10 @@ def test_concurrent_requests_are_answered_right_on_either_path(
         np.testing.assert_allclose(answer, expected(module, x), rtol=1e-5, atol=1e-6)
     ran = device_metric(server, "clipperd_device_executions", "inline") - executions
     ran_inline = device_metric(server, "clipperd_device_inline_executions", "inline") - inline
-    assert 0 < ran <= 96
-    assert 0 <= ran_inline <= ran
+    assert 0 < ran < 96  # under load requests queue and batch on the thread
+    assert 0 <= ran_inline < ran
     with grpcclient.InferenceServerClient(server.url) as client:  # the device is idle again after
-        infer(client, "inline", rows[0])
+        alone(client, "inline", rows[0])
     assert device_metric(server, "clipperd_device_inline_executions", "inline") == inline + ran_inline + 1
 
 

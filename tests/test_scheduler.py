@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -493,14 +494,30 @@ async def test_event_loop_instances_run_each_request_at_once(harness: Factory) -
 
 # ----------------------------------------------------------------------------------------- idle inline
 
-LOOP_BOUND_NS = 10**9  # far above what the test backend takes: only idleness decides
+LOOP_BOUND_NS = 10**9  # far above what the test backend takes: idleness decides
+
+
+async def idle_pause(h: Harness) -> None:
+    """Longer than an execution, as a lone client's requests are apart."""
+    await asyncio.sleep(max(3 * h.scheduler.queues[0].solo_ns / 1e9, 0.002))
+
+
+async def alone(h: Harness, value: float, rows: int = 1) -> Tensors:
+    """A request after an idle pause."""
+    await idle_pause(h)
+    return await asyncio.wait_for(h.infer(value, rows), WAIT)
+
+
+def sleeps_then_plus_one(inputs: Tensors) -> Any:
+    time.sleep(0.01)  # a known execution time: a request 1 ms after a completion is back to back
+    return plus_one(inputs)
 
 
 async def test_an_idle_device_runs_short_requests_on_the_event_loop_after_the_warm_up(harness: Factory) -> None:
     h = await harness(inline_ns=LOOP_BOUND_NS)
     loop_thread = threading.current_thread().name
     for value in range(4):
-        assert out(await asyncio.wait_for(h.infer(value), WAIT)) == [value + 1]
+        assert out(await alone(h, value)) == [value + 1]
     # the first execution warms the instance up and the second is the first measured: both on
     # the instance's thread; from then on the device is idle at each arrival and known to be fast
     assert [c.thread for c in h.log.calls] == ["instance-w0", "instance-w0", loop_thread, loop_thread]
@@ -514,51 +531,62 @@ async def test_no_idle_inline_without_its_bound_or_with_a_batching_window(harnes
     windowed.dynamic_batching.max_queue_delay_microseconds = 100
     for h in (await harness(), await harness(windowed, inline_ns=LOOP_BOUND_NS)):
         for value in range(4):
-            assert out(await asyncio.wait_for(h.infer(value), WAIT)) == [value + 1]
+            assert out(await alone(h, value)) == [value + 1]
         assert {c.thread for c in h.log.calls} == {"instance-w0"}
         assert h.scheduler.queues[0].inline_executions == 0
 
 
 async def test_a_request_longer_than_the_bound_goes_to_the_thread(harness: Factory) -> None:
-    h = await harness(inline_ns=1)  # 1 ns: no execution is that short
+    h = await harness(behaviour=sleeps_then_plus_one, inline_ns=5_000_000)  # 5 ms; executions take 10
     for value in range(4):
-        await asyncio.wait_for(h.infer(value), WAIT)
+        await alone(h, value)
     assert {c.thread for c in h.log.calls} == {"instance-w0"}
     fast = await harness(inline_ns=LOOP_BOUND_NS)
     for value in range(3):
-        await asyncio.wait_for(fast.infer(value), WAIT)
+        await alone(fast, value)
     assert fast.log.calls[-1].thread != "instance-w0"  # now inline, for one-row requests
     queue = fast.scheduler.queues[0]
-    assert queue.runs_now(1)
-    queue._inline_ns = int(queue._solo_ns * 4) + 1  # a bound just over four of these rows' time
+    queue._inline_ns = int(queue.solo_ns * 4 / queue._solo_rows) + 1  # just over four rows' time
+    await idle_pause(fast)
     assert queue.runs_now(4)
     assert not queue.runs_now(5)  # scaled by rows: five would take longer than the bound
 
 
-async def test_requests_arriving_while_busy_queue_and_batch_on_the_thread(harness: Factory) -> None:
-    h = await harness(hold=True, inline_ns=LOOP_BOUND_NS)
-    h.gate.open()
-    for value in range(2):  # warm-up and first measure
-        await asyncio.wait_for(h.infer(value), WAIT)
-    h.gate.hold = True
-    first = h.start(10)  # inline: the test's loop itself is held in execute until released
-    second = h.start(11)
-    h.gate.release()
-    await asyncio.wait_for(first, WAIT)
-    assert h.log.calls[-1].thread == threading.current_thread().name
-    # while one request executes on the thread, the others queue and batch together
-    h.gate.hold = True
-    h.scheduler.queues[0]._solo_ns = float(LOOP_BOUND_NS) * 2  # the next goes to the thread
-    busy = h.start(20)
-    await h.gate.entered()
-    h.scheduler.queues[0]._solo_ns = 1.0  # fast again, but the device is busy now
-    waiting = [h.start(v) for v in (21, 22, 23)]
-    await h.queued(4)
-    h.gate.open()
-    results = await asyncio.wait_for(asyncio.gather(second, busy, *waiting), WAIT)
-    assert [out(r) for r in results] == [[12], [21], [22], [23], [24]]
-    assert h.log.values[-1] == [21, 22, 23]
+async def test_a_request_right_after_a_completion_goes_to_the_thread(harness: Factory) -> None:
+    """Back to back (a closed loop of several clients) is load: requests then queue and batch."""
+    h = await harness(behaviour=sleeps_then_plus_one, inline_ns=LOOP_BOUND_NS)
+    for value in range(3):
+        await alone(h, value)
+    assert h.log.calls[-1].thread != "instance-w0"
+    await asyncio.wait_for(h.infer(3), WAIT)  # at once: the device finished 10 ms ago at most
     assert h.log.calls[-1].thread == "instance-w0"
+    await alone(h, 4)
+    assert h.log.calls[-1].thread != "instance-w0"
+
+
+async def test_no_idle_inline_while_another_device_on_the_loop_has_work(harness: Factory) -> None:
+    busy = await harness(hold=True)
+    other = await harness(inline_ns=LOOP_BOUND_NS)
+    for value in range(3):
+        await alone(other, value)
+    assert other.log.calls[-1].thread != "instance-w0"
+    held = busy.start(0)
+    await busy.gate.entered()  # busy's instance executes: its completion will need the loop
+    await alone(other, 3)
+    assert other.log.calls[-1].thread == "instance-w0"
+    busy.gate.open()
+    assert out(await asyncio.wait_for(held, WAIT)) == [1]
+    await alone(other, 4)
+    assert other.log.calls[-1].thread != "instance-w0"
+
+
+async def test_requests_arriving_while_the_instance_is_busy_queue_and_batch(harness: Factory) -> None:
+    h = await harness(hold=True, inline_ns=LOOP_BOUND_NS)
+    results = await h.behind_a_busy_instance([1, 2, 3])  # request 0 (the warm-up) holds the thread
+    assert [out(r) for r in results] == [[1], [2], [3], [4]]
+    assert h.log.values == [[0], [1, 2, 3]]
+    assert {c.thread for c in h.log.calls} == {"instance-w0"}
+    assert h.scheduler.queues[0].inline_executions == 0
 
 
 async def test_a_failure_inline_fails_its_request_and_the_device_goes_on(harness: Factory) -> None:
@@ -569,11 +597,12 @@ async def test_a_failure_inline_fails_its_request_and_the_device_goes_on(harness
 
     h = await harness(behaviour=fails_on_seven, inline_ns=LOOP_BOUND_NS)
     for value in range(2):
-        await asyncio.wait_for(h.infer(value), WAIT)
+        await alone(h, value)
     with pytest.raises(ValueError, match="seven"):
-        await asyncio.wait_for(h.infer(7), WAIT)
+        await alone(h, 7)
     assert h.log.calls[-1].thread == threading.current_thread().name
-    assert out(await asyncio.wait_for(h.infer(8), WAIT)) == [9]
+    assert out(await alone(h, 8)) == [9]
+    assert h.log.calls[-1].thread == threading.current_thread().name
 
 
 async def test_a_request_cancelled_while_executing_does_not_break_the_others(harness: Factory) -> None:
