@@ -127,3 +127,18 @@ def index_entry(url: str, model: str) -> tuple[str, str]:
     with grpcclient.InferenceServerClient(url) as client:
         entry = next(m for m in client.get_model_repository_index().models if m.name == model)
     return str(entry.state), str(entry.reason)
+
+
+def model_metric(server: ServerProcess, name: str, model: str) -> float:
+    """The value of metric ``name`` (without ``_total``) labelled with ``model``, scraped now."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.removesuffix("_total") == name and sample.labels.get("model") == model:
+                return float(sample.value)
+    raise AssertionError(f"{name} for {model} not in the metrics")

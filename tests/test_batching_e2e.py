@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serverproc import EXAMPLES, ServerProcess, running
+from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,19 +55,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator
         assert proc.is_running(), proc.log()
 
 
-def metric(server: ServerProcess, name: str, model: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.removesuffix("_total") == name and sample.labels.get("model") == model:
-                return float(sample.value)
-    raise AssertionError(f"{name} for {model} not in the metrics")
-
-
 def test_adaptive_model_serves_and_exports_its_cap(server: ServerProcess) -> None:
-    assert metric(server, "clipperd_batch_size_cap", "adaptive") == 1  # AIMD starts at 1
-    assert metric(server, "clipperd_batch_size_cap", "bounded") == 64  # no target: max_batch_size
+    assert model_metric(server, "clipperd_batch_size_cap", "adaptive") == 1  # AIMD starts at 1
+    assert model_metric(server, "clipperd_batch_size_cap", "bounded") == 64  # no target: max_batch_size
     with grpcclient.InferenceServerClient(server.url) as client:
         x = np.arange(16, dtype=np.float32).reshape(1, 16)
         tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
@@ -75,9 +65,9 @@ def test_adaptive_model_serves_and_exports_its_cap(server: ServerProcess) -> Non
         for _ in range(5):
             np.testing.assert_array_equal(client.infer("adaptive", [tensor]).as_numpy("OUTPUT0"), x)
     # the first batch (1 row) filled the cap of 1: +2; later single requests fill no cap of 3
-    assert metric(server, "clipperd_batch_size_cap", "adaptive") == 3
-    assert metric(server, "clipperd_batch_latency_seconds", "adaptive") > 0
-    assert metric(server, "clipperd_batch_time_over_latency_target_seconds", "adaptive") == 0  # 50 ms is ample
+    assert model_metric(server, "clipperd_batch_size_cap", "adaptive") == 3
+    assert model_metric(server, "clipperd_batch_latency_seconds", "adaptive") > 0
+    assert model_metric(server, "clipperd_batch_time_over_latency_target_seconds", "adaptive") == 0  # 50 ms is ample
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
     sizes = {

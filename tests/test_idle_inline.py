@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serverproc import EXAMPLES, ServerProcess, running
+from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -65,16 +63,6 @@ def module() -> torch.jit.ScriptModule:
     return torch.jit.load(str(MLP / "1" / "model.pt")).eval()
 
 
-def device_metric(server: ServerProcess, name: str, model: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.removesuffix("_total") == name and sample.labels.get("model") == model:
-                return float(sample.value)
-    raise AssertionError(f"{name} for {model} not in the metrics")
-
-
 def infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
     tensor = grpcclient.InferInput("INPUT__0", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
@@ -105,8 +93,8 @@ def test_sequential_requests_run_on_the_event_loop_after_the_warm_up(
             np.testing.assert_allclose(alone(client, "inline", x), expected(module, x), rtol=1e-5, atol=1e-6)
     # the first execution warms the instance up, the second is the first measured (both on the
     # instance thread); the device is idle at every later arrival
-    assert device_metric(server, "clipperd_device_executions", "inline") == 6
-    assert device_metric(server, "clipperd_device_inline_executions", "inline") == 4
+    assert model_metric(server, "clipperd_device_executions", "inline") == 6
+    assert model_metric(server, "clipperd_device_inline_executions", "inline") == 4
 
 
 @pytest.mark.parametrize("model", ["threaded", "off", "tiny_bound", "windowed"])
@@ -117,8 +105,8 @@ def test_the_opt_outs_keep_every_execution_on_the_thread(server: ServerProcess, 
     with grpcclient.InferenceServerClient(server.url) as client:
         for _ in range(5):
             alone(client, model, x)
-    assert device_metric(server, "clipperd_device_executions", model) == 5
-    assert device_metric(server, "clipperd_device_inline_executions", model) == 0
+    assert model_metric(server, "clipperd_device_executions", model) == 5
+    assert model_metric(server, "clipperd_device_inline_executions", model) == 0
 
 
 def test_concurrent_requests_are_answered_right_on_either_path(
@@ -126,8 +114,8 @@ def test_concurrent_requests_are_answered_right_on_either_path(
 ) -> None:
     rng = np.random.default_rng(1)
     rows = [rng.standard_normal((1 + i % 3, 64)).astype(np.float32) for i in range(96)]
-    executions = device_metric(server, "clipperd_device_executions", "inline")
-    inline = device_metric(server, "clipperd_device_inline_executions", "inline")
+    executions = model_metric(server, "clipperd_device_executions", "inline")
+    inline = model_metric(server, "clipperd_device_inline_executions", "inline")
 
     def call(x: np.ndarray) -> np.ndarray:
         with grpcclient.InferenceServerClient(server.url) as client:
@@ -137,13 +125,13 @@ def test_concurrent_requests_are_answered_right_on_either_path(
         answers = list(pool.map(call, rows))
     for x, answer in zip(rows, answers, strict=True):
         np.testing.assert_allclose(answer, expected(module, x), rtol=1e-5, atol=1e-6)
-    ran = device_metric(server, "clipperd_device_executions", "inline") - executions
-    ran_inline = device_metric(server, "clipperd_device_inline_executions", "inline") - inline
+    ran = model_metric(server, "clipperd_device_executions", "inline") - executions
+    ran_inline = model_metric(server, "clipperd_device_inline_executions", "inline") - inline
     assert 0 < ran < 96  # under load requests queue and batch on the thread
     assert 0 <= ran_inline < ran
     with grpcclient.InferenceServerClient(server.url) as client:  # the device is idle again after
         alone(client, "inline", rows[0])
-    assert device_metric(server, "clipperd_device_inline_executions", "inline") == inline + ran_inline + 1
+    assert model_metric(server, "clipperd_device_inline_executions", "inline") == inline + ran_inline + 1
 
 
 @pytest.mark.parametrize("model", ["bad_word", "bad_negative", "bad_fraction"])
