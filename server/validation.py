@@ -14,7 +14,7 @@ from backends.common import datatypes
 from backends.common.errors import InvalidArgument
 from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
-from server.messages import InferRequest, InputTensor, Params
+from server.messages import InferRequest, Params
 
 # reserved request parameters and the Python types they must have
 _RESERVED: dict[str, tuple[type, ...]] = {
@@ -55,12 +55,11 @@ class ModelSignature:
         arrays: Tensors = {}
         batch = -1
         for tensor in request.inputs:
-            spec = self._spec(tensor, arrays)
-            batch = self._check_shape(spec, tensor.name, tuple(tensor.shape), batch)
-            data = tensor.data
-            if spec.reshape is not None:
-                data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
-            arrays[tensor.name] = data
+            spec = self._spec(tensor.name)
+            if tensor.name in arrays:
+                raise InvalidArgument(f"input '{tensor.name}' is given more than once")
+            self._check_type(spec, tensor.datatype)
+            batch = self._accept(spec, tuple(tensor.shape), tensor.data, batch, arrays)
         self._check_required(arrays)
         self._check_outputs(request)
         return arrays, max(batch, 1)
@@ -71,19 +70,9 @@ class ModelSignature:
         arrays: Tensors = {}
         batch = -1
         for name, data in tensors.items():
-            spec = self.inputs.get(name)
-            if spec is None:
-                raise InvalidArgument(f"unexpected inference input '{name[:64]}' for model '{self.model}'")
-            datatype = _wire_type(data, spec.datatype)
-            if datatype != spec.datatype:
-                raise InvalidArgument(
-                    f"inference input '{name}' data-type is '{datatype}', but model '{self.model}' expects "
-                    f"'{spec.datatype}'"
-                )
-            batch = self._check_shape(spec, name, data.shape, batch)
-            if spec.reshape is not None:
-                data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
-            arrays[name] = data
+            spec = self._spec(name)
+            self._check_type(spec, _wire_type(data, spec.datatype))
+            batch = self._accept(spec, data.shape, data, batch, arrays)
         self._check_required(arrays)
         return arrays, max(batch, 1)
 
@@ -95,18 +84,26 @@ class ModelSignature:
                 f"'{self.model}'; missing: {', '.join(repr(n) for n in missing[:8])}"
             )
 
-    def _spec(self, tensor: InputTensor, seen: Tensors) -> InputSpec:
-        spec = self.inputs.get(tensor.name)
+    def _spec(self, name: str) -> InputSpec:
+        spec = self.inputs.get(name)
         if spec is None:
-            raise InvalidArgument(f"unexpected inference input '{tensor.name[:64]}' for model '{self.model}'")
-        if tensor.name in seen:
-            raise InvalidArgument(f"input '{tensor.name}' is given more than once")
-        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(f"unexpected inference input '{name[:64]}' for model '{self.model}'")
+        return spec
+
+    def _check_type(self, spec: InputSpec, datatype: str) -> None:
+        if datatype != spec.datatype:
             raise InvalidArgument(
-                f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                f"inference input '{spec.name}' data-type is '{datatype}', but model "
                 f"'{self.model}' expects '{spec.datatype}'"
             )
-        return spec
+
+    def _accept(self, spec: InputSpec, shape: tuple[int, ...], data: np.ndarray, batch: int, arrays: Tensors) -> int:
+        """Checks one input's shape, stores it (reshaped as the config says) and returns the batch size."""
+        batch = self._check_shape(spec, spec.name, shape, batch)
+        if spec.reshape is not None:
+            data = data.reshape(((batch,) if self.max_batch_size else ()) + spec.reshape)
+        arrays[spec.name] = data
+        return batch
 
     def _check_shape(self, spec: InputSpec, name: str, shape: tuple[int, ...], batch: int) -> int:
         given = shape
