@@ -71,6 +71,9 @@ class Answer:
     answered: list[str]
 
 
+DEFAULT_REASONS = ("timeout", "low_confidence", "failed")  # why a default output was answered
+
+
 @dataclass
 class AppMetrics:
     predictions: int = 0

@@ -7,34 +7,32 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
-from schedulers.application import Application
-from server.metrics import _family, cumulative_buckets
-
-DEFAULT_REASONS = ("timeout", "low_confidence", "failed")
+from schedulers.application import DEFAULT_REASONS, Application
+from server.metrics import cumulative_buckets, family
 
 
 def application_families(apps: Callable[[], list[Application]]) -> Callable[[], Iterator[Metric]]:
     def families() -> Iterator[Metric]:
         rows = [({"application": app.name}, app) for app in apps()]
-        yield _family(
+        yield family(
             "clipperd_application_predictions",
             "Predictions answered by each application (default outputs included)",
             "counter",
             ((labels, app.metrics.predictions) for labels, app in rows),
         )
-        yield _family(
+        yield family(
             "clipperd_application_default_predictions",
             "Predictions answered with the default output, by reason: timeout, low_confidence, failed",
             "counter",
             (({**labels, "reason": r}, app.metrics.defaults[r]) for labels, app in rows for r in DEFAULT_REASONS),
         )
-        yield _family(
+        yield family(
             "clipperd_application_stragglers",
             "Selected models that had not answered by the application's deadline (ignored)",
             "counter",
             ((labels, app.metrics.stragglers) for labels, app in rows),
         )
-        yield _family(
+        yield family(
             "clipperd_application_feedback",
             "Feedback (true labels) received by each application",
             "counter",

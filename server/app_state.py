@@ -151,9 +151,7 @@ class SqliteStore:
         assert db is not None
         with db:
             db.execute("BEGIN")
-            db.execute(
-                "INSERT OR REPLACE INTO applications (name, definition) VALUES (?, ?)", (app, json.dumps(definition))
-            )
+            db.execute(_PUT_APP, (app, json.dumps(definition)))
             if states is not None:
                 db.execute("DELETE FROM policy_states WHERE app = ?", (app,))
                 db.executemany(
@@ -164,9 +162,7 @@ class SqliteStore:
     async def save_state(self, app: str, uid: str, state: dict[str, Any]) -> None:
         db = self._connect(create=True)
         assert db is not None
-        db.execute(
-            "INSERT OR REPLACE INTO policy_states (app, uid, state) VALUES (?, ?, ?)", (app, uid, json.dumps(state))
-        )
+        db.execute(_PUT_STATE, (app, uid, json.dumps(state)))
 
     async def delete(self, app: str) -> None:
         db = self._connect(create=False)

@@ -11,11 +11,10 @@ lowest of the batch's rows) and, when a row got the default output, ``default_ex
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,17 +40,19 @@ from schedulers.app_definition import (
 )
 from schedulers.application import DEFAULT_UID, Answer, Application
 from schedulers.selection import summary
-from schedulers.stats import ModelStats, failure_reason
-from server.app_state import AppStore
+from schedulers.stats import ModelStats
+from server.app_state import AppStore, Definition, States
 from server.messages import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
+from server.model_version import ModelVersion
 from server.repository import ModelRepository
+from server.validation import InputSpec
 
 log = logging.getLogger(__name__)
 
 Infer = Callable[[InferRequest], Awaitable[InferResponse]]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TensorSpec:
     name: str
     datatype: str  # wire name
@@ -59,7 +60,7 @@ class TensorSpec:
     batched: bool  # the first linked model batches (max_batch_size > 0)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Signature:
     input: TensorSpec
     output: TensorSpec
@@ -118,10 +119,13 @@ class ApplicationManager:
             records = await self.store.load_all()
             for gone in set(self.apps) - set(records):
                 del self.apps[gone]
-            for each in records:
-                await self._changed_elsewhere(each, None)
+            for each, record in records.items():
+                self._apply(each, record, None)
             return
-        record = await self.store.load(name)
+        self._apply(name, await self.store.load(name), uid)
+
+    def _apply(self, name: str, record: tuple[Definition, States] | None, uid: str | None) -> None:
+        """``name`` as the store holds it now (``uid``: only that user's state changed)."""
         if record is None:
             self.apps.pop(name, None)
             return
@@ -198,7 +202,7 @@ class ApplicationManager:
             self._check_model(linked.name)
             if app.definition.linked(linked.name) is not None:
                 raise AlreadyExists(f"model {linked.name!r} is already linked to {name!r}")
-            definition = AppDefinition(**{**vars(app.definition), "models": [*app.definition.models, linked]})
+            definition = dataclasses.replace(app.definition, models=[*app.definition.models, linked])
             return await self._redefine(app, definition)
 
     async def unlink(self, name: str, model: str) -> dict[str, Any]:
@@ -207,7 +211,7 @@ class ApplicationManager:
             if app.definition.linked(model) is None:
                 raise NotFound(f"model {model[:64]!r} is not linked to {name!r}")
             models = [m for m in app.definition.models if m.name != model]
-            return await self._redefine(app, AppDefinition(**{**vars(app.definition), "models": models}))
+            return await self._redefine(app, dataclasses.replace(app.definition, models=models))
 
     async def pin(self, name: str, body: Any) -> dict[str, Any]:
         """Pins a linked model's version; the version it had is remembered for rollback."""
@@ -256,7 +260,7 @@ class ApplicationManager:
         changes = {key: checks[key](value) for key, value in body.items()}
         async with self._lock:
             app = self.get(name)
-            return await self._redefine(app, AppDefinition(**{**vars(app.definition), **changes}))
+            return await self._redefine(app, dataclasses.replace(app.definition, **changes))
 
     # -- predict and feedback -------------------------------------------------------------------
 
@@ -266,12 +270,7 @@ class ApplicationManager:
             raise FailedPrecondition(f"application {app.name!r} has no linked model")
         first = app.definition.models[0]
         model = self.repository.get(first.name, first.version)
-        config = model.config
-        if len(config.input) != 1 or len(config.output) != 1:
-            raise FailedPrecondition(f"model {first.name!r} must have exactly one input and one output")
-        batched = config.max_batch_size > 0
-        spec = model.signature.inputs[config.input[0].name]
-        out = config.output[0]
+        spec, out, batched = _one_in_one_out(model)
         return Signature(
             TensorSpec(spec.name, spec.datatype, list(spec.dims), batched),
             TensorSpec(out.name, model.signature.outputs[out.name], list(out.dims), batched),
@@ -279,23 +278,18 @@ class ApplicationManager:
 
     async def run_model(self, name: str, version: str, x: np.ndarray) -> np.ndarray:
         """The resolver: one input through the model's own validation and batcher."""
-        model = self.repository.get(name, version)
-        config = model.config
-        if len(config.input) != 1 or len(config.output) != 1:
-            raise FailedPrecondition(f"model {name!r} must have exactly one input and one output")
-        spec = model.signature.inputs[config.input[0].name]
+        spec, out, batched = _one_in_one_out(self.repository.get(name, version))
         dtype = datatypes.from_wire(spec.datatype).numpy
         data = x if x.dtype == dtype or spec.datatype == "BYTES" else x.astype(dtype)
-        batched = config.max_batch_size > 0
         if batched:
             data = data[np.newaxis]
         request = InferRequest(
             name, version, "", [InputTensor(spec.name, spec.datatype, list(data.shape), data)],
-            [RequestedOutput(config.output[0].name)],
+            [RequestedOutput(out.name)],
         )  # fmt: skip
         response = await self.infer_model(request)
-        out = response.outputs[0].data
-        return out[0] if batched else out
+        result = response.outputs[0].data
+        return result[0] if batched else result
 
     def next_query_id(self) -> int:
         return next(self._query_ids)
@@ -346,15 +340,10 @@ class ApplicationManager:
     async def infer(self, request: InferRequest) -> InferResponse:
         """A KServe infer on the application, counted in its KServe statistics (as perf_analyzer
         and Triton's statistics endpoint read them)."""
-        start = time.perf_counter_ns()
         app = self._versioned(request.model_name, request.model_version)
-        try:
-            response = await self._infer(app, request)
-        except BaseException as error:
-            app.stats.record_failure(failure_reason(error, True), time.perf_counter_ns() - start)
-            raise
-        app.stats.record_success(time.perf_counter_ns() - start)
-        return response
+        with app.stats.track() as tracked:
+            tracked.executing = True  # a failure counts as one in execution, as it always was
+            return await self._infer(app, request)
 
     async def _infer(self, app: Application, request: InferRequest) -> InferResponse:
         sig = self.signature(app)
@@ -405,3 +394,12 @@ def _as_bytes(value: Any) -> Any:
     if isinstance(value, list):
         return [_as_bytes(v) for v in value]
     return value.encode() if isinstance(value, str) else value
+
+
+def _one_in_one_out(model: ModelVersion) -> tuple[InputSpec, mc.ModelOutput, bool]:
+    """A linked model's one input, one output and whether it is batched; FailedPrecondition
+    when it has more (an application answers one value per row)."""
+    config = model.config
+    if len(config.input) != 1 or len(config.output) != 1:
+        raise FailedPrecondition(f"model {config.name!r} must have exactly one input and one output")
+    return model.signature.inputs[config.input[0].name], config.output[0], config.max_batch_size > 0

@@ -157,11 +157,12 @@ def _float(value: float) -> str:
 _BUCKET_BOUNDS = [*(_float(ns / 1e9) for ns in LATENCY_BUCKETS_NS), "+Inf"]
 
 
-def _family(name: str, help: str, typ: str, rows: Iterable[tuple[dict[str, str], float]]) -> Metric:
-    family = Metric(name, help, typ)
+def family(name: str, help: str, typ: str, rows: Iterable[tuple[dict[str, str], float]]) -> Metric:
+    """One metric family of ``typ``, a sample per (labels, value) row."""
+    metric = Metric(name, help, typ)
     for labels, value in rows:
-        family.add_sample(name, labels, value)
-    return family
+        metric.add_sample(name, labels, value)
+    return metric
 
 
 def _labels(model: ModelVersion) -> dict[str, str]:
@@ -171,46 +172,46 @@ def _labels(model: ModelVersion) -> dict[str, str]:
 def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     """Triton's per-model families, then clipperd's own, one sample per loaded model version."""
     rows = [(_labels(m), m) for m in models]
-    yield _family(
+    yield family(
         "nv_inference_request_success",
         "Number of successful inference requests, all batch sizes",
         "counter",
         ((labels, m.stats.success.count) for labels, m in rows),
     )
-    yield _family(
+    yield family(
         "nv_inference_request_failure",
         "Number of failed inference requests, all batch sizes",
         "counter",
         (({**labels, "reason": r.value}, m.stats.failures[r]) for labels, m in rows for r in FailureReason),
     )
-    yield _family(
+    yield family(
         "nv_inference_count",
         "Number of inferences performed (does not include cached requests)",
         "counter",
         ((labels, m.stats.inference_count) for labels, m in rows),
     )
-    yield _family(
+    yield family(
         "nv_inference_exec_count",
         "Number of model executions performed (does not include cached requests)",
         "counter",
         ((labels, m.stats.execution_count) for labels, m in rows),
     )
     for name, help, duration in _DURATIONS:
-        yield _family(name, help, "counter", ((labels, duration(m.stats).ns // 1000) for labels, m in rows))
-    yield _family(
+        yield family(name, help, "counter", ((labels, duration(m.stats).ns // 1000) for labels, m in rows))
+    yield family(
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution per-model.",
         "gauge",
         ((labels, m.scheduler.pending) for labels, m in rows),
     )
-    yield _family(
+    yield family(
         "nv_model_load_duration_secs",
         "Model load time in seconds",
         "gauge",
         ((labels, m.load_secs) for labels, m in rows),
     )
     yield _latency_histogram(models)
-    yield _family(
+    yield family(
         "clipperd_batch_size_executions",
         "Model executions by batch size (rows), the batch-size distribution",
         "counter",
@@ -220,13 +221,13 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
             for size, batch in sorted(m.stats.batches.items())
         ),
     )
-    yield _family(
+    yield family(
         "clipperd_rejections",
         "Requests the scheduler refused, by reason: queue_full, timeout (REJECT), unloading",
         "counter",
         (({**labels, "reason": r.value}, m.stats.rejections[r]) for labels, m in rows for r in Rejection),
     )
-    yield _family(
+    yield family(
         "clipperd_inflight_requests",
         "Inference requests being handled now (validated, queued or executing), per model version",
         "gauge",
@@ -234,7 +235,7 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     )
     for name, help, typ, value in _DEVICE_SCALARS:
         samples = (({**labels, "device": q.device}, value(q)) for labels, m in rows for q in m.scheduler.queues)
-        yield _family(name, help, typ, samples)
+        yield family(name, help, typ, samples)
 
 
 def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:
@@ -242,9 +243,9 @@ def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator
     clipperd's own for the cache as a whole."""
     rows = [(_labels(m), m.stats) for m in models if m.cache is not None]
     for name, help, typ, value in _CACHE_PER_MODEL:
-        yield _family(name, help, typ, ((labels, value(stats)) for labels, stats in rows))
+        yield family(name, help, typ, ((labels, value(stats)) for labels, stats in rows))
     for name, help, typ, total in _CACHE_TOTALS:
-        yield _family(name, help, typ, [({}, total(cache))])
+        yield family(name, help, typ, [({}, total(cache))])
 
 
 def _latency_histogram(models: list[ModelVersion]) -> HistogramMetricFamily:
@@ -312,12 +313,12 @@ class CpuMetrics:
     def families(self) -> Iterator[Metric]:
         utilization = self.utilization()
         if utilization is not None:
-            yield _family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge", [({}, utilization)])
+            yield family("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "gauge", [({}, utilization)])
         memory = self.memory()
         if memory is not None:
             total, used = memory
-            yield _family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge", [({}, total)])
-            yield _family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge", [({}, used)])
+            yield family("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "gauge", [({}, total)])
+            yield family("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "gauge", [({}, used)])
 
 
 class ServerCollector:
