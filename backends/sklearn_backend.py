@@ -123,7 +123,7 @@ class XGBoostBackend(SklearnBackend):
             raise InvalidArgument(f"{self.context.who}: {path.name} cannot be loaded by xgboost: {reason}") from None
         # XGBoost's OpenMP pool, bounded like every backend's intra-op threads: the saved model
         # may carry n_jobs, and by default it takes every core, the event loop's included
-        model.set_params(n_jobs=max(1, self.context.int_parameter("blas_threads", self.context.threads)))
+        model.set_params(n_jobs=_blas_threads(self.context))
         return model
 
 
@@ -131,11 +131,15 @@ def _bound_blas_threads(context: InstanceContext) -> None:
     """BLAS (and OpenMP) pools are process-wide: bounded to the instance's share of the cores
     (``blas_threads`` overrides), as every backend's intra-op threads are, so that a GEMM inside
     an estimator does not take the cores the server and the other instances need."""
-    threads = context.int_parameter("blas_threads", context.threads)
     with IMPORT_LOCK:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=max(1, threads))
+        threadpool_limits(limits=_blas_threads(context))
+
+
+def _blas_threads(context: InstanceContext) -> int:
+    """The instance's share of the cores, or the config's ``blas_threads``; at least 1."""
+    return max(1, context.int_parameter("blas_threads", context.threads))
 
 
 def _import(module: str, extra: str) -> Any:

@@ -126,11 +126,15 @@ class Application:
     def model_names(self) -> list[str]:
         return [m.name for m in self.definition.models]
 
+    def state_key(self, uid: str) -> str:
+        """Whose policy state ``uid`` uses: its own, or the shared default once MAX_USERS users
+        have one of their own."""
+        return uid if uid in self.states or len(self.states) < MAX_USERS else DEFAULT_UID
+
     def state(self, uid: str) -> State:
         """The policy state of ``uid`` (created on first use), fitted to the linked models."""
         d = self.definition
-        if uid not in self.states and len(self.states) >= MAX_USERS:
-            uid = DEFAULT_UID
+        uid = self.state_key(uid)
         state = self.states.get(uid)
         names = self.model_names()
         if state is None or state.get("models") != names or state.get("policy") != d.policy:
@@ -230,10 +234,11 @@ class Application:
                 else:
                     errors.append(error)
             waiting = [tasks[t] for t in pending]
-            if pending and predictions and decided is not None and decided(predictions, waiting):
-                self.metrics.early += 1
-                break
-            if pending and predictions and hopeless.issuperset(waiting):
+            if (
+                pending
+                and predictions
+                and ((decided is not None and decided(predictions, waiting)) or hopeless.issuperset(waiting))
+            ):
                 self.metrics.early += 1
                 break
         for task in pending:
@@ -284,8 +289,7 @@ class Application:
         else:
             predictions, chosen = remembered
         new_state = policy(self.definition.policy).observe(state, x, Feedback(label, predictions, chosen))
-        key = uid if uid in self.states else DEFAULT_UID
-        self.states[key] = new_state
+        self.states[self.state_key(uid)] = new_state
         self.metrics.feedback += 1
         return new_state
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backends.base import Tensors
+from backends.common.config import is_ensemble
 from backends.common.tensors import serialize_bytes
 from backends.proto import model_config_pb2 as mc
 
@@ -163,7 +164,7 @@ def _uncacheable(config: mc.ModelConfig) -> str:
         return "the sequence batcher does not use the response cache"
     if config.model_transaction_policy.decoupled:
         return "decoupled models do not use the response cache"
-    if config.platform == "ensemble" or config.HasField("ensemble_scheduling"):
+    if is_ensemble(config):
         return "top-level ensemble requests do not use the response cache (its steps may)"
     return ""
 

@@ -300,7 +300,8 @@ class EnsembleScheduler:
         running: dict[asyncio.Task[Tensors], Step] = {}
         try:
             while left or running:
-                ready = sorted(i for i in left if not plan.after[i] & (left | _indices(running)))
+                blocked = left | _indices(running)
+                ready = sorted(i for i in left if not plan.after[i] & blocked)
                 left.difference_update(ready)
                 if len(ready) == 1 and not running:  # a stretch of chain
                     step = plan.steps[ready[0]]

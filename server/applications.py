@@ -299,9 +299,8 @@ class ApplicationManager:
 
     async def update(self, app: Application, x: np.ndarray, label: np.ndarray, uid: str) -> dict[str, float]:
         state = await app.update(x, label, uid, self.run_model)
-        key = uid if uid in app.states else DEFAULT_UID
         with _persisting:
-            await self.store.save_state(app.name, key, state)
+            await self.store.save_state(app.name, app.state_key(uid), state)
         return summary(state)
 
     # -- the KServe face --------------------------------------------------------------------------

@@ -110,9 +110,9 @@ async def load_model_version(
     """Starts every instance (each loads on its own thread); all or nothing. An ensemble starts
     none: its plan is checked against its step models, found through ``steps``. ``cache``: the
     server's response cache, used when the config enables ``response_cache``."""
-    started = time.perf_counter()
     if is_ensemble(config):
         return _load_ensemble(config, version, version_path, steps)
+    started = time.perf_counter()
     backend_class = registry.backend_class(config, version_path)
     placed = instance_devices(config, version_path)
     cpu_instances = sum(1 for _, d in placed if d.kind == "cpu")
@@ -121,13 +121,13 @@ async def load_model_version(
     mode = execution_mode(config.name, backend_class, parameters)
     settings = WorkerSettings.parse(config.name, parameters, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(config.name, backend_class, parameters) * 1000
+    on_loop = mode == "event_loop"
     workers = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, parameters)
         factory: Callable[[], Backend] = functools.partial(_make, backend_class, context)
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
-        on_loop = mode == "event_loop"
         inline = inline_ns if device.kind == "cpu" else 0  # a GPU instance keeps its stream's thread
         workers.append(InstanceWorker(name, factory, on_loop=on_loop, inline_ns=inline))
     results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)

@@ -182,7 +182,7 @@ class ModelRepository:
         for an ensemble of ensembles); the first step that fails, as the error to report once
         the ensemble's own checks have passed. Unknown steps are left to those checks."""
         try:
-            config = load_model_config(self._model_folder(name), registry.autocomplete)
+            config = self.step_config(name)
         except ClipperdError:
             return None
         if not is_ensemble(config):

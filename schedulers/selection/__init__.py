@@ -4,7 +4,7 @@ combine their answers with a confidence, and learn from feedback (see base.py fo
 from __future__ import annotations
 
 from schedulers.selection.bandits import Exp3Policy, Exp4Policy, weights
-from schedulers.selection.base import Feedback, Policy, Predictions, State, agreement, label_of, loss
+from schedulers.selection.base import Feedback, Policy, State
 from schedulers.selection.simple import AveragePolicy, SinglePolicy, VotePolicy
 
 POLICIES: dict[str, Policy] = {
@@ -43,11 +43,7 @@ __all__ = [
     "POLICIES",
     "Feedback",
     "Policy",
-    "Predictions",
     "State",
-    "agreement",
-    "label_of",
-    "loss",
     "policy",
     "summary",
     "with_models",

@@ -39,7 +39,8 @@ EXP3_GAMMA = 0.2
 EXP4_ETA = 0.1
 
 
-def _weights(state: State) -> dict[str, float]:
+def weights(state: State) -> dict[str, float]:
+    """The current weight of each model (summing to 1), as the admin API reports them."""
     models: list[str] = state["models"]
     losses: dict[str, float] = state["losses"]
     eta: float = state["eta"]
@@ -47,11 +48,6 @@ def _weights(state: State) -> dict[str, float]:
     low = min(known) if known else 0.0  # shifted before exp(): no underflow after long runs
     raw = {m: math.exp(-eta * (losses.get(m, low) - low)) for m in models}
     return normalised(raw, models)
-
-
-def weights(state: State) -> dict[str, float]:
-    """The current weight of each model (summing to 1), as the admin API reports them."""
-    return _weights(state)
 
 
 def _discount(state: State) -> dict[str, float]:
@@ -76,7 +72,7 @@ class Exp3Policy:
     def probabilities(self, state: State) -> dict[str, float]:
         gamma: float = state["gamma"]
         k = len(state["models"])
-        return {m: (1 - gamma) * w + gamma / k for m, w in _weights(state).items()}
+        return {m: (1 - gamma) * w + gamma / k for m, w in weights(state).items()}
 
     def select(self, state: State, x: np.ndarray) -> list[str]:
         """Draws one model; the draw is a function of (seed, draws so far), so a run with a given
@@ -116,7 +112,7 @@ class Exp4Policy:
         return list(state["models"])
 
     def combine(self, state: State, x: np.ndarray, predictions: Predictions) -> tuple[np.ndarray, float]:
-        w = _weights(state)
+        w = weights(state)
         ordered = {m: predictions[m] for m in state["models"] if m in predictions}
         ordered.update({m: y for m, y in predictions.items() if m not in ordered})
         y = majority(ordered, w)
@@ -130,4 +126,4 @@ class Exp4Policy:
         return {**state, "losses": losses}
 
     def decided(self, state: State, predictions: Predictions, waiting: list[str]) -> bool:
-        return majority_decided(predictions, waiting, _weights(state))
+        return majority_decided(predictions, waiting, weights(state))

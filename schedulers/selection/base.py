@@ -68,12 +68,10 @@ def loss(y: np.ndarray, label: np.ndarray) -> float:
 
 def majority(predictions: Predictions, weights: Mapping[str, float] | None = None) -> np.ndarray:
     """The answer of the (weighted) majority label; ties go to the model listed first."""
-    tally: dict[Any, float] = {}
+    tally = _tally(predictions, weights)
     first: dict[Any, np.ndarray] = {}
-    for name, y in predictions.items():
-        key = label_of(y)
-        tally[key] = tally.get(key, 0.0) + (1.0 if weights is None else weights.get(name, 0.0))
-        first.setdefault(key, y)
+    for y in predictions.values():
+        first.setdefault(label_of(y), y)
     best = max(tally.values())
     winner = next(key for key in first if tally[key] == best)
     return first[winner]
@@ -81,13 +79,18 @@ def majority(predictions: Predictions, weights: Mapping[str, float] | None = Non
 
 def majority_decided(predictions: Predictions, waiting: list[str], weights: Mapping[str, float] | None = None) -> bool:
     """Whether the leading label keeps the lead whatever the waiting members answer."""
+    ranked = [*sorted(_tally(predictions, weights).values(), reverse=True), 0.0]
+    pending = float(len(waiting)) if weights is None else sum(weights.get(m, 0.0) for m in waiting)
+    return ranked[0] > ranked[1] + pending
+
+
+def _tally(predictions: Predictions, weights: Mapping[str, float] | None) -> dict[Any, float]:
+    """Votes (or weights) per label."""
     tally: dict[Any, float] = {}
     for name, y in predictions.items():
         key = label_of(y)
         tally[key] = tally.get(key, 0.0) + (1.0 if weights is None else weights.get(name, 0.0))
-    ranked = [*sorted(tally.values(), reverse=True), 0.0]
-    pending = float(len(waiting)) if weights is None else sum(weights.get(m, 0.0) for m in waiting)
-    return ranked[0] > ranked[1] + pending
+    return tally
 
 
 def normalised(weights: Mapping[str, float], models: list[str]) -> dict[str, float]:
