@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any
 
 from clipperd_admin.errors import ServerError
+from clipperd_admin.server_api import base_url, send
 
 ModelRef = str | dict[str, Any]  # "name" or {"name": ..., "version": ...}
 
@@ -30,17 +31,12 @@ def _model(ref: ModelRef) -> dict[str, Any]:
 
 class ApplicationAdmin:
     def __init__(self, http_url: str, timeout_s: float = 30.0) -> None:
-        self.base = http_url.rstrip("/") if "://" in http_url else f"http://{http_url.rstrip('/')}"
+        self.base = base_url(http_url)
         self.timeout_s = timeout_s
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read() or b"null")
+            return send(self.base, method, path, body, self.timeout_s)
         except urllib.error.HTTPError as error:
             text = error.read().decode(errors="replace")
             try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.common.config import config_to_json
+from backends.common.versions import select_versions
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin import frameworks
 from clipperd_admin.applications import ApplicationAdmin
@@ -70,7 +71,7 @@ class ClipperdAdmin:
         ``inputs`` / ``outputs``: TensorSpecs or ``(name, data_type, dims)`` tuples, or one of
         Clipper's type names ("ints", "floats", "doubles", "bytes", "strings") for a single
         tensor named INPUT / OUTPUT."""
-        serving = Serving(max_batch_size, True, batch_delay_us, instance_count, "KIND_CPU", parameters or {})
+        serving = Serving(max_batch_size, batch_delay_us, instance_count, "KIND_CPU", parameters or {})
         ins, outs = specs(inputs, "input"), specs(outputs, "output")
         return self._deploy(
             name, version, lambda: function_bundle(name, func, ins, outs, serving, execution_mode, requirements)
@@ -91,7 +92,7 @@ class ClipperdAdmin:
     ) -> int:
         """Serves a torch.nn.Module as TorchScript (``how``: trace with ``example_input``, or
         script); tensors INPUT__i / OUTPUT__i with the example's types and shapes."""
-        serving = Serving(max_batch_size, True, batch_delay_us, instance_count, instance_kind)
+        serving = Serving(max_batch_size, batch_delay_us, instance_count, instance_kind)
         return self._deploy(name, version, lambda: frameworks.torch_bundle(name, module, example_input, serving, how))
 
     def deploy_onnx_model(
@@ -108,9 +109,7 @@ class ClipperdAdmin:
         """Serves an ONNX graph (a path, its bytes or an onnx.ModelProto); the server completes the
         config's tensors from the graph (and batching, when its first dimensions are dynamic and
         ``max_batch_size`` is None)."""
-        serving = Serving(
-            max_batch_size or 0, max_batch_size is not None, batch_delay_us, instance_count, instance_kind
-        )
+        serving = Serving(max_batch_size or 0, batch_delay_us, instance_count, instance_kind)
         return self._deploy(name, version, lambda: frameworks.onnx_bundle(name, model, serving))
 
     def deploy_tensorflow_model(
@@ -128,7 +127,7 @@ class ClipperdAdmin:
         instance_kind: str = "KIND_CPU",
     ) -> int:
         """Serves a SavedModel folder (copied); tensors from its signature unless given."""
-        serving = Serving(max_batch_size, True, batch_delay_us, instance_count, instance_kind)
+        serving = Serving(max_batch_size, batch_delay_us, instance_count, instance_kind)
         given = None
         if inputs is not None or outputs is not None:
             given = (specs(inputs or (), "input"), specs(outputs or (), "output"))
@@ -152,7 +151,7 @@ class ClipperdAdmin:
     ) -> int:
         """Serves ``estimator.<method>`` (joblib); input FEATURES and output OUTPUT take their types
         and widths from calling it on ``example_input`` (rows of features)."""
-        serving = Serving(max_batch_size, True, batch_delay_us, instance_count)
+        serving = Serving(max_batch_size, batch_delay_us, instance_count)
         return self._deploy(
             name, version, lambda: frameworks.sklearn_bundle(name, estimator, method, example_input, serving)
         )
@@ -398,15 +397,8 @@ def _with_policy(config: mc.ModelConfig, versions: Iterable[int]) -> mc.ModelCon
 
 
 def _policy_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
-    """The versions ``config``'s version_policy serves out of ``available`` (Triton's rules)."""
-    policy = config.version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return sorted(available)
-    if choice == "specific":
-        return sorted(v for v in policy.specific.versions if v in available)
-    count = policy.latest.num_versions if choice == "latest" else 1
-    return sorted(available)[-max(count, 1) :]
+    """The versions ``config``'s version_policy serves out of ``available`` (the server's rules)."""
+    return select_versions(config.version_policy, available)[0]
 
 
 def _tensor_text(tensor: mc.ModelInput | mc.ModelOutput) -> str:

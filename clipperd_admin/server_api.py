@@ -32,8 +32,7 @@ class ModelStatus:
 
 class ServerApi:
     def __init__(self, http_url: str, timeout: float = 30.0) -> None:
-        base = http_url if "://" in http_url else f"http://{http_url}"
-        self.base = base.rstrip("/")
+        self.base = base_url(http_url)
         self.timeout = timeout
 
     # -- calls ------------------------------------------------------------------------------
@@ -80,7 +79,7 @@ class ServerApi:
             raise
         raise ServerError(f"the server at {self.base} accepted a load of an invalid model name")
 
-    def wait(self, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    def wait(self, check: Callable[[], bool], timeout: float) -> bool:
         """Polls ``check()`` until it is true or ``timeout`` seconds pass; whether it became true."""
         end = time.monotonic() + timeout
         while True:
@@ -88,24 +87,35 @@ class ServerApi:
                 return True
             if time.monotonic() >= end:
                 return False
-            time.sleep(interval)
+            time.sleep(0.1)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                payload = answer.read()
+            return send(self.base, method, path, body, self.timeout)
         except urllib.error.HTTPError as error:
             raise ServerError(_error_text(error), error.code) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ServerError(f"cannot reach the clipperd server at {self.base}: {reason}") from None
-        return json.loads(payload) if payload else None
+
+
+def base_url(http_url: str) -> str:
+    """``http://host:port`` from ``host:port`` or a URL, without a trailing slash."""
+    return (http_url if "://" in http_url else f"http://{http_url}").rstrip("/")
+
+
+def send(base: str, method: str, path: str, body: Any, timeout: float) -> Any:
+    """One JSON call: the decoded answer, None for an empty one. urllib's errors pass through:
+    each caller words them."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        payload = answer.read()
+    return json.loads(payload) if payload else None
 
 
 def _quote(model: str) -> str:

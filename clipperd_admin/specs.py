@@ -11,25 +11,15 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
+from backends.common import datatypes
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin.errors import InvalidModelName
 
 # a name that is a folder, a URL segment and a file name everywhere without escaping
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 
-_NUMPY_KINDS: dict[str, str] = {  # numpy dtype name -> wire name
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
+_NUMPY_KINDS: dict[str, str] = {  # numpy dtype name -> wire name, for the types numpy holds as such
+    d.numpy.name: d.wire for d in datatypes.BY_WIRE.values() if d.wire not in ("BYTES", "BF16")
 }
 WIRE_TO_NUMPY: dict[str, str] = {wire: name for name, wire in _NUMPY_KINDS.items()} | {"STRING": "object"}
 WIRE_TYPES = frozenset(WIRE_TO_NUMPY) | {"BYTES"}
@@ -129,8 +119,7 @@ def specs(tensors: str | Sequence[TensorSpec | Sequence[Any]], kind: str) -> lis
 class Serving:
     """How the server runs a deployed model: batching and instances (config.pbtxt fields)."""
 
-    max_batch_size: int = 64
-    dynamic_batching: bool = True
+    max_batch_size: int = 64  # 0: no batching; > 0: dynamic batching
     batch_delay_us: int | None = None  # max_queue_delay_microseconds
     instance_count: int = 1
     instance_kind: str = "KIND_CPU"  # KIND_CPU, KIND_GPU or KIND_AUTO
@@ -163,7 +152,7 @@ def build_config(
         config.input.add(name=spec.name, data_type=_enum(spec), dims=list(spec.dims))
     for spec in outputs:
         config.output.add(name=spec.name, data_type=_enum(spec), dims=list(spec.dims))
-    if serving.dynamic_batching and serving.max_batch_size > 0:
+    if serving.max_batch_size > 0:
         config.dynamic_batching.SetInParent()
         if serving.batch_delay_us is not None:
             config.dynamic_batching.max_queue_delay_microseconds = serving.batch_delay_us

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backends.common.versions import version_folders
 from backends.proto import model_config_pb2 as mc
 from clipperd_admin.errors import ModelClash, ModelNotFound
 from clipperd_admin.specs import config_text, parse_config
@@ -51,10 +52,7 @@ class RepositoryFiles:
     def versions(self, name: str) -> list[int]:
         """Version folders, as the server counts them (plain positive decimals)."""
         folder = self.model_dir(name)
-        if not folder.is_dir():
-            return []
-        names = (child.name for child in folder.iterdir() if child.is_dir())
-        return sorted(int(n) for n in names if n.isdigit() and n.isascii() and not n.startswith("0"))
+        return sorted(version_folders(folder)) if folder.is_dir() else []
 
     def read_config(self, name: str) -> mc.ModelConfig:
         folder = self.model_dir(name)

@@ -14,10 +14,10 @@ from pathlib import Path
 from backends import registry
 from backends.common.config import is_ensemble, load_model_config
 from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable
+from backends.common.versions import select_versions, version_folders
 from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ResponseCache
 from server.model_version import ModelVersion, load_model_version
-from server.versions import select_versions, version_folders
 
 log = logging.getLogger(__name__)
 
