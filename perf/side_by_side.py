@@ -366,7 +366,9 @@ def parse_round_args(parser: argparse.ArgumentParser, systems: Sequence[str], re
     parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
     parser.add_argument("--systems", default=",".join(systems), help="comma-separated, from: " + ", ".join(systems))
     parser.add_argument("--perf-analyzer", help="the binary (default $CLIPPERD_PERF_ANALYZER or .tools/pa)")
-    parser.add_argument("--json", help="write the machine, every run and the medians here")
+    parser.add_argument(
+        "--json", help="write the machine, every run, the medians (and the targets, where checked) here"
+    )
     parser.add_argument("--logs", help="keep the servers' logs and perf_analyzer's CSVs in this folder")
     args = parser.parse_args()
     if args.repeat < 1:
