@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -142,3 +142,11 @@ def model_metric(server: ServerProcess, name: str, model: str) -> float:
             if sample.name.removesuffix("_total") == name and sample.labels.get("model") == model:
                 return float(sample.value)
     raise AssertionError(f"{name} for {model} not in the metrics")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 30.0, interval_s: float = 0.05) -> None:
+    """Polls ``check()`` until it is true; AssertionError naming ``what`` after ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < end, f"{what}: not within {timeout_s} s"
+        time.sleep(interval_s)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,18 @@ import pytest
 
 from clipperd_admin import ApplicationAdmin, ServerError
 from tests.appmodels import add_model
-from tests.serverproc import free_port, running
+from tests.serverproc import free_port, running, wait_until
 from tests.test_applications_server import X, call, predict
 
 REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (scripts/install-redis.sh)")
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+    assert REDIS_SERVER is not None
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return subprocess.Popen([*args, "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -27,11 +33,10 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
 
     assert REDIS_SERVER is not None
     port = free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_redis(port, tmp_path)
     try:
         client = redis.Redis(port=port)
-        eventually(lambda: _pings(client), "redis-server answers")
+        wait_until(lambda: _pings(client), "redis-server answers", timeout_s=10)
         client.close()
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
@@ -52,16 +57,6 @@ def _pings(client: Any) -> bool:
         return False
 
 
-def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Replicas learn of changes through pub/sub: poll the other process until it shows one."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not seen within {timeout_s}s: {what}")
-
-
 def _status(admin: ApplicationAdmin, name: str) -> int:
     try:
         admin.get_application(name)
@@ -78,7 +73,7 @@ def test_two_replicas_share_applications_and_learnt_state(tmp_path: Path, redis_
     with running(repository, *state, log_dir=tmp_path) as a, running(repository, *state, log_dir=tmp_path) as b:
         admin_a, admin_b = ApplicationAdmin(a.http_url), ApplicationAdmin(b.http_url)
         admin_a.register_application("shared", ["one_a", "two"], policy="exp4", default_output=-1, slo_micros=5_000_000)
-        eventually(lambda: _status(admin_b, "shared") == 200, "the application on replica b")
+        wait_until(lambda: _status(admin_b, "shared") == 200, "the application on replica b")
         assert predict(b, "shared", {"input": X})["default"] is False
 
         with pytest.raises(ServerError) as error:  # the name is taken on the other replica too
@@ -89,17 +84,17 @@ def test_two_replicas_share_applications_and_learnt_state(tmp_path: Path, redis_
             assert call(a, "POST", "/shared/update", {"input": [float(i), 0, 0, 0], "label": 2})[0] == 200
         learnt = admin_a.get_application("shared")["state"]["weights"]
         assert learnt["two"] > 0.6
-        eventually(lambda: admin_b.get_application("shared")["state"]["weights"] == learnt, "the weights on b")
+        wait_until(lambda: admin_b.get_application("shared")["state"]["weights"] == learnt, "the weights on b")
         assert predict(b, "shared", {"input": X})["output"] == 2.0
 
         admin_b.update_application("shared", confidence_threshold=0.75)
-        eventually(lambda: admin_a.get_application("shared")["confidence_threshold"] == 0.75, "the threshold on a")
+        wait_until(lambda: admin_a.get_application("shared")["confidence_threshold"] == 0.75, "the threshold on a")
 
         with running(repository, *state, log_dir=tmp_path) as c:  # a replica that starts later loads it all
             assert ApplicationAdmin(c.http_url).get_application("shared")["state"]["weights"] == learnt
 
         admin_b.delete_application("shared")
-        eventually(lambda: _status(admin_a, "shared") == 404, "the deletion on a")
+        wait_until(lambda: _status(admin_a, "shared") == 404, "the deletion on a")
 
 
 def test_a_lost_redis_is_a_503_and_predictions_go_on(
@@ -122,12 +117,9 @@ def test_a_lost_redis_is_a_503_and_predictions_go_on(
         assert server.is_running()
 
         # Redis back, empty (it kept nothing): the replica follows it again and reloads from it
-        assert REDIS_SERVER is not None
-        port = url.rsplit(":", 1)[1].split("/")[0]
-        args = [REDIS_SERVER, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        back = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        back = start_redis(int(url.rsplit(":", 1)[1].split("/")[0]), tmp_path)
         try:
-            eventually(lambda: _status(admin, "fragile") == 404, "the reload from the new, empty Redis")
+            wait_until(lambda: _status(admin, "fragile") == 404, "the reload from the new, empty Redis")
             admin.register_application("again", ["one_a"], default_output=-1, slo_micros=5_000_000)
             assert [a["name"] for a in admin.list_applications()] == ["again"]
         finally:

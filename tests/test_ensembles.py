@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from tests.serverproc import EXAMPLES, ServerProcess, running
+from tests.serverproc import EXAMPLES, ServerProcess, running, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -298,13 +297,6 @@ def failure(call_it: object) -> InferenceServerException:
     return info.value
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < end, f"{what} after {timeout_s} s"
-        time.sleep(0.01)
-
-
 def index(client: grpcclient.InferenceServerClient) -> dict[str, tuple[str, str]]:
     return {m.name: (m.state, m.reason) for m in client.get_model_repository_index().models}
 
@@ -532,15 +524,19 @@ def test_a_cancelled_request_runs_no_further_step(
     tensor.set_data_from_numpy(np.full((1, 4), 41, dtype=np.float32))
     answers: list[object] = []
     call_context = client.async_infer("held_chain", [tensor], lambda result, error: answers.append(error))
-    wait_for((meeting / "41.started").exists, "step 0 never started")
+    wait_until((meeting / "41.started").exists, "step 0 started", interval_s=0.01)
     call_context.cancel()
-    wait_for(lambda: bool(answers), "no answer to the cancelled request")
+    wait_until(lambda: bool(answers), "an answer to the cancelled request", interval_s=0.01)
     assert isinstance(answers[0], InferenceServerException)
     assert "CANCELLED" in str(answers[0].status())
     executions = held_executions(client)  # step 0 still holds: its batch has not finished
     (meeting / "41.release").touch()
-    wait_for(lambda: held_executions(client) > executions, "step 0 never finished")
-    wait_for(lambda: success_count(client, "held_chain")[1] == ensembles[1] + 1, "the ensemble's failure not counted")
+    wait_until(lambda: held_executions(client) > executions, "step 0 finished", interval_s=0.01)
+    wait_until(
+        lambda: success_count(client, "held_chain")[1] == ensembles[1] + 1,
+        "the ensemble's failure counted",
+        interval_s=0.01,
+    )
     assert success_count(client, "ident") == idents  # step 1 never ran
     (meeting / "42.release").touch()
     x = np.full((1, 4), 42, dtype=np.float32)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running
+from tests.serverproc import EXAMPLES, ServerProcess, index_entry, model_metric, running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -139,6 +139,6 @@ def test_a_bad_bound_fails_the_load_naming_the_parameter(server: ServerProcess, 
     with grpcclient.InferenceServerClient(server.url) as client:
         assert not client.is_model_ready(model)
         assert client.is_model_ready("inline")  # the others serve
-        index = {m.name: m for m in client.get_model_repository_index().models}
-    assert "idle_inline_us" in index[model].reason
-    assert "whole number of microseconds" in index[model].reason
+    reason = index_entry(server.url, model)[1]
+    assert "idle_inline_us" in reason
+    assert "whole number of microseconds" in reason
