@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tritonclient.utils.shared_memory as shm
 
 from tests.serverproc import EXAMPLES, ServerProcess, running
 
@@ -24,3 +27,22 @@ def example_server(logs_dir: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def grpc_url(example_server: ServerProcess) -> str:
     return example_server.url
+
+
+Region = tuple[str, Any]  # (key, handle)
+
+
+@pytest.fixture
+def make_region() -> Iterator[Callable[[int], Region]]:
+    """POSIX shared-memory objects with unique keys, removed after the test."""
+    made: list[Any] = []
+
+    def make(byte_size: int) -> Region:
+        key = f"/clipperd_test_{uuid.uuid4().hex[:12]}"
+        handle = shm.create_shared_memory_region(key[1:], key, byte_size)
+        made.append(handle)
+        return key, handle
+
+    yield make
+    for handle in made:
+        shm.destroy_shared_memory_region(handle)

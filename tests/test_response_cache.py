@@ -14,7 +14,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ENTRY_OVERHEAD, ResponseCache, VersionCache, entry_size, version_cache
 from server.cli import main as cli_main
 from server.settings import parse_cache_config
+from tests.conftest import Region
 from tests.serverproc import EXAMPLES, ROOT, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
@@ -395,60 +396,54 @@ def test_a_subset_of_outputs_is_answered_right_on_a_hit(
 
 
 @pytest.fixture
-def region() -> Iterator[tuple[str, Any]]:
-    key = f"/clipperd_cache_{uuid.uuid4().hex[:12]}"
-    handle = shm.create_shared_memory_region(key[1:], key, 128)
-    yield key, handle
-    shm.destroy_shared_memory_region(handle)
+def region(
+    grpc_client: grpcclient.InferenceServerClient, make_region: Callable[[int], Region]
+) -> Iterator[tuple[str, Any]]:
+    """A 128-byte region registered with the server: (its name there, its handle)."""
+    key, handle = make_region(128)
+    name = f"cache_{uuid.uuid4().hex[:8]}"
+    grpc_client.register_system_shared_memory(name, key, 128)
+    yield name, handle
+    grpc_client.unregister_system_shared_memory(name)
 
 
 def test_shared_memory_outputs_are_written_on_a_hit(
     grpc_client: grpcclient.InferenceServerClient, repository: Path, region: tuple[str, Any]
 ) -> None:
-    key, handle = region
-    name = f"cache_out_{uuid.uuid4().hex[:8]}"
-    grpc_client.register_system_shared_memory(name, key, 128)
-    try:
-        x = unique_input()
-        infer(grpc_client, "counted", x)
-        runs = executions(repository, "counted")
-        tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
-        tensor.set_data_from_numpy(x)
-        outputs = [grpcclient.InferRequestedOutput("OUTPUT0"), grpcclient.InferRequestedOutput("OUTPUT1")]
-        outputs[0].set_shared_memory(name, 64)
-        outputs[1].set_shared_memory(name, 64, offset=64)
-        grpc_client.infer("counted", [tensor], outputs=outputs)
-        assert executions(repository, "counted") == runs
-        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16]), x * 2)
-        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=64), x + 1)
-    finally:
-        grpc_client.unregister_system_shared_memory(name)
+    name, handle = region
+    x = unique_input()
+    infer(grpc_client, "counted", x)
+    runs = executions(repository, "counted")
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_data_from_numpy(x)
+    outputs = [grpcclient.InferRequestedOutput("OUTPUT0"), grpcclient.InferRequestedOutput("OUTPUT1")]
+    outputs[0].set_shared_memory(name, 64)
+    outputs[1].set_shared_memory(name, 64, offset=64)
+    grpc_client.infer("counted", [tensor], outputs=outputs)
+    assert executions(repository, "counted") == runs
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16]), x * 2)
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=64), x + 1)
 
 
 def test_shared_memory_inputs_are_keyed_by_what_the_region_holds(
     grpc_client: grpcclient.InferenceServerClient, repository: Path, region: tuple[str, Any]
 ) -> None:
-    key, handle = region
-    name = f"cache_in_{uuid.uuid4().hex[:8]}"
-    grpc_client.register_system_shared_memory(name, key, 128)
-    try:
+    name, handle = region
 
-        def from_region(x: np.ndarray) -> Any:
-            shm.set_shared_memory_region(handle, [x])
-            tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
-            tensor.set_shared_memory(name, 64)
-            return grpc_client.infer("counted", [tensor])
+    def from_region(x: np.ndarray) -> Any:
+        shm.set_shared_memory_region(handle, [x])
+        tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        tensor.set_shared_memory(name, 64)
+        return grpc_client.infer("counted", [tensor])
 
-        x, y = unique_input(), unique_input()
-        runs = executions(repository, "counted")
-        np.testing.assert_array_equal(from_region(x).as_numpy("OUTPUT0"), x * 2)
-        np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT0"), y * 2)  # the region changed
-        assert executions(repository, "counted") == runs + 2
-        np.testing.assert_array_equal(infer(grpc_client, "counted", x).as_numpy("OUTPUT0"), x * 2)  # inline
-        np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT1"), y + 1)
-        assert executions(repository, "counted") == runs + 2
-    finally:
-        grpc_client.unregister_system_shared_memory(name)
+    x, y = unique_input(), unique_input()
+    runs = executions(repository, "counted")
+    np.testing.assert_array_equal(from_region(x).as_numpy("OUTPUT0"), x * 2)
+    np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT0"), y * 2)  # the region changed
+    assert executions(repository, "counted") == runs + 2
+    np.testing.assert_array_equal(infer(grpc_client, "counted", x).as_numpy("OUTPUT0"), x * 2)  # inline
+    np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT1"), y + 1)
+    assert executions(repository, "counted") == runs + 2
 
 
 def test_concurrent_identical_requests_all_get_the_answer(server: ServerProcess, repository: Path) -> None:

@@ -28,6 +28,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
+from tests.conftest import Region
 from tests.serverproc import ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,25 +85,6 @@ def client(transport: Transport) -> Iterator[Any]:
         yield c
     finally:
         c.close()
-
-
-Region = tuple[str, Any]  # (key, handle)
-
-
-@pytest.fixture
-def make_region() -> Iterator[Callable[[int], Region]]:
-    """POSIX shared-memory objects with unique keys, removed after the test."""
-    made: list[Any] = []
-
-    def make(byte_size: int) -> Region:
-        key = f"/clipperd_test_{uuid.uuid4().hex[:12]}"
-        handle = shm.create_shared_memory_region(key[1:], key, byte_size)
-        made.append(handle)
-        return key, handle
-
-    yield make
-    for handle in made:
-        shm.destroy_shared_memory_region(handle)
 
 
 @pytest.fixture
