@@ -3,11 +3,12 @@ JSON the admin API takes and the state store keeps, checked once here."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.common.errors import InvalidArgument
+from backends.common.errors import AlreadyExists, InvalidArgument
 from schedulers.selection import POLICIES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -129,3 +130,11 @@ class AppDefinition:
 
     def linked(self, model: str) -> LinkedModel | None:
         return next((m for m in self.models if m.name == model), None)
+
+    def with_model(self, model: LinkedModel) -> AppDefinition:
+        """This definition with ``model`` linked too, within the limits ``from_json`` sets."""
+        if self.linked(model.name) is not None:
+            raise AlreadyExists(f"model {model.name!r} is already linked to {self.name!r}")
+        if len(self.models) >= MAX_MODELS:
+            raise InvalidArgument(f"application {self.name!r} already links {MAX_MODELS} models, the most it may")
+        return dataclasses.replace(self, models=[*self.models, model])

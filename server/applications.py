@@ -200,10 +200,7 @@ class ApplicationManager:
         async with self._lock:
             app = self.get(name)
             self._check_model(linked.name)
-            if app.definition.linked(linked.name) is not None:
-                raise AlreadyExists(f"model {linked.name!r} is already linked to {name!r}")
-            definition = dataclasses.replace(app.definition, models=[*app.definition.models, linked])
-            return await self._redefine(app, definition)
+            return await self._redefine(app, app.definition.with_model(linked))
 
     async def unlink(self, name: str, model: str) -> dict[str, Any]:
         async with self._lock:

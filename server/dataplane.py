@@ -140,7 +140,7 @@ class DataPlane:
                 )
                 tracked.executing = False
                 if probe is not None:
-                    response_cache.store(model, probe, outputs)
+                    model.cache_store(probe, outputs)
             response = self._response(request, model, outputs)
             shared_memory.write_outputs(response)
         return response

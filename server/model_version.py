@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
-from schedulers.cache import ResponseCache, VersionCache, version_cache
+from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache, version_cache
 from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import InstanceWorker
 from schedulers.process_backend import ProcessBackend, WorkerSettings
@@ -61,11 +61,50 @@ class ModelVersion:
 
     async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Tensors:
         """One request from inside the server (an ensemble's step): validated against this
-        version's config, queued and batched like a client's, counted in its statistics."""
+        version's config, answered from the response cache or queued and batched like a
+        client's, counted in its statistics."""
         with self.stats.track() as request:
             arrays, batch = self.signature.validate_tensors(inputs)
+            specs = self.signature.inputs
+            probe = self.cache_probe((n, specs[n].datatype, a.shape, a) for n, a in inputs.items())
+            if probe is not None and probe.outputs is not None:
+                return probe.outputs
             request.executing = True
-            return await self.scheduler.execute(arrays, batch, priority, timeout_us)
+            outputs = await self.scheduler.execute(arrays, batch, priority, timeout_us)
+            if probe is not None:
+                self.cache_store(probe, outputs)
+            return outputs
+
+    def cache_probe(self, inputs: Iterable[RequestInput]) -> CacheProbe | None:
+        """The response-cache lookup of one request's inputs (name, wire type, shape, array),
+        counted as a hit or a miss; None when this version does not cache."""
+        cache = self.cache
+        if cache is None:
+            return None
+        start = time.perf_counter_ns()
+        key = cache.key(inputs)
+        outputs = cache.lookup(key)
+        elapsed = time.perf_counter_ns() - start
+        if outputs is None:
+            self.stats.cache_miss.add(elapsed)
+        else:
+            self.stats.record_cache_hit(elapsed)
+        return CacheProbe(cache, key, outputs)
+
+    def cache_store(self, probe: CacheProbe, outputs: Tensors) -> None:
+        """Keeps a missed request's outputs (only ever called with a successful execution's)."""
+        start = time.perf_counter_ns()
+        probe.cache.insert(probe.key, outputs)
+        self.stats.cache_miss.add(time.perf_counter_ns() - start, count=0)
+
+
+@dataclass(slots=True)
+class CacheProbe:
+    """One request's lookup: its key and, on a hit, the stored outputs."""
+
+    cache: VersionCache
+    key: CacheKey
+    outputs: Tensors | None
 
 
 # backends that can use a GPU; KIND_AUTO places the others on the CPU

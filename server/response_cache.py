@@ -9,22 +9,8 @@ cache. Every input is keyed by its bytes, BYTES included."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-from backends.base import Tensors
-from schedulers.cache import CacheKey, VersionCache
 from server.messages import InferRequest, Params
-from server.model_version import ModelVersion
-
-
-@dataclass(slots=True)
-class CacheProbe:
-    """One request's lookup: its key and, on a hit, the stored outputs."""
-
-    cache: VersionCache
-    key: CacheKey
-    outputs: Tensors | None
+from server.model_version import CacheProbe, ModelVersion
 
 
 def _in_sequence(parameters: Params) -> bool:
@@ -34,22 +20,6 @@ def _in_sequence(parameters: Params) -> bool:
 def lookup(model: ModelVersion, request: InferRequest) -> CacheProbe | None:
     """The request's cache lookup, counted as a hit or a miss; None when it does not use the cache.
     Call after validation and after shared-memory inputs are read."""
-    cache = model.cache
-    if cache is None or (request.parameters and _in_sequence(request.parameters)):
+    if request.parameters and _in_sequence(request.parameters):
         return None
-    start = time.perf_counter_ns()
-    key = cache.key((t.name, t.datatype, t.shape, t.data) for t in request.inputs)
-    outputs = cache.lookup(key)
-    elapsed = time.perf_counter_ns() - start
-    if outputs is None:
-        model.stats.cache_miss.add(elapsed)
-    else:
-        model.stats.record_cache_hit(elapsed)
-    return CacheProbe(cache, key, outputs)
-
-
-def store(model: ModelVersion, probe: CacheProbe, outputs: Tensors) -> None:
-    """Keeps a missed request's outputs (only ever called with a successful execution's)."""
-    start = time.perf_counter_ns()
-    probe.cache.insert(probe.key, outputs)
-    model.stats.cache_miss.add(time.perf_counter_ns() - start, count=0)
+    return model.cache_probe((t.name, t.datatype, t.shape, t.data) for t in request.inputs)

@@ -9,8 +9,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from backends.common.errors import InvalidArgument
-from schedulers.app_definition import AppDefinition, LinkedModel
+from backends.common.errors import AlreadyExists, InvalidArgument
+from schedulers.app_definition import MAX_MODELS, AppDefinition, LinkedModel
 from schedulers.application import LATE_STREAK, PROBE_EVERY, Application, Lateness, fan_out_deadline_s
 from schedulers.selection import POLICIES, summary
 
@@ -252,6 +252,27 @@ def test_definition_checks() -> None:
     ):
         with pytest.raises(InvalidArgument, match=message):
             AppDefinition.from_json({**good, **change})
+
+
+def test_linking_keeps_the_definitions_limits() -> None:
+    full = AppDefinition.from_json(
+        {
+            "name": "full",
+            "models": [{"name": f"m{i}"} for i in range(MAX_MODELS)],
+            "policy": "vote",
+            "default_output": 0,
+            "slo_micros": 1000,
+        }
+    )
+    with pytest.raises(InvalidArgument, match=f"already links {MAX_MODELS} models"):
+        full.with_model(LinkedModel("one_more", ""))
+    one = AppDefinition.from_json(
+        {"name": "one", "models": [{"name": "m"}], "policy": "vote", "default_output": 0, "slo_micros": 1000}
+    )
+    with pytest.raises(AlreadyExists, match="already linked"):
+        one.with_model(LinkedModel("m", "2"))
+    assert [m.name for m in one.with_model(LinkedModel("n", "")).models] == ["m", "n"]
+    assert [m.name for m in one.models] == ["m"]  # a new definition; this one is unchanged
 
 
 async def test_answers_before_the_deadline_once_the_stragglers_cannot_change_it() -> None:

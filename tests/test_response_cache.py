@@ -279,7 +279,22 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config.replace('"simple_string"', '"strings"') + "\nresponse_cache { enable: true }\n"
     )
     shutil.copytree(EXAMPLES / "iris_sklearn", root / "iris_sklearn")  # the bundled example that caches
+    (root / "cached_step" / "1").mkdir(parents=True)  # an ensemble whose one step caches
+    (root / "cached_step" / "config.pbtxt").write_text(CACHED_STEP)
     return root
+
+
+CACHED_STEP = """
+name: "cached_step"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "DOUBLED" data_type: TYPE_FP32 dims: [ -1 ] } ]
+ensemble_scheduling { step [ {
+  model_name: "counted" model_version: -1
+  input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "DOUBLED" }
+} ] }
+"""
 
 
 @pytest.fixture(scope="module")
@@ -444,6 +459,24 @@ def test_shared_memory_inputs_are_keyed_by_what_the_region_holds(
     np.testing.assert_array_equal(infer(grpc_client, "counted", x).as_numpy("OUTPUT0"), x * 2)  # inline
     np.testing.assert_array_equal(from_region(y).as_numpy("OUTPUT1"), y + 1)
     assert executions(repository, "counted") == runs + 2
+
+
+def test_an_ensemble_step_answers_from_its_models_cache(
+    grpc_client: grpcclient.InferenceServerClient, repository: Path
+) -> None:
+    """The ensemble itself does not cache (Triton's rule); its step model, which does, is looked
+    up as for a client's request, and the entry is the same whoever filled it."""
+    x = unique_input()
+    runs = executions(repository, "counted")
+    hits = stats(grpc_client, "counted").inference_stats.cache_hit.count
+    for _ in range(2):
+        np.testing.assert_array_equal(infer(grpc_client, "cached_step", x).as_numpy("DOUBLED"), x * 2)
+    assert executions(repository, "counted") == runs + 1
+    assert stats(grpc_client, "counted").inference_stats.cache_hit.count == hits + 1
+    np.testing.assert_array_equal(infer(grpc_client, "counted", x).as_numpy("OUTPUT0"), x * 2)  # a client's
+    assert executions(repository, "counted") == runs + 1
+    assert stats(grpc_client, "counted").inference_stats.cache_hit.count == hits + 2
+    assert stats(grpc_client, "cached_step").inference_stats.cache_hit.count == 0
 
 
 def test_concurrent_identical_requests_all_get_the_answer(server: ServerProcess, repository: Path) -> None:
