@@ -169,13 +169,20 @@ class Application:
         if not chosen:
             return self._default("failed", "the application has no linked model")
 
+        judged: list[tuple[int, np.ndarray, float]] = []  # the last judgement: (answers, y, confidence)
+
+        def judge(predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+            """The combined answer and its confidence (members that did not answer do not agree).
+            Answers only ever arrive, so a judgement of as many answers is of the same ones."""
+            if not judged or judged[0][0] != len(predictions):
+                y, agreeing = pol.combine(state, x, predictions)
+                judged[:] = [(len(predictions), y, agreeing * len(predictions) / len(chosen))]
+            return judged[0][1], judged[0][2]
+
         def decided(predictions: dict[str, np.ndarray], waiting: list[str]) -> bool:
             """The answer cannot change any more and its confidence already meets the threshold
             (the waiting members counted as disagreeing)."""
-            if not pol.decided(state, predictions, waiting):
-                return False
-            agreeing = pol.combine(state, x, predictions)[1]
-            return agreeing * len(predictions) / len(chosen) >= d.confidence_threshold
+            return pol.decided(state, predictions, waiting) and judge(predictions)[1] >= d.confidence_threshold
 
         started = time.perf_counter()  # not loop.time(): uvloop's is in ms, cached per iteration
         deadline_s = fan_out_deadline_s(d.slo_micros, self.lateness.p99_s)
@@ -195,8 +202,7 @@ class Application:
             if late:
                 return self._default("timeout", f"no model answered within the slo ({d.slo_micros} µs)")
             return self._default("failed", f"every selected model failed: {_first_message(errors)}")
-        y, agreeing = pol.combine(state, x, predictions)
-        confidence = agreeing * len(predictions) / len(chosen)  # stragglers and failures do not agree
+        y, confidence = judge(predictions)
         if confidence < d.confidence_threshold:
             return self._default(
                 "low_confidence", f"confidence {confidence:.2f} below threshold {d.confidence_threshold:g}", confidence
