@@ -100,7 +100,6 @@ class DeviceQueue:
         # Clipper's delayed batching: a short wait for more rows right after a batch completes
         self._fill_delay_ns = self.aimd.settings.fill_delay_ns if self._batching else 0
         self._freed_ns = 0  # when a batch last completed
-        self._cap_bound = False  # the batch being formed was cut to size by the AIMD cap
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._drained = asyncio.Event()
@@ -244,13 +243,14 @@ class DeviceQueue:
         self._dispatching = True
         try:
             while self._idle:
-                batch = self._next_batch()
-                if batch is None:
+                formed = self._next_batch()
+                if formed is None:
                     break
+                batch, cap_bound = formed
                 worker = self._idle.pop()
                 assert self._loop is not None
                 job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
-                done = self._completion(worker, batch, self._order.ticket(), self._cap_bound)
+                done = self._completion(worker, batch, self._order.ticket(), cap_bound)
                 worker.submit(job, self._loop, done)
         finally:
             self._dispatching = False
@@ -259,15 +259,17 @@ class DeviceQueue:
             assert self._loop is not None
             _active[self._loop] -= 1
 
-    def _next_batch(self) -> list[Pending] | None:
+    def _next_batch(self) -> tuple[list[Pending], bool] | None:
+        """The next batch and whether the AIMD cap cut it to size; None to wait for more."""
         queue = self.queue
         while queue and queue[0].future.done():  # cancelled while waiting: never executed
             queue.popleft()
         if not queue:
             return None
-        limit = self._batch_limit(queue[0])
-        if limit is None:
+        bounded = self._batch_limit(queue[0])
+        if bounded is None:
             return None
+        limit, cap_bound = bounded
         first = queue.popleft()
         batch = [first]
         if self._batching:
@@ -278,38 +280,30 @@ class DeviceQueue:
             if request.timer is not None:
                 request.timer.cancel()
                 request.timer = None
-        return batch
+        return batch, cap_bound
 
-    def _batch_limit(self, first: Pending) -> int | None:
-        """How many rows the next batch may take, or None to wait for more requests: a full
-        batch (the AIMD cap) goes at once, else the largest preferred size that the waiting
-        requests reach, else what there is once the oldest has waited the max queue delay."""
+    def _batch_limit(self, first: Pending) -> tuple[int, bool] | None:
+        """How many rows the next batch may take and whether the cap bounds it, or None to wait
+        for more requests: a full batch (the AIMD cap) goes at once, else the largest preferred
+        size that the waiting requests reach, else what there is once the oldest has waited the
+        max queue delay."""
         cap = self.aimd.cap
-        self._cap_bound = False
         if not self._batching:
-            return cap
+            return cap, False
         rows = self._rows_waiting(first, 2 * cap if self.aimd.adaptive else cap)
         if cap < rows < 2 * cap:
-            return self._halves(rows)
+            return _halves(rows), True
         if rows >= cap:
-            return cap
+            return cap, False
         reachable = [size for size in self._preferred if size <= rows]
         if reachable:
-            return reachable[-1]
+            return reachable[-1], False
         now = time.perf_counter_ns()
         wait_ns = max(self._delay_ns - (now - first.enqueued_ns), self._fill_delay_ns - (now - self._freed_ns))
         if wait_ns > 0 and not self._closed:
             self._wake_in(wait_ns)
             return None
-        return cap
-
-    def _halves(self, rows: int) -> int:
-        """Under an AIMD cap, more than one batch but less than two wait: two equal batches. When
-        the cap falls a little under the load, 64 rows under a cap of 57 go as 32 and 32, not 57
-        and a straggling 7 that waits a whole batch more. Such a batch is as full as the cap
-        allows: it counts as full for AIMD."""
-        self._cap_bound = True
-        return -(-rows // 2)
+        return cap, False
 
     def _rows_waiting(self, first: Pending, cap: int) -> int:
         """Rows that could join ``first``'s batch now, counting up to ``cap``."""
@@ -373,6 +367,14 @@ class DeviceQueue:
         if requests == 1:
             self._solo_ns = _average(self._solo_ns, elapsed)
             self._solo_rows = _average(self._solo_rows, rows)
+
+
+def _halves(rows: int) -> int:
+    """Under an AIMD cap, more than one batch but less than two wait: two equal batches. When the
+    cap falls a little under the load, 64 rows under a cap of 57 go as 32 and 32, not 57 and a
+    straggling 7 that waits a whole batch more. Such a batch is as full as the cap allows: it
+    counts as full for AIMD."""
+    return -(-rows // 2)
 
 
 def _average(average: float, value: float) -> float:
