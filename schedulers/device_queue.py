@@ -99,7 +99,7 @@ class DeviceQueue:
         self._preferred = sorted(set(dynamic.preferred_batch_size)) if self._batching else []
         # Clipper's delayed batching: a short wait for more rows right after a batch completes
         self._fill_delay_ns = self.aimd.settings.fill_delay_ns if self._batching else 0
-        self._freed_ns = 0  # when a batch last completed
+        self._freed_ns: int | None = None  # when a batch last completed; None: none has yet
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._drained = asyncio.Event()
@@ -163,9 +163,16 @@ class DeviceQueue:
         if not self._inline_ns or len(self._idle) < len(self._workers) or not self._solo_ns:
             return False
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
-        if expected_ns > self._inline_ns or time.perf_counter_ns() - self._freed_ns < expected_ns:
+        if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
             return False
         return not _active.get(asyncio.get_running_loop(), 0)
+
+    def _idle_ns(self) -> float:
+        """How long since a batch last completed (forever when none has: the monotonic clock's
+        zero is the machine's boot, not an event)."""
+        if self._freed_ns is None:
+            return float("inf")
+        return time.perf_counter_ns() - self._freed_ns
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
@@ -299,7 +306,9 @@ class DeviceQueue:
         if reachable:
             return reachable[-1], False
         now = time.perf_counter_ns()
-        wait_ns = max(self._delay_ns - (now - first.enqueued_ns), self._fill_delay_ns - (now - self._freed_ns))
+        wait_ns = self._delay_ns - (now - first.enqueued_ns)
+        if self._freed_ns is not None:  # no batch completed yet: nobody's callers to wait for
+            wait_ns = max(wait_ns, self._fill_delay_ns - (now - self._freed_ns))
         if wait_ns > 0 and not self._closed:
             self._wake_in(wait_ns)
             return None
