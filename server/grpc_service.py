@@ -24,6 +24,7 @@ from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
 from server.proto import grpc_service_pb2 as pb
 from server.status import GRPC_STATUS
+from server.tls import ReloadingTls
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -279,6 +280,8 @@ class GrpcOptions:
     bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
     lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
     frontend: str = "native"  # or "grpcio" (grpc.aio)
+    tls: ReloadingTls | None = None  # None: plaintext
+    handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
 
 
 class GrpcFrontend(Protocol):
@@ -290,7 +293,9 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
     if opts.frontend == "native":
         services = {SERVICE: method_handlers(InferenceService(plane)), HEALTH_SERVICE: health_handlers(plane, SERVICE)}
         native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
-        return native, await native.start(host, port)
+        if opts.tls is None:
+            return native, await native.start(host, port)
+        return native, await native.http2.start(host, port, opts.tls.front, opts.handshake_timeout_s)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
     await server.start()
     return server, bound
@@ -309,6 +314,8 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
         ("grpc.http2.bdp_probe", int(opts.bdp_probe)),
         ("grpc.http2.lookahead_bytes", opts.lookahead_bytes),
     ]
+    if opts.tls is not None:  # a handshake not done by then is cut (grpc's default: 120 s)
+        options.append(("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)))
     server = grpc.aio.server(options=options)
     handlers = method_handlers(InferenceService(plane))
     if hasattr(server, "add_registered_method_handlers"):
@@ -317,5 +324,6 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     health = health_handlers(plane, SERVICE)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),))
-    port = server.add_insecure_port(address)
-    return server, port
+    if opts.tls is None:
+        return server, server.add_insecure_port(address)
+    return server, server.add_secure_port(address, opts.tls.grpc_credentials())

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from ssl import SSLContext
 from urllib.parse import unquote
 
 import httptools
@@ -285,9 +286,19 @@ class HttpServer:
             log.exception("internal error in %s %s", request.method, request.path[:200])
             return self.error(500, "internal error")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
+    ) -> int:
+        """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: HttpConnection(self), host, port, reuse_address=True)
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
+        )
         self._sweeper = loop.create_task(self._sweep())
         return int(self._listener.sockets[0].getsockname()[1])
 

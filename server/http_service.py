@@ -23,6 +23,7 @@ from server.http_shared_memory import SharedMemoryApi
 from server.http_stats import statistics_json
 from server.json_answers import JSON, error_response, json_response
 from server.status import HTTP_STATUS
+from server.tls import ReloadingTls
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -203,11 +204,14 @@ class HttpOptions:
     port: int  # 0 picks a free one
     limits: BodyLimits  # larger bodies get 413
     grace_secs: float  # on shutdown, how long in-flight requests may take
+    tls: ReloadingTls | None = None  # None: plaintext
+    handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
     """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
     api = RestApi(plane, opts.limits)
     server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes)
-    port = await server.start(opts.host, opts.port)
+    context = opts.tls.front if opts.tls is not None else None
+    port = await server.start(opts.host, opts.port, context, opts.handshake_timeout_s)
     return server, port

@@ -78,6 +78,36 @@ class Settings:
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    grpc_use_ssl: bool = _setting(
+        False, "Serve gRPC over TLS (Triton's flag; ALPN h2); needs --grpc-server-cert and --grpc-server-key."
+    )
+    grpc_server_cert: str = _setting("", "PEM file: the gRPC server's certificate, then its chain.")
+    grpc_server_key: str = _setting("", "PEM file: the gRPC server's private key (unencrypted).")
+    grpc_root_cert: str = _setting(
+        "", "PEM file: the CAs that client certificates must chain to (required with --grpc-use-ssl-mutual)."
+    )
+    grpc_use_ssl_mutual: bool = _setting(
+        False, "Mutual TLS on gRPC: every client presents a certificate from --grpc-root-cert (implies --grpc-use-ssl)."
+    )
+    http_use_ssl: bool = _setting(
+        False, "Serve HTTP/REST over TLS (ALPN http/1.1); needs --http-server-cert and --http-server-key."
+    )
+    http_server_cert: str = _setting("", "PEM file: the HTTP server's certificate, then its chain.")
+    http_server_key: str = _setting("", "PEM file: the HTTP server's private key (unencrypted).")
+    http_root_cert: str = _setting(
+        "", "PEM file: the CAs that client certificates must chain to (required with --http-use-ssl-mutual)."
+    )
+    http_use_ssl_mutual: bool = _setting(
+        False, "Mutual TLS on HTTP: every client presents a certificate from --http-root-cert (implies --http-use-ssl)."
+    )
+    tls_reload_poll_secs: float = _setting(
+        5.0,
+        "Seconds between checks of the TLS certificate, key and root files: a change loads them for new "
+        "connections (SIGHUP does at once); 0: only on SIGHUP.",
+    )
+    tls_handshake_timeout_secs: float = _setting(
+        10.0, "A client that has not completed its TLS handshake in this many seconds is disconnected."
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:
@@ -100,10 +130,27 @@ def env_default(name: str, default: Any) -> Any:
     if value is None:
         return default
     if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes", "on")
+        try:
+            return parse_bool(value)
+        except ValueError as error:  # a typo must not turn a security flag off silently
+            raise ValueError(f"CLIPPERD_{name.upper()}: {error}") from None
     if isinstance(default, list) or default is None:
         return [v for v in value.split(",") if v]
     return type(default)(value)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(text: str) -> bool:
+    """Triton's boolean values (``--grpc-use-ssl=true``), and 1/0, yes/no, on/off."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected true or false (or 1/0, yes/no, on/off), got {text[:32]!r}")
 
 
 CACHES = ("local",)  # the cache implementations clipperd has (Triton also ships 'redis')
