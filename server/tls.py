@@ -103,7 +103,13 @@ def server_context(files: TlsFiles, alpn: Sequence[str]) -> ssl.SSLContext:
 
 
 def _reason(error: OSError) -> str:
-    return str(error.strerror or error)  # "No such file or directory", or OpenSSL's reason
+    if isinstance(error, ssl.SSLError):
+        if error.reason == "KEY_VALUES_MISMATCH":
+            return "the key does not match the certificate"
+        if "PEM lib" in str(error):  # OpenSSL says no more, nor which of the two files
+            return "not a PEM certificate (chain) and an unencrypted PEM key"
+        return f"OpenSSL: {error.reason or error}"
+    return str(error.strerror or error)  # "No such file or directory"
 
 
 def _signature(paths: Sequence[Path]) -> Signature:

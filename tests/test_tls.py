@@ -388,6 +388,11 @@ def test_bad_tls_flags_stop_the_start_with_a_clear_message(certs: Certs, tmp_pat
     assert "No such file" in missing
     mismatch = _serve_fails(*_tls_args("grpc", Pair(certs.server2.cert, certs.server.key, 0)))
     assert "--grpc-server-cert" in mismatch
+    assert "the key does not match the certificate" in mismatch
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    assert "not a PEM certificate" in _serve_fails(*_tls_args("grpc", Pair(junk, certs.server.key, 0)))
+    assert "OpenSSL: NO_CERTIFICATE_OR_CRL_FOUND" in _serve_fails(*_tls_args("grpc", certs.server, junk))
     assert "needs --grpc-root-cert" in _serve_fails("--grpc-use-ssl-mutual=1", *_tls_args("grpc", certs.server)[1:])
     assert "CLIPPERD_GRPC_USE_SSL" in _serve_fails(env={"CLIPPERD_GRPC_USE_SSL": "ture"})
     assert "--grpc-use-ssl: expected true or false" in _serve_fails("--grpc-use-ssl=maybe")
