@@ -12,6 +12,7 @@ import os
 import signal
 
 from schedulers.cache import ResponseCache
+from server.access import AccessPolicy
 from server.app_metrics import application_families
 from server.app_state import open_store
 from server.applications import ApplicationManager
@@ -51,11 +52,13 @@ class Server:
     async def run(self) -> None:
         settings = self.settings
         self.loop_lag.start()
+        access = AccessPolicy.from_settings(settings)
         options = GrpcOptions(
             settings.grpc_max_message_bytes,
             settings.grpc_http2_bdp_probe,
             settings.grpc_http2_lookahead_bytes,
             settings.grpc_frontend,
+            access,
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
@@ -65,22 +68,24 @@ class Server:
             log.error("application state (--app-state) unavailable: %s: %s", type(error).__name__, error)
             raise SystemExit(2) from None
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
-        http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
+        http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs, access)
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
+        log.info("access: %s", access.summary())
         if self.cache is not None:
             log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
+            metrics_host = settings.metrics_host or settings.host
             app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
                 self.repository.loaded,
-                MetricsOptions(settings.host, settings.metrics_port),
+                MetricsOptions(metrics_host, settings.metrics_port),
                 self.cache,
                 lambda: itertools.chain(app_families(), self.loop_lag.families()),
             )
             runners.append(metrics_runner)
-            log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
+            log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
         await self.repository.start()
         _settle_garbage_collector()
         self.plane.accepting = True
