@@ -5,7 +5,9 @@ them with it or with the token. The non-loopback default is tested for real in t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import socket
 import urllib.error
 import urllib.request
@@ -275,8 +277,11 @@ def test_grpc_restricted_protocol(restricted_server: ServerProcess) -> None:
         assert np.array_equal(client.infer("identity_fp32", [infer_input]).as_numpy("OUTPUT0"), data)
 
 
-def _http(server: ServerProcess, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    body = b"{}" if method == "POST" else None
+def _http(
+    server: ServerProcess, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, Any]:
+    if body is None and method == "POST":
+        body = b"{}"
     request = urllib.request.Request(f"http://{server.http_url}{path}", body, headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -323,21 +328,61 @@ def test_admin_client_sends_headers_or_the_token(restricted_server: ServerProces
         assert admin.applications.list_applications() == []
 
 
-def test_shared_memory_registration_off(logs_dir: Path, make_region: Any) -> None:
+def _stream_outcome(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None) -> Any:
+    """The first answer of a ModelStreamInfer call with one request: an InferResult or the error."""
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(lambda result, error: answers.put(error or result), headers=headers)
+    try:
+        # a refusal may end the stream before the request is sent: the callback has the status
+        with contextlib.suppress(InferenceServerException):
+            client.async_stream_infer("identity_fp32", [_grpc_input()])
+        return answers.get(timeout=30)
+    finally:
+        client.stop_stream()
+
+
+def _grpc_input() -> grpcclient.InferInput:
+    infer_input = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    infer_input.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+    return infer_input
+
+
+@pytest.mark.parametrize("frontend", ["native", "grpcio"])
+def test_restricted_inference_registration_off_and_metrics_host(
+    frontend: str, logs_dir: Path, make_region: Any
+) -> None:
+    """Inference restricted (the unary and the streaming call, HTTP's fast path), shared-memory
+    registration off for every client, and the metrics port on its own address."""
     key, _ = make_region(64)
-    with running(EXAMPLES, "--no-allow-shared-memory", log_dir=logs_dir) as server:
+    args = (
+        *("--grpc-frontend", frontend, "--model-control-mode", "explicit", "--load-model", "identity_fp32"),
+        *("--grpc-restricted-protocol", "inference:infer-key=v1", "--http-restricted-api", "inference:infer-key=v1"),
+        *("--no-allow-shared-memory", "--metrics-host", "127.0.0.2"),
+    )
+    with running(EXAMPLES, *args, log_dir=logs_dir) as server:
         with grpcclient.InferenceServerClient(server.url) as client:
+            _grpc_refused(lambda: client.infer("identity_fp32", [_grpc_input()]))
+            client.infer("identity_fp32", [_grpc_input()], headers={"infer-key": "v1"})
+            refused = _stream_outcome(client)
+            assert isinstance(refused, InferenceServerException), refused
+            assert refused.status() == "StatusCode.PERMISSION_DENIED"
+            answered = _stream_outcome(client, {"triton-grpc-protocol-infer-key": "v1"})
+            assert answered.as_numpy("OUTPUT0").shape == (1, 16)
             message = _grpc_refused(lambda: client.register_system_shared_memory("r", key, 64))
             assert "turned off" in message
             assert list(client.get_system_shared_memory_status().regions) == []
-        register = "/v2/systemsharedmemory/region/r/register"
-        request = urllib.request.Request(
-            f"http://{server.http_url}{register}", json.dumps({"key": key, "byte_size": 64}).encode(), method="POST"
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 403
-        assert "turned off" in json.loads(refused.value.read())["error"]
+        infer = "/v2/models/identity_fp32/infer"
+        body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1] * 16}]})
+        assert _http(server, "POST", infer, body=body.encode())[0] == 403
+        assert _http(server, "POST", infer, {"infer-key": "v1"}, body.encode())[0] == 200
+        register = json.dumps({"key": key, "byte_size": 64}).encode()
+        status, answer = _http(server, "POST", "/v2/systemsharedmemory/region/r/register", body=register)
+        assert status == 403
+        assert "turned off" in answer["error"]
+        with urllib.request.urlopen(f"http://127.0.0.2:{server.metrics_port}/metrics", timeout=30) as metrics:
+            assert metrics.status == 200
+        with pytest.raises(urllib.error.URLError):  # not on --host's address
+            urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30)
 
 
 def test_no_token_or_body_in_the_log(logs_dir: Path) -> None:
