@@ -13,8 +13,9 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote
+
+from server.settings import Settings
 
 # Triton's API names (its --grpc-restricted-protocol / --http-restricted-api), plus clipperd's own
 HEALTH = "health"
@@ -261,7 +262,7 @@ class AccessPolicy:
     allow_shared_memory: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AccessPolicy:
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
         """From a ``Settings``; ValueError with a one-line reason for a malformed flag."""
         check_token(settings.management_token)
         return cls(
