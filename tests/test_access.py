@@ -153,9 +153,11 @@ def test_bad_flags_exit_2_with_a_one_line_reason(
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--model-repository", str(EXAMPLES), *flags])
     assert exit_.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    printed = capsys.readouterr().err
+    error = printed.strip().splitlines()[-1]
     assert reason in error, error
-    assert "short" not in error or "--management-token" not in flags  # a token is never echoed
+    if flags[0] == "--management-token":
+        assert flags[1] not in printed  # a token is never echoed
 
 
 # ---- every method and route is filed under an API --------------------------------------------
