@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import signal
 
 from schedulers.cache import ResponseCache
+from server.access import AccessPolicy
 from server.app_metrics import application_families
 from server.app_state import open_store
 from server.applications import ApplicationManager
@@ -18,6 +20,7 @@ from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
+from server.loop_lag import LoopLagMonitor
 from server.metrics import MetricsOptions, start_metrics_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
@@ -41,6 +44,7 @@ class Server:
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
         self.clean_exit = True  # False when the exit timeout cut in-flight work short
+        self.loop_lag = LoopLagMonitor()
         self.grpc_tls = _reloading_tls(settings, "grpc", ALPN_GRPC)
         self.http_tls = _reloading_tls(settings, "http", ALPN_HTTP)
         used = [t for t in (self.grpc_tls, self.http_tls) if t is not None]
@@ -56,13 +60,16 @@ class Server:
 
     async def run(self) -> None:
         settings = self.settings
+        self.loop_lag.start()
+        access = AccessPolicy.from_settings(settings)
         options = GrpcOptions(
             settings.grpc_max_message_bytes,
             settings.grpc_http2_bdp_probe,
             settings.grpc_http2_lookahead_bytes,
             settings.grpc_frontend,
-            self.grpc_tls,
-            settings.tls_handshake_timeout_secs,
+            access,
+            tls=self.grpc_tls,
+            handshake_timeout_s=settings.tls_handshake_timeout_secs,
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         tls = " over TLS" if self.grpc_tls is not None else ""
@@ -78,25 +85,28 @@ class Server:
             settings.http_port,
             limits,
             settings.exit_timeout_secs,
-            self.http_tls,
-            settings.tls_handshake_timeout_secs,
+            access,
+            tls=self.http_tls,
+            handshake_timeout_s=settings.tls_handshake_timeout_secs,
         )
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP%s on %s:%d", " over TLS" if self.http_tls else "", settings.host, self.http_port)
+        log.info("access: %s", access.summary())
         self.tls.start()
         if self.cache is not None:
             log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
+            metrics_host = settings.metrics_host or settings.host
             app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
                 self.repository.loaded,
-                MetricsOptions(settings.host, settings.metrics_port),
+                MetricsOptions(metrics_host, settings.metrics_port),
                 self.cache,
-                app_families,
+                lambda: itertools.chain(app_families(), self.loop_lag.families()),
             )
             runners.append(metrics_runner)
-            log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
+            log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
         await self.repository.start()
         _settle_garbage_collector()
         self.plane.accepting = True
@@ -126,6 +136,7 @@ class Server:
             return
         finally:
             self.plane.shared_memory.close()
+        self.loop_lag.stop()
         log.info("stopped")
 
     def _start_polling(self) -> asyncio.Task[None] | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server import __version__
+from server.access import AccessPolicy
 from server.app import serve
 from server.app_state import check_store_spec
 from server.settings import Settings, env_default, parse_bool, setting_fields
@@ -93,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         settings.cache_bytes()
+        AccessPolicy.from_settings(settings)
         check_tls_settings(settings)
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag

@@ -10,13 +10,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from server.access import AccessPolicy, Rule, grpc_peer_host
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
 from server.grpc_health import HEALTH_SERVICE, health_handlers
@@ -257,7 +258,64 @@ def _message_types(method: str) -> tuple[Any, Any]:
     return request_class, response_class
 
 
-def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata by lower-case name (both front ends' contexts give pairs)."""
+    return {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+async def _enforce(rule: Rule, context: Any) -> None:
+    """Aborts the call with PERMISSION_DENIED when ``rule`` refuses it (neither front end logs
+    metadata: the credential stays out of the log)."""
+    metadata: dict[str, str] | None = None
+
+    def header(name: str) -> str | None:
+        nonlocal metadata
+        if metadata is None:
+            metadata = _metadata(context)
+        return metadata.get(name)
+
+    reason = rule.denial(grpc_peer_host(context.peer() or ""), header)
+    if reason is not None:
+        log.debug("refused a %s call from %s", rule.api, context.peer())
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+
+def _checked(handler: grpc.RpcMethodHandler, rule: Rule) -> grpc.RpcMethodHandler:
+    """The same handler with ``rule`` checked before it runs."""
+    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.stream_stream is not None:
+        stream = handler.stream_stream
+
+        async def checked_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+            await _enforce(rule, context)
+            async for reply in stream(requests, context):
+                yield reply
+
+        return grpc.stream_stream_rpc_method_handler(checked_stream, **codec)
+    unary = handler.unary_unary
+
+    async def checked(request: Any, context: Any) -> Any:
+        await _enforce(rule, context)
+        return await unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(checked, **codec)
+
+
+Handlers = dict[str, grpc.RpcMethodHandler]
+
+
+def guard_handlers(handlers: Handlers, access: AccessPolicy) -> Handlers:
+    """Each method's access rule (server/access.py) in front of its handler; methods open to all
+    keep their handler as it is (no cost on their calls)."""
+    guarded_handlers = {}
+    for method, handler in handlers.items():
+        rule = access.grpc_rule(method)
+        guarded_handlers[method] = handler if rule is None else _checked(handler, rule)
+    return guarded_handlers
+
+
+def method_handlers(service: InferenceService, access: AccessPolicy | None = None) -> Handlers:
+    """The service's handlers, behind ``access`` (the default policy when None)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
         request_class, response_class = _message_types(method)
@@ -271,7 +329,7 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
             handlers[method] = grpc.unary_unary_rpc_method_handler(_unimplemented(_UNIMPLEMENTED[method]), **codec)
         else:
             handlers[method] = grpc.unary_unary_rpc_method_handler(getattr(service, method), **codec)
-    return handlers
+    return guard_handlers(handlers, access or AccessPolicy())
 
 
 @dataclass(frozen=True)
@@ -280,6 +338,7 @@ class GrpcOptions:
     bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
     lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
     frontend: str = "native"  # or "grpcio" (grpc.aio)
+    access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
     tls: ReloadingTls | None = None  # None: plaintext
     handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
 
@@ -291,7 +350,10 @@ class GrpcFrontend(Protocol):
 async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOptions) -> tuple[GrpcFrontend, int]:
     """The gRPC server of ``opts.frontend``, started; returns it and the port it bound."""
     if opts.frontend == "native":
-        services = {SERVICE: method_handlers(InferenceService(plane)), HEALTH_SERVICE: health_handlers(plane, SERVICE)}
+        services = {
+            SERVICE: method_handlers(InferenceService(plane), opts.access),
+            HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
+        }
         native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
         if opts.tls is None:
             return native, await native.start(host, port)
@@ -317,12 +379,12 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
     if opts.tls is not None:  # a handshake not done by then is cut (grpc's default: 120 s)
         options.append(("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)))
     server = grpc.aio.server(options=options)
-    handlers = method_handlers(InferenceService(plane))
+    handlers = method_handlers(InferenceService(plane), opts.access)
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(SERVICE, handlers)
     else:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    health = health_handlers(plane, SERVICE)
+    health = guard_handlers(health_handlers(plane, SERVICE), opts.access)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),))
     if opts.tls is None:
         return server, server.add_insecure_port(address)

@@ -41,6 +41,7 @@ class HttpRequest:
     headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # the route's {placeholders}
+    peer: str = ""  # the client's address (host only); "" when unknown
 
 
 @dataclass(slots=True)
@@ -115,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending: deque[tuple[HttpRequest, bool]] = deque()
         self.worker: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
+        self.peer = ""
         self.closing = False
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is full
         self.writable.set()
@@ -131,6 +133,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
+        self.peer = str(address[0]) if isinstance(address := transport.get_extra_info("peername"), tuple) else ""
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -199,6 +202,7 @@ class HttpConnection(asyncio.Protocol):
             self._path(),
             self._headers(),
             b"".join(self.body) if len(self.body) != 1 else self.body[0],
+            peer=self.peer,
         )
         self.pending.append((request, self.parser.should_keep_alive()))
         self._reset()

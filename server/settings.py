@@ -78,6 +78,40 @@ class Settings:
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    grpc_restricted_protocol: list[str] = _setting(
+        None,
+        "Triton's restricted protocols: '<api>[,<api>...]:<header>=<value>' (may be repeated, each API in one "
+        "only): gRPC calls of those APIs need metadata <header> (or triton-grpc-protocol-<header>) equal to "
+        "<value>, else PERMISSION_DENIED. APIs: health, metadata, inference, shared-memory, model-config, "
+        "model-repository, statistics, applications-admin. See docs/security.md.",
+        multiple=True,
+    )
+    http_restricted_api: list[str] = _setting(
+        None,
+        "Triton's restricted APIs over HTTP, as --grpc-restricted-protocol: requests of those APIs need "
+        "header <header> equal to <value>, else 403.",
+        multiple=True,
+    )
+    management_token: str = field(
+        default="",
+        repr=False,  # a secret: never in a repr or a log line
+        metadata={
+            "help": "A bearer token that opens the management APIs (model-repository, shared-memory, "
+            "applications-admin) to any client sending 'authorization: Bearer <token>'; at least 16 "
+            "characters. Prefer the environment (CLIPPERD_MANAGEMENT_TOKEN): a flag shows in ps."
+        },
+    )
+    allow_remote_management: bool = _setting(
+        False,
+        "Open the management APIs to clients that are not on the loopback address without a credential "
+        "(they are closed to them by default; see docs/security.md).",
+    )
+    allow_shared_memory: bool = _setting(
+        True,
+        "Accept shared-memory registration (from loopback clients, or others as management allows); off: "
+        "refused to every client (PERMISSION_DENIED / 403).",
+    )
+    metrics_host: str = _setting("", "Address the metrics port binds (empty: the same as --host).")
     grpc_use_ssl: bool = _setting(
         False, "Serve gRPC over TLS (Triton's flag; ALPN h2); needs --grpc-server-cert and --grpc-server-key."
     )
@@ -114,6 +148,10 @@ class Settings:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.grpc_restricted_protocol is None:
+            self.grpc_restricted_protocol = []
+        if self.http_restricted_api is None:
+            self.http_restricted_api = []
 
     def cache_bytes(self) -> int:
         """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""
