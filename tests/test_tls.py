@@ -27,6 +27,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from server.cli import build_parser
+from tests.adversary import Watch, descriptors
 from tests.serverproc import EXAMPLES, ROOT, ServerProcess, wait_until
 from tests.tls_certs import Pair, make_ca, make_leaf
 
@@ -248,11 +249,13 @@ def test_plaintext_client_to_tls_port_is_refused(tls_server: TlsServer, certs: C
     with pytest.raises(InferenceServerException):
         grpc_infer(tls_server.url)  # an insecure channel
     http_get = b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n"
-    for port, hello in ((tls_server.grpc_port, PREFACE), (tls_server.http_port, http_get)):
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
-            conn.sendall(hello)
-            answer = read_to_end(conn)
-        assert answer[:1] in (b"", b"\x15"), answer[:64]  # closed, at most after a TLS alert record
+    with Watch(tls_server, probe=False) as watch:
+        for port, hello in ((tls_server.grpc_port, PREFACE), (tls_server.http_port, http_get)):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+                conn.sendall(hello)
+                answer = read_to_end(conn)
+            assert answer[:1] in (b"", b"\x15"), answer[:64]  # closed, at most after a TLS alert record
+    watch.check()
     grpc_infer(tls_server.url, ssl=True, root_certificates=str(certs.ca.cert))  # still serving
 
 
@@ -268,7 +271,7 @@ def test_tls_client_to_plaintext_port_is_refused(plain_server: TlsServer, certs:
 def test_handshake_timeout_closes_a_silent_client(tls_server: TlsServer, certs: Certs) -> None:
     """Connections that never start their handshake are cut after --tls-handshake-timeout-secs (1 s)."""
     ports = [tls_server.grpc_port, tls_server.http_port]
-    conns = [socket.create_connection(("127.0.0.1", port), timeout=60) for port in ports]
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=30) for port in ports]  # the timeout is 1 s
     started = time.monotonic()
     try:
         for conn in conns:
@@ -278,6 +281,29 @@ def test_handshake_timeout_closes_a_silent_client(tls_server: TlsServer, certs: 
             conn.close()
     assert time.monotonic() - started >= 0.9  # closed by the timeout, not at once
     grpc_infer(tls_server.url, ssl=True, root_certificates=str(certs.ca.cert))
+
+
+def test_silent_and_stalled_handshakes_are_all_cut(tls_server: TlsServer, certs: Certs) -> None:
+    """200 connections that never finish a handshake (half send nothing, half the first bytes of
+    a ClientHello): each is closed by the handshake timeout, the server's descriptors come back,
+    its loop is never stalled, and TLS clients are served meanwhile."""
+    assert tls_server.proc is not None
+    pid = tls_server.proc.pid
+    before = descriptors(pid)
+    ports = [tls_server.grpc_port, tls_server.http_port]
+    with Watch(tls_server, probe=False) as watch:
+        conns = [socket.create_connection(("127.0.0.1", ports[i % 2]), timeout=30) for i in range(200)]
+        try:
+            for conn in conns[::2]:
+                conn.sendall(b"\x16\x03\x01\x02\x00\x01")  # a TLS record header and a ClientHello's start
+            grpc_infer(tls_server.url, ssl=True, root_certificates=str(certs.ca.cert))
+            for conn in conns:
+                assert read_to_end(conn)[:1] in (b"", b"\x15")
+        finally:
+            for conn in conns:
+                conn.close()
+    watch.check()
+    wait_until(lambda: descriptors(pid) <= before + 2, "the server's descriptors released")
 
 
 # ---- mutual TLS
