@@ -395,6 +395,47 @@ def test_changed_files_reload_and_broken_ones_keep_serving(
         server.stop()
 
 
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_sighup_reloads_the_root_of_client_certificates(
+    frontend: str, repo: Path, certs: Certs, logs_dir: Path, tmp_path: Path
+) -> None:
+    """Mutual TLS: after the root file is replaced (ca1 by ca2) and SIGHUP, new connections need a
+    client certificate from the new authority; the one from the old is refused."""
+    root = tmp_path / "root.pem"
+    shutil.copyfile(certs.ca.cert, root)
+    args = [*_tls_args("grpc", certs.server, root), *_tls_args("http", certs.server, root)]
+    server = TlsServer(repo, *args, "--grpc-frontend", frontend, "--tls-reload-poll-secs", "0", log_dir=logs_dir,
+                       creds=_creds(certs, mutual=True))  # fmt: skip
+    server.start()
+    ca = str(certs.ca.cert)
+
+    def accepted(client: Pair) -> bool:
+        try:
+            grpc_infer(server.url, ssl=True, root_certificates=ca, private_key=str(client.key),
+                       certificate_chain=str(client.cert))  # fmt: skip
+        except InferenceServerException:
+            return False
+        return True
+
+    def curl_ok(client: Pair) -> bool:
+        args = ("--cacert", ca, "--cert", str(client.cert), "--key", str(client.key))
+        return curl(*args, f"https://{server.http_url}/v2/health/ready").stdout == "200"
+
+    try:
+        assert accepted(certs.client)
+        assert not accepted(certs.stranger)
+        shutil.copyfile(certs.ca2.cert, tmp_path / ".root.new")
+        os.replace(tmp_path / ".root.new", root)
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: server.log().count("TLS certificate reloaded (SIGHUP)") == 2, "reloaded")
+        assert accepted(certs.stranger)
+        assert not accepted(certs.client)
+        assert curl_ok(certs.stranger)
+        assert not curl_ok(certs.client)
+    finally:
+        server.stop()
+
+
 # ---- flags
 
 
