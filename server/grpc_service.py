@@ -355,9 +355,8 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
             HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
         }
         native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
-        if opts.tls is None:
-            return native, await native.start(host, port)
-        return native, await native.http2.start(host, port, opts.tls.front, opts.handshake_timeout_s)
+        context = opts.tls.front if opts.tls is not None else None
+        return native, await native.start(host, port, context, opts.handshake_timeout_s)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
     await server.start()
     return server, bound
