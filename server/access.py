@@ -295,6 +295,14 @@ class AccessPolicy:
         value = b"" if restriction is None else restriction.value.encode()
         return Rule(api, transport, keys, value, self.token.encode(), loopback_only, disabled)
 
+    def grpc_region_rule(self) -> Rule | None:
+        """What an inference request that names shared-memory regions needs: what the
+        shared-memory API needs (a region another client registered is its memory)."""
+        return self.grpc_rule("SystemSharedMemoryStatus")
+
+    def http_region_rule(self) -> Rule | None:
+        return self.http_rule("/v2/systemsharedmemory/status")
+
     def summary(self) -> str:
         """One line for the start-up log (names only, never a value or the token)."""
         closed = "open to every client" if self.allow_remote_management else "loopback clients only"

@@ -16,14 +16,16 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from backends.common.errors import ClipperdError, InvalidArgument, PermissionDenied, Unimplemented
 from server.access import AccessPolicy, Rule, grpc_peer_host
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
 from server.grpc_health import HEALTH_SERVICE, health_handlers
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
+from server.messages import InferRequest
 from server.proto import grpc_service_pb2 as pb
+from server.shared_memory import uses_shared_memory
 from server.status import GRPC_STATUS
 from server.tls import ReloadingTls
 
@@ -59,8 +61,16 @@ def guarded(handler: Callable[[S, Q, Any], Awaitable[R]]) -> Callable[[S, Q, Any
 
 
 class InferenceService:
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, access: AccessPolicy | None = None) -> None:
         self.plane = plane
+        # naming a shared-memory region needs what the shared-memory API needs (None: open)
+        self.region_rule = (access or AccessPolicy()).grpc_region_rule()
+
+    async def _decode_infer(self, request: pb.ModelInferRequest, context: Any) -> InferRequest:
+        decoded = decode_request(request)
+        if self.region_rule is not None and uses_shared_memory(decoded):
+            await _enforce(self.region_rule, context)
+        return decoded
 
     @guarded
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -102,7 +112,7 @@ class InferenceService:
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return encode_response(await self.plane.infer(decode_request(request)))
+        return encode_response(await self.plane.infer(await self._decode_infer(request, context)))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -110,18 +120,20 @@ class InferenceService:
         """Requests of one stream run concurrently; each answer is sent as soon as it is ready and
         carries the request's id (errors travel in ``error_message``; the stream stays open)."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers))
+        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers, context))
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
         finally:
             reader.cancel()
 
-    async def _read_stream(self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any]) -> None:
+    async def _read_stream(
+        self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any], context: Any
+    ) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for request in requests:
-                task = asyncio.get_running_loop().create_task(self._stream_one(request, answers))
+                task = asyncio.get_running_loop().create_task(self._stream_one(request, answers, context))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -131,13 +143,18 @@ class InferenceService:
                 task.cancel()
             answers.put_nowait(None)
 
-    async def _stream_one(self, request: pb.ModelInferRequest, answers: asyncio.Queue[Any]) -> None:
+    async def _stream_one(self, request: pb.ModelInferRequest, answers: asyncio.Queue[Any], context: Any) -> None:
         if isinstance(request, Undecodable):
             message = f"request is not a valid {request.message_type}"
             answers.put_nowait(pb.ModelStreamInferResponse(error_message=message))
             return
         try:
-            response = encode_response(await self.plane.infer(decode_request(request)))
+            decoded = decode_request(request)
+            if self.region_rule is not None and uses_shared_memory(decoded):
+                reason = _denial(self.region_rule, context)
+                if reason is not None:
+                    raise PermissionDenied(reason)
+            response = encode_response(await self.plane.infer(decoded))
             answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
         except ClipperdError as error:
             echo = pb.ModelInferResponse(
@@ -263,9 +280,9 @@ def _metadata(context: Any) -> dict[str, str]:
     return {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
-async def _enforce(rule: Rule, context: Any) -> None:
-    """Aborts the call with PERMISSION_DENIED when ``rule`` refuses it (neither front end logs
-    metadata: the credential stays out of the log)."""
+def _denial(rule: Rule, context: Any) -> str | None:
+    """Why ``rule`` refuses the call, or None (neither front end logs metadata: the credential
+    stays out of the log)."""
     metadata: dict[str, str] | None = None
 
     def header(name: str) -> str | None:
@@ -277,6 +294,13 @@ async def _enforce(rule: Rule, context: Any) -> None:
     reason = rule.denial(grpc_peer_host(context.peer() or ""), header)
     if reason is not None:
         log.debug("refused a %s call from %s", rule.api, context.peer())
+    return reason
+
+
+async def _enforce(rule: Rule, context: Any) -> None:
+    """Aborts the call with PERMISSION_DENIED when ``rule`` refuses it."""
+    reason = _denial(rule, context)
+    if reason is not None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
 
 
@@ -351,7 +375,7 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
     """The gRPC server of ``opts.frontend``, started; returns it and the port it bound."""
     if opts.frontend == "native":
         services = {
-            SERVICE: method_handlers(InferenceService(plane), opts.access),
+            SERVICE: method_handlers(InferenceService(plane, opts.access), opts.access),
             HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
         }
         native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
@@ -378,7 +402,7 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
     if opts.tls is not None:  # a handshake not done by then is cut (grpc's default: 120 s)
         options.append(("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)))
     server = grpc.aio.server(options=options)
-    handlers = method_handlers(InferenceService(plane), opts.access)
+    handlers = method_handlers(InferenceService(plane, opts.access), opts.access)
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(SERVICE, handlers)
     else:

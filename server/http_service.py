@@ -23,6 +23,7 @@ from server.http_server import HttpRequest, HttpResponse, HttpServer
 from server.http_shared_memory import SharedMemoryApi
 from server.http_stats import statistics_json
 from server.json_answers import JSON, error_response, json_response
+from server.shared_memory import uses_shared_memory
 from server.status import HTTP_STATUS
 from server.tls import ReloadingTls
 
@@ -75,6 +76,7 @@ class RestApi:
         self.shared_memory = SharedMemoryApi(plane.shared_memory, limits)
         self.router = Router(guard_routes(self.routes(), self.access))
         self._infer_rule = self.access.http_rule("/v2/models/{model}/infer")  # the fast path's (None: open)
+        self._region_rule = self.access.http_region_rule()  # naming a shared-memory region (None: open)
         text = OPENAPI_PATH.read_bytes()
         self._openapi_yaml = text
         self._openapi_json = json.dumps(yaml.safe_load(text)).encode()
@@ -109,6 +111,8 @@ class RestApi:
     async def infer_model(self, request: HttpRequest, name: str, version: str) -> HttpResponse:
         body = decoded_body(request, self.limits)
         decoded = decode_request(name, version, body, request.headers.get("inference-header-content-length"))
+        if self._region_rule is not None and uses_shared_memory(decoded):
+            check(self._region_rule, request)
         binary = binary_choices(decoded)
         body, header_length = encode_response(await self.plane.infer(decoded), binary)
         if header_length is None:

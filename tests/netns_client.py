@@ -44,13 +44,16 @@ def _http_outcome(url: str, method: str, body: Any, headers: dict[str, str]) -> 
     return "ok"
 
 
-def grpc_calls(url: str, headers: dict[str, str], key: str) -> dict[str, str]:
+def grpc_calls(url: str, headers: dict[str, str], key: str, region: str) -> dict[str, str]:
     client = grpcclient.InferenceServerClient(url)
     data = np.arange(16, dtype=np.float32).reshape(1, 16)
     infer_input = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
     infer_input.set_data_from_numpy(data)
+    in_region = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    in_region.set_shared_memory(region, 64)  # a region another client registered on the server's machine
     calls: dict[str, Callable[[], Any]] = {
         "infer": lambda: client.infer("identity_fp32", [infer_input]),
+        "infer_region": lambda: client.infer("identity_fp32", [in_region], headers=headers),
         "ready": client.is_server_ready,
         "metadata": lambda: client.get_model_metadata("identity_fp32"),
         "config": lambda: client.get_model_config("identity_fp32"),
@@ -68,11 +71,14 @@ def grpc_calls(url: str, headers: dict[str, str], key: str) -> dict[str, str]:
         client.close()
 
 
-def http_calls(url: str, headers: dict[str, str], key: str) -> dict[str, str]:
+def http_calls(url: str, headers: dict[str, str], key: str, region: str) -> dict[str, str]:
     base = f"http://{url}"
     infer = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+    shm_params = {"shared_memory_region": region, "shared_memory_byte_size": 64}
+    infer_region = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "parameters": shm_params}]}
     calls = {
         "infer": ("POST", "/v2/models/identity_fp32/infer", infer),
+        "infer_region": ("POST", "/v2/models/identity_fp32/infer", infer_region),
         "ready": ("GET", "/v2/health/ready", None),
         "metadata": ("GET", "/v2/models/identity_fp32", None),
         "statistics": ("GET", "/v2/models/stats", None),
@@ -109,13 +115,14 @@ def main() -> int:
     parser.add_argument("--http", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--token", default=None)
+    parser.add_argument("--region", required=True, help="a region registered by another client")
     args = parser.parse_args()
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
     key = f"/clipperd_netns_{uuid.uuid4().hex[:12]}"
     region = shm.create_shared_memory_region(key[1:], key, 64)
     try:
-        outcomes = grpc_calls(args.grpc, headers, key)
-        outcomes.update(http_calls(args.http, {k.title(): v for k, v in headers.items()}, key))
+        outcomes = grpc_calls(args.grpc, headers, key, args.region)
+        outcomes.update(http_calls(args.http, {k.title(): v for k, v in headers.items()}, key, args.region))
     finally:
         shm.destroy_shared_memory_region(region)
     outcomes.update(admin_calls(args.http, args.token))

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
+from tests.conftest import Region
 from tests.serverproc import EXAMPLES, ROOT, ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,7 +28,9 @@ pytestmark = pytest.mark.timeout(300)
 TOKEN = secrets.token_hex(24)
 Starter = Callable[..., ServerProcess]  # start(*flags): a server on the host end's address
 OPEN = ("infer", "ready", "metadata", "statistics")
-MANAGEMENT = ("index", "load", "shm_register", "shm_status", "shm_unregister")
+# infer_region: an inference naming a region that a client on the server's machine registered
+MANAGEMENT = ("index", "load", "shm_register", "shm_status", "shm_unregister", "infer_region")
+REGION = "host_region"
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,6 +82,7 @@ class Namespace:
             *("--grpc", server.url, "--http", server.http_url),
             *("--metrics", f"{self.host_address}:{server.metrics_port}"),
             *(("--token", token) if token else ()),
+            *("--region", REGION),
         ]
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -103,9 +108,11 @@ def namespace() -> Iterator[Namespace]:
 
 
 @pytest.fixture
-def start(namespace: Namespace, logs_dir: Path) -> Iterator[Starter]:
-    """Starts servers bound to the host end's address only (never a machine's real interfaces)."""
+def start(namespace: Namespace, logs_dir: Path, make_region: Callable[[int], Region]) -> Iterator[Starter]:
+    """Starts servers bound to the host end's address only (never a machine's real interfaces),
+    each with a region registered from this side (the token, when set, opens it)."""
     started: list[ServerProcess] = []
+    key, _ = make_region(64)
 
     def start_server(*args: str) -> ServerProcess:
         server = ServerProcess(
@@ -117,7 +124,14 @@ def start(namespace: Namespace, logs_dir: Path) -> Iterator[Starter]:
         server.url = f"{namespace.host_address}:{server.grpc_port}"
         server.http_url = f"{namespace.host_address}:{server.http_port}"
         started.append(server)
-        return server.start()
+        server.start()
+        if "--no-allow-shared-memory" in args:
+            return server
+        token = os.environ.get("CLIPPERD_MANAGEMENT_TOKEN")
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        with grpcclient.InferenceServerClient(server.url) as client:
+            client.register_system_shared_memory(REGION, key, 64, headers=headers)
+        return server
 
     yield start_server
     for server in started:
