@@ -52,6 +52,9 @@ class Server:
             settings.grpc_http2_bdp_probe,
             settings.grpc_http2_lookahead_bytes,
             settings.grpc_frontend,
+            settings.grpc_max_inflight_calls,
+            settings.grpc_max_inflight_bytes,
+            settings.grpc_max_connection_inflight_bytes,
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
