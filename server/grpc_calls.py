@@ -268,7 +268,7 @@ class GrpcCall:
         reply = await route.unary(request, CallContext(self))
         self.reply(route.serialize(reply), last=True)
 
-    async def _inflated(self, flag: int, message: memoryview) -> bytes:
+    async def _inflated(self, flag: int, message: memoryview) -> bytes | bytearray:
         if flag != 1:
             raise Abort(grpc.StatusCode.INTERNAL, f"invalid message compression flag {flag}")
         server = self.server

@@ -17,6 +17,7 @@ from server.grpc_calls import Abort
 
 # Output inflated on the event loop per message: ~0.1 ms of CPU. Past it, a worker thread.
 INLINE_INFLATE_BYTES = 256 * 1024
+WORKER_SLICE_BYTES = 1024 * 1024  # output of one zlib call on a worker (a GIL hand-over between)
 # Worker threads for larger messages; more wait for one (they are bounded by the calls in flight).
 INFLATE_WORKERS = 2
 _WBITS = {"gzip": 31, "deflate": 15}
@@ -27,7 +28,7 @@ class Inflater:
         self._pool: ThreadPoolExecutor | None = None
         self._workers = workers
 
-    async def inflate(self, encoding: str, message: bytes | memoryview, limit: int) -> bytes:
+    async def inflate(self, encoding: str, message: bytes | memoryview, limit: int) -> bytes | bytearray:
         """``message`` inflated, at most ``limit`` bytes of it (Abort past it or when invalid)."""
         wbits = _WBITS.get(encoding)
         if wbits is None:
@@ -40,14 +41,15 @@ class Inflater:
             raise _invalid(encoding) from None
         eof = inflater.eof
         if not eof and len(plain) == first <= limit:  # the slice is full, more may come: off the loop
-            plain, eof = await asyncio.get_running_loop().run_in_executor(
-                self._executor(), _inflate_whole, message, wbits, limit + 1
+            whole, eof = await asyncio.get_running_loop().run_in_executor(
+                self._executor(), _inflate_whole, message, wbits, limit
             )
+            if whole is None:
+                raise _too_large(limit)
+            return _checked(whole, eof, encoding)
         if len(plain) > limit:
-            raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max (> {limit} bytes)")
-        if not eof:
-            raise _invalid(encoding)
-        return plain
+            raise _too_large(limit)
+        return _checked(plain, eof, encoding)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -59,13 +61,40 @@ class Inflater:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _inflate_whole(message: bytes | memoryview, wbits: int, max_length: int) -> tuple[bytes, bool]:
-    """On a worker: one output buffer (no join of slices, which would copy under the GIL)."""
+def _inflate_whole(message: bytes | memoryview, wbits: int, limit: int) -> tuple[bytearray | None, bool]:
+    """On a worker, in slices, so that the GIL is taken only briefly between them (one inflation
+    into one growing buffer ends with a copy of it all under the GIL: a stall of the event loop).
+    None past ``limit``, found without joining what was inflated."""
     inflater = zlib.decompressobj(wbits)
+    slices, total, tail = [], 0, message
     try:
-        return inflater.decompress(message, max_length), inflater.eof
+        while total <= limit and not inflater.eof:
+            piece = inflater.decompress(tail, min(WORKER_SLICE_BYTES, limit + 1 - total))
+            tail = inflater.unconsumed_tail
+            if not piece and not tail:
+                break  # the input ends before the stream does: truncated
+            slices.append(piece)
+            total += len(piece)
     except zlib.error:
-        return b"", False
+        return bytearray(), False
+    if total > limit:
+        return None, False
+    out = bytearray(total)
+    position = 0
+    for piece in slices:  # one slice a step: the loop's thread may take the GIL in between
+        out[position : position + len(piece)] = piece
+        position += len(piece)
+    return out, inflater.eof
+
+
+def _checked(plain: bytes | bytearray, eof: bool, encoding: str) -> bytes | bytearray:
+    if not eof:
+        raise _invalid(encoding)
+    return plain
+
+
+def _too_large(limit: int) -> Abort:
+    return Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max (> {limit} bytes)")
 
 
 def _invalid(encoding: str) -> Abort:
