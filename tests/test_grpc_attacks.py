@@ -30,6 +30,7 @@ from tritonclient.grpc import service_pb2 as tpb
 
 from server.grpc_calls import Abort
 from server.grpc_inflate import Inflater
+from server.grpc_service import STREAM_REQUESTS_IN_FLIGHT
 from tests.adversary import MAX_RSS_GROWTH, Watch
 from tests.appmodels import add_model
 from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running, wait_until
@@ -471,6 +472,39 @@ def test_streamed_messages_larger_than_the_window(target: Target) -> None:
         assert np.array_equal(out, expected * scale)
     assert unary is not None
     assert np.array_equal(unary, expected * 0.5)
+
+
+def _slow_request(i: int) -> bytes:
+    request = tpb.ModelInferRequest(model_name="slow", id=str(i))
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+    return message(request.SerializeToString())
+
+
+def test_a_stream_runs_a_bounded_number_of_requests(target: Target) -> None:
+    """600 requests on one ModelStreamInfer stream to a model that takes 5 s a batch: at most
+    STREAM_REQUESTS_IN_FLIGHT (128) of them are in the server at once; the rest wait in the
+    transport (then behind flow control). Cancelled, the stream leaves nothing behind."""
+    frontend, server = target
+    inflight = []
+    with Watch(server) as watch:
+        client = Client(server.grpc_port)
+        try:
+            client.request(1, path=STREAM_INFER)
+            client.send(data_frames(1, b"".join(_slow_request(i) for i in range(600))))
+            wait_until(lambda: model_metric(server, "clipperd_inflight_requests", "slow") > 0, "requests running")
+            for _ in range(10):
+                inflight.append(model_metric(server, "clipperd_inflight_requests", "slow"))
+                time.sleep(0.1)
+            client.send(frame(RST_STREAM, 0, 1, struct.pack(">I", 8)))  # CANCEL
+        finally:
+            client.close()
+        wait_until(
+            lambda: model_metric(server, "clipperd_inflight_requests", "slow") == 0, "the stream's requests gone"
+        )
+    record("stream of 600 requests to a slow model", frontend, watch, answer=f"at most {max(inflight):g} in flight")
+    verify(watch, frontend)
+    assert max(inflight) <= STREAM_REQUESTS_IN_FLIGHT
 
 
 # --------------------------------------------------------------------------- overload
