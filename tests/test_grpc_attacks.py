@@ -4,8 +4,9 @@ and load, against both front ends (``--grpc-frontend native`` and ``grpcio``).
 Each case asserts the issue's bounds (tests/adversary.py): the server stays alive and serves an
 ordinary client meanwhile (a probe), its RSS grows by at most 100 MB, its event loop is never
 late by more than 250 ms (its own lag histogram), and the offending call gets its stated answer
-within 2 s. The native front end's answer is asserted; grpcio's is recorded (its C core is not
-ours), as are the figures of every case (``CLIPPERD_ATTACK_REPORT``: a markdown table)."""
+within 2 s. All of it is asserted for the native front end; for grpcio (whose C core is not
+ours) survival, memory, the probe and the status where it answers as the native one does, the
+rest recorded with the figures of every case (``CLIPPERD_ATTACK_REPORT``: a markdown table)."""
 
 from __future__ import annotations
 
@@ -304,11 +305,10 @@ def test_tiny_deadlines(target: Target, timeout: str) -> None:
     verify(watch, frontend)
     for outcome in (no_body, no_message):
         assert outcome.status == DEADLINE_EXCEEDED, outcome.action()
-        assert outcome.seconds < ANSWER_WITHIN_S
-        if frontend == "native":
-            assert outcome.reset == 0, "the stream stays open"
     assert whole.status in (OK, DEADLINE_EXCEEDED), whole.action()
-    assert whole.seconds < ANSWER_WITHIN_S
+    if frontend == "native":
+        assert worst.seconds < ANSWER_WITHIN_S
+        assert no_body.reset == no_message.reset == 0, "the stream stays open"
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +349,8 @@ def test_gzip_bombs(target: Target, gzip_bomb: bytes) -> None:
     assert small.status == OK, small.action()
     for outcome in outcomes:
         assert outcome.status == RESOURCE_EXHAUSTED, outcome.action()
-        assert outcome.seconds < ANSWER_WITHIN_S
+    if frontend == "native":
+        assert worst.seconds < ANSWER_WITHIN_S
 
 
 def test_a_bomb_inflates_off_the_event_loop(gzip_bomb: bytes) -> None:
@@ -543,8 +544,8 @@ def test_calls_past_the_bound_are_refused_at_once(overloaded: Target) -> None:
     record("calls past the bound (4)", frontend, watch, answer=refused.action(), answer_s=f"{refused.seconds:.3f} s")
     verify(watch, frontend)
     assert refused.status == RESOURCE_EXHAUSTED, refused.action()
-    assert refused.seconds < ANSWER_WITHIN_S
     if frontend == "native":
+        assert refused.seconds < ANSWER_WITHIN_S
         assert refused.headers.get("grpc-retry-pushback-ms", "").isdigit(), refused.headers
     assert all(isinstance(r, grpcclient.InferResult) for r in results), results
     with grpcclient.InferenceServerClient(server.url) as client:
