@@ -10,13 +10,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from server.access import AccessPolicy, Rule, grpc_peer_host
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
 from server.grpc_health import HEALTH_SERVICE, health_handlers
@@ -26,6 +27,7 @@ from server.grpc_stats import encode_statistics
 from server.http2_connection import MAX_HEADER_LIST, MAX_STREAMS
 from server.proto import grpc_service_pb2 as pb
 from server.status import GRPC_STATUS
+from server.tls import ReloadingTls
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -267,7 +269,64 @@ def _message_types(method: str) -> tuple[Any, Any]:
     return request_class, response_class
 
 
-def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata by lower-case name (both front ends' contexts give pairs)."""
+    return {str(k).lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+async def _enforce(rule: Rule, context: Any) -> None:
+    """Aborts the call with PERMISSION_DENIED when ``rule`` refuses it (neither front end logs
+    metadata: the credential stays out of the log)."""
+    metadata: dict[str, str] | None = None
+
+    def header(name: str) -> str | None:
+        nonlocal metadata
+        if metadata is None:
+            metadata = _metadata(context)
+        return metadata.get(name)
+
+    reason = rule.denial(grpc_peer_host(context.peer() or ""), header)
+    if reason is not None:
+        log.debug("refused a %s call from %s", rule.api, context.peer())
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+
+def _checked(handler: grpc.RpcMethodHandler, rule: Rule) -> grpc.RpcMethodHandler:
+    """The same handler with ``rule`` checked before it runs."""
+    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.stream_stream is not None:
+        stream = handler.stream_stream
+
+        async def checked_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+            await _enforce(rule, context)
+            async for reply in stream(requests, context):
+                yield reply
+
+        return grpc.stream_stream_rpc_method_handler(checked_stream, **codec)
+    unary = handler.unary_unary
+
+    async def checked(request: Any, context: Any) -> Any:
+        await _enforce(rule, context)
+        return await unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(checked, **codec)
+
+
+Handlers = dict[str, grpc.RpcMethodHandler]
+
+
+def guard_handlers(handlers: Handlers, access: AccessPolicy) -> Handlers:
+    """Each method's access rule (server/access.py) in front of its handler; methods open to all
+    keep their handler as it is (no cost on their calls)."""
+    guarded_handlers = {}
+    for method, handler in handlers.items():
+        rule = access.grpc_rule(method)
+        guarded_handlers[method] = handler if rule is None else _checked(handler, rule)
+    return guarded_handlers
+
+
+def method_handlers(service: InferenceService, access: AccessPolicy | None = None) -> Handlers:
+    """The service's handlers, behind ``access`` (the default policy when None)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
         request_class, response_class = _message_types(method)
@@ -281,7 +340,7 @@ def method_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandle
             handlers[method] = grpc.unary_unary_rpc_method_handler(_unimplemented(_UNIMPLEMENTED[method]), **codec)
         else:
             handlers[method] = grpc.unary_unary_rpc_method_handler(getattr(service, method), **codec)
-    return handlers
+    return guard_handlers(handlers, access or AccessPolicy())
 
 
 @dataclass(frozen=True)
@@ -290,6 +349,9 @@ class GrpcOptions:
     bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
     lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
     frontend: str = "native"  # or "grpcio" (grpc.aio)
+    access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
+    tls: ReloadingTls | None = None  # None: plaintext
+    handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
     max_calls: int = CallLimits.max_calls  # in flight, all connections (both front ends)
     max_inflight_bytes: int = CallLimits.max_bytes  # request bytes held, all connections (native)
     max_connection_bytes: int = CallLimits.max_connection_bytes  # request bytes held, one connection (native)
@@ -305,9 +367,13 @@ class GrpcFrontend(Protocol):
 async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOptions) -> tuple[GrpcFrontend, int]:
     """The gRPC server of ``opts.frontend``, started; returns it and the port it bound."""
     if opts.frontend == "native":
-        services = {SERVICE: method_handlers(InferenceService(plane)), HEALTH_SERVICE: health_handlers(plane, SERVICE)}
+        services = {
+            SERVICE: method_handlers(InferenceService(plane), opts.access),
+            HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
+        }
         native = GrpcServer(services, opts.limits(), opts.lookahead_bytes)
-        return native, await native.start(host, port)
+        context = opts.tls.front if opts.tls is not None else None
+        return native, await native.start(host, port, context, opts.handshake_timeout_s)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
     await server.start()
     return server, bound
@@ -321,7 +387,6 @@ def _bracketed(host: str) -> str:
 # (grpc's channel arguments, include/grpc/impl/channel_arg_names.h). What grpcio cannot bound
 # from Python: the request bytes held by calls in flight (its resource quota is not exposed),
 # and a refusal carries no grpc-retry-pushback-ms (docs/grpc.md).
-GRPCIO_HANDSHAKE_TIMEOUT_MS = 10_000  # a connection that never completes its preface (slowloris)
 GRPCIO_IDLE_MS = 300_000  # a connection with no call for this long gets GOAWAY
 GRPCIO_KEEPALIVE_MS = 60_000  # the server pings an idle peer to find dead connections ...
 GRPCIO_KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if no PING ACK comes back
@@ -339,7 +404,8 @@ def grpcio_options(opts: GrpcOptions) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", MAX_STREAMS),
         ("grpc.max_metadata_size", MAX_HEADER_LIST),
         ("grpc.absolute_max_metadata_size", MAX_HEADER_LIST),
-        ("grpc.server_handshake_timeout_ms", GRPCIO_HANDSHAKE_TIMEOUT_MS),
+        # a connection that has not completed its handshake (TLS or the HTTP/2 preface) is cut
+        ("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)),
         ("grpc.max_connection_idle_ms", GRPCIO_IDLE_MS),
         ("grpc.keepalive_time_ms", GRPCIO_KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", GRPCIO_KEEPALIVE_TIMEOUT_MS),
@@ -352,12 +418,13 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
     """A grpc.aio server for ``address`` (host:port); returns it and the port it bound. Calls
     past ``opts.max_calls`` in flight are refused at once with RESOURCE_EXHAUSTED."""
     server = grpc.aio.server(options=grpcio_options(opts), maximum_concurrent_rpcs=opts.max_calls)
-    handlers = method_handlers(InferenceService(plane))
+    handlers = method_handlers(InferenceService(plane), opts.access)
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(SERVICE, handlers)
     else:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    health = health_handlers(plane, SERVICE)
+    health = guard_handlers(health_handlers(plane, SERVICE), opts.access)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),))
-    port = server.add_insecure_port(address)
-    return server, port
+    if opts.tls is None:
+        return server, server.add_insecure_port(address)
+    return server, server.add_secure_port(address, opts.tls.grpc_credentials())
