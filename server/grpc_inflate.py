@@ -8,7 +8,10 @@ while it inflates), up to the message limit: a gzip bomb costs the loop one slic
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -78,13 +81,37 @@ def _inflate_whole(message: bytes | memoryview, wbits: int, limit: int) -> tuple
     except zlib.error:
         return bytearray(), False
     if total > limit:
+        slices.clear()
+        _trim()
         return None, False
     out = bytearray(total)
     position = 0
     for piece in slices:  # one slice a step: the loop's thread may take the GIL in between
         out[position : position + len(piece)] = piece
         position += len(piece)
+    slices.clear()
+    _trim()
     return out, inflater.eof
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim: the slices freed on a worker stay in its thread's malloc arena (glibc
+    keeps freed chunks below its mmap threshold, which grows to 32 MiB), so a bomb would leave up
+    to the message limit resident per worker; trimming gives the pages back."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    return trim  # type: ignore[no-any-return]
+
+
+_TRIM = _malloc_trim()
+
+
+def _trim() -> None:
+    if _TRIM is not None:
+        _TRIM(0)  # ctypes releases the GIL for the call
 
 
 def _checked(plain: bytes | bytearray, eof: bool, encoding: str) -> bytes | bytearray:

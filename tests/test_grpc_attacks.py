@@ -32,7 +32,7 @@ from tritonclient.grpc import service_pb2 as tpb
 from server.grpc_calls import Abort
 from server.grpc_inflate import Inflater
 from server.grpc_service import STREAM_REQUESTS_IN_FLIGHT
-from tests.adversary import MAX_RSS_GROWTH, Watch
+from tests.adversary import MAX_RSS_GROWTH, Watch, rss_bytes
 from tests.appmodels import add_model
 from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running, wait_until
 from tests.test_grpc_http2 import (
@@ -319,32 +319,34 @@ def gzip_bomb() -> bytes:
     return b"".join(packer.compress(zeros) for _ in range(300)) + packer.flush()
 
 
-def test_gzip_bombs(target: Target, gzip_bomb: bytes) -> None:
-    """Four bombs one after the other: each is refused at the limit (RESOURCE_EXHAUSTED) without
-    stalling the event loop; a small gzip'd call is still answered."""
+def _bombs(server: ServerProcess, bomb: bytes) -> tuple[list[Outcome], Outcome]:
+    """Four bombs one after the other on one connection, then a small gzip'd call."""
+    client = Client(server.grpc_port)
+    try:
+        outcomes = []
+        for stream_id in (1, 3, 5, 7):
+            client.request(stream_id, extra=(("grpc-encoding", "gzip"),))
+            client.send(data_frames(stream_id, message(bomb, compressed=True), end=True))
+            outcomes.append(client.outcome(stream_id, ANSWER_WITHIN_S * 3))
+        client.request(9, extra=(("grpc-encoding", "gzip"),))
+        client.send(data_frames(9, message(gzip.compress(identity_body()), compressed=True), end=True))
+        return outcomes, client.outcome(9, 30)
+    finally:
+        client.close()
+
+
+def test_gzip_bombs(target: Target, gzip_bomb: bytes, request: pytest.FixtureRequest) -> None:
+    """Four bombs: each is refused at the limit (RESOURCE_EXHAUSTED) without stalling the event
+    loop or keeping memory; a small gzip'd call is still answered."""
     frontend, server = target
-    outcomes = []
+    if frontend == "grpcio":  # its C core keeps 65-205 MB after rounds of bombs and may stall the loop
+        request.applymarker(pytest.mark.xfail(reason="grpcio keeps memory after gzip bombs", strict=False))
     with Watch(server) as watch:
-        client = Client(server.grpc_port)
-        try:
-            for stream_id in (1, 3, 5, 7):
-                client.request(stream_id, extra=(("grpc-encoding", "gzip"),))
-                client.send(data_frames(stream_id, message(gzip_bomb, compressed=True), end=True))
-                outcomes.append(client.outcome(stream_id, ANSWER_WITHIN_S * 3))
-            client.request(9, extra=(("grpc-encoding", "gzip"),))  # a small gzip'd call still works
-            client.send(data_frames(9, message(gzip.compress(identity_body()), compressed=True), end=True))
-            small = client.outcome(9, 30)
-        finally:
-            client.close()
+        outcomes, small = _bombs(server, gzip_bomb)
     served(server)
     worst = max(outcomes, key=lambda o: o.seconds)
-    record(
-        "gzip bombs (4 × 300 MiB, limit 64 MiB)",
-        frontend,
-        watch,
-        answer=worst.action(),
-        answer_s=f"{worst.seconds:.3f} s",
-    )
+    case = "gzip bombs (4 × 300 MiB, limit 64 MiB)"
+    record(case, frontend, watch, answer=worst.action(), answer_s=f"{worst.seconds:.3f} s")
     verify(watch, frontend)
     assert small.status == OK, small.action()
     for outcome in outcomes:
@@ -353,11 +355,12 @@ def test_gzip_bombs(target: Target, gzip_bomb: bytes) -> None:
         assert worst.seconds < ANSWER_WITHIN_S
 
 
-def test_a_bomb_inflates_off_the_event_loop(gzip_bomb: bytes) -> None:
-    """In process, at the default 256 MiB limit: while the bomb inflates, the loop keeps running
-    other work (inflated on the loop, the other task would not run at all until the refusal)."""
+def test_bombs_inflate_off_the_event_loop(gzip_bomb: bytes) -> None:
+    """In process, at the default 256 MiB limit, three bombs: while each inflates, the loop keeps
+    running other work (inflated on the loop, the other task would not run until the refusal),
+    and the memory they took is given back (glibc would keep it in the worker's arena)."""
 
-    async def run() -> tuple[int, Abort]:
+    async def bomb(inflater: Inflater) -> tuple[int, Abort]:
         ticks, inflating = 0, True
 
         async def other_work() -> None:
@@ -367,7 +370,6 @@ def test_a_bomb_inflates_off_the_event_loop(gzip_bomb: bytes) -> None:
                 await asyncio.sleep(0)
 
         other = asyncio.get_running_loop().create_task(other_work())
-        inflater = Inflater()
         try:
             await inflater.inflate("gzip", gzip_bomb, 256 * MiB)
         except Abort as refused:
@@ -375,12 +377,22 @@ def test_a_bomb_inflates_off_the_event_loop(gzip_bomb: bytes) -> None:
         finally:
             inflating = False
             await other
-            inflater.close()
         raise AssertionError("the bomb was not refused")
 
-    ticks, refused = asyncio.run(run())
-    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert ticks > 10, f"the loop ran other work {ticks} times while the bomb inflated"
+    async def run() -> list[tuple[int, Abort]]:
+        inflater = Inflater()
+        try:
+            return [await bomb(inflater) for _ in range(3)]
+        finally:
+            inflater.close()
+
+    before = rss_bytes(os.getpid())
+    results = asyncio.run(run())
+    growth = rss_bytes(os.getpid()) - before
+    for ticks, refused in results:
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ticks > 10, f"the loop ran other work {ticks} times while a bomb inflated"
+    assert growth <= MAX_RSS_GROWTH, f"RSS grew by {growth / 2**20:.0f} MB"
 
 
 def test_inflation_small_inline_large_on_a_worker() -> None:
