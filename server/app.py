@@ -70,6 +70,9 @@ class Server:
             access,
             tls=self.grpc_tls,
             handshake_timeout_s=settings.tls_handshake_timeout_secs,
+            max_calls=settings.grpc_max_inflight_calls,
+            max_inflight_bytes=settings.grpc_max_inflight_bytes,
+            max_connection_bytes=settings.grpc_max_connection_inflight_bytes,
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         tls = " over TLS" if self.grpc_tls is not None else ""

@@ -21,8 +21,10 @@ from server.access import AccessPolicy, Rule, grpc_peer_host
 from server.dataplane import DataPlane
 from server.grpc_codec import decode_request, encode_response
 from server.grpc_health import HEALTH_SERVICE, health_handlers
+from server.grpc_limits import CallLimits
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
+from server.http2_connection import MAX_HEADER_LIST, MAX_STREAMS
 from server.messages import InferRequest
 from server.proto import grpc_service_pb2 as pb
 from server.shared_memory import uses_shared_memory
@@ -31,6 +33,10 @@ from server.tls import ReloadingTls
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
+# Requests of one ModelStreamInfer stream in flight (running, or answered and not yet sent); past
+# it the stream's next request is not read, so its messages wait in the transport's bounded queue
+# and then behind HTTP/2 flow control: one stream cannot start unbounded work.
+STREAM_REQUESTS_IN_FLIGHT = 128
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 S = TypeVar("S")
@@ -120,19 +126,26 @@ class InferenceService:
         """Requests of one stream run concurrently; each answer is sent as soon as it is ready and
         carries the request's id (errors travel in ``error_message``; the stream stays open)."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers, context))
+        slots = asyncio.Semaphore(STREAM_REQUESTS_IN_FLIGHT)
+        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers, slots, context))
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
+                slots.release()  # each request puts exactly one answer
         finally:
             reader.cancel()
 
     async def _read_stream(
-        self, requests: AsyncIterator[pb.ModelInferRequest], answers: asyncio.Queue[Any], context: Any
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest],
+        answers: asyncio.Queue[Any],
+        slots: asyncio.Semaphore,
+        context: Any,
     ) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for request in requests:
+                await slots.acquire()
                 task = asyncio.get_running_loop().create_task(self._stream_one(request, answers, context))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -365,6 +378,12 @@ class GrpcOptions:
     access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
     tls: ReloadingTls | None = None  # None: plaintext
     handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
+    max_calls: int = CallLimits.max_calls  # in flight, all connections (both front ends)
+    max_inflight_bytes: int = CallLimits.max_bytes  # request bytes held, all connections (native)
+    max_connection_bytes: int = CallLimits.max_connection_bytes  # request bytes held, one connection (native)
+
+    def limits(self) -> CallLimits:
+        return CallLimits(self.max_message_bytes, self.max_calls, self.max_inflight_bytes, self.max_connection_bytes)
 
 
 class GrpcFrontend(Protocol):
@@ -378,7 +397,7 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
             SERVICE: method_handlers(InferenceService(plane, opts.access), opts.access),
             HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
         }
-        native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
+        native = GrpcServer(services, opts.limits(), opts.lookahead_bytes)
         context = opts.tls.front if opts.tls is not None else None
         return native, await native.start(host, port, context, opts.handshake_timeout_s)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
@@ -390,18 +409,41 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server for ``address`` (host:port); returns it and the port it bound."""
-    options = [
+# grpcio's own bounds, set to what the native front end enforces where grpc has a knob for it
+# (grpc's channel arguments, include/grpc/impl/channel_arg_names.h). What grpcio cannot bound
+# from Python: the request bytes held by calls in flight (its resource quota is not exposed),
+# and a refusal carries no grpc-retry-pushback-ms (docs/grpc.md).
+GRPCIO_IDLE_MS = 300_000  # a connection with no call for this long gets GOAWAY
+GRPCIO_KEEPALIVE_MS = 60_000  # the server pings an idle peer to find dead connections ...
+GRPCIO_KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if no PING ACK comes back
+GRPCIO_MIN_CLIENT_PING_MS = 10_000  # clients' pings more often than this are strikes ...
+GRPCIO_MAX_PING_STRIKES = 2  # ... and past this many, GOAWAY ENHANCE_YOUR_CALM (ping floods)
+
+
+def grpcio_options(opts: GrpcOptions) -> list[tuple[str, int]]:
+    return [
         ("grpc.max_receive_message_length", opts.max_message_bytes),
         ("grpc.max_send_message_length", opts.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a port already taken must fail, not be shared silently
         ("grpc.http2.bdp_probe", int(opts.bdp_probe)),
         ("grpc.http2.lookahead_bytes", opts.lookahead_bytes),
+        ("grpc.max_concurrent_streams", MAX_STREAMS),
+        ("grpc.max_metadata_size", MAX_HEADER_LIST),
+        ("grpc.absolute_max_metadata_size", MAX_HEADER_LIST),
+        # a connection that has not completed its handshake (TLS or the HTTP/2 preface) is cut
+        ("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", GRPCIO_IDLE_MS),
+        ("grpc.keepalive_time_ms", GRPCIO_KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", GRPCIO_KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", GRPCIO_MIN_CLIENT_PING_MS),
+        ("grpc.http2.max_ping_strikes", GRPCIO_MAX_PING_STRIKES),
     ]
-    if opts.tls is not None:  # a handshake not done by then is cut (grpc's default: 120 s)
-        options.append(("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)))
-    server = grpc.aio.server(options=options)
+
+
+def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server for ``address`` (host:port); returns it and the port it bound. Calls
+    past ``opts.max_calls`` in flight are refused at once with RESOURCE_EXHAUSTED."""
+    server = grpc.aio.server(options=grpcio_options(opts), maximum_concurrent_rpcs=opts.max_calls)
     handlers = method_handlers(InferenceService(plane, opts.access), opts.access)
     if hasattr(server, "add_registered_method_handlers"):
         server.add_registered_method_handlers(SERVICE, handlers)

@@ -142,6 +142,21 @@ class Settings:
     tls_handshake_timeout_secs: float = _setting(
         10.0, "A client that has not completed its TLS handshake in this many seconds is disconnected."
     )
+    grpc_max_inflight_calls: int = _setting(
+        16_384,
+        "gRPC calls in flight, all connections together; past it a new call is refused at once with "
+        "RESOURCE_EXHAUSTED (the native front end adds grpc-retry-pushback-ms). Both front ends.",
+    )
+    grpc_max_inflight_bytes: int = _setting(
+        1 << 30,
+        "Request bytes held by gRPC calls in flight, all connections together (native front end): each "
+        "message's bytes are reserved from its 5-byte prefix; past it the call is refused with "
+        "RESOURCE_EXHAUSTED. At least one message of --grpc-max-message-bytes always fits.",
+    )
+    grpc_max_connection_inflight_bytes: int = _setting(
+        512 * 1024 * 1024,
+        "The same bound for one connection (native front end), so one client cannot take it all.",
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:
