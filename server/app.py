@@ -18,6 +18,7 @@ from server.applications import ApplicationManager
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
+from server.http_limits import HttpLimits
 from server.http_service import HttpOptions, start_http_server
 from server.loop_lag import LoopLagMonitor
 from server.metrics import MetricsOptions, start_metrics_server
@@ -65,7 +66,9 @@ class Server:
             log.error("application state (--app-state) unavailable: %s: %s", type(error).__name__, error)
             raise SystemExit(2) from None
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
-        http_options = HttpOptions(settings.host, settings.http_port, limits, settings.exit_timeout_secs)
+        http_options = HttpOptions(
+            settings.host, settings.http_port, limits, settings.exit_timeout_secs, HttpLimits.from_settings(settings)
+        )
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
         if self.cache is not None:

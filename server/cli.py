@@ -13,6 +13,7 @@ from pathlib import Path
 from server import __version__
 from server.app import serve
 from server.app_state import check_store_spec
+from server.http_limits import HttpLimits
 from server.settings import Settings, env_default, setting_fields
 
 
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         settings.cache_bytes()
+        HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
     except ValueError as error:
         parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(

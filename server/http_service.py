@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -15,8 +15,9 @@ from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.applications_http import ApplicationRoutes
 from server.dataplane import DataPlane
-from server.http_body import BodyLimits, decoded_body, json_body
+from server.http_body import BodyLimits, decode_content, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
+from server.http_limits import HttpLimits
 from server.http_router import NoRoute, Route, Router
 from server.http_server import HttpRequest, HttpResponse, HttpServer
 from server.http_shared_memory import SharedMemoryApi
@@ -80,6 +81,8 @@ class RestApi:
         ``{"error": ...}`` answers: ours with their code and message, anything else 500 with
         nothing leaked (the details go to the log)."""
         try:
+            if "content-encoding" in request.headers:
+                await decode_content(request, self.limits)  # in slices, the loop served between them
             if request.method == "POST" and (target := infer_target(request.path)) is not None:
                 return await self.infer_model(request, *target)
             handler, request.params = self.router.resolve(request.method, request.path)
@@ -203,11 +206,12 @@ class HttpOptions:
     port: int  # 0 picks a free one
     limits: BodyLimits  # larger bodies get 413
     grace_secs: float  # on shutdown, how long in-flight requests may take
+    connection_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections, load
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
     """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
     api = RestApi(plane, opts.limits)
-    server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes)
+    server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes, opts.connection_limits)
     port = await server.start(opts.host, opts.port)
     return server, port
