@@ -10,10 +10,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backends.common.errors import InvalidArgument
+from backends.common.errors import InvalidArgument, Unavailable
 from backends.common.errors import ResourceExhausted as PayloadTooLarge  # HTTP 413
 from server.http_codec import parse_json
 from server.http_server import HttpRequest
+
+
+class Overloaded(Unavailable):
+    """503 with Retry-After: the server holds as much as it may; the client may retry."""
 
 
 @dataclass(frozen=True)
@@ -36,18 +40,33 @@ _RAW_WBITS = -zlib.MAX_WBITS
 INFLATE_SLICE = 256 * 1024  # bytes inflated between yields to the event loop: well under a ms each
 
 
-async def decode_content(request: HttpRequest, limits: BodyLimits) -> None:
+async def decode_content(request: HttpRequest, limits: BodyLimits, starts_with: bytes = b"") -> None:
     """Undoes the request's Content-Encoding in place (the header goes with it), a slice at a time
     with the event loop served between slices: a bomb that inflates for seconds must not stall
-    the other clients for that long (a gzip bomb is refused at the limit, but only after
-    inflating up to it)."""
+    the other clients for that long. The inflated bytes count in the request's budget (the
+    server's bound on request bodies in memory): past it, 503. A body whose first byte other
+    than whitespace is not ``starts_with`` is refused as soon as that byte is inflated (a bomb of
+    zeros is 400 after one slice, not after the limit)."""
     steps = _decoding(request, limits)
     if steps is None:
         return
     out: list[bytes] = []
+    budget = request.budget
     for _ in steps(out):
+        if not budget.take(len(out[-1])):
+            raise Overloaded("the server holds as many request bytes as it may: retry later")
+        if starts_with and (first := out[-1].lstrip()[:1]):
+            if first != starts_with:
+                raise InvalidArgument(f"request body is not valid JSON: it must start with {starts_with.decode()!r}")
+            starts_with = b""
         await asyncio.sleep(0)
-    request.body = b"".join(out) if len(out) != 1 else out[0]
+    joined = sum(map(len, out)) if len(out) > 1 else 0
+    if joined and not budget.take(joined):  # the joined copy, while the slices still exist
+        raise Overloaded("the server holds as many request bytes as it may: retry later")
+    compressed = len(request.body)
+    request.body = b"".join(out) if joined else out[0]
+    out.clear()
+    budget.give_back(compressed + joined)  # the compressed body and the slices are gone
     del request.headers["content-encoding"]
 
 

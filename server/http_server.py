@@ -36,6 +36,29 @@ MAX_HEADERS = 128
 SERVER_NAME = b"clipperd"
 
 
+class BodyBudget:
+    """The bytes one request holds of the server's bound on request bodies in memory: its body as
+    received, then what is made of it (the inflated body). Given back when it is answered."""
+
+    __slots__ = ("admission", "held")
+
+    def __init__(self, admission: Admission | None) -> None:
+        self.admission = admission  # None: not counted (a request made outside a connection)
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.admission is not None and not self.admission.take_bytes(size):
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        size = min(size, self.held)
+        self.held -= size
+        if self.admission is not None and size:
+            self.admission.release(0, size)
+
+
 @dataclass(slots=True)
 class HttpRequest:
     method: str
@@ -43,6 +66,7 @@ class HttpRequest:
     headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # the route's {placeholders}
+    budget: BodyBudget = field(default_factory=lambda: BodyBudget(None))
 
 
 @dataclass(slots=True)
@@ -115,14 +139,16 @@ def encode_response(response: HttpResponse, keep_alive: bool, head: bool = False
 
 @dataclass(slots=True)
 class _Item:
-    """A complete request waiting for its answer, or the answer it gets without being handled
-    (``refusal``); what it holds of the server's request slots and buffered bytes."""
+    """A complete request waiting for its answer (it holds a request slot, and its body bytes in
+    its budget), or the answer a refused request gets without being handled."""
 
-    request: HttpRequest | None
+    request: HttpRequest | HttpResponse
     keep_alive: bool
-    refusal: HttpResponse | None
-    slots: int
-    held: int
+
+    def release(self, admission: Admission) -> None:
+        if isinstance(self.request, HttpRequest):
+            admission.release(1, 0)
+            self.request.budget.give_back(self.request.budget.held)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -140,16 +166,19 @@ class HttpConnection(asyncio.Protocol):
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is full
         self.writable.set()
         self.slots = 0  # of the message being received: a request slot taken (0 or 1)
-        self.body_size = 0  # its body bytes held, counted in the server's admission
+        self.budget = BodyBudget(server.admission)  # its body bytes, counted in the server's admission
         self._reset()
         self.head_since: float | None = self.last_active  # a new connection owes its first head
 
     def _reset(self) -> None:
-        self._release(self.slots, self.body_size)
+        """Forgets the message being received, and gives back what it held."""
+        if self.slots:
+            self.server.admission.release(self.slots, 0)
+        self.budget.give_back(self.budget.held)
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
-        self.slots = self.body_size = 0
+        self.slots = 0
         self.failure: RequestRejected | None = None
         self.refusal: HttpResponse | None = None  # set: the body is dropped and this is the answer
         self.head_since = None  # when the head's first byte came, until the head is complete
@@ -253,26 +282,26 @@ class HttpConnection(asyncio.Protocol):
         self.window_bytes += len(body)
         if self.refusal is not None:
             return  # refused: read to its end (so the connection stays usable) and dropped
-        if self.body_size + len(body) > self.server.max_body_bytes:
+        if self.budget.held + len(body) > self.server.max_body_bytes:
             self._fail(413, f"request body is over the {self.server.max_body_bytes}-byte limit")
-        if not self.server.admission.take_bytes(len(body)):
+        if not self.budget.take(len(body)):
             self._overloaded("request bodies held by the server are at their limit")
             return
-        self.body_size += len(body)
         self.body.append(body)
 
     def on_message_complete(self) -> None:
         if self.refusal is not None:
-            item = _Item(None, self.parser.should_keep_alive(), self.refusal, 0, 0)
+            item = _Item(self.refusal, self.parser.should_keep_alive())
         else:
             request = HttpRequest(
                 self.parser.get_method().decode("latin-1"),
                 self._path(),
                 self._headers(),
                 b"".join(self.body) if len(self.body) != 1 else self.body[0],
+                budget=self.budget,
             )
-            item = _Item(request, self.parser.should_keep_alive(), None, self.slots, self.body_size)
-        self.slots = self.body_size = 0  # the item holds them now
+            item = _Item(request, self.parser.should_keep_alive())
+            self.slots, self.budget = 0, BodyBudget(self.server.admission)  # the item holds them now
         self.pending.append(item)
         self._reset()
         if self.worker is None or self.worker.done():
@@ -290,20 +319,18 @@ class HttpConnection(asyncio.Protocol):
     def _overloaded(self, why: str) -> None:
         """Answers this request 503 without handling it; what it held is given back at once."""
         log.debug("HTTP request refused: %s", why)
-        self._release(self.slots, self.body_size)
-        self.slots = self.body_size = 0
+        if self.slots:
+            self.server.admission.release(self.slots, 0)
+            self.slots = 0
+        self.budget.give_back(self.budget.held)
         self.body = []
         answer = self.server.error(503, "the server is overloaded: retry later")
         answer.headers.update(_RETRY)
         self.refusal = answer
 
-    def _release(self, slots: int, size: int) -> None:
-        if slots or size:
-            self.server.admission.release(slots, size)
-
     def _drop_pending(self) -> None:
         for item in self.pending:
-            self._release(item.slots, item.held)
+            item.release(self.server.admission)
         self.pending.clear()
 
     def _path(self) -> str:
@@ -336,18 +363,16 @@ class HttpConnection(asyncio.Protocol):
                 await self.writable.wait()
                 continue
             item = self.handling = self.pending.popleft()
+            request = item.request
             try:
-                if item.request is None:
-                    response = item.refusal or self.server.error(500, "internal error")
-                else:
-                    response = await self.server.answer(item.request)
+                response = request if isinstance(request, HttpResponse) else await self.server.answer(request)
             finally:
                 self.handling = None
-                self._release(item.slots, item.held)
+                item.release(self.server.admission)
             if self.transport is None or self.transport.is_closing():
                 return
             keep_alive = item.keep_alive and not self.server.stopping
-            head = item.request is not None and item.request.method == "HEAD"
+            head = isinstance(request, HttpRequest) and request.method == "HEAD"
             self.transport.write(encode_response(response, keep_alive, head=head))
             self.last_active = time.monotonic()
             if not keep_alive:

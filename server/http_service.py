@@ -15,9 +15,9 @@ from backends.common.config import config_to_json
 from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
 from server.applications_http import ApplicationRoutes
 from server.dataplane import DataPlane
-from server.http_body import BodyLimits, decode_content, decoded_body, json_body
+from server.http_body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
-from server.http_limits import HttpLimits
+from server.http_limits import RETRY_AFTER_S, HttpLimits
 from server.http_router import NoRoute, Route, Router
 from server.http_server import HttpRequest, HttpResponse, HttpServer
 from server.http_shared_memory import SharedMemoryApi
@@ -82,11 +82,14 @@ class RestApi:
         nothing leaked (the details go to the log)."""
         try:
             if "content-encoding" in request.headers:
-                await decode_content(request, self.limits)  # in slices, the loop served between them
+                # in slices, the loop served between them; every body of this API is JSON first
+                await decode_content(request, self.limits, starts_with=b"{")
             if request.method == "POST" and (target := infer_target(request.path)) is not None:
                 return await self.infer_model(request, *target)
             handler, request.params = self.router.resolve(request.method, request.path)
             return await handler(request)
+        except Overloaded as error:
+            return error_response(503, error.message, {"Retry-After": str(RETRY_AFTER_S)})
         except ClipperdError as error:
             return error_response(HTTP_STATUS[error.code], error.message)
         except NoRoute as missing:
