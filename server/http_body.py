@@ -37,7 +37,7 @@ _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_WBITS = -zlib.MAX_WBITS
 
 
-INFLATE_SLICE = 256 * 1024  # bytes inflated between yields to the event loop: well under a ms each
+INFLATE_SLICE = 128 * 1024  # bytes inflated between yields to the event loop (~0.4 ms of CPU on the dev VM)
 
 
 async def decode_content(request: HttpRequest, limits: BodyLimits, starts_with: bytes = b"") -> None:
