@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import select
 import shutil
 import socket
@@ -191,6 +192,12 @@ def attack(server: ServerProcess, probe: bool = True) -> Iterator[Watch]:
     """Watches the server through an attack; asserts the issue's bounds and serving afterwards."""
     with Watch(server, probe=probe) as watch:
         yield watch
+    case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+    probe_s = f", probe's longest call {watch.probe_longest_s:.2f} s" if probe else ""
+    print(  # the figures docs/http-limits.md reports (pytest -s shows them)
+        f"\n[figures] {case}: RSS {watch.rss_growth / 2**20:+.1f} MiB, longest loop lag <= "
+        f"{watch.max_lag_bucket_s * 1000:g} ms{probe_s}"
+    )
     watch.check()
     serves_curl_and_tritonclient(server)
 
@@ -206,6 +213,7 @@ def test_slowloris_head_is_cut_within_the_head_timeout(slow_server: ServerProces
         started = time.monotonic()
         answer, closed = trickle_until_closed(sock, payload, 0.5, TIMEOUT_S + GRACE_S + 5)
     took = closed - started
+    print(f"\n[figures] slowloris head: 408 and closed {took:.2f} s after its first byte (timeout {TIMEOUT_S} s)")
     assert TIMEOUT_S - 0.5 <= took <= TIMEOUT_S + GRACE_S, took
     assert status_of(answer) == 408, answer[:200]
 
@@ -215,6 +223,7 @@ def test_connection_that_sends_nothing_is_cut(slow_server: ServerProcess) -> Non
         started = time.monotonic()
         answer, closed = read_until_closed(sock, TIMEOUT_S + GRACE_S + 5)
     assert closed is not None, "a connection that never sent a byte is still open"
+    print(f"\n[figures] silent connection: 408 and closed {closed - started:.2f} s after connecting")
     assert closed - started <= TIMEOUT_S + GRACE_S, closed - started
     assert status_of(answer) == 408, answer[:200]
 
@@ -226,6 +235,7 @@ def test_slow_body_is_cut_with_408(slow_server: ServerProcess) -> None:
         started = time.monotonic()
         answer, closed = trickle_until_closed(sock, b" " * 100_000, 0.05, TIMEOUT_S * 2 + GRACE_S + 5)
     took = closed - started
+    print(f"\n[figures] slow body: 408 and closed {took:.2f} s after its head (window {TIMEOUT_S} s)")
     assert took <= TIMEOUT_S + GRACE_S, took
     assert status_of(answer) == 408, answer[:200]
     assert b"slower than 1000 bytes/s" in answer
@@ -262,6 +272,7 @@ def test_idle_keep_alive_connection_is_closed(slow_server: ServerProcess) -> Non
                     _, closed_or_none = read_until_closed(sock, TIMEOUT_S + GRACE_S + 5)
                     assert closed_or_none is not None, "an idle keep-alive connection is still open"
                     closed = closed_or_none
+            print(f"\n[figures] idle ({filler!r} sent): closed {closed - answered:.2f} s after the answer")
             assert TIMEOUT_S - 0.5 <= closed - answered <= TIMEOUT_S + GRACE_S, (filler, closed - answered)
 
 
