@@ -19,6 +19,7 @@ from server.applications import ApplicationManager
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http_body import BodyLimits
+from server.http_limits import HttpLimits
 from server.http_service import HttpOptions, start_http_server
 from server.loop_lag import LoopLagMonitor
 from server.metrics import MetricsOptions, start_metrics_server
@@ -91,6 +92,7 @@ class Server:
             access,
             tls=self.http_tls,
             handshake_timeout_s=settings.tls_handshake_timeout_secs,
+            connection_limits=HttpLimits.from_settings(settings),
         )
         http_server, self.http_port = await start_http_server(self.plane, http_options)
         log.info("KServe v2 HTTP%s on %s:%d", " over TLS" if self.http_tls else "", settings.host, self.http_port)

@@ -16,8 +16,9 @@ from backends.common.errors import ClipperdError, InvalidArgument, PermissionDen
 from server.access import AccessPolicy, Rule
 from server.applications_http import ApplicationRoutes
 from server.dataplane import DataPlane
-from server.http_body import BodyLimits, decoded_body, json_body
+from server.http_body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
+from server.http_limits import RETRY_AFTER_S, HttpLimits
 from server.http_router import NoRoute, Route, RouteHandler, Router
 from server.http_server import HttpRequest, HttpResponse, HttpServer
 from server.http_shared_memory import SharedMemoryApi
@@ -86,12 +87,17 @@ class RestApi:
         ``{"error": ...}`` answers: ours with their code and message, anything else 500 with
         nothing leaked (the details go to the log)."""
         try:
+            if "content-encoding" in request.headers:
+                # in slices, the loop served between them; every body of this API is JSON first
+                await decode_content(request, self.limits, starts_with=b"{")
             if request.method == "POST" and (target := infer_target(request.path)) is not None:
                 if self._infer_rule is not None:
                     check(self._infer_rule, request)
                 return await self.infer_model(request, *target)
             handler, request.params = self.router.resolve(request.method, request.path)
             return await handler(request)
+        except Overloaded as error:
+            return error_response(503, error.message, {"Retry-After": str(RETRY_AFTER_S)})
         except ClipperdError as error:
             return error_response(HTTP_STATUS[error.code], error.message)
         except NoRoute as missing:
@@ -242,12 +248,13 @@ class HttpOptions:
     access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
     tls: ReloadingTls | None = None  # None: plaintext
     handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
+    connection_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections, load
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
     """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
     api = RestApi(plane, opts.limits, opts.access)
-    server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes)
+    server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes, opts.connection_limits)
     context = opts.tls.front if opts.tls is not None else None
     port = await server.start(opts.host, opts.port, context, opts.handshake_timeout_s)
     return server, port

@@ -157,6 +157,26 @@ class Settings:
         512 * 1024 * 1024,
         "The same bound for one connection (native front end), so one client cannot take it all.",
     )
+    http_header_timeout_secs: float = _setting(
+        30.0, "An HTTP request's line and headers must arrive within this of their first byte (408, closed)."
+    )
+    http_body_timeout_secs: float = _setting(
+        30.0, "An HTTP request body slower than --http-body-min-rate over this many seconds is cut (408)."
+    )
+    http_body_min_rate: int = _setting(1024, "Bytes a second an HTTP request body must average (see above).")
+    http_idle_timeout_secs: float = _setting(75.0, "An HTTP keep-alive connection idle this long is closed.")
+    http_max_connections: int = _setting(
+        10_000, "Open HTTP connections, all clients together; past it a new one gets 503 and is closed."
+    )
+    http_max_connections_per_client: int = _setting(
+        8_192, "Open HTTP connections per client address (503 past it); 6,000 concurrent calls fit."
+    )
+    http_max_requests: int = _setting(
+        16_384, "HTTP requests received and not yet answered, all connections together (503 past it)."
+    )
+    http_max_buffered_body_size: int = _setting(
+        1024 * 1024 * 1024, "HTTP request-body bytes held in memory, all requests together (503 past it)."
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:

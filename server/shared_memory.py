@@ -5,12 +5,19 @@ written to one, instead of travelling in the message.
 Both transports use this one registry. The codecs only pass the ``shared_memory_*`` parameters
 through (an input in shared memory carries ``SHM_PLACEHOLDER`` as its data); ``SharedMemoryRegistry
 .use`` resolves them for the DataPlane, and holds the regions a request uses so they cannot be
-unregistered under it."""
+unregistered under it.
+
+The client owns the object and may truncate it at any moment. A mapping would then fault
+(SIGBUS) on the first page past the new end, and no size check before the access can close that
+race. So nothing is mapped: a region keeps only its descriptor, inputs are copied out with
+``preadv`` into the tensor's own buffer (a short read means truncated: FAILED_PRECONDITION) and
+outputs are written with ``pwrite``, after a size check. A truncate racing that check makes
+``pwrite`` grow the object again (sparse, up to the registered end): the client loses its own
+data, the server never faults. docs/shared-memory.md has the measured cost (none that matters)."""
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import re
 import stat
@@ -39,7 +46,7 @@ SHM_BYTE_SIZE = "shared_memory_byte_size"
 SHM_PLACEHOLDER = np.empty(0, dtype=np.uint8)  # an input's data until its region is read
 
 SHM_ROOT = Path("/dev/shm")  # where Linux keeps the objects shm_open names
-MAX_REGIONS = 256  # each region holds an open descriptor and a mapping
+MAX_REGIONS = 256  # each region holds an open descriptor
 _NAME_LIMIT = 256
 # a shm_open name: one path component, optionally after a leading "/" (as tritonclient writes it)
 _KEY = re.compile(r"/?([^/\x00]{1,255})")
@@ -54,43 +61,57 @@ class RegionStatus:
 
 
 class _Region:
-    """A registered region: the mapping covers it (mmap offsets must be page-aligned, so the
-    mapping may start up to a page before it, at ``-start``)."""
+    """A registered region: the object's descriptor (opened O_RDWR) and where the region lies in it.
+    Every access is a positioned read or write on the descriptor, never a mapping (see above)."""
 
-    __slots__ = ("fd", "mapping", "start", "status", "users")
+    __slots__ = ("fd", "status", "users")
 
-    def __init__(self, status: RegionStatus, fd: int, mapping: mmap.mmap, start: int) -> None:
+    def __init__(self, status: RegionStatus, fd: int) -> None:
         self.status = status
-        self.fd = fd  # kept to check, before each use, that the object was not truncated
-        self.mapping = mapping
-        self.start = start
+        self.fd = fd
         self.users = 0  # requests in flight that read or write it
 
-    def span(self, offset: int, byte_size: int, what: str) -> slice:
-        """The mapping's bytes for ``byte_size`` bytes at ``offset`` of the region."""
+    def locate(self, offset: int, byte_size: int, what: str) -> int:
+        """The object's offset of ``byte_size`` bytes at ``offset`` of the region."""
         size = self.status.byte_size
         if offset > size or byte_size > size - offset:
             raise InvalidArgument(
                 f"{what}: offset {offset} + byte size {byte_size} is out of bounds of shared memory "
                 f"region '{self.status.name}' ({size} bytes)"
             )
-        self.check_object()
-        return slice(self.start + offset, self.start + offset + byte_size)
+        return self.status.offset + offset
 
-    def check_object(self) -> None:
-        # touching a page past the end of a truncated object kills the process with SIGBUS
-        needed = self.status.offset + self.status.byte_size
-        if os.fstat(self.fd).st_size < needed:
-            raise FailedPrecondition(
-                f"shared memory region '{self.status.name}': the object '{self.status.key}' was truncated "
-                "after it was registered; register it again"
-            )
+    def read(self, at: int, byte_size: int) -> np.ndarray:
+        """``byte_size`` bytes at ``at`` of the object, copied into a new array."""
+        out = np.empty(byte_size, dtype=np.uint8)
+        view = out.data  # format "B": one byte per element
+        done = 0
+        while done < byte_size:  # a read returns at most ~2 GiB (Linux's MAX_RW_COUNT)
+            got = os.preadv(self.fd, [view[done:]], at + done)
+            if got == 0:
+                raise self._truncated()
+            done += got
+        return out
+
+    def write(self, at: int, data: memoryview) -> None:
+        """Writes ``data`` at ``at`` of the object. Checked first: writing past the end would
+        grow an object the client truncated; a truncate after the check only loses its data."""
+        self.check_covers(at + len(data))
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self.fd, data[done:], at + done)
+
+    def check_covers(self, end: int) -> None:
+        if os.fstat(self.fd).st_size < end:
+            raise self._truncated()
+
+    def _truncated(self) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"shared memory region '{self.status.name}': the object '{self.status.key}' was truncated "
+            "after it was registered; register it again"
+        )
 
     def close(self) -> None:
-        try:
-            self.mapping.close()
-        except BufferError:  # an array still views it: the mapping goes when that array does
-            log.warning("shared memory region '%s' is still viewed; unmapped later", self.status.name)
         os.close(self.fd)
 
 
@@ -112,11 +133,11 @@ class SharedMemoryRegistry:
             raise ResourceExhausted(f"{MAX_REGIONS} shared memory regions are registered: unregister some first")
         fd = _open(path, key)
         try:
-            region = _map(fd, RegionStatus(name, key, offset, byte_size))
+            _check_bounds(fd, RegionStatus(name, key, offset, byte_size))
         except BaseException:
             os.close(fd)
             raise
-        self._regions[name] = region
+        self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd)
 
     def unregister(self, name: str = "") -> None:
         """Unregisters ``name``, or every region when it is empty. An unknown name is not an error
@@ -150,7 +171,7 @@ class SharedMemoryRegistry:
         return [region.status]
 
     def close(self) -> None:
-        """Unmaps everything (at shutdown, whoever still uses it)."""
+        """Closes every region (at shutdown, whoever still uses it)."""
         regions, self._regions = self._regions, {}
         for region in regions.values():
             region.close()
@@ -182,7 +203,9 @@ class SharedMemoryRegistry:
                 if where is not None:
                     region_name, offset, byte_size = where
                     region = self._lookup(region_name, use)
-                    use.targets[output.name] = (region, region.span(offset, byte_size, f"output '{output.name}'"))
+                    at = region.locate(offset, byte_size, f"output '{output.name[:64]}'")
+                    region.check_covers(at + byte_size)  # refused before the model runs, if already truncated
+                    use.targets[output.name] = _Target(region, offset, at, byte_size)
         except BaseException:
             use.release()
             raise
@@ -192,10 +215,10 @@ class SharedMemoryRegistry:
         what = f"input '{tensor.name[:64]}'"
         region_name, offset, byte_size = where
         region = self._lookup(region_name, use)
-        span = region.span(offset, byte_size, what)
+        at = region.locate(offset, byte_size, what)
         dtype = datatypes.from_wire(tensor.datatype)
-        # a copy (slicing a mapping copies): the client may rewrite the region once answered
-        tensor.data = array_from_raw(region.mapping[span], dtype, tensor.shape, tensor.name)
+        # the tensor views its own copy: the client may rewrite (or truncate) the region meanwhile
+        tensor.data = array_from_raw(region.read(at, byte_size).data, dtype, tensor.shape, tensor.name)
 
     def _lookup(self, name: str, use: SharedMemoryUse) -> _Region:
         region = self._regions.get(name)
@@ -205,12 +228,22 @@ class SharedMemoryRegistry:
         return region
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where an output goes: ``room`` bytes at ``offset`` of ``region`` (``at`` of its object)."""
+
+    region: _Region
+    offset: int
+    at: int
+    room: int
+
+
 class SharedMemoryUse:
     """The regions one request reads and writes; a context that holds them until it exits."""
 
     def __init__(self) -> None:
         self.held: list[_Region] = []
-        self.targets: dict[str, tuple[_Region, slice]] = {}
+        self.targets: dict[str, _Target] = {}
 
     def hold(self, region: _Region) -> None:
         region.users += 1
@@ -238,25 +271,23 @@ class SharedMemoryUse:
             target = self.targets.get(tensor.name)
             if target is None:
                 continue
-            region, span = target
+            region = target.region
             dtype = datatypes.BY_WIRE[tensor.datatype]
             if dtype.wire == "BYTES":
                 data: bytes | memoryview = serialize_bytes(tensor.data)
             else:
                 data = np.ascontiguousarray(tensor.data, dtype=dtype.numpy).data.cast("B")
             size = len(data)
-            room = span.stop - span.start
-            if size > room:
+            if size > target.room:
                 raise InvalidArgument(
-                    f"output '{tensor.name}' needs {size} bytes, but shared memory byte size {room} was "
-                    f"given for it in region '{region.status.name}'"
+                    f"output '{tensor.name}' needs {size} bytes, but shared memory byte size {target.room} "
+                    f"was given for it in region '{region.status.name}'"
                 )
-            region.check_object()  # the model ran meanwhile: the object must still cover the region
-            region.mapping[span.start : span.start + size] = data
+            region.write(target.at, memoryview(data))
             tensor.data = np.empty(0, dtype=dtype.numpy if dtype.wire != "BYTES" else object)
             params: Params = {SHM_REGION: region.status.name, SHM_BYTE_SIZE: size}
-            if span.start != region.start:
-                params[SHM_OFFSET] = span.start - region.start
+            if target.offset:
+                params[SHM_OFFSET] = target.offset
             tensor.parameters = params
 
 
@@ -320,17 +351,10 @@ def _open(path: Path, key: str) -> int:
     return fd
 
 
-def _map(fd: int, status: RegionStatus) -> _Region:
+def _check_bounds(fd: int, status: RegionStatus) -> None:
     size = os.fstat(fd).st_size
     if status.offset > size or status.byte_size > size - status.offset:
         raise InvalidArgument(
             f"shared memory region '{status.name}': offset {status.offset} + byte_size {status.byte_size} "
             f"is out of bounds of the {size}-byte object '{status.key}'"
         )
-    start = status.offset % mmap.ALLOCATIONGRANULARITY
-    try:
-        mapping = mmap.mmap(fd, start + status.byte_size, offset=status.offset - start)
-    except (OSError, ValueError, OverflowError) as error:
-        log.warning("mmap of shared memory key %r failed: %s", status.key, error)
-        raise InvalidArgument(f"shared memory region '{status.name}' cannot be mapped") from None
-    return _Region(status, fd, mapping, start)

@@ -75,11 +75,12 @@ def deflate(data: bytes, wbits: int) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
-def zeros_bomb(inflated_bytes: int, wbits: int = 16 + zlib.MAX_WBITS) -> bytes:
-    """A small gzip (or zlib) body that inflates to ``inflated_bytes`` of zeros."""
+def zeros_bomb(inflated_bytes: int, wbits: int = 16 + zlib.MAX_WBITS, start: bytes = b"{") -> bytes:
+    """A small gzip (or zlib) body that inflates to ``inflated_bytes`` of zeros after ``start``
+    (a body that does not start as JSON does is refused at its first slice: see below)."""
     packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
     chunk = bytes(1 << 20)
-    parts = [packer.compress(chunk) for _ in range(inflated_bytes >> 20)]
+    parts = [packer.compress(start), *(packer.compress(chunk) for _ in range(inflated_bytes >> 20))]
     return b"".join([*parts, packer.flush()])
 
 
@@ -135,6 +136,15 @@ def test_compression_bomb_is_413(server: ServerProcess, wbits: int) -> None:
     assert len(bomb) < 128 << 10
     encoding = "gzip" if wbits > zlib.MAX_WBITS else "deflate"
     assert_error(request(server, bomb, {"Content-Encoding": encoding}), 413, f"{SMALL_LIMIT}-byte decompressed limit")
+    assert_live(server)
+
+
+@pytest.mark.parametrize("wbits", [16 + zlib.MAX_WBITS, zlib.MAX_WBITS], ids=["gzip", "deflate"])
+def test_compressed_body_that_is_not_json_is_400_at_its_first_slice(server: ServerProcess, wbits: int) -> None:
+    """Zeros from the first byte: no body of the API starts so; refused without inflating on."""
+    encoding = "gzip" if wbits > zlib.MAX_WBITS else "deflate"
+    answer = request(server, zeros_bomb(64 << 20, wbits, start=b""), {"Content-Encoding": encoding})
+    assert_error(answer, 400, "must start with '{'")
     assert_live(server)
 
 
