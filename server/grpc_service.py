@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from server.grpc_codec import decode_request, encode_response
 from server.grpc_health import HEALTH_SERVICE, health_handlers
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
+from server.http2_limits import Http2Limits
 from server.proto import grpc_service_pb2 as pb
 from server.status import GRPC_STATUS
 
@@ -279,6 +280,9 @@ class GrpcOptions:
     bdp_probe: bool  # HTTP/2 PINGs that size flow-control windows: CPU on every call
     lookahead_bytes: int  # each stream's flow-control window (fixed when bdp_probe is off)
     frontend: str = "native"  # or "grpcio" (grpc.aio)
+    http2: Http2Limits = field(
+        default_factory=Http2Limits
+    )  # timeouts and connection limits (grpcio takes the timeouts)
 
 
 class GrpcFrontend(Protocol):
@@ -290,6 +294,7 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
     if opts.frontend == "native":
         services = {SERVICE: method_handlers(InferenceService(plane)), HEALTH_SERVICE: health_handlers(plane, SERVICE)}
         native = GrpcServer(services, opts.max_message_bytes, opts.lookahead_bytes)
+        native.http2.limits = opts.http2
         return native, await native.start(host, port)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
     await server.start()
@@ -308,6 +313,8 @@ def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tupl
         ("grpc.so_reuseport", 0),  # a port already taken must fail, not be shared silently
         ("grpc.http2.bdp_probe", int(opts.bdp_probe)),
         ("grpc.http2.lookahead_bytes", opts.lookahead_bytes),
+        ("grpc.server_handshake_timeout_ms", int(opts.http2.handshake_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(opts.http2.idle_timeout_s * 1000)),
     ]
     server = grpc.aio.server(options=options)
     handlers = method_handlers(InferenceService(plane))

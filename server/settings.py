@@ -78,6 +78,26 @@ class Settings:
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    grpc_http2_handshake_timeout_secs: float = _setting(
+        10.0,
+        "Seconds a gRPC connection may take to send the HTTP/2 preface and its first SETTINGS, and any "
+        "one header block (slowloris); then it is closed.",
+    )
+    grpc_http2_idle_timeout_secs: float = _setting(
+        300.0,
+        "Seconds a gRPC connection may stay with no open call; then GOAWAY and close (grpc's max_connection_idle).",
+    )
+    grpc_http2_stall_timeout_secs: float = _setting(
+        30.0,
+        "Seconds answers may wait for a client that does not read them (zero window, full socket); then "
+        "the connection is closed (native front end).",
+    )
+    grpc_max_connections: int = _setting(
+        0, "gRPC connections in all, native front end (0: 10,000 or what the descriptor limit allows)."
+    )
+    grpc_max_connections_per_client: int = _setting(
+        1024, "gRPC connections from one client address, native front end; more get GOAWAY ENHANCE_YOUR_CALM."
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:
