@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from server.grpc_service import GrpcOptions, start_grpc_server
 from server.http2_limits import Http2Limits
 from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
+from server.loop_lag import LoopLagMonitor
 from server.metrics import MetricsOptions, start_metrics_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
@@ -41,6 +43,7 @@ class Server:
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
         self.clean_exit = True  # False when the exit timeout cut in-flight work short
+        self.loop_lag = LoopLagMonitor()
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -48,6 +51,7 @@ class Server:
 
     async def run(self) -> None:
         settings = self.settings
+        self.loop_lag.start()
         options = GrpcOptions(
             settings.grpc_max_message_bytes,
             settings.grpc_http2_bdp_probe,
@@ -81,7 +85,7 @@ class Server:
                 self.repository.loaded,
                 MetricsOptions(settings.host, settings.metrics_port),
                 self.cache,
-                app_families,
+                lambda: itertools.chain(app_families(), self.loop_lag.families()),
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
@@ -113,6 +117,7 @@ class Server:
             return
         finally:
             self.plane.shared_memory.close()
+        self.loop_lag.stop()
         log.info("stopped")
 
     def _start_polling(self) -> asyncio.Task[None] | None:

@@ -723,6 +723,20 @@ async def test_the_fill_delay_does_not_hold_a_request_that_finds_the_queue_idle(
     assert h.log.batches == [1]
 
 
+async def test_on_a_machine_booted_seconds_ago_the_first_request_does_not_wait_for_the_fill_delay(
+    harness: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the monotonic clock starts near zero at boot: "no batch completed yet" must not read as
+    # "a batch completed at time 0", which would hold the first request for the fill delay
+    real = time.perf_counter_ns
+    offset = real() - 3_000_000_000  # the clock now reads 3 s
+    monkeypatch.setattr(time, "perf_counter_ns", lambda: real() - offset)
+    config = aimd_config("60000000", max_batch_size=4, batch_size_initial="4", batch_fill_delay_us="3600000000")
+    h = await harness(config)
+    assert out(await asyncio.wait_for(h.infer(0), WAIT)) == [1.0]
+    assert h.log.batches == [1]
+
+
 async def test_a_batch_held_by_the_fill_delay_goes_when_the_delay_ends(harness: Factory) -> None:
     config = aimd_config("60000000", max_batch_size=4, batch_size_initial="4", batch_fill_delay_us="20000")
     h = await harness(config, hold=True)
