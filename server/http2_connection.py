@@ -40,8 +40,10 @@ from server.http2_limits import (
     CONNECTION_WINDOW,
     CONTROL_BURST,
     CONTROL_RATE,
+    HEADERS_COST,
     MAX_CONTINUATIONS,
     MAX_FRAME,
+    MAX_FRAMES_PER_TURN,
     MAX_HEADER_BLOCK,
     MAX_HEADER_LIST,
     MAX_HEADER_TABLE,
@@ -104,7 +106,8 @@ class Http2Connection(asyncio.Protocol):
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = DEFAULT_FRAME
         self.send_window = DEFAULT_WINDOW
-        self.received = 0  # connection-level bytes not yet returned to the peer
+        self.received = 0  # bytes received and not yet returned to the peer's connection window
+        self.credit = 0  # of those, bytes consumed (or dropped): returned once half the window
         self.queued = 0  # DATA bytes waiting in streams for the peer's windows
         self.blocked: dict[int, Stream] = {}  # streams waiting for the connection's window
         self.headers_in_progress: _HeaderBlock | None = None
@@ -115,6 +118,7 @@ class Http2Connection(asyncio.Protocol):
         self.idle_since: float | None = self.now
         self.stalled_since: float | None = None  # output waiting and none of it leaving since then
         self.write_paused = False
+        self.yielded = False  # reading paused until the next turn (MAX_FRAMES_PER_TURN reached)
         self.going_away = False  # no new streams (either side said GOAWAY)
         self.stopping = False  # we said GOAWAY: close when the last stream ends
         self.closed = False
@@ -178,7 +182,7 @@ class Http2Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.stalled_since = None
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.yielded:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -206,6 +210,7 @@ class Http2Connection(asyncio.Protocol):
     def _read_frames(self) -> None:
         buffer = self.buffer
         position, end = 0, len(buffer)
+        budget = MAX_FRAMES_PER_TURN
         try:
             while end - position >= 9 and not self.closed:
                 length = (buffer[position] << 16) | (buffer[position + 1] << 8) | buffer[position + 2]
@@ -214,6 +219,10 @@ class Http2Connection(asyncio.Protocol):
                 if end - position - 9 < length:
                     break
                 kind, flags = buffer[position + 3], buffer[position + 4]
+                budget -= HEADERS_COST if kind == 1 else 1  # HEADERS starts a call: it weighs more
+                if budget < 0:  # the rest waits for the next turn of the loop: others run first
+                    self._yield_reading()
+                    break
                 stream_id = int.from_bytes(buffer[position + 5 : position + 9], "big") & 0x7FFFFFFF
                 payload = bytes(buffer[position + 9 : position + 9 + length])
                 position += 9 + length
@@ -228,6 +237,25 @@ class Http2Connection(asyncio.Protocol):
                     self._spend_control()
         finally:
             del buffer[:position]
+
+    def _yield_reading(self) -> None:
+        if self.transport is not None and not self.yielded:
+            self.yielded = True
+            self.transport.pause_reading()
+            self.loop.call_soon(self._resume_frames)
+
+    def _resume_frames(self) -> None:
+        self.yielded = False
+        if self.closed:
+            return
+        self.now = self.loop.time()
+        try:
+            self._read_frames()
+        except ConnectionError_ as error:
+            self.fail(error.code, str(error))
+            return
+        if not self.yielded and not self.write_paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def _first_frame(self, kind: int, flags: int) -> None:
         if kind != FrameType.SETTINGS or flags & Flag.ACK:
@@ -252,6 +280,7 @@ class Http2Connection(asyncio.Protocol):
         data = strip_padding(flags, payload)
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_done:
+            self._credit(size)
             self._data_not_open(stream_id, stream)
             return
         stream.recv_window -= size
@@ -268,13 +297,19 @@ class Http2Connection(asyncio.Protocol):
             self._forget_if_done(stream)
 
     def _count_received(self, size: int) -> None:
-        """The connection's receive window: padding and DATA on closed streams count too (§6.9)."""
+        """The connection's receive window: padding and DATA on closed streams count too (§6.9).
+        It is returned as receivers consume, so it bounds what waits unconsumed on all streams."""
         self.received += size
         if self.received > CONNECTION_WINDOW:
             raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "DATA past the connection window")
-        if self.received >= CONNECTION_WINDOW // 2:
-            self._write(window_update(0, self.received))
-            self.received = 0
+
+    def _credit(self, n: int) -> None:
+        """``n`` received bytes are consumed or dropped: the peer gets them back, half a window at a time."""
+        self.credit += n
+        if self.credit >= CONNECTION_WINDOW // 2:
+            self._write(window_update(0, self.credit))
+            self.received -= self.credit
+            self.credit = 0
 
     def _data_not_open(self, stream_id: int, stream: Stream | None) -> None:
         if stream_id > self.last_stream_id:
@@ -589,7 +624,10 @@ class Http2Connection(asyncio.Protocol):
         return b"".join(frames)
 
     def consumed(self, stream: Stream, n: int) -> None:
-        """Returns ``n`` received bytes of ``stream`` to the peer's window, once half of it is used."""
+        """Returns ``n`` received bytes of ``stream`` to the peer's windows, once half of one is used."""
+        if self.streams.get(stream.id) is not stream:
+            return  # the stream ended: what it held went back to the connection then
+        self._credit(n)
         stream.owed += n
         if stream.owed >= self.server.stream_window // 2 and not stream.remote_done:
             self._write(window_update(stream.id, stream.owed))
@@ -610,9 +648,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.pending:
             self.queued -= len(stream.pending)
             stream.pending = bytearray()
-        self.streams.pop(stream.id, None)
-        self.blocked.pop(stream.id, None)
-        self._after_stream_end()
+        self._leave(stream)
 
     def _remember_early(self, stream_id: int) -> None:
         """Streams we ended before the peer did, so that its frames in flight are dropped, not
@@ -626,11 +662,13 @@ class Http2Connection(asyncio.Protocol):
         """A stream is forgotten once both halves are closed; a graceful stop ends the
         connection with its last stream."""
         if stream.closed and stream.remote_done:
-            self.streams.pop(stream.id, None)
-            self.blocked.pop(stream.id, None)
-            self._after_stream_end()
+            self._leave(stream)
 
-    def _after_stream_end(self) -> None:
+    def _leave(self, stream: Stream) -> None:
+        """The stream is forgotten; bytes it received and never consumed go back to the connection."""
+        if self.streams.pop(stream.id, None) is not None:
+            self._credit(self.server.stream_window - stream.recv_window - stream.owed)
+        self.blocked.pop(stream.id, None)
         if not self.streams:
             self.idle_since = self.now
             if self.stopping or self.going_away:

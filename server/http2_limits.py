@@ -17,6 +17,9 @@ MAX_HEADER_LIST = 16 * 1024  # SETTINGS_MAX_HEADER_LIST_SIZE (decoded, 32 + name
 MAX_HEADER_TABLE = 4096  # SETTINGS_HEADER_TABLE_SIZE (the default we never raise): HPACK size updates above it fail
 MAX_CONTINUATIONS = 32  # CONTINUATION frames per header block (CVE-2024-27316 class: endless CONTINUATION)
 
+MAX_FRAMES_PER_TURN = 256  # frames handled per turn of the event loop; the rest waits (loop fairness) ...
+HEADERS_COST = 8  # ... a HEADERS counting as 8: at most 32 new calls a turn (grpc's max_requests_per_read)
+
 # --- streams (RFC 9113 §5.1.2, CVE-2023-44487 Rapid Reset) -------------------------------------
 MAX_STREAMS = 4096  # SETTINGS_MAX_CONCURRENT_STREAMS: more are refused with REFUSED_STREAM
 RESET_BURST = 2 * MAX_STREAMS  # client RST_STREAMs of open streams a connection may send at once ...
@@ -32,7 +35,7 @@ CONTROL_RATE = 5_000.0  # ... refilled per second; past it: GOAWAY ENHANCE_YOUR_
 
 # --- flow control (RFC 9113 §6.9; CVE-2019-9517 internal data buffering) -----------------------
 CONNECTION_WINDOW = 64 * 1024 * 1024  # our connection receive window (DATA past it: FLOW_CONTROL_ERROR)
-MAX_QUEUED_OUTPUT = 64 * 1024 * 1024  # bytes queued for a peer that does not read (more: RST_STREAM)
+MAX_QUEUED_OUTPUT = 32 * 1024 * 1024  # bytes queued for a peer that does not read (more: RST_STREAM)
 CLOSE_GRACE_S = 2.0  # a closing connection whose peer does not read its last frames is aborted after this
 
 
