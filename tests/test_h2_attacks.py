@@ -88,7 +88,6 @@ class Model:
     def execute(self, inputs):
         return {"OUTPUT0": np.zeros(int(inputs["INPUT0"][0]), np.float32)}
 """
-RESULTS: list[dict[str, object]] = []
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +122,6 @@ def target(request: pytest.FixtureRequest) -> tuple[str, ServerProcess]:
     return str(request.param), request.getfixturevalue(str(request.param))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report() -> Iterator[None]:
-    yield
-    path = os.environ.get("CLIPPERD_H2_ATTACK_REPORT")
-    if path and RESULTS:
-        with open(path, "a") as out:
-            out.writelines(json.dumps(row) + "\n" for row in RESULTS)
-
-
 def serves(server: ServerProcess) -> None:
     """A real tritonclient call answers."""
     with grpcclient.InferenceServerClient(server.url) as client:
@@ -163,24 +153,36 @@ def attack(
             action = h2.action(wait_s, stream_id)
         finally:
             h2.close()
+    record(case, frontend, action, watch)  # before the checks: a failing case's figures are kept too
     watch.check()
     serves(server)
-    record(case, frontend, action, watch)
     return action
 
 
 def record(case: str, frontend: str, action: Action, watch: Watch) -> None:
-    RESULTS.append(
-        {
-            "case": case,
-            "frontend": frontend,
-            "action": str(action),
-            "after_s": round(action.after_s, 3),
-            "rss_growth_mb": round(watch.rss_growth / 2**20, 1),
-            "max_loop_lag_s": watch.max_lag_bucket_s,
-            "probe_longest_s": round(watch.probe_longest_s, 3),
-        }
-    )
+    """Appends the case's figures to $CLIPPERD_H2_ATTACK_REPORT (JSON lines), when it is set."""
+    path = os.environ.get("CLIPPERD_H2_ATTACK_REPORT")
+    if not path:
+        return
+    probe = watch._probe
+    row = {
+        "case": case,
+        "frontend": frontend,
+        "action": str(action),
+        "after_s": round(action.after_s, 3),
+        "rss_growth_mb": round(watch.rss_growth / 2**20, 1),
+        "max_loop_lag_s": watch.max_lag_bucket_s,
+        "probe_longest_s": round(watch.probe_longest_s, 3),
+        "probe_failures": len(probe.failures) if probe is not None else 0,
+    }
+    with open(path, "a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+def grpcio_falls_short(request: pytest.FixtureRequest, frontend: str, why: str) -> None:
+    """grpc's C core does not bound this case: the test is expected to fail there (strict)."""
+    if frontend == "grpcio":
+        request.applymarker(pytest.mark.xfail(reason=f"grpcio: {why}", strict=True))
 
 
 def expect(action: Action, kind: str, code: int, within_s: float = ABUSE_S) -> None:
@@ -284,8 +286,12 @@ FLOODS = {
 
 
 @pytest.mark.parametrize("case", FLOODS)
-def test_floods_get_enhance_your_calm(target: tuple[str, ServerProcess], case: str) -> None:
+def test_floods_get_enhance_your_calm(
+    target: tuple[str, ServerProcess], case: str, request: pytest.FixtureRequest
+) -> None:
     frontend, server = target
+    if case == "rapid-reset":
+        grpcio_falls_short(request, frontend, "an ordinary client's call meanwhile is CANCELLED")
     run, _ = FLOODS[case]
     action = attack(case, frontend, server, run, wait_s=ABUSE_S + 3)
     if frontend == "native":
@@ -350,10 +356,11 @@ def _zero_window_calls(h2: Attacker) -> None:
     )
 
 
-def test_zero_window_reader(target: tuple[str, ServerProcess]) -> None:
+def test_zero_window_reader(target: tuple[str, ServerProcess], request: pytest.FixtureRequest) -> None:
     """Answers wait for a peer that never reads; past the bound (32 MiB) streams are reset, and
     the connection is cut after the stall timeout."""
     frontend, server = target
+    grpcio_falls_short(request, frontend, "it buffers every answer for a client that never reads (RSS +75 MB or more)")
     action = attack(
         "zero-window-75MB-of-answers",
         frontend,
