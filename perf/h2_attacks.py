@@ -33,16 +33,16 @@ def table(rows: list[dict[str, object]]) -> str:
     for row in rows:
         cases.setdefault(str(row["case"]), {})[str(row["frontend"])] = row
     lines = [
-        "| case | native: action (s) | RSS MB | max lag s | probe s | grpcio: action (s) | RSS MB | max lag s | probe s |",
+        "| case | native: action (s) | RSS MB | lag s | probe s | grpcio: action (s) | RSS MB | lag s | probe s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, by_frontend in cases.items():
         cells = [case]
         for frontend in ("native", "grpcio"):
-            row = by_frontend.get(frontend)
-            if row is None:
+            if frontend not in by_frontend:
                 cells += ["—", "", "", ""]
                 continue
+            row = by_frontend[frontend]
             failed = f", {row['probe_failures']} probe failures" if row.get("probe_failures") else ""
             cells += [
                 f"{row['action']} ({row['after_s']}){failed}",
