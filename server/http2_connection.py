@@ -273,7 +273,9 @@ class Http2Connection(asyncio.Protocol):
         if stream_id == 0:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
-        self._count_received(size)
+        self.received += size  # padding and DATA on closed streams count too (§6.9)
+        if self.received > CONNECTION_WINDOW:
+            raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "DATA past the connection window")
         end = bool(flags & Flag.END_STREAM)
         if size == 0 and not end:
             self._spend_control()
@@ -296,15 +298,10 @@ class Http2Connection(asyncio.Protocol):
         if end:
             self._forget_if_done(stream)
 
-    def _count_received(self, size: int) -> None:
-        """The connection's receive window: padding and DATA on closed streams count too (§6.9).
-        It is returned as receivers consume, so it bounds what waits unconsumed on all streams."""
-        self.received += size
-        if self.received > CONNECTION_WINDOW:
-            raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "DATA past the connection window")
-
     def _credit(self, n: int) -> None:
-        """``n`` received bytes are consumed or dropped: the peer gets them back, half a window at a time."""
+        """``n`` received bytes are consumed or dropped: the peer gets them back, half a window at a
+        time. The connection's window is returned as receivers consume, so it bounds what waits
+        unconsumed on all its streams (RFC 9113 §6.9; CVE-2019-9517 class)."""
         self.credit += n
         if self.credit >= CONNECTION_WINDOW // 2:
             self._write(window_update(0, self.credit))
@@ -625,9 +622,11 @@ class Http2Connection(asyncio.Protocol):
 
     def consumed(self, stream: Stream, n: int) -> None:
         """Returns ``n`` received bytes of ``stream`` to the peer's windows, once half of one is used."""
-        if self.streams.get(stream.id) is not stream:
-            return  # the stream ended: what it held went back to the connection then
-        self._credit(n)
+        if stream.gone:
+            return  # what it held went back to the connection when it ended
+        self.credit += n
+        if self.credit >= CONNECTION_WINDOW // 2:
+            self._credit(0)
         stream.owed += n
         if stream.owed >= self.server.stream_window // 2 and not stream.remote_done:
             self._write(window_update(stream.id, stream.owed))
@@ -666,9 +665,15 @@ class Http2Connection(asyncio.Protocol):
 
     def _leave(self, stream: Stream) -> None:
         """The stream is forgotten; bytes it received and never consumed go back to the connection."""
-        if self.streams.pop(stream.id, None) is not None:
-            self._credit(self.server.stream_window - stream.recv_window - stream.owed)
-        self.blocked.pop(stream.id, None)
+        if stream.gone:
+            return
+        stream.gone = True
+        self.streams.pop(stream.id, None)
+        held = self.server.stream_window - stream.recv_window - stream.owed
+        if held:
+            self._credit(held)
+        if self.blocked:
+            self.blocked.pop(stream.id, None)
         if not self.streams:
             self.idle_since = self.now
             if self.stopping or self.going_away:

@@ -152,14 +152,22 @@ class HeaderDecoder:
         self._table = self._decoder.header_table
         self._max_list = max_list_bytes
         self._max_fields = max_list_bytes // 32  # no field is smaller than 32 bytes
+        # the last indexed-only block and its fields: a gRPC client sends the same one every call,
+        # and it means the same until the table changes (only the full decoder changes it)
+        self._last_block = b""
+        self._last_fields: tuple[tuple[str, str], ...] = ()
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
+        if block == self._last_block:
+            return list(self._last_fields)
         if block and min(block) >= 0x81 and max(block) < 0xFF:
             if len(block) > self._max_fields:  # one byte a field: over the limit before any lookup
                 raise self._too_large()
             fast = self._indexed_only(block)
             if fast is not None:
+                self._last_block, self._last_fields = block, tuple(fast)
                 return fast
+        self._last_block = b""
         try:
             return [(str(n), str(v)) for n, v in self._decoder.decode(block, raw=False)]
         except hpack.OversizedHeaderListError:

@@ -31,6 +31,7 @@ class Stream:
     __slots__ = (
         "closed",
         "connection",
+        "gone",
         "id",
         "owed",
         "pending",
@@ -52,6 +53,7 @@ class Stream:
         self.remote_done = False  # the peer sent END_STREAM (or the stream was reset)
         self.receiver: Receiver | None = None
         self.owed = 0  # bytes consumed and not yet returned to the peer's window
+        self.gone = False  # the connection forgot it (both halves closed, or reset)
 
     def send(self, headers: bytes | None, data: bytes, trailers: bytes | None) -> None:
         self.connection.send(self, headers, data, trailers)
