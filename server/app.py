@@ -17,7 +17,6 @@ from server.app_state import open_store
 from server.applications import ApplicationManager
 from server.dataplane import DataPlane
 from server.grpc_service import GrpcOptions, start_grpc_server
-from server.http2_limits import Http2Limits
 from server.http_body import BodyLimits
 from server.http_service import HttpOptions, start_http_server
 from server.loop_lag import LoopLagMonitor
@@ -57,13 +56,7 @@ class Server:
             settings.grpc_http2_bdp_probe,
             settings.grpc_http2_lookahead_bytes,
             settings.grpc_frontend,
-            Http2Limits(
-                handshake_timeout_s=settings.grpc_http2_handshake_timeout_secs,
-                idle_timeout_s=settings.grpc_http2_idle_timeout_secs,
-                stall_timeout_s=settings.grpc_http2_stall_timeout_secs,
-                max_connections=settings.grpc_max_connections,
-                max_connections_per_client=settings.grpc_max_connections_per_client,
-            ),
+            settings.http2_limits(),
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)

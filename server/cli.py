@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         settings.cache_bytes()
+        settings.http2_limits()
     except ValueError as error:
         parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(

@@ -56,6 +56,13 @@ class Http2Limits:
     max_connections_per_client: int = 1024  # from one IP address
     max_queued_output: int = MAX_QUEUED_OUTPUT
 
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout_s", "idle_timeout_s", "stall_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"the HTTP/2 {name.removesuffix('_s').replace('_', ' ')} must be positive seconds")
+        if self.max_connections < 0 or self.max_connections_per_client < 1 or self.max_queued_output < 1:
+            raise ValueError("--grpc-max-connections must be 0 or more, --grpc-max-connections-per-client 1 or more")
+
     def connection_cap(self) -> int:
         return self.max_connections if self.max_connections > 0 else _descriptor_bound()
 

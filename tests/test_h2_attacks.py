@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as tpb
 
+from server.http2_limits import RateBudget
 from tests.adversary import MAX_RSS_GROWTH, Watch
 from tests.h2raw import (
     COMPRESSION_ERROR,
@@ -558,8 +561,9 @@ def test_slow_clients_are_closed(target: tuple[str, ServerProcess], case: str) -
 # --------------------------------------------------------------------- connection limits
 
 
-def test_connections_over_the_per_client_limit_are_refused(repository: Path, logs_dir: Path) -> None:
-    with running(repository, "--grpc-max-connections-per-client", "8", log_dir=logs_dir) as server:
+@pytest.mark.parametrize("flag", ["--grpc-max-connections-per-client", "--grpc-max-connections"])
+def test_connections_over_the_limit_are_refused(repository: Path, logs_dir: Path, flag: str) -> None:
+    with running(repository, flag, "8", log_dir=logs_dir) as server:
         with Watch(server, probe=False) as watch:
             held = [Attacker(server.grpc_port) for _ in range(8)]
             try:
@@ -638,3 +642,35 @@ def test_mutated_frame_sequences_never_take_the_server_down(
         h2.close()
     assert native.is_running()
     serves(native)
+
+
+# ------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--grpc-http2-idle-timeout-secs", "0", "idle timeout must be positive"),
+        ("--grpc-http2-handshake-timeout-secs", "-1", "handshake timeout must be positive"),
+        ("--grpc-max-connections-per-client", "0", "--grpc-max-connections-per-client 1 or more"),
+    ],
+)
+def test_bad_limits_are_refused_at_start(flag: str, value: str, says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", flag, value],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr
+
+
+def test_rate_budget() -> None:
+    budget = RateBudget(burst=3, rate=4.0, now=100.0)
+    assert [budget.spend(100.0) for _ in range(4)] == [True, True, True, False]
+    assert budget.spend(100.25)  # 0.25 s at 4 a second: one more
+    assert not budget.spend(100.25)
+    assert [budget.spend(200.0) for _ in range(4)] == [True, True, True, False]  # refilled to the burst, no more
