@@ -53,6 +53,7 @@ from server.http2_limits import (
     RESET_RATE,
     SETTINGS_BURST,
     SETTINGS_RATE,
+    STREAM_CREDIT,
     Http2Limits,
     RateBudget,
 )
@@ -368,6 +369,7 @@ class Http2Connection(asyncio.Protocol):
         stream.remote_done = end
         self.streams[stream_id] = stream
         self.idle_since = None
+        self.control.tokens += STREAM_CREDIT  # a call's own WINDOW_UPDATEs, PINGs, late frames
         stream.receiver = self.server.handler.open(stream, headers, end)
         self._forget_if_done(stream)
 
@@ -675,7 +677,7 @@ class Http2Connection(asyncio.Protocol):
         if self.blocked:
             self.blocked.pop(stream.id, None)
         if not self.streams:
-            self.idle_since = self.now
+            self.idle_since = self.loop.time()  # not self.now: the last read may be long past
             if self.stopping or self.going_away:
                 self.close()
 

@@ -63,6 +63,7 @@ from tests.test_grpc_http2 import (
 )
 
 HANDSHAKE_S, IDLE_S, STALL_S = 1.0, 2.0, 2.0
+GOAWAY_FRAME = 7
 ABUSE_S = 2.0  # the bound on the action for protocol abuse
 MAX_MESSAGE = 4 << 20
 TIMEOUTS = (
@@ -642,6 +643,47 @@ def test_mutated_frame_sequences_never_take_the_server_down(
         h2.close()
     assert native.is_running()
     serves(native)
+
+
+# ------------------------------------------------------- what ordinary clients do is no flood
+
+
+def test_a_busy_grpc_client_is_not_a_flood(native: ServerProcess) -> None:
+    """12,000 calls on one connection, each followed by what grpc's C core sends after an answer
+    (a WINDOW_UPDATE for the connection and one for the finished stream), with a PING every 100
+    calls: none of it counts as a flood (perf_analyzer's traffic, found by running it)."""
+    h2 = Attacker(native.grpc_port)
+    body = frame(DATA, END_STREAM, 0, message(identity_request()))[9:]
+    try:
+        for batch in range(60):
+            ids = [1 + 2 * (batch * 200 + i) for i in range(200)]
+            calls = b"".join(h2.request_headers(sid) + frame(DATA, END_STREAM, sid, body) for sid in ids)
+            increment = struct.pack(">I", 200)  # about what each answer takes of both windows
+            updates = b"".join(
+                frame(WINDOW_UPDATE, 0, 0, increment) + frame(WINDOW_UPDATE, 0, sid, increment) for sid in ids
+            )
+            h2.send(calls + frame(PING, 0, 0, bytes(8)) * 2 + updates)
+            assert _statuses(h2, set(ids)) == {"0"}
+    finally:
+        h2.close()
+
+
+def _statuses(h2: Attacker, streams: set[int]) -> set[str]:
+    """Reads until every one of ``streams`` has ended (in any order); their grpc-status values."""
+    statuses: set[str] = set()
+    while streams:
+        got = h2.read_frame()
+        assert got is not None, "the connection closed"
+        kind, flags, sid, payload = got
+        assert kind != GOAWAY_FRAME, payload[8:]
+        if kind == HEADERS:
+            fields = dict(h2.decoder.decode(payload, raw=False))
+            if flags & END_STREAM:
+                statuses.add(str(fields.get("grpc-status")))
+                streams.discard(sid)
+        elif kind == RST_STREAM:
+            raise AssertionError(f"stream {sid} reset")
+    return statuses
 
 
 # ------------------------------------------------------------------------------- settings
