@@ -677,7 +677,7 @@ def _statuses(h2: Attacker, streams: set[int]) -> set[str]:
         kind, flags, sid, payload = got
         assert kind != GOAWAY_FRAME, payload[8:]
         if kind == HEADERS:
-            fields = dict(h2.decoder.decode(payload, raw=False))
+            fields = {str(n): str(v) for n, v in h2.decoder.decode(payload, raw=False)}
             if flags & END_STREAM:
                 statuses.add(str(fields.get("grpc-status")))
                 streams.discard(sid)
