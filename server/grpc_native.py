@@ -7,8 +7,8 @@ the model, caps throughput. This front end parses the frames itself and runs the
 fraction of that cost. What it speaks of gRPC (https://github.com/grpc/grpc/blob/master/doc/
 PROTOCOL-HTTP2.md): unary and bidirectional-streaming calls, length-prefixed messages,
 ``grpc-timeout`` deadlines, cancellation by RST_STREAM, gzip/deflate request messages,
-Trailers-Only error answers, custom metadata in ``invocation_metadata``. Not spoken: TLS (as
-the grpc.aio server clipperd had, it listens in plaintext) and compressed answers."""
+Trailers-Only error answers, custom metadata in ``invocation_metadata``, TLS when given a
+context (server/tls.py). Not spoken: compressed answers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import grpc
@@ -349,8 +350,10 @@ class GrpcServer:
         self.http2 = Http2Server(self, stream_window)
         self.calls: set[GrpcCall] = set()
 
-    async def start(self, host: str, port: int) -> int:
-        return await self.http2.start(host, port)
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
+    ) -> int:
+        return await self.http2.start(host, port, ssl, handshake_timeout)
 
     def open(self, stream: Stream, headers: list[tuple[str, str]], end: bool) -> Any:
         pseudo = dict(h for h in headers if h[0].startswith(":") or h[0] in _ROUTING)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import cast
 
 from server.http2_frames import (
@@ -793,9 +794,19 @@ class Http2Server:
         if count > 0:
             self.per_client[connection.peer] = count
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
+    ) -> int:
+        """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: Http2Connection(self), host, port, reuse_address=True)
+        self._listener = await loop.create_server(
+            lambda: Http2Connection(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
+        )
         return int(self._listener.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:

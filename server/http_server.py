@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from ssl import SSLContext
 from urllib.parse import unquote
 
 import httptools
@@ -40,6 +41,7 @@ class HttpRequest:
     headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # the route's {placeholders}
+    peer: str = ""  # the client's address (host only); "" when unknown
 
 
 @dataclass(slots=True)
@@ -114,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending: deque[tuple[HttpRequest, bool]] = deque()
         self.worker: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
+        self.peer = ""
         self.closing = False
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is full
         self.writable.set()
@@ -130,6 +133,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
+        self.peer = str(address[0]) if isinstance(address := transport.get_extra_info("peername"), tuple) else ""
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -198,6 +202,7 @@ class HttpConnection(asyncio.Protocol):
             self._path(),
             self._headers(),
             b"".join(self.body) if len(self.body) != 1 else self.body[0],
+            peer=self.peer,
         )
         self.pending.append((request, self.parser.should_keep_alive()))
         self._reset()
@@ -285,9 +290,19 @@ class HttpServer:
             log.exception("internal error in %s %s", request.method, request.path[:200])
             return self.error(500, "internal error")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
+    ) -> int:
+        """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: HttpConnection(self), host, port, reuse_address=True)
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
+        )
         self._sweeper = loop.create_task(self._sweep())
         return int(self._listener.sockets[0].getsockname()[1])
 
