@@ -11,6 +11,7 @@ are appended to that file as JSON lines (``perf/h2_attacks.py`` prints them as a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -344,21 +346,153 @@ def _past_connection_window(h2: Attacker) -> None:
 
 
 def test_data_past_the_connection_window(target: tuple[str, ServerProcess]) -> None:
+    """65 MiB of streamed messages that never complete. Whether the gRPC layer holds their window
+    (then: GOAWAY FLOW_CONTROL_ERROR) or returns it as bytes arrive (then: the bytes are bounded
+    by the message limits above it) is the gRPC layer's choice: here the server must survive with
+    bounded memory and the action is recorded; the HTTP/2 layer's enforcement of both windows is
+    asserted in-process below (test_receive_windows_are_enforced), with a receiver that holds them."""
     frontend, server = target
     action = attack("data-past-connection-window", frontend, server, _past_connection_window, wait_s=ABUSE_S + 5)
     if frontend == "native":
-        expect(action, "GOAWAY", FLOW_CONTROL_ERROR)
+        assert action.kind != "none (send blocked)", action
 
 
-def test_data_past_a_stream_window(native: ServerProcess) -> None:
-    """A streaming call whose message is not complete yet keeps its window (64 KiB here): 100 KB
-    of DATA overruns it. (The gRPC layer may return windows as bytes arrive: then this needs a
-    receiver that holds them.)"""
+# ---------------------------------------------- the HTTP/2 layer alone, in-process (windows)
 
-    def run(h2: Attacker) -> None:
-        h2.send_in_background(_stream_call_headers(h2, 1) + _unfinished_message(1, 100_000))
 
-    expect(attack("data-past-stream-window", "native", native, run, stream_id=1), "RST_STREAM", FLOW_CONTROL_ERROR)
+class _Holding:
+    """A receiver that never consumes: the windows it was given stay used."""
+
+    def __init__(self) -> None:
+        self.was_reset = False
+
+    def data(self, payload: bytes, end: bool) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.was_reset = True
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.receivers: list[_Holding] = []
+
+    def open(self, stream: Any, headers: list[tuple[str, str]], end: bool) -> _Holding:
+        self.receivers.append(_Holding())
+        return self.receivers[-1]
+
+
+class _Transport:
+    """What the connection writes, kept; reading and writing always possible."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def frames(self) -> list[tuple[int, int, bytes]]:
+        """(type, stream id, payload) of every frame written."""
+        out, data = [], bytes(self.written)
+        while len(data) >= 9:
+            length = int.from_bytes(data[:3], "big")
+            out.append((data[3], int.from_bytes(data[5:9], "big"), data[9 : 9 + length]))
+            data = data[9 + length :]
+        return out
+
+
+def _run_connection(stream_window: int, feed: Callable[[Any], None]) -> tuple[_Transport, _Handler]:
+    from server.http2_connection import Http2Connection, Http2Server
+
+    handler, transport = _Handler(), _Transport()
+
+    async def main() -> None:
+        connection = Http2Connection(Http2Server(handler, stream_window))
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(PREFACE + frame(SETTINGS, 0, 0))
+        feed(connection)
+        await asyncio.sleep(0)  # frames of this turn leave at its end
+        connection.connection_lost(None)
+
+    asyncio.run(main())
+    return transport, handler
+
+
+def _feed(connection: Any, data: bytes) -> None:
+    for i in range(0, len(data), 1 << 20):  # as reads of 1 MiB; frames may straddle them
+        connection.data_received(data[i : i + (1 << 20)])
+        while connection.yielded:  # the rest of a turn's frames, as the loop would run them
+            connection._resume_frames()
+
+
+def test_receive_windows_are_enforced() -> None:
+    """The stream window (64 KiB here) and the connection's (64 MiB), with receivers that hold
+    what they got: one byte past the stream's is RST_STREAM FLOW_CONTROL_ERROR (its receiver
+    reset); one byte past the connection's, over streams each within theirs, is GOAWAY
+    FLOW_CONTROL_ERROR."""
+    window = 65_535
+
+    def stream_past(connection: Any) -> None:
+        _feed(connection, frame(HEADERS, END_HEADERS, 1, b"\x83") + frame(DATA, 0, 1, bytes(window)))
+        _feed(connection, frame(DATA, 0, 1, b"x"))
+
+    transport, handler = _run_connection(window, stream_past)
+    assert (RST_STREAM, 1, struct.pack(">I", FLOW_CONTROL_ERROR)) in transport.frames()
+    assert handler.receivers[0].was_reset
+
+    chunk = 1 << 20  # 64 streams of 1 MiB each fill the connection window: 8 MiB stream windows
+    streams = 64 * 1024 * 1024 // chunk
+
+    def connection_past(connection: Any) -> None:
+        opened = b"".join(frame(HEADERS, END_HEADERS, 1 + 2 * i, b"\x83") for i in range(streams + 1))
+        data = b"".join(frame(DATA, 0, 1 + 2 * i, bytes(chunk)) for i in range(streams))
+        _feed(connection, opened + data)
+        assert not connection.closed  # exactly the window: allowed
+        _feed(connection, frame(DATA, 0, 1 + 2 * streams, b"x"))
+
+    transport, _ = _run_connection(8 << 20, connection_past)
+    goaways = [payload for kind, _, payload in transport.frames() if kind == GOAWAY_FRAME]
+    assert [int.from_bytes(p[4:8], "big") for p in goaways] == [FLOW_CONTROL_ERROR]
+
+
+def test_consumed_bytes_reopen_the_windows() -> None:
+    """What a receiver consumes goes back to the peer: the stream's window once half of it is
+    used, the connection's once half of it is; a stream that ends gives back what it held."""
+
+    def consume(connection: Any) -> None:
+        _feed(connection, frame(HEADERS, END_HEADERS, 1, b"\x83") + frame(DATA, 0, 1, bytes(40_000)))
+        connection.consumed(connection.streams[1], 40_000)
+
+    transport, _ = _run_connection(65_535, consume)
+    assert (WINDOW_UPDATE, 1, struct.pack(">I", 40_000)) in transport.frames()
+
+    def held_then_reset(connection: Any) -> None:
+        chunk = 1 << 20
+        for i in range(40):  # 40 MiB held: past half the connection window, none consumed
+            _feed(connection, frame(HEADERS, END_HEADERS, 1 + 2 * i, b"\x83") + frame(DATA, 0, 1 + 2 * i, bytes(chunk)))
+        for i in range(40):  # the client cancels them: what they held returns to the connection
+            _feed(connection, frame(RST_STREAM, 0, 1 + 2 * i, struct.pack(">I", 8)))
+
+    transport, _ = _run_connection(8 << 20, held_then_reset)
+    updates = [int.from_bytes(p, "big") for kind, sid, p in transport.frames() if kind == WINDOW_UPDATE and sid == 0]
+    assert updates[1:] == [32 << 20]  # after our first (the 64 MiB window): half the window returned
 
 
 def _zero_window_calls(h2: Attacker) -> None:
