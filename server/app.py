@@ -74,6 +74,7 @@ class Server:
             max_calls=settings.grpc_max_inflight_calls,
             max_inflight_bytes=settings.grpc_max_inflight_bytes,
             max_connection_bytes=settings.grpc_max_connection_inflight_bytes,
+            http2=settings.http2_limits(),
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
         tls = " over TLS" if self.grpc_tls is not None else ""

@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         AccessPolicy.from_settings(settings)
         check_tls_settings(settings)
         HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
+        settings.http2_limits()
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(

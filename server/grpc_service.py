@@ -24,7 +24,7 @@ from server.grpc_health import HEALTH_SERVICE, health_handlers
 from server.grpc_limits import CallLimits
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
-from server.http2_connection import MAX_HEADER_LIST, MAX_STREAMS
+from server.http2_limits import MAX_HEADER_LIST, MAX_STREAMS, Http2Limits
 from server.messages import InferRequest
 from server.proto import grpc_service_pb2 as pb
 from server.shared_memory import uses_shared_memory
@@ -378,6 +378,7 @@ class GrpcOptions:
     access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
     tls: ReloadingTls | None = None  # None: plaintext
     handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
+    http2: Http2Limits = field(default_factory=Http2Limits)  # timeouts, connection limits (grpcio: timeouts)
     max_calls: int = CallLimits.max_calls  # in flight, all connections (both front ends)
     max_inflight_bytes: int = CallLimits.max_bytes  # request bytes held, all connections (native)
     max_connection_bytes: int = CallLimits.max_connection_bytes  # request bytes held, one connection (native)
@@ -398,6 +399,7 @@ async def start_grpc_server(plane: DataPlane, host: str, port: int, opts: GrpcOp
             HEALTH_SERVICE: guard_handlers(health_handlers(plane, SERVICE), opts.access),
         }
         native = GrpcServer(services, opts.limits(), opts.lookahead_bytes)
+        native.http2.limits = opts.http2
         context = opts.tls.front if opts.tls is not None else None
         return native, await native.start(host, port, context, opts.handshake_timeout_s)
     server, bound = build_grpc_server(plane, f"{_bracketed(host)}:{port}", opts)
@@ -413,7 +415,6 @@ def _bracketed(host: str) -> str:
 # (grpc's channel arguments, include/grpc/impl/channel_arg_names.h). What grpcio cannot bound
 # from Python: the request bytes held by calls in flight (its resource quota is not exposed),
 # and a refusal carries no grpc-retry-pushback-ms (docs/grpc.md).
-GRPCIO_IDLE_MS = 300_000  # a connection with no call for this long gets GOAWAY
 GRPCIO_KEEPALIVE_MS = 60_000  # the server pings an idle peer to find dead connections ...
 GRPCIO_KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if no PING ACK comes back
 GRPCIO_MIN_CLIENT_PING_MS = 10_000  # clients' pings more often than this are strikes ...
@@ -430,14 +431,18 @@ def grpcio_options(opts: GrpcOptions) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", MAX_STREAMS),
         ("grpc.max_metadata_size", MAX_HEADER_LIST),
         ("grpc.absolute_max_metadata_size", MAX_HEADER_LIST),
-        # a connection that has not completed its handshake (TLS or the HTTP/2 preface) is cut
-        ("grpc.server_handshake_timeout_ms", round(opts.handshake_timeout_s * 1000)),
-        ("grpc.max_connection_idle_ms", GRPCIO_IDLE_MS),
+        # a connection that has not completed its handshake (TLS's, or the HTTP/2 preface's) is cut
+        ("grpc.server_handshake_timeout_ms", round(_handshake_s(opts) * 1000)),
+        ("grpc.max_connection_idle_ms", round(opts.http2.idle_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", GRPCIO_KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", GRPCIO_KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.min_ping_interval_without_data_ms", GRPCIO_MIN_CLIENT_PING_MS),
         ("grpc.http2.max_ping_strikes", GRPCIO_MAX_PING_STRIKES),
     ]
+
+
+def _handshake_s(opts: GrpcOptions) -> float:
+    return opts.handshake_timeout_s if opts.tls is not None else opts.http2.handshake_timeout_s
 
 
 def build_grpc_server(plane: DataPlane, address: str, opts: GrpcOptions) -> tuple[grpc.aio.Server, int]:

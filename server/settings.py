@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from server.http2_limits import Http2Limits
+
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -177,6 +179,26 @@ class Settings:
     http_max_buffered_body_size: int = _setting(
         1024 * 1024 * 1024, "HTTP request-body bytes held in memory, all requests together (503 past it)."
     )
+    grpc_http2_handshake_timeout_secs: float = _setting(
+        10.0,
+        "Seconds a gRPC connection may take to send the HTTP/2 preface and its first SETTINGS, and any "
+        "one header block (slowloris); then it is closed.",
+    )
+    grpc_http2_idle_timeout_secs: float = _setting(
+        300.0,
+        "Seconds a gRPC connection may stay with no open call; then GOAWAY and close (grpc's max_connection_idle).",
+    )
+    grpc_http2_stall_timeout_secs: float = _setting(
+        30.0,
+        "Seconds answers may wait for a client that does not read them (zero window, full socket); then "
+        "the connection is closed (native front end).",
+    )
+    grpc_max_connections: int = _setting(
+        0, "gRPC connections in all, native front end (0: 10,000 or what the descriptor limit allows)."
+    )
+    grpc_max_connections_per_client: int = _setting(
+        1024, "gRPC connections from one client address, native front end; more get GOAWAY ENHANCE_YOUR_CALM."
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:
@@ -187,6 +209,16 @@ class Settings:
             self.grpc_restricted_protocol = []
         if self.http_restricted_api is None:
             self.http_restricted_api = []
+
+    def http2_limits(self) -> Http2Limits:
+        """The native HTTP/2 server's timeouts and connection limits; ValueError says what is wrong."""
+        return Http2Limits(
+            handshake_timeout_s=self.grpc_http2_handshake_timeout_secs,
+            idle_timeout_s=self.grpc_http2_idle_timeout_secs,
+            stall_timeout_s=self.grpc_http2_stall_timeout_secs,
+            max_connections=self.grpc_max_connections,
+            max_connections_per_client=self.grpc_max_connections_per_client,
+        )
 
     def cache_bytes(self) -> int:
         """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""

@@ -425,7 +425,8 @@ def _inference_count(server: ServerProcess, model: str) -> int:
 
 def test_trailers_after_the_end_never_run_a_request_again(target: Target) -> None:
     """A request, then 100 empty HEADERS with END_STREAM on its stream in the same write: the
-    request runs once, whatever the connection does with the extra blocks."""
+    request runs at most once (the connection resets the stream with STREAM_CLOSED at the first
+    extra block, RFC 9113 §5.1, which may cancel the request before it runs)."""
     frontend, server = target
     before = _inference_count(server, "big_identity")
     request = tpb.ModelInferRequest(model_name="big_identity")
@@ -444,7 +445,7 @@ def test_trailers_after_the_end_never_run_a_request_again(target: Target) -> Non
     runs = _inference_count(server, "big_identity") - before
     record("trailers after END_STREAM ×100", frontend, watch, answer=f"{outcome.action()}; ran {runs}×")
     verify(watch, frontend)
-    assert runs == 1
+    assert runs <= 1
 
 
 def _big_input(scale: float) -> grpcclient.InferInput:
