@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test lint venv tools redis clean
+.PHONY: serve test lint venv tools redis netns-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ $(PA): scripts/install-perf-analyzer.sh
 redis:
 	scripts/install-redis.sh
 
-tools: $(PA) redis
+netns-tools:
+	scripts/install-netns-tools.sh
+
+tools: $(PA) redis netns-tools
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)

@@ -17,10 +17,11 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from clipperd_admin.errors import ServerError
-from clipperd_admin.server_api import base_url, send
+from clipperd_admin.server_api import auth_headers, base_url, send
 
 ModelRef = str | dict[str, Any]  # "name" or {"name": ..., "version": ...}
 
@@ -30,13 +31,25 @@ def _model(ref: ModelRef) -> dict[str, Any]:
 
 
 class ApplicationAdmin:
-    def __init__(self, http_url: str, timeout_s: float = 30.0) -> None:
+    """``headers``: sent with every call (a restricted API's header); ``token``: the server's
+    ``--management-token``, sent as ``Authorization: Bearer <token>``. A server refuses the admin
+    API to clients that are not on its loopback address unless one of them opens it."""
+
+    def __init__(
+        self,
+        http_url: str,
+        timeout_s: float = 30.0,
+        *,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.base = base_url(http_url)
         self.timeout_s = timeout_s
+        self.headers = auth_headers(headers, token)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            return send(self.base, method, path, body, self.timeout_s)
+            return send(self.base, method, path, body, self.timeout_s, self.headers)
         except urllib.error.HTTPError as error:
             text = error.read().decode(errors="replace")
             try:

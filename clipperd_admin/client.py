@@ -17,7 +17,7 @@ from clipperd_admin import frameworks
 from clipperd_admin.applications import ApplicationAdmin
 from clipperd_admin.errors import AdminError, LoadFailed, ModelClash, ModelNotFound, ServerError
 from clipperd_admin.python_function import function_bundle
-from clipperd_admin.server_api import ModelStatus, ServerApi
+from clipperd_admin.server_api import ModelStatus, ServerApi, auth_headers
 from clipperd_admin.specs import Serving, TensorSpec, check_model_name, check_version, signature, specs
 from clipperd_admin.staging import Bundle, RepositoryFiles
 
@@ -31,7 +31,9 @@ class ClipperdAdmin:
 
     ``control_mode``: ``explicit`` or ``poll`` as the server was started; None asks the server.
     ``timeout``: seconds a deploy or version change waits for the server to serve it.
-    ``applications``: the same server's applications (register, link, pin, roll back...)."""
+    ``applications``: the same server's applications (register, link, pin, roll back...).
+    ``headers`` / ``token``: credentials for a server whose management is closed to this client
+    (a restricted API's header; the server's ``--management-token``), sent with every call."""
 
     def __init__(
         self,
@@ -40,14 +42,17 @@ class ClipperdAdmin:
         *,
         control_mode: str | None = None,
         timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         if control_mode is not None and control_mode not in MODES:
             raise ValueError(f"control_mode must be 'explicit', 'poll' or None, not {control_mode!r}")
         self.files = RepositoryFiles(Path(repository))
-        self.api = ServerApi(http_url, timeout=max(timeout, 5.0))  # a load call lasts as long as the load
+        sent = auth_headers(headers, token)
+        self.api = ServerApi(http_url, timeout=max(timeout, 5.0), headers=sent)  # a load lasts as long as the load
         self.timeout = timeout
         self._mode = control_mode
-        self.applications = ApplicationAdmin(http_url, timeout_s=max(timeout, 5.0))
+        self.applications = ApplicationAdmin(http_url, timeout_s=max(timeout, 5.0), headers=sent)
 
     # ---- deploying ------------------------------------------------------------------------
 

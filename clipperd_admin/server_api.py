@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,10 @@ class ModelStatus:
 
 
 class ServerApi:
-    def __init__(self, http_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, http_url: str, timeout: float = 30.0, headers: Mapping[str, str] | None = None) -> None:
         self.base = base_url(http_url)
         self.timeout = timeout
+        self.headers = dict(headers or {})
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class ServerApi:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            return send(self.base, method, path, body, self.timeout)
+            return send(self.base, method, path, body, self.timeout, self.headers)
         except urllib.error.HTTPError as error:
             raise ServerError(_error_text(error), error.code) from None
         except (urllib.error.URLError, OSError) as error:
@@ -106,11 +107,21 @@ def base_url(http_url: str) -> str:
     return (http_url if "://" in http_url else f"http://{http_url}").rstrip("/")
 
 
-def send(base: str, method: str, path: str, body: Any, timeout: float) -> Any:
+def auth_headers(headers: Mapping[str, str] | None, token: str | None) -> dict[str, str]:
+    """The headers every call sends: ``headers`` (e.g. a restricted API's, as the server's
+    ``--http-restricted-api`` names it) and, with ``token``, ``Authorization: Bearer <token>``
+    (the server's ``--management-token``)."""
+    merged = dict(headers or {})
+    if token:
+        merged["Authorization"] = f"Bearer {token}"
+    return merged
+
+
+def send(base: str, method: str, path: str, body: Any, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
     """One JSON call: the decoded answer, None for an empty one. urllib's errors pass through:
     each caller words them."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
+    request = urllib.request.Request(base + path, data=data, method=method, headers=dict(headers or {}))
     if data is not None:
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=timeout) as answer:

@@ -12,6 +12,7 @@ import os
 import signal
 
 from schedulers.cache import ResponseCache
+from server.access import AccessPolicy
 from server.app_metrics import application_families
 from server.app_state import open_store
 from server.applications import ApplicationManager
@@ -24,6 +25,7 @@ from server.loop_lag import LoopLagMonitor
 from server.metrics import MetricsOptions, start_metrics_server
 from server.repository import ControlMode, ModelRepository
 from server.settings import Settings
+from server.tls import ALPN_GRPC, ALPN_HTTP, ReloadingTls, TlsReloader, tls_files
 
 log = logging.getLogger("clipperd")
 
@@ -44,22 +46,39 @@ class Server:
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
         self.clean_exit = True  # False when the exit timeout cut in-flight work short
         self.loop_lag = LoopLagMonitor()
+        self.grpc_tls = _reloading_tls(settings, "grpc", ALPN_GRPC)
+        self.http_tls = _reloading_tls(settings, "http", ALPN_HTTP)
+        used = [t for t in (self.grpc_tls, self.http_tls) if t is not None]
+        self.tls = TlsReloader(used, settings.tls_reload_poll_secs)
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def reload_tls(self) -> None:
+        """SIGHUP: certificates, keys and roots read again for new connections."""
+        self.tls.reload_all("SIGHUP")
+
     async def run(self) -> None:
         settings = self.settings
         self.loop_lag.start()
+        access = AccessPolicy.from_settings(settings)
         options = GrpcOptions(
             settings.grpc_max_message_bytes,
             settings.grpc_http2_bdp_probe,
             settings.grpc_http2_lookahead_bytes,
             settings.grpc_frontend,
+            access,
+            tls=self.grpc_tls,
+            handshake_timeout_s=settings.tls_handshake_timeout_secs,
+            max_calls=settings.grpc_max_inflight_calls,
+            max_inflight_bytes=settings.grpc_max_inflight_bytes,
+            max_connection_bytes=settings.grpc_max_connection_inflight_bytes,
+            http2=settings.http2_limits(),
         )
         grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
-        log.info("KServe v2 gRPC on %s:%d (%s front end)", settings.host, self.grpc_port, settings.grpc_frontend)
+        tls = " over TLS" if self.grpc_tls is not None else ""
+        log.info("KServe v2 gRPC%s on %s:%d (%s front end)", tls, settings.host, self.grpc_port, settings.grpc_frontend)
         try:
             await self.applications.start()
         except Exception as error:  # a store that cannot be reached: say so, not a traceback
@@ -67,23 +86,33 @@ class Server:
             raise SystemExit(2) from None
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(
-            settings.host, settings.http_port, limits, settings.exit_timeout_secs, HttpLimits.from_settings(settings)
+            settings.host,
+            settings.http_port,
+            limits,
+            settings.exit_timeout_secs,
+            access,
+            tls=self.http_tls,
+            handshake_timeout_s=settings.tls_handshake_timeout_secs,
+            connection_limits=HttpLimits.from_settings(settings),
         )
         http_server, self.http_port = await start_http_server(self.plane, http_options)
-        log.info("KServe v2 HTTP on %s:%d", settings.host, self.http_port)
+        log.info("KServe v2 HTTP%s on %s:%d", " over TLS" if self.http_tls else "", settings.host, self.http_port)
+        log.info("access: %s", access.summary())
+        self.tls.start()
         if self.cache is not None:
             log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
+            metrics_host = settings.metrics_host or settings.host
             app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
                 self.repository.loaded,
-                MetricsOptions(settings.host, settings.metrics_port),
+                MetricsOptions(metrics_host, settings.metrics_port),
                 self.cache,
                 lambda: itertools.chain(app_families(), self.loop_lag.families()),
             )
             runners.append(metrics_runner)
-            log.info("Prometheus metrics on %s:%d/metrics", settings.host, self.metrics_port)
+            log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
         await self.repository.start()
         _settle_garbage_collector()
         self.plane.accepting = True
@@ -93,6 +122,7 @@ class Server:
         await self._stop.wait()
         log.info("stopping: no new requests; waiting up to %.0fs for in-flight ones", settings.exit_timeout_secs)
         self.plane.accepting = False
+        self.tls.stop()
         if poller is not None:
             poller.cancel()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
@@ -129,6 +159,11 @@ class Server:
                 log.exception("repository poll failed")
 
 
+def _reloading_tls(settings: Settings, listener: str, alpn: tuple[str, ...]) -> ReloadingTls | None:
+    files = tls_files(settings, listener)
+    return ReloadingTls(files, alpn) if files is not None else None
+
+
 def _settle_garbage_collector() -> None:
     """Moves what start-up allocated (modules, models, protobuf descriptors) out of the
     collector's sight: the many short-lived objects of each request are then collected without
@@ -145,5 +180,8 @@ async def serve(settings: Settings) -> bool:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, server.request_stop)
+    if server.tls.listeners:  # otherwise SIGHUP keeps its default (the process ends), as before
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await server.run()
     return server.clean_exit

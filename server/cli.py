@@ -11,10 +11,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server import __version__
+from server.access import AccessPolicy
 from server.app import serve
 from server.app_state import check_store_spec
 from server.http_limits import HttpLimits
-from server.settings import Settings, env_default, setting_fields
+from server.settings import Settings, env_default, parse_bool, setting_fields
+from server.tls import check_tls_settings
+
+
+class BoolFlag(argparse.Action):
+    """``--x``, and Triton's ``--x=true|false`` (also ``--x false``, 1/0, yes/no, on/off); ``--no-x``
+    is added beside it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", metavar="true|false", **kwargs)  # type: ignore[arg-type]
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            setattr(namespace, self.dest, True if values is None else parse_bool(str(values)))
+        except ValueError as error:
+            parser.error(f"{option_string}: {error}")
 
 
 def _add_setting(parser: argparse.ArgumentParser, f: object) -> None:
@@ -26,7 +48,10 @@ def _add_setting(parser: argparse.ArgumentParser, f: object) -> None:
     if meta.get("multiple"):
         kwargs.update(action="append", default=None)
     elif isinstance(default, bool):
-        kwargs["action"] = argparse.BooleanOptionalAction
+        kwargs.update(action=BoolFlag, help=f"{meta['help']} (--no-{flag[2:]}: off)")
+        parser.add_argument(
+            "--no-" + flag[2:], dest=name, action="store_false", default=default, help=argparse.SUPPRESS
+        )
     else:
         kwargs["type"] = Path if name == "model_repository" else type(default)
         if "choices" in meta:
@@ -61,13 +86,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as error:  # a CLIPPERD_* variable that does not parse
+        print(f"clipperd: error: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     try:
         settings.cache_bytes()
+        AccessPolicy.from_settings(settings)
+        check_tls_settings(settings)
         HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
-    except ValueError as error:
+        settings.http2_limits()
+    except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -142,26 +142,49 @@ def percent_encode(message: str) -> bytes:
 
 class HeaderDecoder:
     """The peer's header blocks, with its dynamic table. Raises ConnectionError_ on a block that
-    cannot be decoded (the table is then out of step with the peer's: the connection ends)."""
+    cannot be decoded (the table is then out of step with the peer's: the connection ends), and
+    on a decoded header list over ``max_list_bytes`` (RFC 7541 §4.1 sizes: name + value + 32 a
+    field) whatever the path: decoding stops at the limit, the list is never materialised."""
 
-    def __init__(self, max_list_bytes: int) -> None:
+    def __init__(self, max_list_bytes: int, max_table_bytes: int = 4096) -> None:
         self._decoder = hpack.Decoder(max_header_list_size=max_list_bytes)
+        self._decoder.max_allowed_table_size = max_table_bytes  # size updates above it: COMPRESSION_ERROR
         self._table = self._decoder.header_table
+        self._max_list = max_list_bytes
+        self._max_fields = max_list_bytes // 32  # no field is smaller than 32 bytes
+        # the last indexed-only block and its fields: a gRPC client sends the same one every call,
+        # and it means the same until the table changes (only the full decoder changes it)
+        self._last_block = b""
+        self._last_fields: tuple[tuple[str, str], ...] = ()
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
+        if block == self._last_block:
+            return list(self._last_fields)
         if block and min(block) >= 0x81 and max(block) < 0xFF:
+            if len(block) > self._max_fields:  # one byte a field: over the limit before any lookup
+                raise self._too_large()
             fast = self._indexed_only(block)
             if fast is not None:
+                self._last_block, self._last_fields = block, tuple(fast)
                 return fast
+        self._last_block = b""
         try:
             return [(str(n), str(v)) for n, v in self._decoder.decode(block, raw=False)]
+        except hpack.OversizedHeaderListError:
+            raise self._too_large() from None
         except hpack.HPACKError as error:
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"header block: {error}") from None
 
+    def _too_large(self) -> ConnectionError_:
+        return ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, f"header list over {self._max_list} bytes")
+
     def _indexed_only(self, block: bytes) -> list[tuple[str, str]] | None:
         """Each byte an 'indexed header field' below 127: lookups only, no state change."""
+        get = self._table.get_by_index
         try:
-            fields = [self._table.get_by_index(b & 0x7F) for b in block]
+            fields = [get(b & 0x7F) for b in block]
         except hpack.InvalidTableIndex:
             return None  # let the full decoder report it
+        if 32 * len(fields) + sum([len(n) + len(v) for n, v in fields]) > self._max_list:
+            raise self._too_large()
         return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields]

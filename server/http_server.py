@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from ssl import SSLContext
 from urllib.parse import unquote
 
 import httptools
@@ -67,6 +68,7 @@ class HttpRequest:
     headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # the route's {placeholders}
+    peer: str = ""  # the client's address (host only); "" when unknown
     budget: BodyBudget = field(default_factory=lambda: BodyBudget(None))
 
 
@@ -162,6 +164,7 @@ class HttpConnection(asyncio.Protocol):
         self.handling: _Item | None = None
         self.worker: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()  # the connection's start or its last answer
+        self.peer = ""  # the client's address (host only); "" when unknown
         self.closing = False
         self.reading = True  # False while the server paused reading (answers in order)
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is full
@@ -196,6 +199,7 @@ class HttpConnection(asyncio.Protocol):
             self._refuse_connection(client)
             return
         self.client = client
+        self.peer = client
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -300,6 +304,7 @@ class HttpConnection(asyncio.Protocol):
                 self._headers(),
                 b"".join(self.body) if len(self.body) != 1 else self.body[0],
                 budget=self.budget,
+                peer=self.peer,
             )
             item = _Item(request, self.parser.should_keep_alive())
             self.slots, self.budget = 0, BodyBudget(self.server.admission)  # the item holds them now
@@ -447,9 +452,19 @@ class HttpServer:
             log.exception("internal error in %s %s", request.method, request.path[:200])
             return self.error(500, "internal error")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
+    ) -> int:
+        """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: HttpConnection(self), host, port, reuse_address=True)
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
+        )
         self._sweeper = loop.create_task(self._sweep())
         return int(self._listener.sockets[0].getsockname()[1])
 

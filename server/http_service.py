@@ -12,18 +12,21 @@ from pathlib import Path
 import yaml
 
 from backends.common.config import config_to_json
-from backends.common.errors import ClipperdError, InvalidArgument, Unimplemented
+from backends.common.errors import ClipperdError, InvalidArgument, PermissionDenied, Unimplemented
+from server.access import AccessPolicy, Rule
 from server.applications_http import ApplicationRoutes
 from server.dataplane import DataPlane
 from server.http_body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
 from server.http_codec import HEADER_LENGTH, binary_choices, decode_request, encode_response
 from server.http_limits import RETRY_AFTER_S, HttpLimits
-from server.http_router import NoRoute, Route, Router
+from server.http_router import NoRoute, Route, RouteHandler, Router
 from server.http_server import HttpRequest, HttpResponse, HttpServer
 from server.http_shared_memory import SharedMemoryApi
 from server.http_stats import statistics_json
 from server.json_answers import JSON, error_response, json_response
+from server.shared_memory import uses_shared_memory
 from server.status import HTTP_STATUS
+from server.tls import ReloadingTls
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
@@ -67,11 +70,14 @@ def _compressed(response: HttpResponse, accept: str) -> HttpResponse:
 class RestApi:
     """Every route of the REST API over one DataPlane."""
 
-    def __init__(self, plane: DataPlane, limits: BodyLimits) -> None:
+    def __init__(self, plane: DataPlane, limits: BodyLimits, access: AccessPolicy | None = None) -> None:
         self.plane = plane
         self.limits = limits
+        self.access = access or AccessPolicy()
         self.shared_memory = SharedMemoryApi(plane.shared_memory, limits)
-        self.router = Router(self.routes())
+        self.router = Router(guard_routes(self.routes(), self.access))
+        self._infer_rule = self.access.http_rule("/v2/models/{model}/infer")  # the fast path's (None: open)
+        self._region_rule = self.access.http_region_rule()  # naming a shared-memory region (None: open)
         text = OPENAPI_PATH.read_bytes()
         self._openapi_yaml = text
         self._openapi_json = json.dumps(yaml.safe_load(text)).encode()
@@ -85,6 +91,8 @@ class RestApi:
                 # in slices, the loop served between them; every body of this API is JSON first
                 await decode_content(request, self.limits, starts_with=b"{")
             if request.method == "POST" and (target := infer_target(request.path)) is not None:
+                if self._infer_rule is not None:
+                    check(self._infer_rule, request)
                 return await self.infer_model(request, *target)
             handler, request.params = self.router.resolve(request.method, request.path)
             return await handler(request)
@@ -109,6 +117,8 @@ class RestApi:
     async def infer_model(self, request: HttpRequest, name: str, version: str) -> HttpResponse:
         body = decoded_body(request, self.limits)
         decoded = decode_request(name, version, body, request.headers.get("inference-header-content-length"))
+        if self._region_rule is not None and uses_shared_memory(decoded):
+            check(self._region_rule, request)
         binary = binary_choices(decoded)
         body, header_length = encode_response(await self.plane.infer(decoded), binary)
         if header_length is None:
@@ -203,18 +213,48 @@ class RestApi:
         return routes
 
 
+def check(rule: Rule, request: HttpRequest) -> None:
+    """PermissionDenied (403) when ``rule`` refuses the request (no header is ever logged)."""
+    reason = rule.denial(request.peer, request.headers.get)
+    if reason is not None:
+        log.debug("refused a %s request from %s", rule.api, request.peer)
+        raise PermissionDenied(reason)
+
+
+def _checked(handler: RouteHandler, rule: Rule) -> RouteHandler:
+    async def checked(request: HttpRequest) -> HttpResponse:
+        check(rule, request)
+        return await handler(request)
+
+    return checked
+
+
+def guard_routes(routes: list[Route], access: AccessPolicy) -> list[Route]:
+    """Each route's access rule (server/access.py) in front of its handler; routes open to all
+    keep their handler as it is."""
+    guarded = []
+    for route in routes:
+        rule = access.http_rule(route.path)
+        guarded.append(route if rule is None else Route(route.method, route.path, _checked(route.handler, rule)))
+    return guarded
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     host: str
     port: int  # 0 picks a free one
     limits: BodyLimits  # larger bodies get 413
     grace_secs: float  # on shutdown, how long in-flight requests may take
+    access: AccessPolicy = field(default_factory=AccessPolicy)  # who may call what (server/access.py)
+    tls: ReloadingTls | None = None  # None: plaintext
+    handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
     connection_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections, load
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
     """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
-    api = RestApi(plane, opts.limits)
+    api = RestApi(plane, opts.limits, opts.access)
     server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes, opts.connection_limits)
-    port = await server.start(opts.host, opts.port)
+    context = opts.tls.front if opts.tls is not None else None
+    port = await server.start(opts.host, opts.port, context, opts.handshake_timeout_s)
     return server, port

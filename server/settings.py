@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from server.http2_limits import Http2Limits
+
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -78,6 +80,85 @@ class Settings:
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    grpc_restricted_protocol: list[str] = _setting(
+        None,
+        "Triton's restricted protocols: '<api>[,<api>...]:<header>=<value>' (may be repeated, each API in one "
+        "only): gRPC calls of those APIs need metadata <header> (or triton-grpc-protocol-<header>) equal to "
+        "<value>, else PERMISSION_DENIED. APIs: health, metadata, inference, shared-memory, model-config, "
+        "model-repository, statistics, applications-admin. See docs/security.md.",
+        multiple=True,
+    )
+    http_restricted_api: list[str] = _setting(
+        None,
+        "Triton's restricted APIs over HTTP, as --grpc-restricted-protocol: requests of those APIs need "
+        "header <header> equal to <value>, else 403.",
+        multiple=True,
+    )
+    management_token: str = field(
+        default="",
+        repr=False,  # a secret: never in a repr or a log line
+        metadata={
+            "help": "A bearer token that opens the management APIs (model-repository, shared-memory, "
+            "applications-admin) to any client sending 'authorization: Bearer <token>'; at least 16 "
+            "characters. Prefer the environment (CLIPPERD_MANAGEMENT_TOKEN): a flag shows in ps."
+        },
+    )
+    allow_remote_management: bool = _setting(
+        False,
+        "Open the management APIs to clients that are not on the loopback address without a credential "
+        "(they are closed to them by default; see docs/security.md).",
+    )
+    allow_shared_memory: bool = _setting(
+        True,
+        "Accept shared-memory registration (from loopback clients, or others as management allows); off: "
+        "refused to every client (PERMISSION_DENIED / 403).",
+    )
+    metrics_host: str = _setting("", "Address the metrics port binds (empty: the same as --host).")
+    grpc_use_ssl: bool = _setting(
+        False, "Serve gRPC over TLS (Triton's flag; ALPN h2); needs --grpc-server-cert and --grpc-server-key."
+    )
+    grpc_server_cert: str = _setting("", "PEM file: the gRPC server's certificate, then its chain.")
+    grpc_server_key: str = _setting("", "PEM file: the gRPC server's private key (unencrypted).")
+    grpc_root_cert: str = _setting(
+        "", "PEM file: the CAs that client certificates must chain to (required with --grpc-use-ssl-mutual)."
+    )
+    grpc_use_ssl_mutual: bool = _setting(
+        False, "Mutual TLS on gRPC: every client presents a certificate from --grpc-root-cert (implies --grpc-use-ssl)."
+    )
+    http_use_ssl: bool = _setting(
+        False, "Serve HTTP/REST over TLS (ALPN http/1.1); needs --http-server-cert and --http-server-key."
+    )
+    http_server_cert: str = _setting("", "PEM file: the HTTP server's certificate, then its chain.")
+    http_server_key: str = _setting("", "PEM file: the HTTP server's private key (unencrypted).")
+    http_root_cert: str = _setting(
+        "", "PEM file: the CAs that client certificates must chain to (required with --http-use-ssl-mutual)."
+    )
+    http_use_ssl_mutual: bool = _setting(
+        False, "Mutual TLS on HTTP: every client presents a certificate from --http-root-cert (implies --http-use-ssl)."
+    )
+    tls_reload_poll_secs: float = _setting(
+        5.0,
+        "Seconds between checks of the TLS certificate, key and root files: a change loads them for new "
+        "connections (SIGHUP does at once); 0: only on SIGHUP.",
+    )
+    tls_handshake_timeout_secs: float = _setting(
+        10.0, "A client that has not completed its TLS handshake in this many seconds is disconnected."
+    )
+    grpc_max_inflight_calls: int = _setting(
+        16_384,
+        "gRPC calls in flight, all connections together; past it a new call is refused at once with "
+        "RESOURCE_EXHAUSTED (the native front end adds grpc-retry-pushback-ms). Both front ends.",
+    )
+    grpc_max_inflight_bytes: int = _setting(
+        1 << 30,
+        "Request bytes held by gRPC calls in flight, all connections together (native front end): each "
+        "message's bytes are reserved from its 5-byte prefix; past it the call is refused with "
+        "RESOURCE_EXHAUSTED. At least one message of --grpc-max-message-bytes always fits.",
+    )
+    grpc_max_connection_inflight_bytes: int = _setting(
+        512 * 1024 * 1024,
+        "The same bound for one connection (native front end), so one client cannot take it all.",
+    )
     http_header_timeout_secs: float = _setting(
         30.0, "An HTTP request's line and headers must arrive within this of their first byte (408, closed)."
     )
@@ -98,12 +179,46 @@ class Settings:
     http_max_buffered_body_size: int = _setting(
         1024 * 1024 * 1024, "HTTP request-body bytes held in memory, all requests together (503 past it)."
     )
+    grpc_http2_handshake_timeout_secs: float = _setting(
+        10.0,
+        "Seconds a gRPC connection may take to send the HTTP/2 preface and its first SETTINGS, and any "
+        "one header block (slowloris); then it is closed.",
+    )
+    grpc_http2_idle_timeout_secs: float = _setting(
+        300.0,
+        "Seconds a gRPC connection may stay with no open call; then GOAWAY and close (grpc's max_connection_idle).",
+    )
+    grpc_http2_stall_timeout_secs: float = _setting(
+        30.0,
+        "Seconds answers may wait for a client that does not read them (zero window, full socket); then "
+        "the connection is closed (native front end).",
+    )
+    grpc_max_connections: int = _setting(
+        0, "gRPC connections in all, native front end (0: 10,000 or what the descriptor limit allows)."
+    )
+    grpc_max_connections_per_client: int = _setting(
+        1024, "gRPC connections from one client address, native front end; more get GOAWAY ENHANCE_YOUR_CALM."
+    )
 
     def __post_init__(self) -> None:
         if self.load_model is None:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.grpc_restricted_protocol is None:
+            self.grpc_restricted_protocol = []
+        if self.http_restricted_api is None:
+            self.http_restricted_api = []
+
+    def http2_limits(self) -> Http2Limits:
+        """The native HTTP/2 server's timeouts and connection limits; ValueError says what is wrong."""
+        return Http2Limits(
+            handshake_timeout_s=self.grpc_http2_handshake_timeout_secs,
+            idle_timeout_s=self.grpc_http2_idle_timeout_secs,
+            stall_timeout_s=self.grpc_http2_stall_timeout_secs,
+            max_connections=self.grpc_max_connections,
+            max_connections_per_client=self.grpc_max_connections_per_client,
+        )
 
     def cache_bytes(self) -> int:
         """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""
@@ -120,10 +235,27 @@ def env_default(name: str, default: Any) -> Any:
     if value is None:
         return default
     if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes", "on")
+        try:
+            return parse_bool(value)
+        except ValueError as error:  # a typo must not turn a security flag off silently
+            raise ValueError(f"CLIPPERD_{name.upper()}: {error}") from None
     if isinstance(default, list) or default is None:
         return [v for v in value.split(",") if v]
     return type(default)(value)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(text: str) -> bool:
+    """Triton's boolean values (``--grpc-use-ssl=true``), and 1/0, yes/no, on/off."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"expected true or false (or 1/0, yes/no, on/off), got {text[:32]!r}")
 
 
 CACHES = ("local",)  # the cache implementations clipperd has (Triton also ships 'redis')

@@ -190,7 +190,7 @@ class SharedMemoryRegistry:
     def use(self, request: InferRequest) -> SharedMemoryUse:
         """Reads the request's shared-memory inputs into its tensors and finds where its outputs
         go; the regions stay held until the returned context exits."""
-        if not _uses_shared_memory(request):
+        if not uses_shared_memory(request):
             return _NO_USE
         use = SharedMemoryUse()
         try:
@@ -294,7 +294,7 @@ class SharedMemoryUse:
 _NO_USE = SharedMemoryUse()  # for requests without shared memory: holds nothing, writes nothing
 
 
-def _uses_shared_memory(request: InferRequest) -> bool:
+def uses_shared_memory(request: InferRequest) -> bool:
     """Whether any tensor has parameters (most have none): only those may name a region."""
     return any(t.parameters for t in request.inputs) or any(o.parameters for o in request.outputs)
 

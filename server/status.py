@@ -13,6 +13,7 @@ HTTP_STATUS: dict[StatusCode, int] = {
     StatusCode.NOT_FOUND: 404,
     StatusCode.ALREADY_EXISTS: 409,
     StatusCode.FAILED_PRECONDITION: 400,
+    StatusCode.PERMISSION_DENIED: 403,
     StatusCode.RESOURCE_EXHAUSTED: 413,
     StatusCode.UNAVAILABLE: 503,
     StatusCode.UNIMPLEMENTED: 501,

@@ -13,6 +13,7 @@ class StatusCode(enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
     UNIMPLEMENTED = "UNIMPLEMENTED"
@@ -50,6 +51,12 @@ class AlreadyExists(ClipperdError):
 
 class FailedPrecondition(ClipperdError):
     code = StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(ClipperdError):
+    """The caller may not use this API (server/access.py): a credential is missing, or it is off."""
+
+    code = StatusCode.PERMISSION_DENIED
 
 
 class ResourceExhausted(ClipperdError):
