@@ -201,11 +201,15 @@ def start_server(repository: Path, extra: list[str], log: Path) -> tuple[subproc
             command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server_ready(ends):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"clipperd did not get ready (status {proc.poll()}); see {log}")
-        time.sleep(0.25)
+    try:
+        while not server_ready(ends):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"clipperd did not get ready (status {proc.poll()}); see {log}")
+            time.sleep(0.25)
+    except BaseException:  # not ready, or the soak itself stopped (SIGTERM, ^C): no server left behind
+        proc.kill()
+        proc.wait()
+        raise
     return proc, ends
 
 
@@ -261,7 +265,8 @@ def drive(args: argparse.Namespace, ends: Endpoints, sampler: Sampler, side: Sid
         for kind in PA_KINDS:
             command = pa_command(pa, ends, kind, args.pa_concurrency, args.pa_requests)
             timeout = min(args.pa_timeout, max(10.0, hard_end - time.monotonic()))
-            result = run_pa(command, timeout, on_stuck=lambda: diagnose(ends))
+            with side.shm_lock if kind.endswith("-shm") else contextlib.nullcontext():
+                result = run_pa(command, timeout, on_stuck=lambda: diagnose(ends))
             runs.append({"cycle": cycle, "kind": kind, "t_s": round(time.monotonic() - sampler.t0, 1), **result})
         with side.quiet():
             quiet = sampler.quiet(ends)
@@ -442,7 +447,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def stop_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(f"soak: stopped by signal {signum}")  # unwinds: the server is stopped on the way
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     args = parse_args()
     if not perf_analyzer_path(args.perf_analyzer).exists():
         sys.exit(

@@ -306,6 +306,9 @@ class SideLoad(threading.Thread):
         self.turns = 0
         self._stop_event = threading.Event()
         self._gate = threading.Lock()  # held for a turn, and by quiet()
+        # perf_analyzer unregisters every region when it starts with --shared-memory system, the
+        # side load's too: shared-memory turns and such runs take this lock, one at a time
+        self.shm_lock = threading.Lock()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -318,7 +321,7 @@ class SideLoad(threading.Thread):
         actions: list[tuple[str, Callable[[], None]]] = [
             ("grpc round", lambda: grpc_round(self.ends, self.tally)),
             ("http round", lambda: http_round(self.ends, self.tally)),
-            ("shm round", lambda: shm_round(self.ends, ("grpc", "http")[self.turns % 2], self.turns, self.tally)),
+            ("shm round", self.shm_turn),
             ("churn", lambda: churn(self.ends, self.tally)),
         ]
         for action, do in actions:
@@ -326,6 +329,10 @@ class SideLoad(threading.Thread):
                 do()
             except (OSError, grpc.RpcError) as error:
                 self.tally.record(action, f"unexpected: {type(error).__name__}: {error}")
+
+    def shm_turn(self) -> None:
+        with self.shm_lock:
+            shm_round(self.ends, ("grpc", "http")[self.turns % 2], self.turns, self.tally)
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
