@@ -28,5 +28,9 @@ install() {  # install NAME DISTRIBUTION VERSION [MORE PIP REQUIREMENTS...]
 }
 
 install pytriton nvidia-pytriton 0.7.0
+# side_by_side.py's tritonserver runs the binary inside the wheel (x86_64 and aarch64 Linux wheels carry it)
+site=$("$HOME_DIR/pytriton/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -x "$site/pytriton/tritonserver/bin/tritonserver" ] ||
+  echo "pytriton: no tritonserver in $site/pytriton/tritonserver: the tritonserver system cannot run" >&2
 install mlserver mlserver 1.7.1 "uvloop<0.22"
 echo "$HOME_DIR"

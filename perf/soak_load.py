@@ -113,6 +113,22 @@ def run_pa(command: list[str], timeout_s: float, on_stuck: Callable[[], dict[str
     return result
 
 
+def unregister_all(ends: Endpoints) -> str:
+    """What a killed perf_analyzer never did: unregister its regions (every region: the caller
+    holds the side load's shared-memory lock, so the side load has none registered)."""
+    with grpc.insecure_channel(ends.grpc) as channel:
+        rpc = channel.unary_unary(
+            "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
+            request_serializer=pb.SystemSharedMemoryUnregisterRequest.SerializeToString,
+            response_deserializer=pb.SystemSharedMemoryUnregisterResponse.FromString,
+        )
+        try:
+            rpc(pb.SystemSharedMemoryUnregisterRequest(name=""), timeout=CLIENT_TIMEOUT_S)
+        except grpc.RpcError as error:
+            return f"unregistering its regions failed: {error.code()}"
+    return "its regions unregistered"
+
+
 # requests that must fail, over gRPC (the project's own messages, so every field is ours to break)
 
 
