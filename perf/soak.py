@@ -71,7 +71,9 @@ STOP_TIMEOUT_S = 60.0
 SETTLE_S = 1.0  # a quiet sample waits until the descriptor count has not changed for this long
 SETTLE_MAX_S = 15.0
 MAX_PA_FAILURES = 0.10
-TCP_LISTEN, TCP_TIME_WAIT = "0A", "06"  # socket states as /proc/net/tcp writes them
+# the TCP states (as /proc/net/tcp writes them) in which the server's end still holds a descriptor
+# whatever the server does: ESTABLISHED, CLOSE_WAIT (the client has closed, the server not yet)
+TCP_HELD = {"01", "08"}
 
 
 @dataclass
@@ -120,13 +122,13 @@ def shm_listing() -> dict[str, int]:
 
 
 def open_connections(ports: set[int]) -> int:
-    """TCP sockets on these local ports that hold a descriptor: all but listeners and TIME_WAIT."""
+    """Connections on these local ports (the server's ends) in a state that holds a descriptor."""
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 local, state = line.split()[1], line.split()[3]
-                if int(local.rsplit(":", 1)[1], 16) in ports and state not in (TCP_LISTEN, TCP_TIME_WAIT):
+                if int(local.rsplit(":", 1)[1], 16) in ports and state in TCP_HELD:
                     count += 1
     return count
 
@@ -165,7 +167,7 @@ class Sampler:
 
     def quiet(self, ends: Endpoints) -> Sample:
         """A sample once the load's connections are closed on the server's side too (none left on
-        its ports but listeners) and its descriptor count has been still for SETTLE_S."""
+        its ports established or half-closed) and its descriptor count has been still for SETTLE_S."""
         deadline = time.monotonic() + SETTLE_MAX_S
         ports = {ends.grpc_port, ends.http_port}
         last, since = fd_count(self.pid), time.monotonic()
