@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the peer servers that perf/side_by_side.py compares clipperd with, each into a
 # virtual environment of its own under ${CLIPPERD_BENCH_HOME:-~/.cache/clipperd-bench}:
-#   pytriton/  NVIDIA PyTriton 0.7.0, which bundles Triton Inference Server 2.51 (CPU, Python backend)
+#   pytriton/  NVIDIA PyTriton 0.7.0, which bundles Triton Inference Server 2.51 (CPU, Python backend):
+#              side_by_side.py's pytriton, and its tritonserver (perf/peers/tritonserver/: the same
+#              binary and Python backend without PyTriton, started with this environment's python)
 #   mlserver/  Seldon MLServer 1.7.1 (with uvloop < 0.22: later uvloop releases stop its workers)
 # Idempotent: an environment that already holds the pinned release is left as it is.
 # Usage: perf/install_peers.sh            prints the folder it installed into
@@ -26,5 +28,9 @@ install() {  # install NAME DISTRIBUTION VERSION [MORE PIP REQUIREMENTS...]
 }
 
 install pytriton nvidia-pytriton 0.7.0
+# side_by_side.py's tritonserver runs the binary inside the wheel (x86_64 and aarch64 Linux wheels carry it)
+site=$("$HOME_DIR/pytriton/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -x "$site/pytriton/tritonserver/bin/tritonserver" ] ||
+  echo "pytriton: no tritonserver in $site/pytriton/tritonserver: the tritonserver system cannot run" >&2
 install mlserver mlserver 1.7.1 "uvloop<0.22"
 echo "$HOME_DIR"

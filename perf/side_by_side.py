@@ -1,7 +1,8 @@
 """clipperd side by side with the floor and with real peers, under NVIDIA perf_analyzer.
 
     .venv/bin/python perf/side_by_side.py [--protocol grpc|http] [--concurrency 1,8] [--repeat 3]
-        [--measurement-interval 3000] [--systems clipperd,floor,pytriton,mlserver] [--json OUT.json]
+        [--measurement-interval 3000] [--systems clipperd,clipperd-grpcio,floor,tritonserver,pytriton,mlserver]
+        [--json OUT.json]
 
 Every system serves the same model, identity_fp32 (FP32 INPUT0 -> OUTPUT0, dims [-1, 16],
 max_batch_size 64), over KServe v2 gRPC (or HTTP/REST with --protocol http, binary tensors as
@@ -10,18 +11,25 @@ at each concurrency, one after another, in windows of --measurement-interval ms 
 a row agree within 25 % (at most 20 windows; the machine this was written on is a noisy 2-core
 VM that perf_analyzer shares with the server). The systems:
 
-  clipperd  this project: `python -m server.cli serve --model-repository model_repository`
-  floor     perf/floor_grpc.py: grpc.aio + uvloop echoing the input, nothing else; over HTTP
-            perf/floor_http.py: aiohttp echoing the input, nothing else
-  pytriton  NVIDIA Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_identity.py)
-  mlserver  Seldon MLServer 1.7 (perf/peers/mlserver_identity/launch.py); gRPC only: its HTTP
-            answers carry output parameters perf_analyzer cannot read
+  clipperd         this project: `python -m server.cli serve --model-repository model_repository`
+  clipperd-grpcio  the same with `--grpc-frontend grpcio` (the grpc.aio front end); over HTTP it
+                   is the same server as clipperd
+  floor            perf/floor_grpc.py: grpc.aio + uvloop echoing the input, nothing else; over
+                   HTTP perf/floor_http.py: aiohttp echoing the input, nothing else
+  tritonserver     NVIDIA Triton 2.51's own binary (as PyTriton 0.7 bundles it) serving
+                   identity_fp32 as a Triton Python-backend model, as Triton users serve Python
+                   models (perf/peers/tritonserver/serve_tritonserver.py)
+  pytriton         NVIDIA Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_identity.py)
+  mlserver         Seldon MLServer 1.7 (perf/peers/mlserver_identity/launch.py); gRPC only: its
+                   HTTP answers carry output parameters perf_analyzer cannot read
 
 The peers live in virtual environments that perf/install_peers.sh makes under
 $CLIPPERD_BENCH_HOME (default ~/.cache/clipperd-bench); a peer that is not installed is skipped
 with a note. Each system is started in a session of its own, waited for (ModelReady over gRPC),
-measured at every concurrency, and stopped (SIGTERM to its process group) before the next one
-starts, so no two servers ever share the cores.
+asked once for identity_fp32 (its answer must equal the input: perf_analyzer does not look at
+answers, and a peer set up wrongly answers fast with empty tensors), measured at every
+concurrency, and stopped (SIGTERM to its process group) before the next one starts, so no two
+servers ever share the cores.
 
 With --repeat N the whole sequence runs N rounds, the order of the systems rotating by one each
 round, and the table shows per (system, concurrency) the median of the rounds' infer/s, p50 and
@@ -40,6 +48,7 @@ import platform
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,7 +68,7 @@ from server.proto import grpc_service_pb2 as pb  # noqa: E402
 
 MODEL = "identity_fp32"
 OURS = "clipperd"
-SYSTEMS = ("clipperd", "floor", "pytriton", "mlserver")
+SYSTEMS = ("clipperd", "clipperd-grpcio", "floor", "tritonserver", "pytriton", "mlserver")
 BENCH_HOME = Path(os.environ.get("CLIPPERD_BENCH_HOME", Path.home() / ".cache" / "clipperd-bench"))
 PERF = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 180.0
@@ -71,6 +80,10 @@ TARGETS = {
         (8, "floor", "infer_per_s", "min", 0.75),
         (8, "pytriton", "infer_per_s", "min", 3.0),
         (1, "floor", "p50_us", "max", 1.3),
+        # issue 14: the native gRPC front end keeps its lead over grpc.aio and over Triton itself
+        (8, "clipperd-grpcio", "infer_per_s", "min", 1.5),
+        (8, "tritonserver", "infer_per_s", "min", 1.4),
+        (1, "tritonserver", "p50_us", "max", 0.8),
     ),
     "http": (
         (8, "floor", "infer_per_s", "min", 0.75),
@@ -116,14 +129,22 @@ def system(name: str, protocol: str = "grpc") -> System:
     """The system's start command, with fresh ports where it can take any; ``address`` is the
     one of ``protocol``."""
     http = protocol == "http"
-    if name == "clipperd":
+    if name in ("clipperd", "clipperd-grpcio"):
         port = free_port()
         ports = (
             ["--grpc-port", "0", "--http-port", str(port)] if http else ["--grpc-port", str(port), "--http-port", "0"]
         )
         command = [project_python(), "-m", "server.cli", "serve", "--model-repository", "model_repository"]
         command += ["--host", "127.0.0.1", *ports, "--metrics-port", "0"]
+        if name == "clipperd-grpcio":
+            command += ["--grpc-frontend", "grpcio"]
         return System(name, command, f"127.0.0.1:{port}")
+    if name == "tritonserver":
+        python, missing = peer_python("pytriton")
+        grpc_port, http_port = free_port(), free_port()
+        command = [python, str(PERF / "peers" / "tritonserver" / "serve_tritonserver.py")]
+        command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+        return System(name, command, f"127.0.0.1:{http_port if http else grpc_port}", missing=missing)
     if name == "floor":
         port = free_port()
         script = PERF / ("floor_http.py" if http else "floor_grpc.py")
@@ -159,6 +180,45 @@ def model_ready(address: str, protocol: str, model: str = MODEL) -> bool:
             return bool(rpc(pb.ModelReadyRequest(name=model), timeout=2.0).ready)
         except grpc.RpcError:
             return False
+
+
+def check_echo(address: str, protocol: str) -> None:
+    """One request before measuring: the system must answer identity_fp32 with its input (a peer
+    set up wrongly may answer fast and empty, and perf_analyzer does not look at answers)."""
+    sent = [float(i) for i in range(16)]
+    if protocol == "http":
+        body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": sent}]}
+        request = urllib.request.Request(f"http://{address}/v2/models/{MODEL}/infer", data=json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                got = [float(x) for x in json.loads(answer.read())["outputs"][0]["data"]]
+        except (OSError, ValueError, KeyError, IndexError) as error:
+            raise RuntimeError(f"identity_fp32 over HTTP failed: {error}") from error
+    else:
+        got = grpc_echo(address, sent)
+    if got != sent:
+        raise RuntimeError(f"identity_fp32 answered {got[:4]}... ({len(got)} values) to {sent[:4]}... (16 values)")
+
+
+def grpc_echo(address: str, sent: list[float]) -> list[float]:
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(struct.pack("<16f", *sent))
+    with grpc.insecure_channel(address) as channel:
+        rpc = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        try:
+            answer = rpc(request, timeout=30)
+        except grpc.RpcError as error:
+            raise RuntimeError(f"identity_fp32 over gRPC failed: {error.code()}") from error
+    if answer.raw_output_contents:  # binary, as Triton and clipperd answer; MLServer may answer typed
+        raw = answer.raw_output_contents[0]
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return [float(x) for x in answer.outputs[0].contents.fp32_contents] if answer.outputs else []
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -250,12 +310,13 @@ def run_round(
         log = workspace / f"{name}-round{round_no}.log"
         try:
             with running(spec, log, args.protocol):
+                check_echo(spec.address, args.protocol)
                 for c in levels:
                     started = {"started": time.strftime("%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
                     out = workspace / f"{name}-{round_no}-{c}.csv"
                     result = measure(pa, spec.address, args.protocol, c, args.measurement_interval, out)
                     rows.append({"system": name, "concurrency": c, "round": round_no, **started, **result})
-                    print(f"  round {round_no} {name:9} c={c:<3} {describe(result)}", file=sys.stderr, flush=True)
+                    print(f"  round {round_no} {name:15} c={c:<3} {describe(result)}", file=sys.stderr, flush=True)
         except RuntimeError as error:
             print(f"  round {round_no} {name}: {error}", file=sys.stderr, flush=True)
             rows += [{"system": name, "concurrency": c, "round": round_no, "error": str(error)} for c in levels]
@@ -305,17 +366,18 @@ def add_ratios(summary: list[dict[str, Any]]) -> None:
 
 
 def print_table(summary: list[dict[str, Any]], notes: dict[str, str]) -> None:
-    print(f"{'conc':>4}  {'system':9} {'runs':>4} {'infer/s':>8} {'(min-max)':>15} {'p50 ms':>7} {'p99 ms':>7}", end="")
+    print(f"{'conc':>4}  {'system':15} {'runs':>4} {'infer/s':>8} {'(min-max)':>15}", end="")
+    print(f" {'p50 ms':>7} {'p99 ms':>7}", end="")
     print(f"  {'ours/this infer/s':>17} {'ours/this p50':>13}")
     for e in summary:
         if e["system"] in notes:
             continue
         if "error" in e:
-            print(f"{e['concurrency']:>4}  {e['system']:9} {e['runs']:>4}  error: {e['error']}")
+            print(f"{e['concurrency']:>4}  {e['system']:15} {e['runs']:>4}  error: {e['error']}")
             continue
         spread = f"({e['infer_per_s_min']:.0f}-{e['infer_per_s_max']:.0f})"
         print(
-            f"{e['concurrency']:>4}  {e['system']:9} {e['runs']:>4} {e['infer_per_s']:8.0f} {spread:>15} "
+            f"{e['concurrency']:>4}  {e['system']:15} {e['runs']:>4} {e['infer_per_s']:8.0f} {spread:>15} "
             f"{e['p50_us'] / 1000:7.2f} {e['p99_us'] / 1000:7.2f}",
             end="",
         )
