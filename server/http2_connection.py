@@ -168,6 +168,7 @@ class Http2Connection(Http2Output):
             self._timer = None
         streams, self.streams = self.streams, {}
         self.blocked.clear()
+        self._queue(-self.queued)  # what waited for this peer no longer counts for the server
         for stream in streams.values():
             stream.pending = bytearray()
             if stream.receiver is not None:
@@ -184,6 +185,8 @@ class Http2Connection(Http2Output):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.stalled_since = None
+        if self.blocked and not self.closed:
+            self._flush_blocked()  # the DATA that waited for the transport to drain
         if self.transport is not None and not self.closed and not self.yielded:
             self.transport.resume_reading()
 
@@ -570,6 +573,7 @@ class Http2Server:
         self.limits = limits or Http2Limits()
         self.connections: set[Http2Connection] = set()
         self.per_client: dict[str, int] = {}
+        self.queued_output = 0  # DATA bytes waiting for their peers, all connections together
         self._listener: asyncio.Server | None = None
 
     def admit(self, connection: Http2Connection) -> bool:

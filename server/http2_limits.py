@@ -37,6 +37,7 @@ STREAM_CREDIT = 8  # ... and by each new call: gRPC clients send a WINDOW_UPDATE
 # --- flow control (RFC 9113 §6.9; CVE-2019-9517 internal data buffering) -----------------------
 CONNECTION_WINDOW = 64 * 1024 * 1024  # our connection receive window (DATA past it: FLOW_CONTROL_ERROR)
 MAX_QUEUED_OUTPUT = 32 * 1024 * 1024  # bytes queued for a peer that does not read (more: RST_STREAM)
+MAX_QUEUED_OUTPUT_TOTAL = 1024 * 1024 * 1024  # the same, all connections together (many slow readers)
 CLOSE_GRACE_S = 2.0  # a closing connection whose peer does not read its last frames is aborted after this
 
 
@@ -56,6 +57,7 @@ class Http2Limits:
     max_connections: int = 0  # in all (0: 10,000 or what RLIMIT_NOFILE allows); more get GOAWAY ENHANCE_YOUR_CALM
     max_connections_per_client: int = 1024  # from one IP address
     max_queued_output: int = MAX_QUEUED_OUTPUT
+    max_queued_output_total: int = MAX_QUEUED_OUTPUT_TOTAL  # all connections together
 
     def __post_init__(self) -> None:
         for name in ("handshake_timeout_s", "idle_timeout_s", "stall_timeout_s"):

@@ -73,22 +73,30 @@ class Http2Output(asyncio.Protocol):
             out.append(self._header_frames(stream.id, headers, end=False))
         if data:
             stream.pending += data
-            self.queued += len(data)
+            self._queue(len(data))
         if trailers is not None:
             stream.trailers = trailers
         self._flush(stream, out)
 
     def _over_output_bound(self, more: int) -> bool:
-        """One answer always fits; more wait only up to the bound (CVE-2019-9517 class)."""
+        """One answer always fits; more wait only up to the bound, of the connection and of all
+        connections together (CVE-2019-9517 class)."""
         transport = self.transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
-        return self.queued + buffered + more > self.limits.max_queued_output
+        if self.queued + buffered + more > self.limits.max_queued_output:
+            return True
+        return self.server.queued_output + more > self.limits.max_queued_output_total
+
+    def _queue(self, n: int) -> None:
+        """``n`` bytes more (or fewer) wait for the peer, counted for the server too."""
+        self.queued += n
+        self.server.queued_output += n
 
     def _flush(self, stream: Stream, out: list[bytes] | None = None) -> None:
         out = [] if out is None else out
         pending = stream.pending
         sent = 0
-        while pending:
+        while pending and not self.write_paused:  # past the transport's high water, DATA waits here
             n = min(len(pending), stream.send_window, self.send_window, self.peer_max_frame)
             if n <= 0:
                 break
@@ -98,7 +106,7 @@ class Http2Output(asyncio.Protocol):
             self.send_window -= n
             sent += n
         if sent:
-            self.queued -= sent
+            self._queue(-sent)
             if not self.write_paused:
                 self.stalled_since = None
         if pending:
@@ -111,8 +119,9 @@ class Http2Output(asyncio.Protocol):
             self._forget_if_done(stream)
 
     def _waiting(self, stream: Stream) -> None:
-        """``stream`` has DATA the windows do not let out: the stall clock starts."""
-        if self.send_window <= 0:
+        """``stream`` has DATA the windows (or a full transport) do not let out: the stall clock
+        starts."""
+        if self.send_window <= 0 or self.write_paused:
             self.blocked[stream.id] = stream
         if self.stalled_since is None:
             self.stalled_since = self.loop.time()
@@ -129,7 +138,7 @@ class Http2Output(asyncio.Protocol):
 
     def _flush_blocked(self) -> None:
         for stream in list(self.blocked.values()):
-            if self.send_window <= 0:
+            if self.send_window <= 0 or self.write_paused:
                 return
             del self.blocked[stream.id]
             self._flush(stream)
@@ -170,7 +179,7 @@ class Http2Output(asyncio.Protocol):
     def _drop(self, stream: Stream) -> None:
         """The stream leaves the connection with whatever it still had to send."""
         if stream.pending:
-            self.queued -= len(stream.pending)
+            self._queue(-len(stream.pending))
             stream.pending = bytearray()
         self._leave(stream)
 

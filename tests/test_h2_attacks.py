@@ -495,6 +495,82 @@ def test_consumed_bytes_reopen_the_windows() -> None:
     assert updates[1:] == [32 << 20]  # after our first (the 64 MiB window): half the window returned
 
 
+class _Answering(_Handler):
+    """Keeps each new stream, to answer on it from the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[Any] = []
+
+    def open(self, stream: Any, headers: list[tuple[str, str]], end: bool) -> _Holding:
+        self.streams.append(stream)
+        return super().open(stream, headers, end)
+
+
+def _slow_reader(server: Any, handler: _Answering, calls: int) -> Any:
+    """A connection whose peer's stream windows are 0 (it reads no DATA), with ``calls`` open."""
+    from server.http2_connection import Http2Connection
+
+    connection = Http2Connection(server)
+    connection.connection_made(_Transport())  # type: ignore[arg-type]
+    zero_window = struct.pack(">HI", 4, 0)  # SETTINGS_INITIAL_WINDOW_SIZE = 0
+    opened = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, b"\x83") for i in range(calls))
+    _feed(connection, PREFACE + frame(SETTINGS, 0, 0, zero_window) + opened)
+    return connection
+
+
+def test_answers_waiting_for_slow_readers_are_bounded_across_connections() -> None:
+    """Per connection (32 MiB by default) and for all connections together (1 GiB; 3 MiB here):
+    an answer that would pass the total is refused with RST_STREAM ENHANCE_YOUR_CALM, and what a
+    closed connection held no longer counts."""
+    from server.http2_connection import Http2Server
+    from server.http2_limits import Http2Limits
+
+    answer = bytes(1 << 20)
+
+    async def main() -> None:
+        handler = _Answering()
+        server = Http2Server(handler, 65_535, Http2Limits(max_queued_output_total=3 << 20))
+        first = _slow_reader(server, handler, 2)
+        for stream in handler.streams[:2]:
+            stream.send(b"\x88", answer, b"")
+        second = _slow_reader(server, handler, 3)
+        b1, b2, b3 = handler.streams[2:]
+        b1.send(b"\x88", answer, b"")
+        assert server.queued_output == 3 << 20
+        b2.send(b"\x88", answer, b"")  # past the total: refused, the others keep theirs
+        assert b2.closed
+        assert server.queued_output == 3 << 20
+        await asyncio.sleep(0)  # frames of this turn leave at its end
+        reset = (RST_STREAM, b2.id, struct.pack(">I", ENHANCE_YOUR_CALM))
+        assert reset in second.transport.frames()
+        first.connection_lost(None)  # its 2 MiB no longer wait
+        assert server.queued_output == 1 << 20
+        b3.send(b"\x88", answer, b"")
+        assert not b3.closed
+        second.connection_lost(None)
+        assert server.queued_output == 0
+
+    asyncio.run(main())
+
+
+def test_answers_wait_in_their_streams_while_the_transport_is_full() -> None:
+    """Past the transport's high-water mark (pause_writing) DATA stays in its stream, counted
+    and bounded; it leaves when the transport drains (resume_writing)."""
+
+    def paused(connection: Any) -> None:
+        _feed(connection, frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\x83"))
+        stream = connection.streams[1]
+        connection.pause_writing()
+        stream.send(b"\x88", bytes(1000), b"")
+        assert connection.queued == 1000
+        connection.resume_writing()
+        assert connection.queued == 0
+
+    transport, _ = _run_connection(65_535, paused)
+    assert any(kind == DATA and sid == 1 and len(p) == 1000 for kind, sid, p in transport.frames())
+
+
 def _zero_window_calls(h2: Attacker) -> None:
     """The client's windows are 0 and it never opens them: 300 calls answered with 256 KiB each
     (75 MiB; larger answers cost the call path, not HTTP/2, more per call on the loop)."""
