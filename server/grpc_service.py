@@ -25,7 +25,6 @@ from server.grpc_limits import CallLimits
 from server.grpc_native import GrpcServer
 from server.grpc_stats import encode_statistics
 from server.http2_limits import MAX_HEADER_LIST, MAX_STREAMS, Http2Limits
-from server.messages import InferRequest
 from server.proto import grpc_service_pb2 as pb
 from server.shared_memory import uses_shared_memory
 from server.status import GRPC_STATUS
@@ -72,12 +71,6 @@ class InferenceService:
         # naming a shared-memory region needs what the shared-memory API needs (None: open)
         self.region_rule = (access or AccessPolicy()).grpc_region_rule()
 
-    async def _decode_infer(self, request: pb.ModelInferRequest, context: Any) -> InferRequest:
-        decoded = decode_request(request)
-        if self.region_rule is not None and uses_shared_memory(decoded):
-            await _enforce(self.region_rule, context)
-        return decoded
-
     @guarded
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.live())
@@ -118,7 +111,10 @@ class InferenceService:
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return encode_response(await self.plane.infer(await self._decode_infer(request, context)))
+        decoded = decode_request(request)
+        if self.region_rule is not None and uses_shared_memory(decoded):
+            await _enforce(self.region_rule, context)
+        return encode_response(await self.plane.infer(decoded))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any

@@ -59,6 +59,7 @@ from server.http2_limits import (
 )
 from server.http2_output import Http2Output
 from server.http2_stream import Receiver, Stream, StreamHandler
+from server.tls import listen
 
 __all__ = [
     "CONNECTION_WINDOW",
@@ -598,15 +599,7 @@ class Http2Server:
         self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
     ) -> int:
         """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: Http2Connection(self),
-            host,
-            port,
-            reuse_address=True,
-            ssl=ssl,
-            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
-        )
+        self._listener = await listen(lambda: Http2Connection(self), host, port, ssl, handshake_timeout)
         return int(self._listener.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import httptools
 
 from server.http_limits import RETRY_AFTER_S, Admission, HttpLimits
+from server.tls import listen
 
 log = logging.getLogger(__name__)
 
@@ -456,16 +457,8 @@ class HttpServer:
         self, host: str, port: int, ssl: SSLContext | None = None, handshake_timeout: float | None = None
     ) -> int:
         """Listens; with ``ssl``, over TLS (server/tls.py), a handshake not done in ``handshake_timeout`` s cut."""
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(self),
-            host,
-            port,
-            reuse_address=True,
-            ssl=ssl,
-            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
-        )
-        self._sweeper = loop.create_task(self._sweep())
+        self._listener = await listen(lambda: HttpConnection(self), host, port, ssl, handshake_timeout)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return int(self._listener.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:

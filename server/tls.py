@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,3 +235,22 @@ class TlsReloader:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+async def listen(
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    handshake_timeout: float | None,
+) -> asyncio.Server:
+    """A listener for ``factory``'s connections; with ``context``, over TLS, a handshake not done
+    in ``handshake_timeout`` s cut."""
+    return await asyncio.get_running_loop().create_server(
+        factory,
+        host,
+        port,
+        reuse_address=True,
+        ssl=context,
+        ssl_handshake_timeout=handshake_timeout if context is not None else None,
+    )

@@ -18,6 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "model_repository"
 
 
+def perf_analyzer() -> Path:
+    """NVIDIA perf_analyzer (CLIPPERD_PERF_ANALYZER, as make test sets it, or .tools/); the test
+    fails, not skips, without it: make test installs it."""
+    import pytest
+
+    configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
+    path = Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"perf_analyzer not found at {path}: run scripts/install-perf-analyzer.sh (make test does)")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ a throughput, and read the server's own statistics."""
 from __future__ import annotations
 
 import csv
-import os
 import re
 import subprocess
 import threading
@@ -15,19 +14,11 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.serverproc import ROOT, ServerProcess
+from tests.serverproc import ServerProcess, perf_analyzer
 
 pytestmark = pytest.mark.timeout(180)
 
 PA_TIMEOUT_S = 90
-
-
-def perf_analyzer() -> Path:
-    configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
-    path = Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"perf_analyzer not found at {path}: run scripts/install-perf-analyzer.sh (make test does)")
-    return path
 
 
 def server_stats(url: str, model: str) -> Any:

@@ -13,7 +13,6 @@ after a 15 s warm-up, where a 1 MB/min slope would be noise. The leaky model kee
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import EXAMPLES, ROOT
+from tests.serverproc import EXAMPLES, ROOT, perf_analyzer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -59,14 +58,6 @@ class Model:
             KEPT.append(os.open(os.devnull, os.O_RDONLY))  # a descriptor now and then
         return {"OUTPUT0": inputs["INPUT0"]}
 """
-
-
-def perf_analyzer() -> Path:
-    configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
-    path = Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"perf_analyzer not found at {path}: run scripts/install-perf-analyzer.sh (make test does)")
-    return path
 
 
 def soak(tmp_path: Path, repository: Path) -> tuple[int, str, dict[str, Any]]:
