@@ -1,29 +1,38 @@
-"""Dynamic batching side by side: clipperd, NVIDIA Triton (PyTriton) and Seldon MLServer serving
-the same numpy model under the same load.
+"""Dynamic batching side by side: clipperd, NVIDIA Triton (its own server, tritonserver; PyTriton on
+request) and Seldon MLServer serving the same numpy model under the same load.
 
     .venv/bin/python perf/batching_peers.py [--concurrency 64] [--measurement-interval 3000]
-        [--repeat 3] [--systems clipperd,pytriton,mlserver] [--max-queue-delay-us US|SYSTEM=US,...]
+        [--repeat 3] [--systems clipperd,tritonserver,mlserver] [--max-queue-delay-us US|SYSTEM=US,...]
         [--hidden 2048,2048] [--blas-threads 1] [--clipperd-execution-mode process|thread|event_loop]
         [--clipperd-args='--gil-switch-interval-us 100'] [--json OUT] [--logs DIR]
 
-The model is perf/peers/numpy_mlp.py, one file that all three import: FP32 INPUT0 [256] per row
--> dense 2048 -> ReLU -> dense 2048 -> ReLU -> dense 16 (``--hidden`` changes the hidden widths),
-weights generated from a fixed seed at start, numpy matmul on the whole batch. Each server
-batches up to 64 rows and waits up to its ``--max-queue-delay-us`` for a batch to fill: 2000 µs
-for clipperd and Triton, 20000 µs for MLServer, whose adaptive batcher gathers next to nothing
-in 2 ms at this load (each was measured at 0.1 to 50 ms; see DEFAULT_DELAYS_US):
+The model is perf/peers/numpy_mlp.py, one file that every system imports: FP32 INPUT0 [256] per
+row -> dense 2048 -> ReLU -> dense 2048 -> ReLU -> dense 16 (``--hidden`` changes the hidden
+widths), weights generated from a fixed seed at start, numpy matmul on the whole batch. Each
+server batches up to 64 rows and waits up to its ``--max-queue-delay-us`` for a batch to fill:
+2000 µs for clipperd, tritonserver and PyTriton, 20000 µs for MLServer, whose adaptive batcher
+gathers next to nothing in 2 ms at this load (each was measured at 0.1 to 50 ms; see
+DEFAULT_DELAYS_US):
 
   clipperd  this project: a Python-backend model (model.py importing numpy_mlp) written into a
             temporary repository, config.pbtxt with max_batch_size 64, dynamic_batching
             { max_queue_delay_microseconds }, one KIND_CPU instance, execution_mode ``process``:
-            the model in a worker process with its GIL to itself, as both peers run theirs
-            (PyTriton's model runs in the Python process beside tritonserver, MLServer's in its
-            inference worker process); ``--clipperd-execution-mode thread`` runs it on a thread
-            of the server (numpy releases the GIL while it multiplies, its other steps take
-            turns with the event loop), ``event_loop`` is the Python backend's default; served
-            as perf/batching_gain.py serves (tests/serverproc.py)
-  pytriton  Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_numpy_mlp.py): its dynamic
-            batcher (max_queue_delay_microseconds) in front of a @batch function
+            the model in a worker process with its GIL to itself, as the peers run theirs
+            (Triton's Python backend in its stub process, PyTriton's in the Python process
+            beside tritonserver, MLServer's in its inference worker process);
+            ``--clipperd-execution-mode thread`` runs it on a thread of the server (numpy
+            releases the GIL while it multiplies, its other steps take turns with the event
+            loop), ``event_loop`` is the Python backend's default; served as
+            perf/batching_gain.py serves (tests/serverproc.py)
+  tritonserver  NVIDIA Triton 2.51's own binary (perf/peers/tritonserver/serve_tritonserver.py,
+            the one PyTriton 0.7 bundles) serving numpy_mlp as a Triton Python-backend model
+            (perf/peers/tritonserver/numpy_mlp_model.py) from a temporary repository with the
+            same config.pbtxt as clipperd's (max_batch_size 64, dynamic_batching
+            { max_queue_delay_microseconds }, one KIND_CPU instance): the Triton that the
+            project's Triton targets are held to
+  pytriton  PyTriton 0.7 (Triton 2.51 with PyTriton's Python process in the request path,
+            perf/peers/pytriton_numpy_mlp.py): Triton's dynamic batcher in front of a @batch
+            function; labelled PyTriton, never Triton; not run unless named in ``--systems``
   mlserver  MLServer 1.7 (perf/peers/mlserver_numpy_mlp/): its adaptive batching
             (max_batch_size 64, max_batch_time = the delay) in front of a custom MLModel
 
@@ -39,9 +48,9 @@ model is ready, checks that it computes numpy_mlp (one fixed request of 4 rows t
 tritonclient over gRPC, outputs equal to numpy in-process within 1e-4), runs perf_analyzer over
 gRPC at ``--concurrency`` (one row per request; perf/side_by_side.py's measure: windows of
 ``--measurement-interval`` ms until three agree within 25 %), reads how the requests were
-batched (clipperd and Triton: ModelStatistics' executions per batch size; MLServer: the rows
-its model got per call, a custom metric) and the machine's busy CPU time meanwhile (both cores,
-/proc/stat), and stops it. The table gives per system the median over the rounds of infer/s,
+batched (clipperd, tritonserver and PyTriton: ModelStatistics' executions per batch size;
+MLServer: the rows its model got per call, a custom metric) and the machine's busy CPU time
+meanwhile (both cores, /proc/stat), and stops it. The table gives per system the median over the rounds of infer/s,
 p50, p99, the mean batch size, the CPU the whole machine spent per row (server and perf_analyzer:
 on two cores, what a row costs decides the throughput) and the cores busy, then clipperd's
 infer/s and p99 over each peer's, and the project's target: clipperd >= 2x each peer's infer/s
@@ -91,14 +100,16 @@ from numpy_mlp import (  # noqa: E402
 
 from tests.serverproc import running as clipperd_running  # noqa: E402
 
-SYSTEMS = ("clipperd", "pytriton", "mlserver")
-PEER_NAMES = ("pytriton", "mlserver")
+SYSTEMS = ("clipperd", "tritonserver", "pytriton", "mlserver")
+DEFAULT_SYSTEMS = ("clipperd", "tritonserver", "mlserver")  # Triton is its own server, not PyTriton
+PEER_NAMES = ("tritonserver", "pytriton", "mlserver")
+LABELS = {"tritonserver": "Triton 2.51, its own server", "pytriton": "PyTriton 0.7", "mlserver": "MLServer 1.7"}
 TARGET_THROUGHPUT = 2.0  # clipperd / peer infer/s, at a p99 no higher than the peer's
 TOLERANCE = 1e-4
 # the longest a batch waits to fill, by system: MLServer's adaptive batcher gathers little within
 # a few ms at this load (2 ms: 3 rows a batch, 775 infer/s; 10 ms: 15, 1,161; 20 ms: 30, 1,246;
-# 50 ms: 63, 1,188), Triton's batcher and clipperd's do as well at 0.1 to 10 ms
-DEFAULT_DELAYS_US = {"clipperd": 2000, "pytriton": 2000, "mlserver": 20000}
+# 50 ms: 63, 1,188), Triton's batcher (under PyTriton) and clipperd's do as well at 0.1 to 10 ms
+DEFAULT_DELAYS_US = {"clipperd": 2000, "tritonserver": 2000, "pytriton": 2000, "mlserver": 20000}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MLSERVER_METRICS = "http://127.0.0.1:28182/metrics"
 
@@ -109,7 +120,7 @@ input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {in_dim} ] }} ]
 output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {out_dim} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-parameters {{ key: "execution_mode" value: {{ string_value: "{mode}" }} }}
+parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}
 """
 
 MODEL_PY = '''"""numpy_mlp for clipperd's Python backend: perf/peers/numpy_mlp.py on the whole batch."""
@@ -140,17 +151,45 @@ class Served:
     http_address: str = ""  # where perf_analyzer sends requests under --protocol http
 
 
-def write_repository(base: Path, delay_us: int, mode: str) -> Path:
+def write_repository(base: Path, delay_us: int, parameter: tuple[str, str], model_py: str) -> Path:
+    """numpy_mlp's config.pbtxt (with one string parameter) and model.py, in Triton's layout."""
     repo = base / "repository"
     version = repo / MODEL_NAME / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = CONFIG.format(max_batch=MAX_BATCH, in_dim=IN_DIM, out_dim=OUT_DIM, delay_us=delay_us, mode=mode)
+    key, value = parameter
+    config = CONFIG.format(max_batch=MAX_BATCH, in_dim=IN_DIM, out_dim=OUT_DIM, delay_us=delay_us, key=key, value=value)
     (repo / MODEL_NAME / "config.pbtxt").write_text(config)
-    (version / "model.py").write_text(MODEL_PY.format(path=str(PEERS / "numpy_mlp.py")))
+    (version / "model.py").write_text(model_py)
     return repo
 
 
+def clipperd_repository(base: Path, delay_us: int, mode: str) -> Path:
+    model_py = MODEL_PY.format(path=str(PEERS / "numpy_mlp.py"))
+    return write_repository(base, delay_us, ("execution_mode", mode), model_py)
+
+
+def tritonserver_repository(base: Path, delay_us: int) -> Path:
+    """The same config as clipperd's, the path of numpy_mlp.py in it for Triton's model.py."""
+    model_py = (PEERS / "tritonserver" / "numpy_mlp_model.py").read_text()
+    return write_repository(base, delay_us, ("numpy_mlp_path", str(PEERS / "numpy_mlp.py")), model_py)
+
+
 PYTRITON_HTTP = "127.0.0.1:18100"
+
+
+def tritonserver(repo: Path) -> tuple[sbs.System, str]:
+    """tritonserver serving ``repo`` on free ports (side_by_side's launcher), and its HTTP address."""
+    python, missing = sbs.peer_python(environment("tritonserver"))
+    grpc_port, http_port = sbs.free_port(), sbs.free_port()
+    command = [python, str(PEERS / "tritonserver" / "serve_tritonserver.py"), "--repository", str(repo)]
+    command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    return sbs.System("tritonserver", command, f"127.0.0.1:{grpc_port}", missing=missing), f"127.0.0.1:{http_port}"
+
+
+def environment(name: str) -> str:
+    """The peer's virtual environment: tritonserver is the binary inside the PyTriton wheel, and its
+    Python-backend stub embeds that environment's interpreter."""
+    return "pytriton" if name == "tritonserver" else name
 
 
 def peer(name: str, delay_us: int = DEFAULT_DELAYS_US["pytriton"]) -> sbs.System:
@@ -178,15 +217,20 @@ def parse_delays(text: str) -> dict[str, int]:
 
 
 def interpreter(name: str) -> str:
-    return sbs.project_python() if name == "clipperd" else sbs.peer_python(name)[0]
+    return sbs.project_python() if name == "clipperd" else sbs.peer_python(environment(name))[0]
 
 
 @contextlib.contextmanager
 def serving(name: str, args: argparse.Namespace, workspace: Path, round_no: int) -> Iterator[Served]:
     if name == "clipperd":
-        repo = write_repository(workspace / f"clipperd-round{round_no}", args.delays[name], args.execution_mode)
+        repo = clipperd_repository(workspace / f"clipperd-round{round_no}", args.delays[name], args.execution_mode)
         with clipperd_running(repo, *args.clipperd_args.split(), log_dir=workspace) as server:
             yield Served(name, server.url, "statistics", server.http_url)
+        return
+    if name == "tritonserver":
+        spec, http = tritonserver(tritonserver_repository(workspace / f"{name}-round{round_no}", args.delays[name]))
+        with sbs.running(spec, workspace / f"{name}-round{round_no}.log", "grpc", MODEL_NAME):
+            yield Served(name, spec.address, "statistics", http)
         return
     spec = peer(name, args.delays[name])
     with sbs.running(spec, workspace / f"{name}-round{round_no}.log", "grpc", MODEL_NAME):
@@ -332,13 +376,14 @@ def check_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_report(summary: list[dict[str, Any]], rates: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> None:
-    print(f"{'system':9} {'runs':>4} {'infer/s':>8} {'(min-max)':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6}", end="")
+    print(f"{'system':12} {'runs':>4} {'infer/s':>8} {'(min-max)':>13} {'p50 ms':>7} {'p99 ms':>7}", end="")
+    print(f" {'batch':>6}", end="")
     print(f" {'CPU us/row':>10} {'cores':>5} {'other':>5}  {'in-process rows/s b1 / b64 (numpy)':>36}")
     for e in summary:
         rate = rates.get(e["system"], {})
         limit = f"{rate['b1']:.0f} / {rate['b64']:.0f} ({rate['numpy']})" if "b64" in rate else rate.get("error", "")
         if "error" in e:
-            print(f"{e['system']:9} {e['runs']:>4}  error: {e['error']}")
+            print(f"{e['system']:12} {e['runs']:>4}  error: {e['error']}")
             continue
         spread = f"({e['infer_per_s_min']:.0f}-{e['infer_per_s_max']:.0f})"
         batch = f"{e['mean_batch']:6.1f}" if e["mean_batch"] else f"{'-':>6}"
@@ -346,13 +391,14 @@ def print_report(summary: list[dict[str, Any]], rates: dict[str, dict[str, Any]]
         cores = f"{e['machine_cores_busy']:5.2f}" if e["machine_cores_busy"] else f"{'-':>5}"
         cores += f" {e['other_cores_busy'] or 0.0:5.2f}"
         print(
-            f"{e['system']:9} {e['runs']:>4} {e['infer_per_s']:8.0f} {spread:>13} {e['p50_us'] / 1000:7.2f} "
+            f"{e['system']:12} {e['runs']:>4} {e['infer_per_s']:8.0f} {spread:>13} {e['p50_us'] / 1000:7.2f} "
             f"{e['p99_us'] / 1000:7.2f} {batch} {cpu} {cores}  {limit:>36}"
         )
     for c in checks:
         verdict = "met" if c["met"] else "MISSED"
         print(
-            f"clipperd/{c['peer']}: infer/s {c['infer_per_s_ratio']:.2f}x (target >= {TARGET_THROUGHPUT}), "
+            f"clipperd/{c['peer']} ({LABELS[c['peer']]}): "
+            f"infer/s {c['infer_per_s_ratio']:.2f}x (target >= {TARGET_THROUGHPUT}), "
             f"p99 {c['p99_ratio']:.2f}x (target <= 1) -> {verdict}"
         )
 
@@ -363,7 +409,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="what perf_analyzer speaks")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all systems; the table shows medians")
     parser.add_argument("--measurement-interval", type=int, default=3000, help="perf_analyzer window, ms")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
+    parser.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help="comma-separated, from: " + ", ".join(SYSTEMS) + " (default: " + ",".join(DEFAULT_SYSTEMS) + ")",
+    )
     parser.add_argument(
         "--max-queue-delay-us",
         default="",
@@ -421,7 +471,7 @@ def run_rounds(
             if row.get("machine_cpu_us_per_row"):
                 more += f"  CPU {row['machine_cpu_us_per_row']:.0f} us/row"
                 more += f"  other processes {row['other_cores_busy']:.2f} cores"
-            print(f"  round {r + 1} {name:9} {sbs.describe(row)}{more}", file=sys.stderr, flush=True)
+            print(f"  round {r + 1} {name:12} {sbs.describe(row)}{more}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -434,7 +484,7 @@ def main() -> None:
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    notes = {n: s.missing for n in names if n != "clipperd" and (s := peer(n)).missing is not None}
+    notes = {n: m for n in names if n != "clipperd" and (m := sbs.peer_python(environment(n))[1]) is not None}
     if args.protocol == "http" and "mlserver" in names:
         notes["mlserver"] = "perf_analyzer cannot read its HTTP answers (output parameters without binary_data_size)"
     runnable = [n for n in names if n not in notes]

@@ -1,5 +1,5 @@
-"""The numpy MLP that perf/batching_peers.py serves with clipperd, Triton (PyTriton) and MLServer:
-one file, imported by all three, so that they run the same math.
+"""The numpy MLP that perf/batching_peers.py serves with clipperd, Triton, PyTriton and MLServer:
+one file, imported by all of them, so that they run the same math.
 
 FP32 INPUT0 [256] per row -> dense layers with ReLU between them -> FP32 OUTPUT0 [16], computed
 with numpy matmul on the whole batch at once. The hidden widths are ``DEFAULT_HIDDEN``
@@ -7,9 +7,10 @@ with numpy matmul on the whole batch at once. The hidden widths are ``DEFAULT_HI
 unless $NUMPY_MLP_HIDDEN says otherwise ("512,512"). The weights are generated at start from a
 fixed seed (He-scaled normal, small biases), so nothing is downloaded or stored.
 
-The servers' batching settings come from the environment too, so that one benchmark run gives
-the three the same: $NUMPY_MLP_QUEUE_DELAY_US (the longest a batch waits to fill, µs; default
-2000) and ``MAX_BATCH`` (64) rows a batch.
+The peers' batching settings come from the environment too, so that one benchmark run gives
+them all the same: $NUMPY_MLP_QUEUE_DELAY_US (the longest a batch waits to fill, µs; default
+2000; clipperd and tritonserver get it in the config.pbtxt that perf/batching_peers.py writes)
+and ``MAX_BATCH`` (64) rows a batch.
 
 Run as a script, it times the model in-process at the batch sizes given (rows per second per
 batch size, as JSON on stdout), with whatever BLAS threads the environment sets:

@@ -1,10 +1,11 @@
 """Peer: NVIDIA Triton Inference Server itself, the ``tritonserver`` binary that PyTriton 0.7 bundles
 (Triton 2.51: its C++ gRPC and HTTP front ends, dynamic batcher and Python backend), serving
-identity_fp32 from ``repo/`` as a Triton Python-backend model, the way a Triton user serves a
-Python model; no PyTriton in the request path.
+identity_fp32 from ``repo/`` (or the models of ``--repository DIR``: perf/batching_peers.py
+serves numpy_mlp so) as Triton Python-backend models, the way a Triton user serves a Python
+model; no PyTriton in the request path.
 
     ~/.cache/clipperd-bench/pytriton/bin/python perf/peers/tritonserver/serve_tritonserver.py \\
-        [--grpc-port 48001] [--http-port 48000] [--workspace DIR]
+        [--grpc-port 48001] [--http-port 48000] [--repository DIR] [--workspace DIR]
 
 Runs with the PyTriton virtual environment's interpreter (perf/install_peers.sh): the binary, the
 Python backend and its stubs come from that environment's ``pytriton/tritonserver``, and the stub
@@ -13,9 +14,9 @@ with the wheel's own libraries; this environment's bin/ goes first on PATH, when
 interpreter takes its prefix and so this environment's numpy). Triton wants the
 backend library and the stub of the interpreter's Python version in one folder, so the launcher
 makes a workspace (a fresh temporary folder unless --workspace) with ``backends/python/`` and a
-copy of ``repo/``, starts tritonserver on 127.0.0.1 (metrics off), passes SIGTERM and SIGINT on,
-and removes the workspace it made when tritonserver has exited; it exits with tritonserver's
-status."""
+copy of the repository, starts tritonserver on 127.0.0.1 (metrics off), passes SIGTERM and
+SIGINT on, and removes the workspace it made when tritonserver has exited; it exits with
+tritonserver's status."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def triton_home() -> Path:
     return home
 
 
-def prepare(workspace: Path, home: Path) -> tuple[Path, Path]:
+def prepare(workspace: Path, home: Path, source: Path) -> tuple[Path, Path]:
     """The backend folder (library, utilities and the stub for this Python) and the repository."""
     python = workspace / "backends" / "python"
     python.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def prepare(workspace: Path, home: Path) -> tuple[Path, Path]:
     shutil.copy2(home / "python_backend_stubs" / version / "triton_python_backend_stub", python)
     repo = workspace / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(HERE / "repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
     return workspace / "backends", repo
 
 
@@ -88,13 +89,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grpc-port", type=int, default=48001)
     parser.add_argument("--http-port", type=int, default=48000)
+    parser.add_argument("--repository", type=Path, default=HERE / "repo", help="the models to serve (default: repo/)")
     parser.add_argument("--workspace", help="where the backend and the repository go (default: a temporary folder)")
     args = parser.parse_args()
     home = triton_home()
+    if not args.repository.is_dir():
+        parser.error(f"--repository {args.repository} is not a folder")
     made = args.workspace is None
     workspace = Path(tempfile.mkdtemp(prefix="tritonserver-")) if made else Path(args.workspace)
     try:
-        backends, repo = prepare(workspace, home)
+        backends, repo = prepare(workspace, home, args.repository)
         proc = subprocess.Popen(command(home, backends, repo, args), env=environment())
 
         def forward(signum: int, _frame: FrameType | None) -> None:
