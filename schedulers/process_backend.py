@@ -58,7 +58,7 @@ class WorkerSettings:
         if python:
             path = Path(python) if Path(python).is_absolute() else model_dir / python
             if not os.access(path, os.X_OK):
-                raise params.fail("worker_python", "is not an executable file")
+                raise params.fail("worker_python", "must name an executable file")
             python = str(path)
         return cls(python or sys.executable, timeout, memory)
 
