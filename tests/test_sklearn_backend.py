@@ -111,7 +111,7 @@ BAD: dict[str, tuple[str, str, Any, str]] = {
         "xgboost",
         io() + 'parameters { key: "xgboost_estimator" value: { string_value: "ranker" } }',
         {"model.json": (EXAMPLES / "iris_xgboost" / "1" / "model.json").read_bytes()},
-        "xgboost_estimator is classifier or regressor",
+        "field 'parameters.xgboost_estimator': must be one of classifier, regressor, got 'ranker'",
     ),
 }
 
