@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from backends.common.errors import ClipperdError, InvalidArgument, NotFound
+from backends.common.errors import ClipperdError, NotFound
+from backends.common.parameters import Parameters
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
 from backends.common.tensors import concatenate
 from backends.proto import model_config_pb2 as mc
@@ -58,18 +59,28 @@ class InstanceContext:
         """How messages name the model: ``model 'X'``."""
         return f"model '{self.config.name}'"
 
-    def int_parameter(self, key: str, default: int) -> int:
-        """The config parameter ``key`` as a non-negative integer, ``default`` when unset."""
-        value = self.parameters.get(key, "")
-        if not value:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise InvalidArgument(f"{self.who}: parameter '{key}' must be an integer, got {value[:32]!r}") from None
-        if number < 0:
-            raise InvalidArgument(f"{self.who}: parameter '{key}' cannot be negative")
-        return number
+    @property
+    def params(self) -> Parameters:
+        """``parameters`` read with the one reader (typed getters, one error format)."""
+        return Parameters(self.config.name, self.parameters)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared once on its class; the schedulers place and run its
+    instances by it, so nothing else keeps a list of backend names."""
+
+    #: KIND_AUTO places its instances on a GPU when one is visible (KIND_GPU asks any backend)
+    gpu: bool = False
+    #: ``execute`` holds the GIL throughout (pure Python): a thread of its own buys no parallelism
+    #: and costs two thread switches per batch, so the scheduler runs it on the event loop unless
+    #: the config's ``execution_mode`` parameter says ``thread`` or ``process``
+    holds_gil: bool = False
+    #: ``execute`` may be called from another thread than the one that loaded the instance (never
+    #: two at once) on a CPU: the framework keeps no per-thread state that execution relies on.
+    #: The scheduler then runs short requests on an idle device's event loop, sparing two thread
+    #: switches (the ``idle_inline_us`` parameter)
+    off_thread: bool = False
 
 
 class Backend(abc.ABC):
@@ -79,15 +90,7 @@ class Backend(abc.ABC):
 
     #: file name used when the config has no default_model_filename
     default_filename: str = ""
-    #: True when ``execute`` holds the GIL throughout (pure Python): a thread of its own buys no
-    #: parallelism and costs two thread switches per batch, so the scheduler runs it on the event
-    #: loop unless the config's ``execution_mode`` parameter says ``thread``
-    holds_gil: ClassVar[bool] = False
-    #: True when ``execute`` may be called from another thread than the one that loaded the
-    #: instance (never two at once) on a CPU: the framework keeps no per-thread state that
-    #: execution relies on. The scheduler then runs short requests on an idle device's event
-    #: loop, sparing two thread switches (the ``idle_inline_us`` parameter)
-    runs_off_thread: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, context: InstanceContext) -> None:
         self.context = context
@@ -128,6 +131,12 @@ class Backend(abc.ABC):
         """One batch as its requests' inputs; each request's outputs, or the error that fails it
         alone. An exception raised here fails the whole batch."""
         raise NotImplementedError(f"{type(self).__name__} executes whole batches")
+
+    @classmethod
+    def autocomplete(cls, config: mc.ModelConfig, version_path: Path) -> None:
+        """Fills what the model file tells of a config that leaves out its inputs or outputs
+        (Triton's auto-complete); most backends cannot, and leave it as it is."""
+        return
 
     def unload(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Release the model; called once, on the instance's thread."""

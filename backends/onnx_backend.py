@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
 from backends.common.imports import IMPORT_LOCK
 from backends.common.messages import exception_text
@@ -69,7 +69,11 @@ def _ort() -> Any:
 
 class OnnxRuntimeBackend(Backend):
     default_filename = "model.onnx"
-    runs_off_thread = True  # an InferenceSession is thread-safe
+    capabilities = Capabilities(off_thread=True)  # an InferenceSession is thread-safe
+
+    @classmethod
+    def autocomplete(cls, config: mc.ModelConfig, version_path: Path) -> None:
+        autocomplete(config, version_path)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)
@@ -101,19 +105,15 @@ class OnnxRuntimeBackend(Backend):
     def _session_options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
         context = self.context
-        options.intra_op_num_threads = context.int_parameter("intra_op_thread_count", context.threads)
-        options.inter_op_num_threads = context.int_parameter("inter_op_thread_count", 1)
+        options.intra_op_num_threads = context.params.integer("intra_op_thread_count", context.threads)
+        options.inter_op_num_threads = context.params.integer("inter_op_thread_count", 1)
         options.graph_optimization_level = self._optimization_level(ort)
         return options
 
     def _optimization_level(self, ort: Any) -> Any:
         levels = ort.GraphOptimizationLevel
-        named = self.context.parameters.get("graph_optimization_level", "")
+        named = self.context.params.choice("graph_optimization_level", _LEVELS)
         if named:
-            if named not in _LEVELS:
-                raise InvalidArgument(
-                    f"model '{self.context.model_name}': graph_optimization_level must be one of {', '.join(_LEVELS)}"
-                )
             return getattr(levels, f"ORT_{'DISABLE_ALL' if named == 'disable_all' else 'ENABLE_' + named.upper()}")
         config = self.context.config
         if config.HasField("optimization") and config.optimization.graph.level == -1:

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common.errors import (
     ClipperdError,
     FailedPrecondition,
@@ -180,7 +180,7 @@ class PythonBackend(Backend):
     so by default it runs on the event loop (``execution_mode: thread`` gives it a thread)."""
 
     default_filename = "model.py"
-    holds_gil = True
+    capabilities = Capabilities(holds_gil=True)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common.errors import (
     ConfigError,
     FailedPrecondition,
@@ -137,12 +137,7 @@ def _device(torch: Any, context: InstanceContext) -> str:
 
 def _thread_parameter(context: InstanceContext, key: str) -> int:
     """A non-negative thread count from the config's parameters (0 or absent: not set)."""
-    text = context.parameters.get(key, "").strip()
-    if not text:
-        return 0
-    if not text.isdigit():
-        raise ConfigError(f"model '{context.model_name}'", f"parameters.{key}", f"'{text[:32]}' is not a count")
-    return int(text)
+    return context.params.integer(key, 0)
 
 
 def _set_threads(torch: Any, context: InstanceContext) -> None:
@@ -197,7 +192,8 @@ class PyTorchBackend(Backend):
     """One TorchScript instance on the CPU or one GPU, with its own CUDA stream on a GPU."""
 
     default_filename = "model.pt"
-    runs_off_thread = True  # on a CPU; per-thread state (inference mode, a stream) is set per execute
+    # off a thread on a CPU: per-thread state (inference mode, a stream) is set per execute
+    capabilities = Capabilities(gpu=True, off_thread=True)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

@@ -5,10 +5,9 @@ Importing this module imports no framework: each backend imports its own (torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from backends import onnx_backend
 from backends.base import Backend
 from backends.common.errors import ConfigError
 from backends.onnx_backend import OnnxRuntimeBackend
@@ -44,8 +43,6 @@ _SUFFIXES: dict[str, str] = {  # model file -> backend
     ".savedmodel": "tensorflow",
     ".sparkml": "spark",
 }
-# backends that can fill a config's missing inputs and outputs from the model file
-_COMPLETERS: dict[str, Callable[[mc.ModelConfig, Path], None]] = {"onnxruntime": onnx_backend.autocomplete}
 
 
 def backend_name(config: mc.ModelConfig, version_path: Path | None = None) -> str:
@@ -101,6 +98,4 @@ def autocomplete(config: mc.ModelConfig, model_dir: Path) -> None:
         name = backend_name(config, versions[-1])
     except ConfigError:
         return  # validation reports it
-    completer = _COMPLETERS.get(name)
-    if completer is not None:
-        completer(config, versions[-1])
+    BACKENDS[name].autocomplete(config, versions[-1])

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common import datatypes
 from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
@@ -33,7 +33,8 @@ XGBOOST_ESTIMATORS = ("classifier", "regressor")
 
 class SklearnBackend(Backend):
     default_filename = "model.joblib"
-    runs_off_thread = True  # predict holds no per-thread state; thread pools are bounded process-wide
+    # predict holds no per-thread state; thread pools are bounded process-wide
+    capabilities = Capabilities(off_thread=True)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)
@@ -52,9 +53,7 @@ class SklearnBackend(Backend):
         path = self.existing_model_file()
         self._model = self._read()
         _bound_blas_threads(self.context)
-        name = self.context.parameters.get("method", "predict")
-        if name not in METHODS:
-            raise InvalidArgument(f"{who}: parameter 'method' must be one of {', '.join(METHODS)}")
+        name = self.context.params.choice("method", METHODS, "predict")
         self._method = getattr(self._model, name, None)
         if not callable(self._method):
             raise InvalidArgument(f"{who}: the {type(self._model).__name__} in {path.name} has no {name}()")
@@ -111,9 +110,7 @@ class XGBoostBackend(SklearnBackend):
     def _read(self) -> Any:
         with IMPORT_LOCK:
             xgboost = _import("xgboost", "xgboost")
-        kind = self.context.parameters.get("xgboost_estimator", "classifier")
-        if kind not in XGBOOST_ESTIMATORS:
-            raise InvalidArgument(f"{self.context.who}: xgboost_estimator is classifier or regressor")
+        kind = self.context.params.choice("xgboost_estimator", XGBOOST_ESTIMATORS, "classifier")
         model = xgboost.XGBClassifier() if kind == "classifier" else xgboost.XGBRegressor()
         path = self.model_file
         try:
@@ -139,7 +136,7 @@ def _bound_blas_threads(context: InstanceContext) -> None:
 
 def _blas_threads(context: InstanceContext) -> int:
     """The instance's share of the cores, or the config's ``blas_threads``; at least 1."""
-    return max(1, context.int_parameter("blas_threads", context.threads))
+    return max(1, context.params.integer("blas_threads", context.threads))
 
 
 def _import(module: str, extra: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common import datatypes
 from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
@@ -49,7 +49,7 @@ def spark_session(context: InstanceContext) -> Any:
                 from pyspark.sql import SparkSession
             except ImportError:
                 raise Unavailable("the spark backend needs pyspark: pip install 'clipperd[spark]'") from None
-        threads = context.parameters.get("spark_threads", "") or str(context.threads)
+        threads = context.params.integer("spark_threads", context.threads, low=1)
         builder = SparkSession.builder.master(f"local[{threads}]").appName("clipperd")
         for key, value in (("spark.ui.enabled", "false"), ("spark.sql.shuffle.partitions", "1")):
             builder = builder.config(key, value)
@@ -63,6 +63,7 @@ def spark_session(context: InstanceContext) -> Any:
 
 class SparkBackend(Backend):
     default_filename = "model.sparkml"
+    capabilities = Capabilities()  # a Spark session: its own threads, on the CPU
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

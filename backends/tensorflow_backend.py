@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, InstanceContext, Tensors
+from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common import datatypes
 from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
@@ -42,8 +42,8 @@ def _tf(context: InstanceContext) -> Any:
         except ImportError:
             raise Unavailable("the tensorflow backend needs TensorFlow: pip install 'clipperd[tensorflow]'") from None
         if not _threads_set.is_set():
-            intra = context.int_parameter("intra_op_thread_count", context.threads)
-            inter = context.int_parameter("inter_op_thread_count", 1)
+            intra = context.params.integer("intra_op_thread_count", context.threads)
+            inter = context.params.integer("inter_op_thread_count", 1)
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
                 tf.config.threading.set_inter_op_parallelism_threads(inter)
@@ -55,7 +55,8 @@ def _tf(context: InstanceContext) -> Any:
 
 class TensorFlowBackend(Backend):
     default_filename = "model.savedmodel"
-    runs_off_thread = True  # a concrete function is thread-safe; the device is set per execute
+    # a concrete function is thread-safe; the device is set per execute. GPUs only by KIND_GPU
+    capabilities = Capabilities(off_thread=True)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.common.errors import ConfigError
+from backends.common.parameters import Parameters
 from backends.proto import model_config_pb2 as mc
 
 TARGET_KEY = "batch_latency_target_us"
@@ -76,48 +76,21 @@ class AimdController:
 
 def aimd_settings(config: mc.ModelConfig) -> AimdSettings:
     """The model's AIMD settings, or ConfigError naming the bad parameter."""
-    params = {key: value.string_value for key, value in config.parameters.items()}
-    source = f"model '{config.name}'"
-    fill_us = _fill_delay_us(params, source)
+    params = Parameters.of(config)
+    fill_us = params.number(FILL_DELAY_KEY, -1.0, low=0)  # -1: left to the default
     if TARGET_KEY not in params:
         for key in (STEP_KEY, BACKOFF_KEY, INITIAL_KEY):
             if key in params:
-                raise ConfigError(source, f"parameters.{key}", f"needs parameters.{TARGET_KEY} to be set")
+                raise params.fail(key, f"needs parameters.{TARGET_KEY} to be set")
         return AimdSettings(None, fill_delay_ns=int(max(fill_us, 0) * 1000))
     if config.max_batch_size <= 0:
-        raise ConfigError(source, f"parameters.{TARGET_KEY}", "adaptive batching needs max_batch_size > 0")
-    target_us = _number(params, TARGET_KEY, source, float, None)
-    step = int(_number(params, STEP_KEY, source, int, 1))
-    backoff = _number(params, BACKOFF_KEY, source, float, 0.9)
-    initial = int(_number(params, INITIAL_KEY, source, int, 1))
-    if not (target_us > 0 and math.isfinite(target_us)):
-        raise ConfigError(source, f"parameters.{TARGET_KEY}", f"must be a positive number of µs, got {target_us}")
-    if step < 1:
-        raise ConfigError(source, f"parameters.{STEP_KEY}", f"must be at least 1, got {step}")
-    if not 0 < backoff < 1:
-        raise ConfigError(source, f"parameters.{BACKOFF_KEY}", f"must be between 0 and 1, got {backoff}")
-    if initial < 1:
-        raise ConfigError(source, f"parameters.{INITIAL_KEY}", f"must be at least 1, got {initial}")
+        raise params.fail(TARGET_KEY, "adaptive batching needs max_batch_size > 0")
+    target_us = params.number(TARGET_KEY, 0.0, low=0, open_low=True)
+    if not target_us:
+        raise params.fail(TARGET_KEY, "must be a number > 0")
+    step = params.integer(STEP_KEY, 1, low=1)
+    backoff = params.number(BACKOFF_KEY, 0.9, low=0, high=1, open_low=True, open_high=True)
+    initial = params.integer(INITIAL_KEY, 1, low=1)
     if fill_us < 0:
         fill_us = target_us * _DEFAULT_FILL_SHARE
     return AimdSettings(int(target_us * 1000), step, backoff, initial, int(fill_us * 1000))
-
-
-def _fill_delay_us(params: dict[str, str], source: str) -> float:
-    """The fill delay asked for, µs, or -1 when the config leaves it to the default."""
-    fill_us = _number(params, FILL_DELAY_KEY, source, float, -1.0)
-    if FILL_DELAY_KEY in params and not (fill_us >= 0 and math.isfinite(fill_us)):
-        raise ConfigError(source, f"parameters.{FILL_DELAY_KEY}", f"must be a number of µs >= 0, got {fill_us}")
-    return fill_us
-
-
-def _number(params: dict[str, str], key: str, source: str, kind: type, default: float | None) -> float:
-    if key not in params:
-        assert default is not None
-        return default
-    text = params[key].strip()
-    try:
-        return kind(text)  # type: ignore[no-any-return]
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(source, f"parameters.{key}", f"must be {what}, got {text[:32]!r}") from None

@@ -39,6 +39,7 @@ from schedulers.aimd import AimdController, aimd_settings
 from schedulers.batching import split
 from schedulers.instance import InstanceWorker
 from schedulers.ordering import ResponseOrder
+from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
 
@@ -151,6 +152,20 @@ class DeviceQueue:
     def solo_ns(self) -> float:
         """The moving average of this device's single-request executions (0 until measured)."""
         return self._solo_ns
+
+    def statistics(self) -> DeviceStatistics:
+        aimd = self.aimd
+        return DeviceStatistics(
+            self.device,
+            aimd.cap,
+            aimd.last_latency_ns,
+            aimd.over_target,
+            aimd.over_target_ns,
+            self.executions,
+            self.inline_executions,
+            self.rows,
+            self.depth,
+        )
 
     def runs_now(self, rows: int) -> bool:
         """``run_inline`` applies to a request of ``rows`` rows: nobody waits, and an instance on

@@ -25,7 +25,7 @@ from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, ConfigError, ModelExecutionError, Unavailable
 from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
-from schedulers.device_queue import DeviceQueue
+from schedulers.protocol import DeviceStatistics
 from schedulers.stats import ModelStats
 
 
@@ -259,8 +259,6 @@ def in_step(error: ClipperdError, prefix: str) -> ClipperdError:
 class EnsembleScheduler:
     """Runs one ensemble version's requests through its steps' models."""
 
-    queues: Sequence[DeviceQueue] = ()  # an ensemble queues nothing itself: its steps do
-
     def __init__(self, plan: EnsemblePlan, source: StepSource, stats: ModelStats) -> None:
         self.plan = plan
         self.source = source
@@ -273,6 +271,9 @@ class EnsembleScheduler:
     @property
     def pending(self) -> int:
         return 0
+
+    def device_statistics(self) -> list[DeviceStatistics]:
+        return []  # an ensemble queues nothing itself: its steps do
 
     async def execute(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Tensors:
         if self._closed:

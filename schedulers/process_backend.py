@@ -22,14 +22,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, InstanceContext, Tensors
-from backends.common.errors import ClipperdError, InvalidArgument, ModelExecutionError
+from backends.common.errors import ClipperdError, ModelExecutionError
+from backends.common.parameters import Parameters
 from schedulers.shm_arena import Arena, arena_size_for, size_of
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent  # the worker imports clipperd's modules from here
 _START_TIMEOUT_S = 300.0  # a worker imports its framework and loads the model before answering
 _STOP_TIMEOUT_S = 10.0
+_MAX_MEMORY_MB = 2**40  # 1 EiB: the limit in bytes stays within setrlimit's range
+_MAX_TIMEOUT_S = 1e6  # 11 days: within what a poll() timeout takes
 
 
 @dataclass(frozen=True)
@@ -48,19 +51,14 @@ class WorkerSettings:
     memory_mb: int = 0  # worker_memory_mb: the worker's data-segment limit (0: none)
 
     @classmethod
-    def parse(cls, model: str, parameters: Mapping[str, str], model_dir: Path) -> WorkerSettings:
-        try:
-            timeout = float(parameters.get("worker_timeout_s", "0") or 0)
-            memory = int(parameters.get("worker_memory_mb", "0") or 0)
-        except ValueError as exc:
-            raise InvalidArgument(f"model '{model}': worker parameters: {exc}") from None
-        if timeout < 0 or memory < 0:
-            raise InvalidArgument(f"model '{model}': worker_timeout_s and worker_memory_mb cannot be negative")
-        python = parameters.get("worker_python", "")
+    def parse(cls, params: Parameters, model_dir: Path) -> WorkerSettings:
+        timeout = params.number("worker_timeout_s", 0.0, low=0, high=_MAX_TIMEOUT_S)
+        memory = params.integer("worker_memory_mb", 0, high=_MAX_MEMORY_MB)
+        python = params.text("worker_python")
         if python:
             path = Path(python) if Path(python).is_absolute() else model_dir / python
             if not os.access(path, os.X_OK):
-                raise InvalidArgument(f"model '{model}': worker_python {python[:200]!r} is not an executable file")
+                raise params.fail("worker_python", "must name an executable file")
             python = str(path)
         return cls(python or sys.executable, timeout, memory)
 

@@ -20,6 +20,7 @@ from schedulers.batching import batch_key
 from schedulers.device_queue import DeviceQueue, Pending
 from schedulers.instance import InstanceWorker
 from schedulers.ordering import ResponseOrder
+from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
 from schedulers.stats import ModelStats, Rejection
 
@@ -71,6 +72,9 @@ class ModelScheduler:
     @property
     def in_flight(self) -> int:
         return sum(q.in_flight for q in self.queues)
+
+    def device_statistics(self) -> list[DeviceStatistics]:
+        return [q.statistics() for q in self.queues]
 
     async def execute(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Tensors:
         """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs.

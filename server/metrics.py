@@ -23,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from schedulers.cache import ResponseCache
-from schedulers.device_queue import DeviceQueue
+from schedulers.protocol import DeviceStatistics
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.model_version import ModelVersion
 
@@ -61,54 +61,54 @@ _DURATIONS: tuple[tuple[str, str, Callable[[ModelStats], Duration]], ...] = (
 
 
 # clipperd's own per-device families: each device's batcher, its AIMD state and its queue
-_DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceQueue], float]], ...] = (
+_DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceStatistics], float]], ...] = (
     (
         "clipperd_batch_size_cap",
         "The largest batch the device's batcher forms now: max_batch_size, or the AIMD cap under a latency target",
         "gauge",
-        lambda q: q.aimd.cap,
+        lambda d: d.batch_size_cap,
     ),
     (
         "clipperd_batch_latency_seconds",
         "Execution time of the latest batch on the device, as the AIMD controller saw it",
         "gauge",
-        lambda q: q.aimd.last_latency_ns / 1e9,
+        lambda d: d.batch_latency_ns / 1e9,
     ),
     (
         "clipperd_batches_over_latency_target",
         "Batches whose execution took longer than the model's batch latency target",
         "counter",
-        lambda q: q.aimd.over_target,
+        lambda d: d.batches_over_target,
     ),
     (
         "clipperd_batch_time_over_latency_target_seconds",
         "Time by which batches overran the model's batch latency target, summed",
         "counter",
-        lambda q: q.aimd.over_target_ns / 1e9,
+        lambda d: d.time_over_target_ns / 1e9,
     ),
     (
         "clipperd_device_executions",
         "Batches executed on the device",
         "counter",
-        lambda q: q.executions,
+        lambda d: d.executions,
     ),
     (
         "clipperd_device_inline_executions",
         "Requests executed at once on the event loop (an idle device, a short request): no queue, no thread switch",
         "counter",
-        lambda q: q.inline_executions,
+        lambda d: d.inline_executions,
     ),
     (
         "clipperd_device_inference_count",
         "Inferences (rows) executed on the device",
         "counter",
-        lambda q: q.rows,
+        lambda d: d.rows,
     ),
     (
         "clipperd_queue_depth",
         "Requests queued or executing on the device, per instance: what requests are spread by",
         "gauge",
-        lambda q: q.depth,
+        lambda d: d.depth,
     ),
 )
 
@@ -233,9 +233,9 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
         "gauge",
         ((labels, m.stats.inflight) for labels, m in rows),
     )
+    devices = [(labels, d) for labels, m in rows for d in m.scheduler.device_statistics()]  # one snapshot each
     for name, help, typ, value in _DEVICE_SCALARS:
-        samples = (({**labels, "device": q.device}, value(q)) for labels, m in rows for q in m.scheduler.queues)
-        yield family(name, help, typ, samples)
+        yield family(name, help, typ, (({**labels, "device": d.device}, value(d)) for labels, d in devices))
 
 
 def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:

@@ -2,7 +2,7 @@
 run on the event loop once the device is known to be fast (the clipperd_device_inline_executions
 counter), answers are the model's own whichever path a request took, concurrent requests still
 queue and batch on the instance thread (inline executions never batch), the config's opt-outs
-hold, and a bad ``idle_inline_us`` fails the load with the parameter named."""
+hold, and a bad ``idle_inline_us`` or ``execution_mode`` fails the load naming the key and value."""
 
 from __future__ import annotations
 
@@ -41,10 +41,23 @@ MODELS = {
     "windowed": variant("windowed", idle_inline_us=FAST).replace(
         "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 100 }"
     ),
-    "bad_word": variant("bad_word", idle_inline_us="soon"),
-    "bad_negative": variant("bad_negative", idle_inline_us="-5"),
-    "bad_fraction": variant("bad_fraction", idle_inline_us="2.5"),
 }
+# a bad parameter fails the load with one message: the model, the key, the value cut short
+BAD_BOUND = "field 'parameters.idle_inline_us': must be a whole number of microseconds from 0 to 10000000, got "
+BAD = {
+    "bad_word": ("idle_inline_us", "soon", BAD_BOUND + "'soon'"),
+    "bad_negative": ("idle_inline_us", "-5", BAD_BOUND + "'-5'"),
+    "bad_fraction": ("idle_inline_us", "2.5", BAD_BOUND + "'2.5'"),
+    "bad_digits": ("idle_inline_us", "\u0661\u0662", BAD_BOUND + "'\u0661\u0662'"),  # int() takes them
+    "bad_huge": ("idle_inline_us", "9" * 5000, BAD_BOUND + repr("9" * 32)),  # int() refuses past 4300
+    "bad_past_bound": ("idle_inline_us", "10000001", BAD_BOUND + "'10000001'"),
+    "bad_mode": (
+        "execution_mode",
+        "gpu",
+        "field 'parameters.execution_mode': must be one of thread, event_loop, process, got 'gpu'",
+    ),
+}
+MODELS.update({name: variant(name, **{key: value}) for name, (key, value, _) in BAD.items()})
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +147,11 @@ def test_concurrent_requests_are_answered_right_on_either_path(
     assert model_metric(server, "clipperd_device_inline_executions", "inline") == inline + ran_inline + 1
 
 
-@pytest.mark.parametrize("model", ["bad_word", "bad_negative", "bad_fraction"])
-def test_a_bad_bound_fails_the_load_naming_the_parameter(server: ServerProcess, model: str) -> None:
+@pytest.mark.parametrize("model", sorted(BAD))
+def test_a_bad_parameter_fails_the_load_naming_it(server: ServerProcess, model: str) -> None:
     with grpcclient.InferenceServerClient(server.url) as client:
         assert not client.is_model_ready(model)
         assert client.is_model_ready("inline")  # the others serve
-    reason = index_entry(server.url, model)[1]
-    assert "idle_inline_us" in reason
-    assert "whole number of microseconds" in reason
+    state, reason = index_entry(server.url, model)
+    assert state == "UNAVAILABLE"
+    assert reason == f"model '{model}': {BAD[model][2]}"

@@ -129,12 +129,12 @@ BAD = {
     "bad_level": (
         "max_batch_size: 8" + IO + 'parameters { key: "graph_optimization_level" value: { string_value: "max" } }',
         MLP,
-        "graph_optimization_level must be one of",
+        "field 'parameters.graph_optimization_level': must be one of disable_all, basic, extended, all, got 'max'",
     ),
     "bad_threads": (
         "max_batch_size: 8" + IO + 'parameters { key: "intra_op_thread_count" value: { string_value: "many" } }',
         MLP,
-        "parameter 'intra_op_thread_count' must be an integer",
+        "field 'parameters.intra_op_thread_count': must be a whole number from 0 to 2147483647, got 'many'",
     ),
     "on_gpu": ("max_batch_size: 8" + IO + "instance_group [ { kind: KIND_GPU } ]", MLP, "GPU"),
 }

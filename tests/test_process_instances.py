@@ -338,8 +338,12 @@ def test_worker_python_runs_the_model_in_another_environment(isolation: ServerPr
 def test_bad_worker_parameters_make_the_model_unavailable(isolation: ServerProcess) -> None:
     with grpcclient.InferenceServerClient(isolation.url) as client:
         reasons = {m.name: m.reason for m in client.get_model_repository_index().models}
-    assert "worker_python 'no/such/python' is not an executable file" in reasons["bad_python"]
-    assert "worker parameters" in reasons["bad_timeout"]
+    assert (
+        "field 'parameters.worker_python': must name an executable file, got 'no/such/python'" in reasons["bad_python"]
+    )
+    assert (
+        "field 'parameters.worker_timeout_s': must be a number >= 0 and <= 1e+06, got 'soon'" in reasons["bad_timeout"]
+    )
 
 
 def test_kill_9_under_load_fails_only_the_batch_in_flight(isolation: ServerProcess) -> None:

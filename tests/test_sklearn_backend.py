@@ -94,7 +94,13 @@ BAD: dict[str, tuple[str, str, Any, str]] = {
     "corrupt": ("sklearn", io() + method("predict_proba"), {"model.joblib": b"not a joblib file"}, "cannot be loaded"),
     "no_proba": ("sklearn", io("TYPE_FP32", "1") + method("predict_proba"), "linear", "has no predict_proba()"),
     "features": ("sklearn", io(in_dims="5") + method("predict_proba"), "logistic", "takes 4 features"),
-    "method": ("sklearn", io() + method("explain"), "logistic", "parameter 'method' must be one of"),
+    "method": (
+        "sklearn",
+        io() + method("explain"),
+        "logistic",
+        "model 'method': field 'parameters.method': must be one of predict, predict_proba, decision_function, "
+        "transform, got 'explain'",
+    ),
     "xgb_corrupt": (
         "xgboost",
         io() + method("predict_proba"),
@@ -105,7 +111,7 @@ BAD: dict[str, tuple[str, str, Any, str]] = {
         "xgboost",
         io() + 'parameters { key: "xgboost_estimator" value: { string_value: "ranker" } }',
         {"model.json": (EXAMPLES / "iris_xgboost" / "1" / "model.json").read_bytes()},
-        "xgboost_estimator is classifier or regressor",
+        "field 'parameters.xgboost_estimator': must be one of classifier, regressor, got 'ranker'",
     ),
 }
 

@@ -1,0 +1,51 @@
+"""What the server sees of a model version's scheduler, whichever kind it is (the dynamic batcher
+of schedulers/scheduler.py, the ensemble pipeline of schedulers/ensemble.py): run a request,
+count what waits, report each device, close."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from backends.base import Tensors
+from schedulers.stats import ModelStats
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatistics:
+    """One device's batcher at one moment, as the metrics endpoint exports it."""
+
+    device: str  # "cpu", "cuda:0"
+    batch_size_cap: int  # the largest batch formed now: max_batch_size, or the AIMD cap
+    batch_latency_ns: int  # the latest batch's execution time
+    batches_over_target: int  # batches slower than the latency target
+    time_over_target_ns: int  # and by how much, summed
+    executions: int  # batches executed
+    inline_executions: int  # requests run at once on the event loop
+    rows: int  # inferences (rows) executed
+    depth: float  # requests queued or executing, per instance
+
+
+class Scheduler(Protocol):
+    """One model version's scheduler."""
+
+    @property
+    def stats(self) -> ModelStats:
+        """The version's counters, which the scheduler updates."""
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for an instance (Triton's pending request count)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or executing."""
+
+    async def execute(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Tensors:
+        """Runs one request (``batch_size`` rows) and returns its outputs."""
+
+    def device_statistics(self) -> list[DeviceStatistics]:
+        """Each device's batcher now; none for a scheduler that queues nothing itself."""
+
+    async def close(self) -> None:
+        """Stops taking requests, lets the admitted ones finish, releases the instances."""
