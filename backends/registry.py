@@ -10,6 +10,7 @@ from pathlib import Path
 
 from backends.base import Backend
 from backends.common.errors import ConfigError
+from backends.common.versions import version_folders
 from backends.onnx_backend import OnnxRuntimeBackend
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
@@ -91,11 +92,12 @@ def autocomplete(config: mc.ModelConfig, model_dir: Path) -> None:
     for backends that can, from the newest version folder."""
     if config.input and config.output:
         return
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    versions = version_folders(model_dir)
     if not versions:
         return
+    newest = versions[max(versions)]
     try:
-        name = backend_name(config, versions[-1])
+        name = backend_name(config, newest)
     except ConfigError:
         return  # validation reports it
-    BACKENDS[name].autocomplete(config, versions[-1])
+    BACKENDS[name].autocomplete(config, newest)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends import registry
+from backends.common import config_keys
 from backends.common.config import is_ensemble, load_model_config
-from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable
+from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Unavailable, Unimplemented
 from backends.common.versions import select_versions, version_folders
 from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ResponseCache
@@ -263,6 +264,7 @@ class ModelRepository:
         except ClipperdError as error:
             self._mark_failed(entry, str(error))
             raise
+        self._check_keys(entry, config)
         available = version_folders(folder)
         wanted, missing = select_versions(config.version_policy, list(available))
         for version in missing:
@@ -272,6 +274,16 @@ class ModelRepository:
             raise Unavailable(entry.reason)
         entry.reason = ""
         await self._swap_in(entry, config, {v: available[v] for v in wanted})
+
+    def _check_keys(self, entry: ModelEntry, config: mc.ModelConfig) -> None:
+        """Keys clipperd does not implement: refused where ignoring them changes answers, else warned."""
+        refused = config_keys.refusal(config)
+        if refused:
+            self._mark_failed(entry, refused)
+            raise Unimplemented(refused)
+        warned = config_keys.warning(config)
+        if warned:
+            log.warning("%s", warned)
 
     async def _swap_in(self, entry: ModelEntry, config: mc.ModelConfig, wanted: dict[int, Path]) -> None:
         for version in wanted:

@@ -6,15 +6,26 @@ from pathlib import Path
 
 from backends.proto import model_config_pb2 as mc
 
+MAX_VERSION = 2**63 - 1  # versions are int64 in the config and on the wire
+
+
+def folder_version(name: str) -> int | None:
+    """The version a folder name stands for, or None: only plain positive ASCII decimals without
+    a leading zero, up to int64 (``1``, ``12``; not ``01``, ``0``, ``-1``, ``v1``, ``١``), so that
+    one version has one folder name. The repository and the backends' auto-complete both use it."""
+    if not (name.isascii() and name.isdigit()) or name.startswith("0") or len(name) > len(str(MAX_VERSION)):
+        return None
+    number = int(name)
+    return number if number <= MAX_VERSION else None
+
 
 def version_folders(model_dir: Path) -> dict[int, Path]:
-    """Numeric version folders; names that are not plain positive decimals (``01``, ``0``, ``v1``)
-    are ignored, as Triton ignores them."""
+    """The version folders of a model (see :func:`folder_version`); other names are ignored."""
     found: dict[int, Path] = {}
     for child in model_dir.iterdir():
-        name = child.name
-        if name.isdigit() and name.isascii() and not name.startswith("0") and child.is_dir():
-            found[int(name)] = child
+        number = folder_version(child.name)
+        if number is not None and child.is_dir():
+            found[number] = child
     return found
 
 

@@ -1,0 +1,58 @@
+"""Config keys clipperd parses but does not implement yet, and what loading does about them.
+
+A key that would change a model's answers if ignored is refused: the model stays UNAVAILABLE
+with a reason naming the key. A key that only tunes speed is accepted with one warning. The
+lists are documented in docs/repository.md; remove a key from here when it is implemented."""
+
+from __future__ import annotations
+
+from backends.proto import model_config_pb2 as mc
+
+# key -> why ignoring it would change answers
+REFUSED = {
+    "sequence_batching": "sequence batching (stateful models, correlation ids) is not implemented",
+    "model_transaction_policy.decoupled": "decoupled models (response senders) are not supported by any backend",
+    "parameters.EXECUTION_ENV_PATH": "custom Python execution environments are not implemented",
+}
+# key -> what is given up by ignoring it
+WARNED = {
+    "model_warmup": "no warmup requests are run before the model is marked ready",
+    "instance_group.rate_limiter": "instances are not rate limited",
+}
+
+
+def refused_keys(config: mc.ModelConfig) -> list[str]:
+    """The keys of ``config`` that clipperd refuses (see REFUSED), in REFUSED's order."""
+    present = {
+        "sequence_batching": config.HasField("sequence_batching"),
+        "model_transaction_policy.decoupled": config.model_transaction_policy.decoupled,
+        "parameters.EXECUTION_ENV_PATH": "EXECUTION_ENV_PATH" in config.parameters,
+    }
+    return [key for key in REFUSED if present[key]]
+
+
+def warned_keys(config: mc.ModelConfig) -> list[str]:
+    """The keys of ``config`` that clipperd accepts but ignores (see WARNED)."""
+    present = {
+        "model_warmup": bool(config.model_warmup),
+        "instance_group.rate_limiter": any(g.HasField("rate_limiter") for g in config.instance_group),
+    }
+    return [key for key in WARNED if present[key]]
+
+
+def refusal(config: mc.ModelConfig) -> str:
+    """Why the model cannot be served as configured, naming each key; "" when it can."""
+    keys = refused_keys(config)
+    if not keys:
+        return ""
+    reasons = "; ".join(f"{key}: {REFUSED[key]}" for key in keys)
+    return f"model '{config.name}' uses config keys clipperd does not implement yet ({reasons})"
+
+
+def warning(config: mc.ModelConfig) -> str:
+    """One line naming the ignored speed-only keys; "" when there are none."""
+    keys = warned_keys(config)
+    if not keys:
+        return ""
+    effects = "; ".join(f"{key}: {WARNED[key]}" for key in keys)
+    return f"model '{config.name}': config keys accepted but ignored, answers are unchanged ({effects})"
