@@ -18,24 +18,14 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
 
-import numpy as np
-
 from backends.base import Tensors
 from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, ConfigError, ModelExecutionError, Unavailable
 from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
 from schedulers.protocol import DeviceStatistics
+from schedulers.runner import ModelRunner
 from schedulers.stats import ModelStats
-
-
-class StepModel(Protocol):
-    """A loaded version of a step's model, as the repository serves it to clients."""
-
-    async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int, timeout_us: int) -> Tensors:
-        """Validates ``inputs`` against the model's config, runs them through its scheduler and
-        counts the request in the model's own statistics."""
-        ...
 
 
 class StepSource(Protocol):
@@ -45,7 +35,7 @@ class StepSource(Protocol):
         """The config of model ``name`` read from the repository folder; raises when absent."""
         ...
 
-    def step_model(self, name: str, version: str) -> StepModel:
+    def step_model(self, name: str, version: str) -> ModelRunner:
         """The version serving ``name`` now (``version`` "" for the latest); raises when not ready."""
         ...
 

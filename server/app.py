@@ -37,10 +37,9 @@ class Server:
         size = settings.cache_bytes()
         self.cache = ResponseCache(size) if size else None
         self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model), self.cache)
-        self.plane = DataPlane(self.repository, settings.strict_readiness)
         store = open_store(settings.app_state, settings.model_repository)
-        self.applications = ApplicationManager(self.repository, self.plane.infer, store)
-        self.plane.applications = self.applications
+        self.applications = ApplicationManager(self.repository, store)
+        self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -40,16 +39,16 @@ from schedulers.app_definition import (
 )
 from schedulers.application import DEFAULT_UID, Answer, Application
 from schedulers.selection import summary
-from schedulers.stats import ModelStats
+from schedulers.stats import ModelStats, RequestTracker
+from server import inference
 from server.app_state import AppStore, Definition, States
-from server.messages import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
+from server.inference import Tensor, TensorCall
+from server.messages import InferRequest, InferResponse, OutputTensor
 from server.model_version import ModelVersion
 from server.repository import ModelRepository
 from server.validation import InputSpec
 
 log = logging.getLogger(__name__)
-
-Infer = Callable[[InferRequest], Awaitable[InferResponse]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +88,8 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 class ApplicationManager:
-    def __init__(self, repository: ModelRepository, infer: Infer, store: AppStore) -> None:
+    def __init__(self, repository: ModelRepository, store: AppStore) -> None:
         self.repository = repository
-        self.infer_model = infer
         self.store = store
         self.apps: dict[str, Application] = {}
         self._query_ids = itertools.count(1)
@@ -274,18 +272,16 @@ class ApplicationManager:
         )
 
     async def run_model(self, name: str, version: str, x: np.ndarray) -> np.ndarray:
-        """The resolver: one input through the model's own validation and batcher."""
-        spec, out, batched = _one_in_one_out(self.repository.get(name, version))
+        """The resolver: one input through the model's own validation, cache and batcher, by the
+        entry point every request takes (server/inference.py)."""
+        model = self.repository.get(name, version)
+        spec, out, batched = _one_in_one_out(model)
         dtype = datatypes.from_wire(spec.datatype).numpy
         data = x if x.dtype == dtype or spec.datatype == "BYTES" else x.astype(dtype)
         if batched:
             data = data[np.newaxis]
-        request = InferRequest(
-            name, version, "", [InputTensor(spec.name, spec.datatype, list(data.shape), data)],
-            [RequestedOutput(out.name)],
-        )  # fmt: skip
-        response = await self.infer_model(request)
-        result = response.outputs[0].data
+        outputs = await inference.infer(model, TensorCall([Tensor(spec.name, data, spec.datatype)]))
+        result = outputs[out.name]
         return result[0] if batched else result
 
     def next_query_id(self) -> int:
@@ -303,7 +299,10 @@ class ApplicationManager:
     # -- the KServe face --------------------------------------------------------------------------
 
     def _versioned(self, name: str, version: str) -> Application:
-        app = self.get(name)
+        return self.versioned(self.get(name), version)
+
+    @staticmethod
+    def versioned(app: Application, version: str) -> Application:
         if version not in ("", "1"):
             raise NotFound(f"application {app.name!r} has only version 1")
         return app
@@ -333,15 +332,14 @@ class ApplicationManager:
     def statistics(self, name: str, version: str = "") -> ModelStats:
         return self._versioned(name, version).stats
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, app: Application, request: InferRequest) -> InferResponse:
         """A KServe infer on the application, counted in its KServe statistics (as perf_analyzer
-        and Triton's statistics endpoint read them)."""
-        app = self._versioned(request.model_name, request.model_version)
+        and Triton's statistics endpoint read them) as a model's request is: a failure before
+        the members run (a wrong input) is OTHER, one while they run counts as in execution."""
         with app.stats.track() as tracked:
-            tracked.executing = True  # a failure counts as one in execution, as it always was
-            return await self._infer(app, request)
+            return await self._infer(app, request, tracked)
 
-    async def _infer(self, app: Application, request: InferRequest) -> InferResponse:
+    async def _infer(self, app: Application, request: InferRequest, tracked: RequestTracker) -> InferResponse:
         sig = self.signature(app)
         if len(request.inputs) != 1:
             raise InvalidArgument(f"application {app.name!r} takes one input, {sig.input.name!r}")
@@ -357,7 +355,9 @@ class ApplicationManager:
             )
         rows = list(tensor.data) if sig.input.batched else [tensor.data]
         uid = str(request.parameters.get("uid", DEFAULT_UID))
+        tracked.executing = True
         answers = await asyncio.gather(*(app.predict(row, uid, self.run_model) for row in rows))
+        tracked.executing = False
         outputs = [self.answer_array(app, a, sig.output) for a in answers]
         data = np.stack(outputs) if sig.input.batched else outputs[0]
         params: dict[str, bool | int | float | str] = {

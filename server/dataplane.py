@@ -3,17 +3,19 @@ management and ``infer``. Nothing here knows about gRPC or HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from backends.base import Tensors
-from backends.common.errors import NotFound
 from backends.proto import model_config_pb2 as mc
+from schedulers.application import Application
 from schedulers.stats import ModelStats
-from server import __version__, response_cache
+from server import __version__, inference
 from server.applications import ApplicationManager
 from server.messages import InferRequest, InferResponse, OutputTensor
 from server.model_version import ModelVersion
 from server.repository import IndexEntry, ModelRepository
+from server.resolver import Resolver
 from server.shared_memory import SharedMemoryRegistry
 
 # What this server really implements, as ServerMetadata reports it.
@@ -51,7 +53,15 @@ class VersionStatistics:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, strict_readiness: bool = True) -> None:
+    """Adapts the transports' requests to the server's one entry point (server/inference.py) and
+    answers what a name is through one resolver (models first, then applications)."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        strict_readiness: bool = True,
+        applications: ApplicationManager | None = None,
+    ) -> None:
         self.repository = repository
         self.strict_readiness = strict_readiness
         self.accepting = False  # set once the models of the start are loaded, cleared on shutdown
@@ -59,12 +69,12 @@ class DataPlane:
         self.version = __version__
         self.extensions = EXTENSIONS
         self.shared_memory = SharedMemoryRegistry()
-        self.applications: ApplicationManager | None = None  # Clipper applications, as models of their own
+        self.applications = applications  # Clipper applications, as models of their own
+        self.resolver = Resolver(repository, applications)
 
     def _application(self, name: str) -> ApplicationManager | None:
-        """The manager when ``name`` is an application (models come first: no name is both)."""
-        apps = self.applications
-        return apps if apps is not None and name in apps else None
+        """The manager when ``name`` is an application's (the resolver's rule: models first)."""
+        return self.applications if self.resolver.application(name) is not None else None
 
     def live(self) -> bool:
         return True
@@ -104,7 +114,8 @@ class DataPlane:
             models = self.repository.loaded()
         rows = [VersionStatistics(m.name, str(m.version), m.stats) for m in models]
         if not name and self.applications is not None:
-            rows += [VersionStatistics(a.name, "1", a.stats) for a in self.applications.apps.values()]
+            registered = self.applications.apps.values()
+            rows += [VersionStatistics(a.name, "1", a.stats) for a in registered if a.name not in self.repository]
         return rows
 
     def _versions_of(self, name: str) -> list[ModelVersion]:
@@ -120,43 +131,49 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         await self.repository.unload(name)
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        try:
-            model = self.repository.get(request.model_name, request.model_version)
-        except NotFound:
-            if (apps := self._application(request.model_name)) is not None:
-                return await self._infer_application(apps, request)
-            raise
-        with model.stats.track() as tracked, self.shared_memory.use(request) as shared_memory:
-            inputs, batch = model.signature.validate(request)  # shared memory's inputs are read now
-            probe = response_cache.lookup(model, request)
-            if probe is not None and probe.outputs is not None:
-                outputs = probe.outputs  # a hit: the model does not run
-            else:
-                tracked.executing = True
-                params = request.parameters
-                outputs = await model.scheduler.execute(
-                    inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
-                )
-                tracked.executing = False
-                if probe is not None:
-                    model.cache_store(probe, outputs)
-            response = self._response(request, model, outputs)
-            shared_memory.write_outputs(response)
-        return response
+    def infer(self, request: InferRequest) -> Awaitable[InferResponse]:
+        """The entry point's answer to ``request`` (a plain function returning the coroutine: no
+        extra coroutine layer per request)."""
+        target = self.resolver.resolve(request.model_name, request.model_version)
+        if isinstance(target, ModelVersion):
+            return inference.infer(target, _WireCall(request, self.shared_memory))
+        return self._infer_application(target, request)
 
-    async def _infer_application(self, apps: ApplicationManager, request: InferRequest) -> InferResponse:
+    async def _infer_application(self, app: Application, request: InferRequest) -> InferResponse:
+        assert self.applications is not None  # the resolver answers applications only when there are some
         with self.shared_memory.use(request) as shared_memory:
-            response = await apps.infer(request)
+            response = await self.applications.infer(app, request)
             shared_memory.write_outputs(response)
         return response
 
-    @staticmethod
-    def _response(request: InferRequest, model: ModelVersion, outputs: Tensors) -> InferResponse:
+
+class _WireCall:
+    """A transport's request as the entry point takes it: its shared-memory regions are read
+    when it opens and held until it closes; the answer is an InferResponse."""
+
+    __slots__ = ("inputs", "outputs", "parameters", "registry", "request", "shared_memory")
+
+    def __init__(self, request: InferRequest, registry: SharedMemoryRegistry) -> None:
+        self.request = request
+        self.registry = registry
+        self.inputs = request.inputs
+        self.outputs = request.outputs
+        self.parameters = request.parameters
+
+    def open(self) -> None:
+        self.shared_memory = self.registry.use(self.request)  # reads shared-memory inputs into the tensors
+
+    def close(self) -> None:  # called only after open succeeded
+        self.shared_memory.release()
+
+    def respond(self, model: ModelVersion, outputs: Tensors) -> InferResponse:
+        request = self.request
         types = model.signature.outputs
         names = [o.name for o in request.outputs] or [o.name for o in model.config.output]
         tensors = []
         for name in names:
             array = outputs[name]
             tensors.append(OutputTensor(name, types[name], list(array.shape), array))
-        return InferResponse(model.name, str(model.version), request.id, tensors)
+        response = InferResponse(model.name, str(model.version), request.id, tensors)
+        self.shared_memory.write_outputs(response)
+        return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache
 from schedulers.ensemble import StepSource
 from schedulers.protocol import Scheduler
 from schedulers.stats import ModelStats
+from server import inference
 from server.validation import ModelSignature
 
 
@@ -46,21 +47,12 @@ class ModelVersion:
         if self.cache is not None:
             self.cache.close()
 
-    async def infer_tensors(self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Tensors:
-        """One request from inside the server (an ensemble's step): validated against this
-        version's config, answered from the response cache or queued and batched like a
-        client's, counted in its statistics."""
-        with self.stats.track() as request:
-            arrays, batch = self.signature.validate_tensors(inputs)
-            specs = self.signature.inputs
-            probe = self.cache_probe((n, specs[n].datatype, a.shape, a) for n, a in inputs.items())
-            if probe is not None and probe.outputs is not None:
-                return probe.outputs
-            request.executing = True
-            outputs = await self.scheduler.execute(arrays, batch, priority, timeout_us)
-            if probe is not None:
-                self.cache_store(probe, outputs)
-            return outputs
+    def infer_tensors(
+        self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0
+    ) -> Awaitable[Tensors]:
+        """One request from inside the server (an ensemble's step, an application's member),
+        through the one entry point (server/inference.py) that clients' requests take."""
+        return inference.infer(self, inference.tensor_call(inputs, priority, timeout_us))
 
     def cache_probe(self, inputs: Iterable[RequestInput]) -> CacheProbe | None:
         """The response-cache lookup of one request's inputs (name, wire type, shape, array),

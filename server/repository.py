@@ -109,6 +109,11 @@ class ModelRepository:
             raise NotFound(f"Request for unknown model: {shown(name)} version {number} is not found")
         raise Unavailable(f"model {shown(name)} version {number} is not ready ({status.state.value})")
 
+    def __contains__(self, name: str) -> bool:
+        """Whether ``name`` is a model here (loaded, loading or failed to load): what makes a name
+        a model rather than an application (server/resolver.py)."""
+        return name in self._models
+
     def step_model(self, name: str, version: str) -> ModelVersion:
         """An ensemble step's model: the version serving it now (see schedulers/ensemble.py)."""
         return self.get(name, version)

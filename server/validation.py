@@ -4,8 +4,9 @@ so the hot path is dictionary lookups and tuple compares."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,7 +15,10 @@ from backends.common import datatypes
 from backends.common.errors import InvalidArgument
 from backends.common.tensors import shape_matches
 from backends.proto import model_config_pb2 as mc
-from server.messages import InferRequest, Params
+from server.messages import Params
+
+if TYPE_CHECKING:
+    from server.inference import Named, TensorIn
 
 # reserved request parameters and the Python types they must have
 _RESERVED: dict[str, tuple[type, ...]] = {
@@ -49,31 +53,25 @@ class ModelSignature:
         self.required = [n for n, s in self.inputs.items() if not s.optional]
         self.outputs = {o.name: datatypes.from_config(mc.DataType.Name(o.data_type)).wire for o in config.output}
 
-    def validate(self, request: InferRequest) -> tuple[Tensors, int]:
-        """The model's inputs as named arrays and the request's batch size (1 when unbatched)."""
-        check_parameters(request.parameters)
+    def validate(
+        self, inputs: Sequence[TensorIn], outputs: Sequence[Named] = (), parameters: Params | None = None
+    ) -> tuple[Tensors, int]:
+        """The model's inputs as named arrays and the request's batch size (1 when unbatched).
+        An input whose ``datatype`` is "" (one from inside the server) has its array's type."""
+        if parameters:
+            check_parameters(parameters)
         arrays: Tensors = {}
         batch = -1
-        for tensor in request.inputs:
+        for tensor in inputs:
             spec = self._spec(tensor.name)
             if tensor.name in arrays:
                 raise InvalidArgument(f"input '{tensor.name}' is given more than once")
-            self._check_type(spec, tensor.datatype)
-            batch = self._accept(spec, tuple(tensor.shape), tensor.data, batch, arrays)
+            data = tensor.data
+            self._check_type(spec, tensor.datatype or _wire_type(data, spec.datatype))
+            batch = self._accept(spec, tuple(tensor.shape), data, batch, arrays)
         self._check_required(arrays)
-        self._check_outputs(request)
-        return arrays, max(batch, 1)
-
-    def validate_tensors(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, int]:
-        """As :meth:`validate`, for named arrays that come from inside the server (an ensemble's
-        step), not from a client: the data type is the array's."""
-        arrays: Tensors = {}
-        batch = -1
-        for name, data in tensors.items():
-            spec = self._spec(name)
-            self._check_type(spec, _wire_type(data, spec.datatype))
-            batch = self._accept(spec, data.shape, data, batch, arrays)
-        self._check_required(arrays)
+        if outputs:
+            self._check_outputs(outputs)
         return arrays, max(batch, 1)
 
     def _check_required(self, arrays: Tensors) -> None:
@@ -127,9 +125,9 @@ class ModelSignature:
             )
         return batch
 
-    def _check_outputs(self, request: InferRequest) -> None:
+    def _check_outputs(self, outputs: Sequence[Named]) -> None:
         seen: set[str] = set()
-        for output in request.outputs:
+        for output in outputs:
             if output.name not in self.outputs:
                 raise InvalidArgument(f"unexpected inference output '{output.name[:64]}' for model '{self.model}'")
             if output.name in seen:

@@ -175,8 +175,8 @@ def test_every_grpc_method_has_an_api() -> None:
 
 
 def test_every_http_route_has_an_api(tmp_path: Path) -> None:
-    plane = DataPlane(ModelRepository(tmp_path, ControlMode.EXPLICIT, []))
-    plane.applications = ApplicationManager(plane.repository, plane.infer, MemoryStore())
+    repository = ModelRepository(tmp_path, ControlMode.EXPLICIT, [])
+    plane = DataPlane(repository, applications=ApplicationManager(repository, MemoryStore()))
     api = RestApi(plane, BodyLimits(1 << 20, 1 << 20))  # it files every route, or raises
     filed = {(r.method, r.path): access.http_api(r.path) for r in api.router.routes}
     assert filed[("POST", "/v2/repository/index")] == "model-repository"

@@ -325,3 +325,52 @@ def test_the_admin_client_reaches_the_applications_of_its_server(server: ServerP
         assert admin.list_models()  # the same client deploys and lists the repository's models
     finally:
         apps.delete_application("joined")
+
+
+def test_a_model_that_appears_under_an_applications_name_is_that_name_everywhere(tmp_path: Path) -> None:
+    """One rule for every call (server/resolver.py): models come first. Registration refuses a
+    model's name, but a model folder may appear later under an application's name; once loaded,
+    metadata, readiness, config and statistics all speak of the model, as infer does."""
+    repository = tmp_path / "models"
+    add_model(repository, "one_a", value=1)
+    flags = ("--model-control-mode", "explicit", "--load-model", "one_a", "--app-state", "memory://")
+    with running(repository, *flags, log_dir=tmp_path) as proc:
+        ApplicationAdmin(proc.http_url).register_application(
+            "shadow", ["one_a"], default_output=-1, slo_micros=5_000_000
+        )
+        add_model(repository, "shadow", value=2)
+        with grpcclient.InferenceServerClient(proc.url) as client:
+            assert client.get_model_metadata("shadow").platform == "clipperd_application"
+            client.load_model("shadow")
+            assert client.get_model_metadata("shadow").platform != "clipperd_application"
+            assert client.get_model_config("shadow").config.platform != "clipperd_application"
+            inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([X], dtype=np.float32))
+            np.testing.assert_array_equal(client.infer("shadow", [inp]).as_numpy("OUTPUT0"), [[2.0]])
+            stats = client.get_inference_statistics("shadow").model_stats
+            assert [(s.version, s.inference_stats.success.count) for s in stats] == [("1", 1)]
+            everything = client.get_inference_statistics().model_stats
+            assert sorted((s.name, s.version) for s in everything) == [("one_a", "1"), ("shadow", "1")]
+
+
+def test_members_answer_from_their_response_cache_and_count_there(tmp_path: Path) -> None:
+    """An application's member runs through the one entry point: its cache answers a repeated
+    input, and the member's statistics count the hit as a client's request would be counted."""
+    repository = tmp_path / "models"
+    add_model(repository, "cached", value=3)
+    config = repository / "cached" / "config.pbtxt"
+    config.write_text(config.read_text() + "\nresponse_cache { enable: true }\n")
+    flags = ("--app-state", "memory://", "--cache-config", "local,size=1048576")
+    with running(repository, *flags, log_dir=tmp_path) as proc:
+        ApplicationAdmin(proc.http_url).register_application(
+            "front", ["cached"], default_output=-1, slo_micros=5_000_000
+        )
+        with grpcclient.InferenceServerClient(proc.url) as client:
+            inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([X], dtype=np.float32))
+            for _ in range(2):
+                np.testing.assert_array_equal(client.infer("front", [inp]).as_numpy("OUTPUT0"), [[3.0]])
+            member = client.get_inference_statistics("cached").model_stats[0].inference_stats
+            assert (member.success.count, member.cache_hit.count, member.cache_miss.count) == (2, 1, 1)
+            front = client.get_inference_statistics("front").model_stats[0].inference_stats
+            assert front.success.count == 2

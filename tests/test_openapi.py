@@ -62,8 +62,8 @@ def test_json_and_yaml_documents_agree(fuzz_server: ServerProcess) -> None:
 
 
 def test_document_covers_every_route(tmp_path: Path) -> None:
-    plane = DataPlane(ModelRepository(tmp_path, ControlMode.EXPLICIT, []))
-    plane.applications = ApplicationManager(plane.repository, plane.infer, MemoryStore())
+    repository = ModelRepository(tmp_path, ControlMode.EXPLICIT, [])
+    plane = DataPlane(repository, applications=ApplicationManager(repository, MemoryStore()))
     api = RestApi(plane, BodyLimits(1 << 20, 1 << 20))
     served = set()
     for route in api.routes():

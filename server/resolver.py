@@ -1,0 +1,36 @@
+"""Whether a name is a model or an application, answered once for every caller.
+
+The rule: models come first. A name the model repository knows (loaded, loading, or failed to
+load) is a model; otherwise it is an application when one of that name is registered; otherwise
+it is not found. Registering an application under a model's name is refused, so a name is both
+only when a model folder of an application's name appears later: from then on it is the model."""
+
+from __future__ import annotations
+
+from backends.common.errors import NotFound
+from schedulers.application import Application
+from server.applications import ApplicationManager
+from server.model_version import ModelVersion
+from server.repository import ModelRepository, shown
+
+
+class Resolver:
+    def __init__(self, repository: ModelRepository, applications: ApplicationManager | None = None) -> None:
+        self.repository = repository
+        self.applications = applications
+
+    def application(self, name: str) -> Application | None:
+        """The application ``name`` names, or None when it names a model or nothing."""
+        apps = self.applications
+        if apps is None or name in self.repository:
+            return None
+        return apps.apps.get(name)
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion | Application:
+        """What serves ``name``/``version`` now, or the error a client should see."""
+        if name in self.repository or self.applications is None:
+            return self.repository.get(name, version)
+        app = self.applications.apps.get(name)
+        if app is None:
+            raise NotFound(f"Request for unknown model: {shown(name)} is not found")
+        return self.applications.versioned(app, version)
