@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, Capabilities, InstanceContext, Tensors
+from backends.common.error_text import exception_text
 from backends.common.errors import InvalidArgument, ModelExecutionError, NotFound, Unavailable
 from backends.common.imports import IMPORT_LOCK
-from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 DEFAULT_MAX_BATCH = 4  # what Triton's auto-completion gives a model whose first dims are all dynamic

@@ -26,9 +26,9 @@ import numpy as np
 
 from backends.base import Backend, Capabilities, InstanceContext, Tensors
 from backends.common import datatypes
+from backends.common.error_text import exception_text
 from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.common.imports import IMPORT_LOCK
-from backends.common.messages import exception_text
 from backends.proto import model_config_pb2 as mc
 
 ROW = "__clipperd_row"

@@ -22,7 +22,7 @@ from clipperd_admin.specs import Serving, TensorSpec, check_model_name, check_ve
 from clipperd_admin.staging import Bundle, RepositoryFiles
 
 MODES = ("explicit", "poll")
-Tensors = str | Sequence[TensorSpec | Sequence[Any]]  # a str: one of Clipper's input types ("doubles")
+TensorsSpec = str | Sequence[TensorSpec | Sequence[Any]]  # a str: one of Clipper's input types ("doubles")
 Row = tuple[int | None, str, str]  # (version, state, reason) of a repository index row
 
 
@@ -60,8 +60,8 @@ class ClipperdAdmin:
         self,
         name: str,
         func: Callable[..., Any],
-        inputs: Tensors,
-        outputs: Tensors,
+        inputs: TensorsSpec,
+        outputs: TensorsSpec,
         *,
         version: int | None = None,
         max_batch_size: int = 64,
@@ -123,8 +123,8 @@ class ClipperdAdmin:
         saved_model_dir: str | Path,
         *,
         signature_name: str = "serving_default",
-        inputs: Tensors | None = None,
-        outputs: Tensors | None = None,
+        inputs: TensorsSpec | None = None,
+        outputs: TensorsSpec | None = None,
         version: int | None = None,
         max_batch_size: int = 64,
         batch_delay_us: int | None = None,

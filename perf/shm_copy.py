@@ -3,7 +3,7 @@
 The server copies an input out of a client's region and an output into it. It used to do that
 through an mmap of the region (after an fstat size check, which cannot stop a truncate racing the
 copy: SIGBUS); it now does ``preadv`` into the tensor's own buffer and ``fstat`` + ``pwrite``
-(server/shared_memory.py). This times both ways on one /dev/shm object, per tensor size, in
+(server/core/shared_memory.py). This times both ways on one /dev/shm object, per tensor size, in
 this process (no server: the copy is what changed, the rest of a request is the same).
 
     python perf/shm_copy.py [--sizes 64,65536,4194304,67108864] [--seconds 1]

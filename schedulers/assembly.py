@@ -21,7 +21,7 @@ from backends.common.parameters import Parameters
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
 from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
-from schedulers.instance import InstanceWorker
+from schedulers.instance import ModelInstance
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.protocol import Scheduler
 from schedulers.scheduler import ModelScheduler
@@ -52,38 +52,38 @@ async def build_scheduler(
         return EnsembleScheduler(plan_ensemble(config, steps), steps, ModelStats())
     backend_class = backend_class or registry.backend_class(config, version_path)
     placed = instance_devices(config, backend_class)
-    workers = _workers(config, version, version_path, backend_class, placed)
-    results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+    instances = _instances(config, version, version_path, backend_class, placed)
+    results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
-        await asyncio.gather(*(w.stop() for w in workers))
+        await asyncio.gather(*(w.stop() for w in instances))
         raise _load_error(config.name, version, errors[0])
-    return ModelScheduler(config, workers, ModelStats(), [device.name for _, device in placed])
+    return ModelScheduler(config, instances, ModelStats(), [device.name for _, device in placed])
 
 
-def _workers(
+def _instances(
     config: mc.ModelConfig,
     version: int,
     version_path: Path,
     backend_class: type[Backend],
     placed: list[tuple[str, Device]],
-) -> list[InstanceWorker]:
-    """One worker per placed instance, not started: a thread (or the event loop) that makes the
+) -> list[ModelInstance]:
+    """One ModelInstance per placed instance, not started: a thread (or the event loop) that makes the
     backend, in this process or in a worker process of its own."""
     params = Parameters.of(config)
     threads = cpu_threads_per_instance(sum(1 for _, d in placed if d.kind == "cpu"))
     mode = execution_mode(params, backend_class)
     settings = WorkerSettings.parse(params, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(params, backend_class) * 1000
-    workers = []
+    instances = []
     for name, device in placed:
         context = InstanceContext(config, version, version_path, device, name, threads, params.values)
         factory: Callable[[], Backend] = functools.partial(backend_class, context)
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
         inline = inline_ns if device.kind == "cpu" else 0  # a GPU instance keeps its stream's thread
-        workers.append(InstanceWorker(name, factory, on_loop=mode == "event_loop", inline_ns=inline))
-    return workers
+        instances.append(ModelInstance(name, factory, on_loop=mode == "event_loop", inline_ns=inline))
+    return instances
 
 
 def instance_devices(config: mc.ModelConfig, backend_class: type[Backend]) -> list[tuple[str, Device]]:

@@ -36,8 +36,8 @@ from backends.common.errors import ClipperdError, Unavailable
 from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController, aimd_settings
-from schedulers.batching import split
-from schedulers.instance import InstanceWorker
+from schedulers.batch_views import split
+from schedulers.instance import ModelInstance
 from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
@@ -73,7 +73,7 @@ class DeviceQueue:
         self,
         device: str,
         config: mc.ModelConfig,
-        workers: Sequence[InstanceWorker],
+        instances: Sequence[ModelInstance],
         stats: ModelStats,
         policies: QueuePolicies,
         order: ResponseOrder,
@@ -81,8 +81,8 @@ class DeviceQueue:
         self.device = device
         self.config = config
         self.stats = stats
-        self._workers = list(workers)
-        self._idle: list[InstanceWorker] = list(workers)
+        self._instances = list(instances)
+        self._idle: list[ModelInstance] = list(instances)
         self.queue: deque[Pending] = deque()
         self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
         self._max_batch_size = config.max_batch_size
@@ -110,10 +110,10 @@ class DeviceQueue:
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
         windowless = not (self._delay_ns or self._fill_delay_ns)  # a batching window is honoured
-        self._inline = any(w.on_loop for w in self._workers) and windowless
+        self._inline = any(w.on_loop for w in self._instances) and windowless
         self._defer = self._batching and not self._inline
         # idle inline execution (see the module's doc): the instances' bound, 0 when not allowed
-        self._inline_ns = min(w.inline_ns for w in self._workers) if windowless else 0
+        self._inline_ns = min(w.inline_ns for w in self._instances) if windowless else 0
         self._solo_ns = 0.0  # moving average of single-request executions, past the warm-up
         self._solo_rows = 0.0  # and of their rows
         self.inline_executions = 0  # requests run at once on the event loop
@@ -128,7 +128,7 @@ class DeviceQueue:
 
     @property
     def busy(self) -> int:
-        return len(self._workers) - len(self._idle)
+        return len(self._instances) - len(self._idle)
 
     @property
     def in_flight(self) -> int:
@@ -137,7 +137,7 @@ class DeviceQueue:
     @property
     def depth(self) -> float:
         """Queued and executing requests per instance: where the next request waits least."""
-        return self.in_flight / len(self._workers)
+        return self.in_flight / len(self._instances)
 
     @property
     def expected_ns(self) -> float:
@@ -146,7 +146,7 @@ class DeviceQueue:
         time, shared among its instances: queue depth weighted by the device's speed (0 until
         an instance of the device has executed a batch past its first, which pays the warm-up)."""
         ahead = self.busy + -(-len(self.queue) // self.aimd.cap)
-        return (ahead / len(self._workers) + 1) * self.batch_ns
+        return (ahead / len(self._instances) + 1) * self.batch_ns
 
     @property
     def solo_ns(self) -> float:
@@ -175,7 +175,7 @@ class DeviceQueue:
             return False
         if self._inline:
             return bool(self._idle)
-        if not self._inline_ns or len(self._idle) < len(self._workers) or not self._solo_ns:
+        if not self._inline_ns or len(self._idle) < len(self._instances) or not self._solo_ns:
             return False
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
         if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
@@ -256,7 +256,7 @@ class DeviceQueue:
         if self.queue:
             self._dispatch()  # a batch waiting for its delay goes now
         await self._drained.wait()
-        await asyncio.gather(*(w.stop() for w in self._workers))
+        await asyncio.gather(*(w.stop() for w in self._instances))
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -269,11 +269,11 @@ class DeviceQueue:
                 if formed is None:
                     break
                 batch, cap_bound = formed
-                worker = self._idle.pop()
+                instance = self._idle.pop()
                 assert self._loop is not None
                 job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
-                done = self._completion(worker, batch, self._order.ticket(), cap_bound)
-                worker.submit(job, self._loop, done)
+                done = self._completion(instance, batch, self._order.ticket(), cap_bound)
+                instance.submit(job, self._loop, done)
         finally:
             self._dispatching = False
         if not self.queue and not self.busy and not self._drained.is_set():
@@ -365,26 +365,26 @@ class DeviceQueue:
         batch = sum(sizes) if self._max_batch_size > 0 else None
         return functools.partial(_run_batch, parts, sizes, batch, self.config.name, self._specs)
 
-    def _completion(self, worker: InstanceWorker, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
+    def _completion(self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
-            self._idle.append(worker)
+            self._idle.append(instance)
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
-                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], worker, cap_bound)
+                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], instance, cap_bound)
             self._order.release(ticket, functools.partial(_deliver, batch, result, error))
             self._dispatch()
 
         return done
 
     def _observe(
-        self, rows: int, requests: int, times: ExecutionTimes, worker: InstanceWorker, cap_bound: bool = False
+        self, rows: int, requests: int, times: ExecutionTimes, instance: ModelInstance, cap_bound: bool = False
     ) -> None:
         self.stats.record_execution(rows, requests, times)
         self.aimd.observe(rows, sum(times), cap_bound)
         self.executions += 1
         self.rows += rows
-        if worker.name not in self._warm:  # a first batch pays the warm-up (CUDA context, kernels)
-            self._warm.add(worker.name)
+        if instance.name not in self._warm:  # a first batch pays the warm-up (CUDA context, kernels)
+            self._warm.add(instance.name)
             return
         elapsed = sum(times)
         self.batch_ns = _average(self.batch_ns, elapsed)

@@ -34,7 +34,7 @@ Done = Callable[[Any, BaseException | None], None]
 _STOP = object()
 
 
-class InstanceWorker:
+class ModelInstance:
     """Runs one backend instance, one job at a time (the scheduler keeps it so)."""
 
     def __init__(

@@ -16,9 +16,9 @@ from backends.base import Tensors
 from backends.common.errors import Unavailable
 from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController
-from schedulers.batching import batch_key
+from schedulers.batch_views import batch_key
 from schedulers.device_queue import DeviceQueue, Pending
-from schedulers.instance import InstanceWorker
+from schedulers.instance import ModelInstance
 from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
@@ -41,18 +41,18 @@ class ModelScheduler:
     """Routes one model version's requests to its per-device queues."""
 
     def __init__(
-        self, config: mc.ModelConfig, workers: Sequence[InstanceWorker], stats: ModelStats, devices: Sequence[str] = ()
+        self, config: mc.ModelConfig, instances: Sequence[ModelInstance], stats: ModelStats, devices: Sequence[str] = ()
     ) -> None:
-        """``devices[i]`` is where ``workers[i]`` runs (all ``cpu`` when not given)."""
+        """``devices[i]`` is where ``instances[i]`` runs (all ``cpu`` when not given)."""
         self.config = config
         self.stats = stats
         self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
         self._policies = QueuePolicies(config)
-        ordered = self._batching and config.dynamic_batching.preserve_ordering and len(workers) > 1
+        ordered = self._batching and config.dynamic_batching.preserve_ordering and len(instances) > 1
         self._order = ResponseOrder(ordered)
-        placed: dict[str, list[InstanceWorker]] = {}
-        for index, worker in enumerate(workers):
-            placed.setdefault(devices[index] if devices else "cpu", []).append(worker)
+        placed: dict[str, list[ModelInstance]] = {}
+        for index, instance in enumerate(instances):
+            placed.setdefault(devices[index] if devices else "cpu", []).append(instance)
         self.queues = [
             DeviceQueue(device, config, group, stats, self._policies, self._order) for device, group in placed.items()
         ]

@@ -65,7 +65,7 @@ GRPC_METHOD_API: dict[str, str] = {
 }
 _REGISTRATION = frozenset({"SystemSharedMemoryRegister", "CudaSharedMemoryRegister"})
 
-# HTTP route templates (server/http_router.py) by prefix and suffix, first match wins
+# HTTP route templates (server/rest/router.py) by prefix and suffix, first match wins
 _HTTP_PREFIXES = (
     ("/v2/health/", HEALTH),
     ("/v2/repository/", MODEL_REPOSITORY),

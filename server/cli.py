@@ -12,9 +12,10 @@ from pathlib import Path
 
 from server import __version__
 from server.access import AccessPolicy
-from server.app import serve
-from server.app_state import check_store_spec
-from server.http_limits import HttpLimits
+from server.applications.state import check_store_spec
+from server.grpc.http2.limits import Http2Limits
+from server.lifecycle import serve
+from server.rest.limits import HttpLimits
 from server.settings import Settings, env_default, parse_bool, setting_fields
 from server.tls import check_tls_settings
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         AccessPolicy.from_settings(settings)
         check_tls_settings(settings)
         HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
-        settings.http2_limits()
+        Http2Limits.from_settings(settings)
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
     logging.basicConfig(

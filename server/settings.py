@@ -8,8 +8,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from server.http2_limits import Http2Limits
-
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -209,16 +207,6 @@ class Settings:
             self.grpc_restricted_protocol = []
         if self.http_restricted_api is None:
             self.http_restricted_api = []
-
-    def http2_limits(self) -> Http2Limits:
-        """The native HTTP/2 server's timeouts and connection limits; ValueError says what is wrong."""
-        return Http2Limits(
-            handshake_timeout_s=self.grpc_http2_handshake_timeout_secs,
-            idle_timeout_s=self.grpc_http2_idle_timeout_secs,
-            stall_timeout_s=self.grpc_http2_stall_timeout_secs,
-            max_connections=self.grpc_max_connections,
-            max_connections_per_client=self.grpc_max_connections_per_client,
-        )
 
     def cache_bytes(self) -> int:
         """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""

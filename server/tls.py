@@ -30,7 +30,7 @@ MIN_VERSION = ssl.TLSVersion.TLSv1_2  # RFC 8996: TLS 1.0 and 1.1 are deprecated
 ALPN_GRPC = ("h2",)  # gRPC is HTTP/2; RFC 9113 §3.2 names it "h2" over TLS
 ALPN_HTTP = ("http/1.1",)  # the REST server speaks HTTP/1.1 only
 
-Signature = tuple[tuple[int, int, int, int] | None, ...]  # per file: (device, inode, size, mtime) or None
+FileStamps = tuple[tuple[int, int, int, int] | None, ...]  # per file: (device, inode, size, mtime) or None
 
 
 class TlsError(ValueError):
@@ -112,7 +112,7 @@ def _reason(error: OSError) -> str:
     return str(error.strerror or error)  # "No such file or directory"
 
 
-def _signature(paths: Sequence[Path]) -> Signature:
+def _signature(paths: Sequence[Path]) -> FileStamps:
     stats: list[tuple[int, int, int, int] | None] = []
     for path in paths:
         try:
@@ -132,7 +132,7 @@ class Generation:
     cert_pem: bytes
     key_pem: bytes
     root_pem: bytes | None
-    signature: Signature
+    signature: FileStamps
 
 
 def load_generation(files: TlsFiles, alpn: Sequence[str]) -> Generation:

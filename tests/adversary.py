@@ -2,7 +2,7 @@
 its event loop never stalled, other clients served meanwhile.
 
 The stall is read from the server's own ``clipperd_event_loop_lag_seconds`` histogram (a timer on
-its loop, see server/loop_lag.py), not from a wall clock on this side: a busy 2-core machine
+its loop, see server/metrics/loop_lag.py), not from a wall clock on this side: a busy 2-core machine
 delays the test's own threads too, so only the server can say how late its loop ran. The probe
 (a small gRPC infer and an HTTP ready check every 250 ms) shows that other clients were served."""
 

@@ -24,14 +24,14 @@ from tritonclient.utils import InferenceServerException
 from clipperd_admin import ClipperdAdmin, ServerError
 from server import access
 from server.access import AccessPolicy, grpc_peer_host, is_loopback, parse_restrictions
-from server.app_state import MemoryStore
-from server.applications import ApplicationManager
+from server.applications.manager import ApplicationManager
+from server.applications.state import MemoryStore
 from server.cli import main
-from server.dataplane import DataPlane
-from server.http_body import BodyLimits
-from server.http_service import RestApi
+from server.core.dataplane import DataPlane
+from server.core.repository import ControlMode, ModelRepository
 from server.proto import grpc_service_pb2 as pb
-from server.repository import ControlMode, ModelRepository
+from server.rest.body import BodyLimits
+from server.rest.routes import RestApi
 from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(240)
@@ -176,8 +176,9 @@ def test_every_grpc_method_has_an_api() -> None:
 
 def test_every_http_route_has_an_api(tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path, ControlMode.EXPLICIT, [])
-    plane = DataPlane(repository, applications=ApplicationManager(repository, MemoryStore()))
-    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20))  # it files every route, or raises
+    apps = ApplicationManager(repository, MemoryStore())
+    plane = DataPlane(repository, applications=apps)
+    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20), applications=apps)  # it files every route, or raises
     filed = {(r.method, r.path): access.http_api(r.path) for r in api.router.routes}
     assert filed[("POST", "/v2/repository/index")] == "model-repository"
     assert filed[("POST", "/v2/systemsharedmemory/region/{name}/register")] == "shared-memory"

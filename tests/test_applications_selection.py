@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from backends.common.errors import AlreadyExists, InvalidArgument
-from schedulers.app_definition import MAX_MODELS, AppDefinition, LinkedModel
-from schedulers.application import LATE_STREAK, PROBE_EVERY, Application, Lateness, fan_out_deadline_s
-from schedulers.selection import POLICIES, summary
+from schedulers.applications.application import LATE_STREAK, PROBE_EVERY, Application, Lateness, fan_out_deadline_s
+from schedulers.applications.definition import MAX_MODELS, AppDefinition, LinkedModel
+from schedulers.applications.selection import POLICIES, summary
 
 # Stated bounds: after 300 feedbacks with A right 90 % of the time, B 70 %, C 50 %, A drops to
 # 20 %; B's weight passes A's within this many feedbacks (measured over 15 seeds: Exp4 8-25, Exp3 16-64).

@@ -328,7 +328,7 @@ def test_the_admin_client_reaches_the_applications_of_its_server(server: ServerP
 
 
 def test_a_model_that_appears_under_an_applications_name_is_that_name_everywhere(tmp_path: Path) -> None:
-    """One rule for every call (server/resolver.py): models come first. Registration refuses a
+    """One rule for every call (server/core/resolver.py): models come first. Registration refuses a
     model's name, but a model folder may appear later under an application's name; once loaded,
     metadata, readiness, config and statistics all speak of the model, as infer does."""
     repository = tmp_path / "models"

@@ -26,8 +26,8 @@ from backends.common.tensors import (
     element_count,
     serialize_bytes,
 )
-from server.grpc_codec import CONTENTS_FIELD, decode_request
-from server.messages import InferRequest
+from server.core.messages import InferRequest
+from server.grpc.codec import CONTENTS_FIELD, decode_request
 from server.proto import grpc_service_pb2 as pb
 
 INT64_MAX = 2**63 - 1

@@ -29,9 +29,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as tpb
 
-from server.grpc_calls import Abort
-from server.grpc_inflate import Inflater
-from server.grpc_service import STREAM_REQUESTS_IN_FLIGHT
+from server.grpc.calls import Abort
+from server.grpc.inflate import Inflater
+from server.grpc.service import STREAM_REQUESTS_IN_FLIGHT
 from tests.adversary import MAX_RSS_GROWTH, Watch, rss_bytes
 from tests.appmodels import add_model
 from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running, wait_until

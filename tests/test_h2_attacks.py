@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as tpb
 
-from server.http2_limits import RateBudget
+from server.grpc.http2.limits import RateBudget
 from tests.adversary import MAX_RSS_GROWTH, Watch
 from tests.h2raw import (
     COMPRESSION_ERROR,
@@ -419,7 +419,7 @@ class _Transport:
 
 
 def _run_connection(stream_window: int, feed: Callable[[Any], None]) -> tuple[_Transport, _Handler]:
-    from server.http2_connection import Http2Connection, Http2Server
+    from server.grpc.http2.connection import Http2Connection, Http2Server
 
     handler, transport = _Handler(), _Transport()
 
@@ -509,7 +509,7 @@ class _Answering(_Handler):
 
 def _slow_reader(server: Any, handler: _Answering, calls: int) -> Any:
     """A connection whose peer's stream windows are 0 (it reads no DATA), with ``calls`` open."""
-    from server.http2_connection import Http2Connection
+    from server.grpc.http2.connection import Http2Connection
 
     connection = Http2Connection(server)
     connection.connection_made(_Transport())  # type: ignore[arg-type]
@@ -523,8 +523,8 @@ def test_answers_waiting_for_slow_readers_are_bounded_across_connections() -> No
     """Per connection (32 MiB by default) and for all connections together (1 GiB; 3 MiB here):
     an answer that would pass the total is refused with RST_STREAM ENHANCE_YOUR_CALM, and what a
     closed connection held no longer counts."""
-    from server.http2_connection import Http2Server
-    from server.http2_limits import Http2Limits
+    from server.grpc.http2.connection import Http2Server
+    from server.grpc.http2.limits import Http2Limits
 
     answer = bytes(1 << 20)
 

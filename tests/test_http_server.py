@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from server.http_router import NoRoute, Route, Router
-from server.http_server import HttpRequest, HttpResponse
+from server.rest.http_server import HttpRequest, HttpResponse
+from server.rest.router import NoRoute, Route, Router
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The server's own event-loop lag measurement (server/loop_lag.py) and its metric."""
+"""The server's own event-loop lag measurement (server/metrics/loop_lag.py) and its metric."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from server.loop_lag import BUCKETS_S, LoopLagMonitor
+from server.metrics.loop_lag import BUCKETS_S, LoopLagMonitor
 from tests.adversary import Watch, loop_lag_histogram, stalls_over
 from tests.serverproc import ServerProcess
 

@@ -33,7 +33,7 @@ from backends.common.errors import (
     Unavailable,
 )
 from schedulers.stats import LATENCY_BUCKETS_NS, FailureReason, ModelStats, failure_reason
-from server.metrics import CpuMetrics
+from server.metrics.exporter import CpuMetrics
 from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)

@@ -20,12 +20,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app_state import MemoryStore
-from server.applications import ApplicationManager
-from server.dataplane import DataPlane
-from server.http_body import BodyLimits
-from server.http_service import OPENAPI_PATH, RestApi
-from server.repository import ControlMode, ModelRepository
+from server.applications.manager import ApplicationManager
+from server.applications.state import MemoryStore
+from server.core.dataplane import DataPlane
+from server.core.repository import ControlMode, ModelRepository
+from server.rest.body import BodyLimits
+from server.rest.routes import OPENAPI_PATH, RestApi
 from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(600)
@@ -63,8 +63,9 @@ def test_json_and_yaml_documents_agree(fuzz_server: ServerProcess) -> None:
 
 def test_document_covers_every_route(tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path, ControlMode.EXPLICIT, [])
-    plane = DataPlane(repository, applications=ApplicationManager(repository, MemoryStore()))
-    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20))
+    apps = ApplicationManager(repository, MemoryStore())
+    plane = DataPlane(repository, applications=apps)
+    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20), applications=apps)
     served = set()
     for route in api.routes():
         methods = ("GET", "POST") if route.method == "*" else (route.method,)  # any method: document two

@@ -1,5 +1,5 @@
 """The per-model queue and batcher (schedulers.scheduler.ModelScheduler) over real instance workers
-(schedulers.instance.InstanceWorker), in process, with a test backend the test holds on a gate:
+(schedulers.instance.ModelInstance), in process, with a test backend the test holds on a gate:
 no sleeps, every step waits on an event with a bound."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from backends.base import CPU, Backend, InstanceContext, Tensors
 from backends.common.errors import InvalidArgument, ModelExecutionError, Unavailable
 from backends.proto import model_config_pb2 as mc
-from schedulers.instance import InstanceWorker
+from schedulers.instance import ModelInstance
 from schedulers.scheduler import ModelScheduler
 from schedulers.stats import ModelStats, Rejection
 
@@ -188,7 +188,7 @@ async def harness() -> AsyncIterator[Factory]:
         for i in range(count):
             context = InstanceContext(config, 1, Path("/nonexistent/m/1"), CPU, f"w{i}")
             workers.append(
-                InstanceWorker(
+                ModelInstance(
                     f"w{i}",
                     functools.partial(GatedBackend, context, gate, behaviour, log),
                     on_loop=on_loop,

@@ -5,7 +5,7 @@ schema), read from protobuf text format (``config.pbtxt``) or from YAML with the
 (``config.yaml`` / ``config.yml``). Every problem is a :class:`ConfigError` naming the file
 (relative to the repository, ``<model>/config.pbtxt``) and the field (``input[1].dims``).
 
-Repository scanning lives elsewhere (``server/repository.py``); this module reads one folder.
+Repository scanning lives elsewhere (``server/core/repository.py``); this module reads one folder.
 """
 
 from __future__ import annotations

@@ -1,0 +1,153 @@
+"""The one way a model version runs a request, whoever asks: a transport (through the DataPlane),
+an ensemble's step or an application's member. ``infer`` validates the inputs against the
+version's signature, consults the response cache, queues and executes through the version's
+scheduler, and counts the request in the version's statistics (success or failure with its
+reason, cache hit or miss, queue and compute times), exactly as a client's request is counted.
+
+Callers hand their request over as a ``Call``: the inputs and requested outputs it carries, its
+parameters, what it holds meanwhile (a client's shared-memory regions) and how its answer is
+built. No wire type crosses this module.
+
+The response cache (statistics as Triton's: ``cache_hit``: count and lookup time; ``cache_miss``:
+count, lookup and insertion time) is consulted by every caller alike, keyed by the inputs as the
+request carried them (names, data types, shapes, bytes, BYTES included). Requests that do not use
+it: those of models without ``response_cache { enable: true }`` (or of a server without
+``--cache-config``), and those that carry a sequence (``sequence_id`` other than 0 or "",
+``sequence_start``, ``sequence_end``): Triton's sequence batcher does not cache."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import numpy as np
+
+from backends.base import Tensors
+from server.core.messages import Params
+
+if TYPE_CHECKING:
+    from server.core.model_version import CacheProbe, ModelVersion
+
+R = TypeVar("R", covariant=True)
+
+
+class TensorIn(Protocol):
+    """One input as a request carries it; ``datatype`` "" means the array's own type."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+    @property
+    def data(self) -> np.ndarray: ...
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Call(Protocol[R]):
+    """One request as its caller hands it over: ``open`` reads what the request keeps elsewhere
+    (shared memory; a failure there is the request's failure), ``close`` lets it go, ``respond``
+    builds the answer from the outputs (inside the request's statistics: a failure is counted)."""
+
+    @property
+    def inputs(self) -> Sequence[TensorIn]: ...
+
+    @property
+    def outputs(self) -> Sequence[Named]: ...  # empty: every output
+
+    @property
+    def parameters(self) -> Params: ...
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def respond(self, model: ModelVersion, outputs: Tensors) -> R: ...
+
+
+def _in_sequence(parameters: Params) -> bool:
+    """Requests of a sequence do not use the response cache (Triton's sequence batcher does not)."""
+    return bool(parameters.get("sequence_id")) or "sequence_start" in parameters or "sequence_end" in parameters
+
+
+def _probe(model: ModelVersion, call: Call[object]) -> CacheProbe | None:
+    """The cache lookup, keyed by the inputs as the request carried them (before any reshape)."""
+    params = call.parameters
+    if model.cache is None or (params and _in_sequence(params)):
+        return None
+    specs = model.signature.inputs
+    return model.cache_probe((t.name, specs[t.name].datatype, t.shape, t.data) for t in call.inputs)
+
+
+async def infer(model: ModelVersion, call: Call[R]) -> R:
+    """Runs ``call`` on ``model``: validation, cache, queue, execution, statistics. A failure
+    counts as OTHER until the request reaches the scheduler, then by its kind (REJECTED,
+    BACKEND, CANCELED), and as OTHER again once the outputs are in (building the answer)."""
+    with model.stats.track() as tracked:
+        call.open()
+        try:
+            params = call.parameters
+            inputs, batch = model.signature.validate(call.inputs, call.outputs, params)
+            probe = _probe(model, call)
+            if probe is not None and probe.outputs is not None:
+                return call.respond(model, probe.outputs)  # a hit: the model does not run
+            tracked.executing = True
+            outputs = await model.scheduler.execute(
+                inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
+            )
+            tracked.executing = False  # from here a failure is in building the answer
+            if probe is not None:
+                model.cache_store(probe, outputs)
+            return call.respond(model, outputs)
+        finally:
+            call.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """An input from inside the server: its data type is the array's."""
+
+    name: str
+    data: np.ndarray
+    datatype: str = ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+
+@dataclass(slots=True)
+class TensorCall:
+    """A request from inside the server (an ensemble's step, an application's member): named
+    arrays in, every output back as named arrays."""
+
+    inputs: list[Tensor]
+    parameters: Params = field(default_factory=dict)
+    outputs: tuple[Named, ...] = ()
+
+    def open(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def respond(self, model: ModelVersion, outputs: Tensors) -> Tensors:
+        return outputs
+
+
+def tensor_call(inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> TensorCall:
+    params: Params = {}
+    if priority:
+        params["priority"] = priority
+    if timeout_us:
+        params["timeout"] = timeout_us
+    return TensorCall([Tensor(n, a) for n, a in inputs.items()], params)

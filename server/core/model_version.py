@@ -1,0 +1,105 @@
+"""One loaded version of a model: its instances on their devices, its queue, its statistics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import Tensors
+from backends.common.config import is_ensemble
+from backends.proto import model_config_pb2 as mc
+from schedulers.assembly import build_scheduler
+from schedulers.assembly import cpu_threads_per_instance as cpu_threads_per_instance  # perf/ reads it here
+from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache, version_cache
+from schedulers.ensemble import StepSource
+from schedulers.protocol import Scheduler
+from schedulers.stats import ModelStats
+from server.core import inference
+from server.core.validation import ModelSignature
+
+
+@dataclass
+class ModelVersion:
+    config: mc.ModelConfig
+    version: int
+    path: Path
+    signature: ModelSignature
+    scheduler: Scheduler
+    stats: ModelStats
+    load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
+    cache: VersionCache | None = None  # its share of the response cache, when it caches
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    async def close(self) -> None:
+        """Lets in-flight requests finish, then unloads every instance and drops its cached responses."""
+        await self.scheduler.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def infer_tensors(
+        self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0
+    ) -> Awaitable[Tensors]:
+        """One request from inside the server (an ensemble's step, an application's member),
+        through the one entry point (server/core/inference.py) that clients' requests take."""
+        return inference.infer(self, inference.tensor_call(inputs, priority, timeout_us))
+
+    def cache_probe(self, inputs: Iterable[RequestInput]) -> CacheProbe | None:
+        """The response-cache lookup of one request's inputs (name, wire type, shape, array),
+        counted as a hit or a miss; None when this version does not cache."""
+        cache = self.cache
+        if cache is None:
+            return None
+        start = time.perf_counter_ns()
+        key = cache.key(inputs)
+        outputs = cache.lookup(key)
+        elapsed = time.perf_counter_ns() - start
+        if outputs is None:
+            self.stats.cache_miss.add(elapsed)
+        else:
+            self.stats.record_cache_hit(elapsed)
+        return CacheProbe(cache, key, outputs)
+
+    def cache_store(self, probe: CacheProbe, outputs: Tensors) -> None:
+        """Keeps a missed request's outputs (only ever called with a successful execution's)."""
+        start = time.perf_counter_ns()
+        probe.cache.insert(probe.key, outputs)
+        self.stats.cache_miss.add(time.perf_counter_ns() - start, count=0)
+
+
+@dataclass(slots=True)
+class CacheProbe:
+    """One request's lookup: its key and, on a hit, the stored outputs."""
+
+    cache: VersionCache
+    key: CacheKey
+    outputs: Tensors | None
+
+
+async def load_model_version(
+    config: mc.ModelConfig,
+    version: int,
+    version_path: Path,
+    steps: StepSource | None = None,
+    cache: ResponseCache | None = None,
+) -> ModelVersion:
+    """Builds the version's scheduler (schedulers.assembly: its instances started, all or
+    nothing; an ensemble's plan checked against its step models, found through ``steps``) and
+    wraps it with the version's signature and its share of ``cache``, the server's response
+    cache, when the config enables ``response_cache``."""
+    started = time.perf_counter()
+    scheduler = await build_scheduler(config, version, version_path, steps)
+    load_secs = time.perf_counter() - started
+    cached = None if is_ensemble(config) else version_cache(config, version, cache)
+    signature = ModelSignature(config)
+    return ModelVersion(config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached)

@@ -1,0 +1,137 @@
+"""KServe v2 gRPC messages <-> the transport-neutral request and response."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from backends.common import datatypes
+from backends.common.datatypes import DataType
+from backends.common.errors import InvalidArgument
+from backends.common.tensors import (
+    array_from_raw,
+    array_from_values,
+    array_to_raw,
+    bytes_array_from_list,
+)
+from server.core.messages import InferRequest, InferResponse, InputTensor, Param, Params, RequestedOutput
+from server.core.shared_memory import SHM_PLACEHOLDER, SHM_REGION
+from server.proto import grpc_service_pb2 as pb
+
+# the typed-contents field that carries each data type (FP16 and BF16 travel raw only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
+
+
+def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> Params:
+    if not parameters:  # the common case, on every tensor of every request
+        return {}
+    decoded: Params = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidArgument(f"parameter '{key[:64]}' has no value")
+        decoded[key] = getattr(value, choice)
+    return decoded
+
+
+def encode_parameter(target: pb.InferParameter, value: Param) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferRequest:
+    raw = message.raw_input_contents
+    in_shm = [SHM_REGION in tensor.parameters for tensor in message.inputs]
+    if raw and len(raw) != in_shm.count(False):
+        raise InvalidArgument(
+            f"expected {in_shm.count(False)} raw_input_contents entries, one per input not in shared memory, "
+            f"got {len(raw)}"
+        )
+    entries = iter(raw)
+    inputs = [
+        _decode_input(tensor, next(entries) if raw and not shm else None, shm)
+        for tensor, shm in zip(message.inputs, in_shm, strict=True)
+    ]
+    outputs = (
+        [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs] if message.outputs else []
+    )
+    return InferRequest(
+        message.model_name,
+        message.model_version,
+        message.id,
+        inputs,
+        outputs,
+        decode_parameters(message.parameters),
+    )
+
+
+def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, in_shm: bool) -> InputTensor:
+    dtype = datatypes.from_wire(tensor.datatype)
+    shape = list(tensor.shape)
+    has_contents = tensor.HasField("contents")
+    if in_shm:  # the DataPlane reads it from the region
+        if has_contents:
+            raise InvalidArgument(f"input '{tensor.name[:64]}' is in shared memory and cannot have contents too")
+        data = SHM_PLACEHOLDER
+    elif raw is not None:
+        if has_contents:
+            raise InvalidArgument(
+                f"input '{tensor.name[:64]}': contents and raw_input_contents cannot be mixed in one request"
+            )
+        data = array_from_raw(raw, dtype, shape, tensor.name)
+    elif has_contents:
+        data = _from_contents(tensor, dtype, shape)
+    else:
+        raise InvalidArgument(f"input '{tensor.name[:64]}' has no data")
+    return InputTensor(tensor.name, dtype.wire, shape, data, decode_parameters(tensor.parameters))
+
+
+def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, dtype: DataType, shape: list[int]) -> np.ndarray:
+    name = tensor.name[:64]
+    field = CONTENTS_FIELD.get(dtype.wire)
+    if field is None:
+        raise InvalidArgument(f"input '{name}': {dtype.wire} data must be sent in raw_input_contents")
+    contents = tensor.contents
+    for other in _ALL_CONTENTS:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidArgument(f"input '{name}' of type {dtype.wire} must use {field}, not {other}")
+    values = getattr(contents, field)
+    if dtype.wire == "BYTES":
+        return bytes_array_from_list(values, shape, tensor.name)
+    return array_from_values(values, dtype, shape, f"input '{name}'", f" in {field}")
+
+
+def infer_response_message(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    raw = message.raw_output_contents
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        for key, value in tensor.parameters.items():
+            encode_parameter(out.parameters[key], value)
+        raw.append(array_to_raw(tensor.data, datatypes.BY_WIRE[tensor.datatype]))
+    for key, value in response.parameters.items():
+        encode_parameter(message.parameters[key], value)
+    return message
