@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from side_by_side import measure, perf_analyzer_path  # noqa: E402
 
-from server.core.model_version import cpu_threads_per_instance  # noqa: E402
+from schedulers.assembly import cpu_threads_per_instance  # noqa: E402
 from tests.serverproc import EXAMPLES, running  # noqa: E402
 
 WIDTH = 1024

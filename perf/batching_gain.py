@@ -3,7 +3,7 @@ against the model's physical limit here.
 
     .venv/bin/python perf/batching_gain.py [--protocol grpc|http] [--repeat 3] [--json OUT]
         [--model wide_mlp|mlp_torch] [--hidden 8192] [--max-batch-size 64] [--delay-us 50000]
-        [--target-us T] [--concurrency 64] [--measurement-interval 3000]
+        [--target-us T] [--concurrency 64] [--measurement-interval 3000] [--baseline REV]
 
 ``wide_mlp`` (the default) is a TorchScript MLP 1024 -> 8192 -> 8192 -> 10 (76 M parameters,
 about 150 MFLOP a row) built here, seeded, into a temporary repository: at batch 1 it streams its
@@ -22,12 +22,18 @@ Measures, in one run:
 - the same server under an AIMD latency target T (``batch_latency_target_us``; by default 1.25x
   the in-process time of a batch as large as the concurrency: the SLO an operator would set).
 Prints rows/s for each and the ratios the project's targets are about: batched / limit (>= 0.85),
-batched / unbatched (>= 4), and under AIMD p99 / T (<= 1.5) and throughput / limit (>= 0.8)."""
+batched / unbatched (>= 4), and under AIMD p99 / T (<= 1.5) and throughput / limit (>= 0.8).
+
+With --baseline REV, clipperd as commit REV has it (run from a temporary git worktree, see
+perf/baseline.py) is measured too, in every round, the order of the two rotating: the figures
+above are this checkout's, and a markdown table compares the two (rows/s new/old, gated at
+0.95; p99 old/new, shown)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -42,10 +48,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from side_by_side import measure, perf_analyzer_path  # noqa: E402
+from baseline import Checkout, Figure, checkouts, report, rotate, split_name  # noqa: E402
+from side_by_side import REPOSITORY, clipperd, measure, perf_analyzer_path, project_python, running  # noqa: E402
 
-from server.core.model_version import cpu_threads_per_instance  # noqa: E402
-from tests.serverproc import EXAMPLES, running  # noqa: E402
+from schedulers.assembly import cpu_threads_per_instance  # noqa: E402
+
+OURS = "clipperd"
+MODES = ("on", "off", "aimd")
 
 WIDE_CONFIG = """name: "wide_mlp"
 platform: "pytorch_libtorch"
@@ -73,7 +82,7 @@ def model_folder(base: Path, args: argparse.Namespace) -> Path:
     if args.model == "wide_mlp":
         build_wide_mlp(folder, args.hidden, args.max_batch_size, args.delay_us)
     else:
-        shutil.copytree(EXAMPLES / args.model, folder)
+        shutil.copytree(REPOSITORY / args.model, folder)
     return folder
 
 
@@ -100,12 +109,20 @@ def in_process_limit(
     return best, rates[best], rates
 
 
-def serve_and_measure(repository: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    with running(repository, log_dir=logs) as server:
-        out = logs / f"{repository.name}.csv"
-        address = server.url if args.protocol == "grpc" else server.http_url
-        pa = perf_analyzer_path(None)
-        result = measure(pa, address, args.protocol, args.concurrency, args.measurement_interval, out, args.model)
+def serve_and_measure(
+    repository: Path, args: argparse.Namespace, logs: Path, name: str = OURS, checkout: Checkout | None = None
+) -> dict[str, Any]:
+    """clipperd (this checkout's, or ``checkout``'s) serving ``repository``, under perf_analyzer."""
+    spec = clipperd(name, args.protocol, repository, checkout)
+    stem = f"{name.replace('/', '_')}-{repository.name}"
+    try:
+        with running(spec, logs / f"{stem}.log", args.protocol, model=args.model):
+            pa, window = perf_analyzer_path(None), args.measurement_interval
+            result = measure(
+                pa, spec.address, args.protocol, args.concurrency, window, logs / f"{stem}.csv", args.model
+            )
+    except RuntimeError as error:
+        return {"error": str(error)}
     if "error" in result:
         return result
     return {"rows_per_s": result["infer_per_s"], "p99_us": result["p99_us"]}  # one row per request
@@ -132,7 +149,7 @@ def repository_copy(base: Path, folder: Path, mode: str, target_us: int = 0) -> 
     return repo
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wide_mlp", choices=["wide_mlp", "mlp_torch"])
     parser.add_argument("--concurrency", type=int, default=64)
@@ -144,8 +161,51 @@ def main() -> None:
     parser.add_argument("--measurement-interval", type=int, default=3000)
     parser.add_argument("--target-us", type=int, default=0, help="AIMD batch latency target (default: 1.25x the "
                         "in-process time of a batch of --concurrency rows)")  # fmt: skip
+    parser.add_argument("--baseline", metavar="REV", help="also measure clipperd as commit REV has it, and compare")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def measure_rounds(
+    repos: dict[str, Path], args: argparse.Namespace, base: Path, found: dict[str, Checkout]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Runs by system and mode: each round every system (their order rotating) in every mode."""
+    names = [OURS, *(f"{OURS}@{rev}" for rev in found)]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {mode: [] for mode in repos} for name in names}
+    for round_no in range(args.repeat):  # rounds interleave the modes, so drift hits all alike
+        for name in rotate(names, round_no):
+            checkout = found[rev] if (rev := split_name(name)[1]) else None
+            for mode, repo in repos.items():
+                runs[name][mode].append(serve_and_measure(repo, args, base, name, checkout))
+                print(f"round {round_no + 1} {name} batching {mode}: {runs[name][mode][-1]}", flush=True)
+    return runs
+
+
+def print_gains(results: dict[str, dict[str, Any]], limit: float, target_us: int) -> None:
+    on, off, aimd = (results[mode].get("rows_per_s") for mode in MODES)
+    if on and off:
+        print(f"batched / limit: {on / limit:.2f} (target >= 0.85); batched / unbatched: {on / off:.2f} (target >= 4)")
+    if aimd:
+        p99_over_target = results["aimd"]["p99_us"] / target_us
+        print(f"AIMD, target {target_us} us: p99 / target {p99_over_target:.2f} (<= 1.5), "
+              f"throughput / limit {aimd / limit:.2f} (>= 0.8)")  # fmt: skip
+
+
+def ab_figures(new: dict[str, dict[str, Any]], old: dict[str, dict[str, Any]], where: str) -> list[Figure]:
+    """Per mode: rows/s (new/old, gated) and p99 (old/new, shown); a missing figure is NaN and fails."""
+    figures = []
+    for mode in MODES:
+        for key, label, scale, higher in (("rows_per_s", "rows/s", 1.0, True), ("p99_us", "p99 ms", 1e-3, False)):
+            o, n = (float(r[mode].get(key, math.nan)) * scale for r in (old, new))
+            figures.append(Figure(f"{where} batching {mode}", label, o, n, higher, gated=higher))
+    return figures
+
+
+def main() -> None:
+    args = parse_args()
     base = Path(tempfile.mkdtemp(prefix="batching-gain-"))
     folder = model_folder(base, args)
     max_batch = args.max_batch_size if args.model == "wide_mlp" else 128
@@ -155,36 +215,38 @@ def main() -> None:
     # the SLO an operator would set: a little above what a batch as large as the load takes here
     size = max(s for s in rates if s <= args.concurrency)
     target_us = args.target_us or round(1.25 * size / rates[size] * 1e6)
-    results = {}
-    repos = {mode: repository_copy(base, folder, mode, target_us) for mode in ("on", "off", "aimd")}
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in repos}
-    for round_no in range(args.repeat):  # rounds interleave the modes, so drift hits all alike
-        for mode, repo in repos.items():
-            runs[mode].append(serve_and_measure(repo, args, base))
-            print(f"round {round_no + 1} clipperd batching {mode}: {runs[mode][-1]}", flush=True)
-    results = {mode: median_run(found) for mode, found in runs.items()}
+    repos = {mode: repository_copy(base, folder, mode, target_us) for mode in MODES}
+    try:
+        with checkouts([args.baseline] if args.baseline else [], project_python()) as found:
+            runs = measure_rounds(repos, args, base, found)
+    except (ValueError, RuntimeError) as error:  # a revision that is not one, a worktree that imports elsewhere
+        sys.exit(f"batching_gain: {error}")
+    medians = {
+        name: {mode: median_run(found_runs) for mode, found_runs in by_mode.items()} for name, by_mode in runs.items()
+    }
+    results = medians[OURS]
     print(f"medians of {args.repeat} round(s): {results}", flush=True)
-    on, off, aimd = (results[mode].get("rows_per_s") for mode in ("on", "off", "aimd"))
-    if on and off:
-        print(f"batched / limit: {on / limit:.2f} (target >= 0.85); batched / unbatched: {on / off:.2f} (target >= 4)")
-    if aimd:
-        p99_over_target = results["aimd"]["p99_us"] / target_us
-        print(f"AIMD, target {target_us} us: p99 / target {p99_over_target:.2f} (<= 1.5), "
-              f"throughput / limit {aimd / limit:.2f} (>= 0.8)")  # fmt: skip
+    print_gains(results, limit, target_us)
+    where = f"{args.protocol} c={args.concurrency}"
+    compared = []
+    for rev, checkout in found.items():
+        old = f"{OURS}@{rev}"
+        compared.append(report(ab_figures(results, medians[old], where), OURS, checkout, old, args.repeat))
     if args.json:
-        report = {
+        report_json = {
             "model": args.model,
             "hidden": args.hidden,
             "max_batch_size": max_batch,
             "limit": {"best": best, "rows_per_s": limit, "by_size": rates},
             "server": results,
-            "runs": runs,
+            "runs": runs[OURS],
             "aimd_target_us": target_us,
             "concurrency": args.concurrency,
             "protocol": args.protocol,
             "loadavg": os.getloadavg(),
+            "baseline": [c | {"server": medians[str(c["old"])], "runs": runs[str(c["old"])]} for c in compared],
         }
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(report_json, indent=1) + "\n")
 
 
 if __name__ == "__main__":

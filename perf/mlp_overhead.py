@@ -31,7 +31,7 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.core.model_version import cpu_threads_per_instance  # noqa: E402
+from schedulers.assembly import cpu_threads_per_instance  # noqa: E402
 from tests.serverproc import EXAMPLES, running  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)

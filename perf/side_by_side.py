@@ -1,8 +1,8 @@
 """clipperd side by side with the floor and with real peers, under NVIDIA perf_analyzer.
 
-    .venv/bin/python perf/side_by_side.py [--protocol grpc|http] [--concurrency 1,8] [--repeat 3]
+    .venv/bin/python perf/side_by_side.py [--protocol grpc|http|grpc,http] [--concurrency 1,8] [--repeat 3]
         [--measurement-interval 3000] [--systems clipperd,clipperd-grpcio,floor,tritonserver,pytriton,mlserver]
-        [--json OUT.json]
+        [--baseline REV] [--json OUT.json]
 
 Every system serves the same model, identity_fp32 (FP32 INPUT0 -> OUTPUT0, dims [-1, 16],
 max_batch_size 64), over KServe v2 gRPC (or HTTP/REST with --protocol http, binary tensors as
@@ -22,6 +22,10 @@ VM that perf_analyzer shares with the server). The systems:
   pytriton         NVIDIA Triton 2.51 through PyTriton 0.7 (perf/peers/pytriton_identity.py)
   mlserver         Seldon MLServer 1.7 (perf/peers/mlserver_identity/launch.py); gRPC only: its
                    HTTP answers carry output parameters perf_analyzer cannot read
+  clipperd@REV     clipperd (or clipperd-grpcio@REV) as commit REV has it, run from a git worktree
+                   of REV made for the run and removed after it (perf/baseline.py); --baseline REV
+                   adds clipperd@REV, and the run ends with a markdown table of the figures of
+                   clipperd against clipperd@REV (new/old) and a PASS/FAIL line against 0.95
 
 The peers live in virtual environments that perf/install_peers.sh makes under
 $CLIPPERD_BENCH_HOME (default ~/.cache/clipperd-bench); a peer that is not installed is skipped
@@ -35,7 +39,8 @@ With --repeat N the whole sequence runs N rounds, the order of the systems rotat
 round, and the table shows per (system, concurrency) the median of the rounds' infer/s, p50 and
 p99 (with the lowest and highest infer/s): single runs here vary by 20 % or more. The ratio
 columns compare clipperd with each row: infer/s ours/this (above 1: we are faster) and p50
-ours/this (below 1: we answer sooner). The project's targets follow the table."""
+ours/this (below 1: we answer sooner). The project's targets follow the table. With
+--protocol grpc,http each round measures both protocols, one after the other."""
 
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import platform
 import signal
@@ -54,7 +60,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +70,15 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere; the messages live at the root
 
+from baseline import Checkout, Figure, checkouts, report, rotate, split_name  # noqa: E402
+
 from server.proto import grpc_service_pb2 as pb  # noqa: E402
 
 MODEL = "identity_fp32"
 OURS = "clipperd"
 SYSTEMS = ("clipperd", "clipperd-grpcio", "floor", "tritonserver", "pytriton", "mlserver")
+CLIPPERDS = ("clipperd", "clipperd-grpcio")  # the systems that can also run from another checkout (NAME@REV)
+REPOSITORY = ROOT / "model_repository"
 BENCH_HOME = Path(os.environ.get("CLIPPERD_BENCH_HOME", Path.home() / ".cache" / "clipperd-bench"))
 PERF = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 180.0
@@ -99,6 +109,7 @@ class System:
     address: str
     env: dict[str, str] = field(default_factory=dict)
     missing: str | None = None  # why it cannot run here
+    cwd: Path = ROOT
 
 
 def free_port() -> int:
@@ -125,20 +136,46 @@ def peer_python(name: str) -> tuple[str, str | None]:
     return str(python), f"not installed ({python} is missing): run perf/install_peers.sh"
 
 
-def system(name: str, protocol: str = "grpc") -> System:
-    """The system's start command, with fresh ports where it can take any; ``address`` is the
-    one of ``protocol``."""
-    http = protocol == "http"
-    if name in ("clipperd", "clipperd-grpcio"):
-        port = free_port()
-        ports = (
-            ["--grpc-port", "0", "--http-port", str(port)] if http else ["--grpc-port", str(port), "--http-port", "0"]
-        )
-        command = [project_python(), "-m", "server.cli", "serve", "--model-repository", "model_repository"]
-        command += ["--host", "127.0.0.1", *ports, "--metrics-port", "0"]
-        if name == "clipperd-grpcio":
-            command += ["--grpc-frontend", "grpcio"]
+def clipperd(
+    name: str,
+    protocol: str,
+    repository: Path = REPOSITORY,
+    checkout: Checkout | None = None,
+    extra: Sequence[str] = (),
+) -> System:
+    """clipperd serving ``repository`` on a fresh port of ``protocol``, as this checkout has it or
+    as ``checkout`` (another commit's worktree) has it: the same interpreter either way."""
+    port = free_port()
+    ports = ["--grpc-port", "0", "--http-port", str(port)]
+    if protocol == "grpc":
+        ports = ["--grpc-port", str(port), "--http-port", "0"]
+    command = [project_python(), "-m", "server.cli", "serve", "--model-repository", str(repository)]
+    command += ["--host", "127.0.0.1", *ports, "--metrics-port", "0", *extra]
+    if checkout is None:
         return System(name, command, f"127.0.0.1:{port}")
+    return System(name, command, f"127.0.0.1:{port}", env=checkout.env(), cwd=checkout.path)
+
+
+def checkout_of(name: str, found: Mapping[str, Checkout] | None) -> Checkout | None:
+    rev = split_name(name)[1]
+    if rev is None:
+        return None
+    if found is None or rev not in found:
+        raise ValueError(f"{name!r}: no worktree of {rev!r} was made for this run")
+    return found[rev]
+
+
+def system(
+    name: str, protocol: str = "grpc", found: Mapping[str, Checkout] | None = None, repository: Path = REPOSITORY
+) -> System:
+    """The system's start command, with fresh ports where it can take any; ``address`` is the
+    one of ``protocol``. ``NAME@REV`` runs from ``found[REV]``, the worktree of REV; clipperd
+    serves ``repository`` whichever checkout it runs from."""
+    http = protocol == "http"
+    base, rev = split_name(name)
+    if base in CLIPPERDS:
+        grpcio = ["--grpc-frontend", "grpcio"] if base == "clipperd-grpcio" else []
+        return clipperd(name, protocol, repository, checkout_of(name, found), grpcio)
     if name == "tritonserver":
         python, missing = peer_python("pytriton")
         grpc_port, http_port = free_port(), free_port()
@@ -160,6 +197,8 @@ def system(name: str, protocol: str = "grpc") -> System:
             missing = "its HTTP answers cannot be read by perf_analyzer (output parameters without binary_data_size)"
         command = [python, str(PERF / "peers" / "mlserver_identity" / "launch.py")]
         return System(name, command, "127.0.0.1:28081", missing=missing)
+    if rev is not None:
+        raise ValueError(f"{name!r}: only {' and '.join(CLIPPERDS)} run from another checkout (NAME@REV)")
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
 
 
@@ -243,7 +282,7 @@ def running(spec: System, log: Path, protocol: str, model: str = MODEL) -> Itera
     with log.open("wb") as out:
         proc = subprocess.Popen(
             spec.command,
-            cwd=ROOT,
+            cwd=spec.cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.env},
@@ -279,10 +318,11 @@ def measure(
     out_csv: Path,
     model: str = MODEL,
     extra: tuple[str, ...] = (),
+    stability: int = 25,
 ) -> dict[str, Any]:
     command = [str(pa), "-m", model, "-u", address, "-i", protocol, *extra]
     command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms)]
-    command += ["--stability-percentage", "25", "--max-trials", "20", "-f", str(out_csv)]
+    command += ["--stability-percentage", str(stability), "--max-trials", "20", "-f", str(out_csv)]
     timeout = 90 + 25 * interval_ms / 1000
     try:
         run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
@@ -301,25 +341,41 @@ def measure(
 
 
 def run_round(
-    names: list[str], levels: list[int], args: argparse.Namespace, workspace: Path, round_no: int
+    names: list[str],
+    levels: list[int],
+    args: argparse.Namespace,
+    workspace: Path,
+    round_no: int,
+    protocol: str | None = None,
+    found: Mapping[str, Checkout] | None = None,
 ) -> list[dict[str, Any]]:
+    """Each system in turn, started, measured at every level over ``protocol`` (default
+    ``args.protocol``) and stopped."""
+    protocol = protocol or args.protocol
     rows: list[dict[str, Any]] = []
     pa = perf_analyzer_path(args.perf_analyzer)
     for name in names:
-        spec = system(name, args.protocol)
-        log = workspace / f"{name}-round{round_no}.log"
+        spec = system(name, protocol, found, args.model_repository)
+        stem = f"{name.replace('/', '_')}-{protocol}"  # a revision may hold a slash (origin/main)
+        log = workspace / f"{stem}-round{round_no}.log"
+        tag = {"system": name, "protocol": protocol, "round": round_no}
         try:
-            with running(spec, log, args.protocol):
-                check_echo(spec.address, args.protocol)
+            with running(spec, log, protocol):
+                check_echo(spec.address, protocol)
                 for c in levels:
                     started = {"started": time.strftime("%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
-                    out = workspace / f"{name}-{round_no}-{c}.csv"
-                    result = measure(pa, spec.address, args.protocol, c, args.measurement_interval, out)
-                    rows.append({"system": name, "concurrency": c, "round": round_no, **started, **result})
-                    print(f"  round {round_no} {name:15} c={c:<3} {describe(result)}", file=sys.stderr, flush=True)
+                    out = workspace / f"{stem}-{round_no}-{c}.csv"
+                    window = args.measurement_interval
+                    result = measure(pa, spec.address, protocol, c, window, out, stability=args.stability_percentage)
+                    rows.append({**tag, "concurrency": c, **started, **result})
+                    print(
+                        f"  round {round_no} {protocol} {name:15} c={c:<3} {describe(result)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         except RuntimeError as error:
-            print(f"  round {round_no} {name}: {error}", file=sys.stderr, flush=True)
-            rows += [{"system": name, "concurrency": c, "round": round_no, "error": str(error)} for c in levels]
+            print(f"  round {round_no} {protocol} {name}: {error}", file=sys.stderr, flush=True)
+            rows += [{**tag, "concurrency": c, "error": str(error)} for c in levels]
     return rows
 
 
@@ -417,9 +473,41 @@ def machine() -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="what perf_analyzer speaks")
+    parser.add_argument("--protocol", default="grpc", help="what perf_analyzer speaks: grpc, http or grpc,http")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
-    return parse_round_args(parser, SYSTEMS, repeat=1)
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run clipperd as commit REV has it (clipperd@REV, from a temporary git worktree) and compare",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=REPOSITORY,
+        help="what every clipperd serves, whichever checkout it runs from (it must hold identity_fp32)",
+    )
+    parser.add_argument(
+        "--stability-percentage",
+        type=int,
+        default=25,
+        help="perf_analyzer's: three windows in a row within this much of each other",
+    )
+    args = parse_round_args(parser, SYSTEMS, repeat=1)
+    args.model_repository = args.model_repository.resolve()  # the servers of other checkouts run elsewhere
+    args.protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    if not args.protocols or any(p not in ("grpc", "http") for p in args.protocols):
+        parser.error(f"--protocol {args.protocol!r}: grpc, http or both (grpc,http)")
+    args.names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    if args.baseline:
+        args.names.append(f"{OURS}@{args.baseline}")
+    for name in args.names:
+        try:
+            base, rev = split_name(name)
+        except ValueError as error:
+            parser.error(str(error))
+        if base not in SYSTEMS or (rev is not None and base not in CLIPPERDS):
+            parser.error(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}, or NAME@REV for {CLIPPERDS}")
+    return args
 
 
 def parse_round_args(parser: argparse.ArgumentParser, systems: Sequence[str], repeat: int) -> argparse.Namespace:
@@ -438,33 +526,88 @@ def parse_round_args(parser: argparse.ArgumentParser, systems: Sequence[str], re
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
-    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="side-by-side-"))
-    workspace.mkdir(parents=True, exist_ok=True)
-    notes = {n: s.missing for n in names if (s := system(n, args.protocol)).missing is not None}
-    runnable = [n for n in names if n not in notes]
-    if not perf_analyzer_path(args.perf_analyzer).exists():
-        sys.exit(
-            f"perf_analyzer not found at {perf_analyzer_path(args.perf_analyzer)}: run scripts/install-perf-analyzer.sh"
-        )
-    before = machine()
+def ab_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(new, old) for every NAME@REV whose NAME is measured too."""
+    return [(base, name) for name in names for base, rev in [split_name(name)] if rev and base in names]
+
+
+def ab_figures(summary: list[dict[str, Any]], new: str, old: str) -> list[Figure]:
+    """``new`` against ``old`` at each protocol and level: infer/s (new/old), p50 and p99 (old/new).
+    A figure one of them lacks is NaN, which fails the gate."""
+    found = {(e.get("protocol"), e["concurrency"], e["system"]): e for e in summary}
+    figures = []
+    for protocol, c, name in found:
+        if name != new:
+            continue
+        n, o = found[(protocol, c, new)], found.get((protocol, c, old), {})
+        where = f"{protocol} c={c}"
+        for key, label, scale, higher, gated in (
+            ("infer_per_s", "infer/s", 1.0, True, True),
+            ("p50_us", "p50 ms", 1e-3, False, True),
+            ("p99_us", "p99 ms", 1e-3, False, False),
+        ):
+            old_value, new_value = (float(e.get(key, math.nan)) * scale for e in (o, n))
+            figures.append(Figure(where, label, old_value, new_value, higher, gated))
+    return figures
+
+
+def print_ab(
+    summary: list[dict[str, Any]], names: Sequence[str], found: Mapping[str, Checkout], rounds: int
+) -> list[dict[str, object]]:
+    """For every clipperd@REV beside clipperd: the markdown table and the verdict line."""
+    return [
+        report(ab_figures(summary, new, old), new, found[split_name(old)[1] or ""], old, rounds)
+        for new, old in ab_pairs(names)
+    ]
+
+
+def measure_all(
+    args: argparse.Namespace, levels: list[int], workspace: Path, found: Mapping[str, Checkout]
+) -> dict[str, Any]:
+    """Every round (each protocol in it, the systems' order rotating), then the tables."""
+    names, protocols = args.names, args.protocols
+    notes = {p: {n: s.missing for n in names if (s := system(n, p, found)).missing} for p in protocols}
+    runnable = {p: [n for n in names if n not in notes[p]] for p in protocols}
     print(
-        f"side by side over {args.protocol}: {', '.join(runnable)}; concurrency {levels}; "
+        f"side by side over {', '.join(protocols)}: {', '.join(names)}; concurrency {levels}; "
         f"{args.repeat} round(s); logs in {workspace}",
         file=sys.stderr,
     )
     rows: list[dict[str, Any]] = []
     for r in range(args.repeat):
-        order = runnable[r % len(runnable) :] + runnable[: r % len(runnable)] if runnable else []
-        rows += run_round(order, levels, args, workspace, r + 1)
-    summary = summarize(rows, runnable, levels)
-    print_table(summary, notes)
-    checks = check_targets(summary, args.protocol)
-    for check in checks:
-        print(f"target {check['target']}: {check['ratio']:.3f} -> {'met' if check['met'] else 'MISSED'}")
+        for protocol in protocols:
+            rows += run_round(rotate(runnable[protocol], r), levels, args, workspace, r + 1, protocol, found)
+    summary: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    for protocol in protocols:
+        part = summarize([row for row in rows if row["protocol"] == protocol], runnable[protocol], levels)
+        summary += [{"protocol": protocol, **e} for e in part]
+        if len(protocols) > 1:
+            print(f"\n{protocol}:")
+        print_table(part, notes[protocol])
+        for check in check_targets(part, protocol):
+            checks.append({"protocol": protocol, **check})
+            print(f"target {check['target']}: {check['ratio']:.3f} -> {'met' if check['met'] else 'MISSED'}")
+    ab = print_ab(summary, names, found, args.repeat)
+    return {"skipped": notes, "runs": rows, "summary": summary, "targets": checks, "baseline": ab}
+
+
+def main() -> None:
+    args = parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    workspace.mkdir(parents=True, exist_ok=True)
+    if not perf_analyzer_path(args.perf_analyzer).exists():
+        sys.exit(
+            f"perf_analyzer not found at {perf_analyzer_path(args.perf_analyzer)}: run scripts/install-perf-analyzer.sh"
+        )
+    before = machine()
+    revs = [rev for name in args.names if (rev := split_name(name)[1])]
+    try:
+        with checkouts(revs, project_python()) as found:
+            results = measure_all(args, levels, workspace, found)
+    except (ValueError, RuntimeError) as error:  # a revision that is not one, a worktree that imports elsewhere
+        sys.exit(f"side_by_side: {error}")
     if args.json:
         report = {
             "command": sys.argv,
@@ -474,10 +617,10 @@ def main() -> None:
             "machine_after": machine(),
             "measurement_interval_ms": args.measurement_interval,
             "repeat": args.repeat,
-            "skipped": notes,
-            "runs": rows,
-            "summary": summary,
-            "targets": checks,
+            "checkouts": {
+                rev: {"commit": c.commit, "path": str(c.path), "package": c.package} for rev, c in found.items()
+            },
+            **results,
         }
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

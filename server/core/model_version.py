@@ -13,7 +13,6 @@ from backends.base import Tensors
 from backends.common.config import is_ensemble
 from backends.proto import model_config_pb2 as mc
 from schedulers.assembly import build_scheduler
-from schedulers.assembly import cpu_threads_per_instance as cpu_threads_per_instance  # perf/ reads it here
 from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache, version_cache
 from schedulers.ensemble import StepSource
 from schedulers.protocol import Scheduler
