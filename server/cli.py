@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
     configure_logging(settings)
+    logging.getLogger("clipperd").debug("settings: %r", settings)  # the token is left out of the repr
     for warning in [*(getattr(args, WARNINGS, None) or []), *warnings]:
         logging.getLogger("clipperd").warning("%s", warning)
     if settings.gil_switch_interval_us > 0:
