@@ -155,9 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
     configure_logging(settings)
-    logging.getLogger("clipperd").debug("settings: %r", settings)  # the token is left out of the repr
+    from_env = ", ".join(sorted(name for name in os.environ if name.startswith("CLIPPERD_")))
+    log = logging.getLogger("clipperd")
+    log.debug("settings from the environment: %s", from_env or "none")  # names only: values may be secrets
     for warning in [*(getattr(args, WARNINGS, None) or []), *warnings]:
-        logging.getLogger("clipperd").warning("%s", warning)
+        log.warning("%s", warning)
     if settings.gil_switch_interval_us > 0:
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
