@@ -1,10 +1,9 @@
-"""The few KServe v2 HTTP calls the admin client makes (repository index, load, unload,
-readiness), over the standard library's urllib so the client needs no HTTP package."""
+"""The few KServe v2 HTTP calls the admin client makes (server metadata, repository index, load,
+unload, readiness), over the standard library's urllib so the client needs no HTTP package."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -14,10 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipperd_admin.errors import ServerError
-
-# the server's answer to a load or unload call outside explicit mode names the mode
-_MODE_IN_MESSAGE = re.compile(r"model control mode is '(\w+)'")
-_PROBE_NAME = ".clipperd-admin-probe"  # invalid on purpose: explicit mode refuses it without side effects
 
 
 @dataclass(frozen=True)
@@ -67,18 +62,17 @@ class ServerApi:
         return config
 
     def control_mode(self) -> str:
-        """``explicit``, ``poll`` or ``none``, learnt from how the server answers a load call for
-        a name no repository can hold (nothing is loaded or changed by it)."""
-        try:
-            self.load(_PROBE_NAME)
-        except ServerError as error:
-            if error.status == 400:
-                return "explicit"  # explicit mode checked the name, so load calls are allowed
-            found = _MODE_IN_MESSAGE.search(error.message)
-            if found:
-                return found.group(1)
-            raise
-        raise ServerError(f"the server at {self.base} accepted a load of an invalid model name")
+        """``explicit``, ``poll`` or ``none``: the server's ``--model-control-mode``, as its metadata
+        (``GET /v2``) reports it in ``parameters.model_control_mode``."""
+        metadata = self._call("GET", "/v2")
+        parameters = metadata.get("parameters") if isinstance(metadata, dict) else None
+        mode = parameters.get("model_control_mode") if isinstance(parameters, dict) else None
+        if mode not in ("none", "explicit", "poll"):
+            raise ServerError(
+                f"the server at {self.base} does not report its model control mode in GET /v2 "
+                "(not clipperd, or an older one): pass control_mode= to ClipperdAdmin"
+            )
+        return str(mode)
 
     def wait(self, check: Callable[[], bool], timeout: float) -> bool:
         """Polls ``check()`` until it is true or ``timeout`` seconds pass; whether it became true."""

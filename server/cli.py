@@ -8,16 +8,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import Any, NoReturn
 
 from server import __version__
 from server.access import AccessPolicy
 from server.applications.state import check_store_spec
 from server.grpc.http2.limits import Http2Limits
 from server.lifecycle import serve
+from server.log_setup import configure_logging
 from server.rest.limits import HttpLimits
-from server.settings import Settings, env_default, parse_bool, setting_fields
+from server.settings import Settings, convert, env_default, parse_bool, setting_fields
 from server.tls import check_tls_settings
+from server.triton_flags import WARNINGS, add_triton_flags, backend_config_warnings
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): what a launch log shows is the
+    reason, as tritonserver prints it. Exit code 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class BoolFlag(argparse.Action):
@@ -40,33 +50,66 @@ class BoolFlag(argparse.Action):
             parser.error(f"{option_string}: {error}")
 
 
-def _add_setting(parser: argparse.ArgumentParser, f: object) -> None:
-    name: str = f.name  # type: ignore[attr-defined]
-    meta = f.metadata  # type: ignore[attr-defined]
-    default = env_default(name, f.default)  # type: ignore[attr-defined]
-    flag = "--" + name.replace("_", "-")
-    kwargs: dict[str, object] = {"help": meta["help"], "default": default}
+class OneRepository(argparse.Action):
+    """``--model-repository``/``--model-store``: Triton takes several; clipperd serves one, and a
+    second would leave its models unserved, so it is refused rather than ignored."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, "_repository_given", False):
+            parser.error(f"{option_string}: given twice; clipperd serves one model repository")
+        namespace._repository_given = True
+        setattr(namespace, self.dest, values)
+
+
+def _flag_type(name: str, default: object, meta: Any) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            return convert(name, default, meta, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _add_setting(parser: argparse.ArgumentParser, f: Any) -> None:
+    name: str = f.name
+    meta = f.metadata
+    default = env_default(name, f.default)
+    flags = ["--" + name.replace("_", "-"), *meta.get("aliases", ())]
+    kwargs: dict[str, Any] = {"help": meta["help"], "default": default, "dest": name}
     if meta.get("multiple"):
         kwargs.update(action="append", default=None)
     elif isinstance(default, bool):
-        kwargs.update(action=BoolFlag, help=f"{meta['help']} (--no-{flag[2:]}: off)")
+        kwargs.update(action=BoolFlag, help=f"{meta['help']} (--no-{flags[0][2:]}: off)")
         parser.add_argument(
-            "--no-" + flag[2:], dest=name, action="store_false", default=default, help=argparse.SUPPRESS
+            "--no-" + flags[0][2:], dest=name, action="store_false", default=default, help=argparse.SUPPRESS
         )
     else:
-        kwargs["type"] = Path if name == "model_repository" else type(default)
-        if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
-    parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+        kwargs["type"] = _flag_type(name, f.default, meta)
+        if name == "model_repository":
+            kwargs["action"] = OneRepository
+    parser.add_argument(*flags, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipperd", description="Low-latency prediction serving (KServe v2).")
+    """``clipperd serve`` (also ``clipperd tritonserver``, as KServe's Triton runtime runs it).
+    ValueError when a ``CLIPPERD_*`` variable does not parse."""
+    parser = Parser(prog="clipperd", description="Low-latency prediction serving (KServe v2).", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"clipperd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="serve a model repository")
+    serve_parser = commands.add_parser(
+        "serve", aliases=["tritonserver"], help="serve a model repository", allow_abbrev=False
+    )
     for f in setting_fields():
         _add_setting(serve_parser, f)
+    add_triton_flags(serve_parser)
     return parser
 
 
@@ -86,6 +129,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
+def _checked(settings: Settings) -> list[str]:
+    """ValueError for the first value that cannot work; the warnings to log otherwise."""
+    settings.cache_bytes()
+    AccessPolicy.from_settings(settings)
+    check_tls_settings(settings)
+    HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
+    Http2Limits.from_settings(settings)
+    check_store_spec(settings.app_state)
+    if not settings.model_repository.is_dir():
+        where = "--model-repository (or CLIPPERD_MODEL_REPOSITORY)"
+        raise ValueError(f"{where}: {str(settings.model_repository)[:256]} is not a folder")
+    return backend_config_warnings(settings.backend_config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -95,26 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     try:
-        settings.cache_bytes()
-        AccessPolicy.from_settings(settings)
-        check_tls_settings(settings)
-        HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
-        Http2Limits.from_settings(settings)
+        warnings = _checked(settings)
     except ValueError as error:  # TlsError is one
         parser.error(str(error))  # exits 2, as for any other bad flag
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("hpack").setLevel(logging.WARNING)  # at DEBUG it logs every header of every call
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # Spark's bridge narrates every connection at INFO
-    if not settings.model_repository.is_dir():
-        logging.getLogger("clipperd").error("model repository %s is not a folder", settings.model_repository)
-        return 2
-    try:
-        check_store_spec(settings.app_state)
-    except ValueError as error:
-        logging.getLogger("clipperd").error("%s", error)
-        return 2
+    configure_logging(settings)
+    from_env = ", ".join(sorted(name for name in os.environ if name.startswith("CLIPPERD_")))
+    log = logging.getLogger("clipperd")
+    log.debug("settings from the environment: %s", from_env or "none")  # names only: values may be secrets
+    for warning in [*(getattr(args, WARNINGS, None) or []), *warnings]:
+        log.warning("%s", warning)
     if settings.gil_switch_interval_us > 0:
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -123,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.shutdown()
             os._exit(1)
     return 0
+
+
+def tritonserver_main() -> int:
+    """The ``tritonserver`` console script: ``clipperd serve`` under Triton's name, so a launch line
+    written for Triton (KServe's runtime) runs unchanged."""
+    return main(["serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

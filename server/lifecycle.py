@@ -8,8 +8,8 @@ import contextlib
 import gc
 import itertools
 import logging
-import os
 import signal
+from typing import Any
 
 from schedulers.cache import ResponseCache
 from server.access import AccessPolicy
@@ -41,6 +41,7 @@ class Server:
         store = open_store(settings.app_state, settings.model_repository)
         self.applications = ApplicationManager(self.repository, store)
         self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)
+        self.plane.name = settings.server_id  # ServerMetadata's name, as Triton's --id sets it
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
@@ -76,9 +77,13 @@ class Server:
             max_connection_bytes=settings.grpc_max_connection_inflight_bytes,
             http2=Http2Limits.from_settings(settings),
         )
-        grpc_server, self.grpc_port = await start_grpc_server(self.plane, settings.host, settings.grpc_port, options)
-        tls = " over TLS" if self.grpc_tls is not None else ""
-        log.info("KServe v2 gRPC%s on %s:%d (%s front end)", tls, settings.host, self.grpc_port, settings.grpc_frontend)
+        servers: list[Any] = []  # what a stop must stop: the gRPC and HTTP servers Triton's --allow-* flags left on
+        if settings.allow_grpc:
+            grpc_host = settings.grpc_address or settings.host
+            grpc_server, self.grpc_port = await start_grpc_server(self.plane, grpc_host, settings.grpc_port, options)
+            servers.append(grpc_server)
+            tls = " over TLS" if self.grpc_tls is not None else ""
+            log.info("KServe v2 gRPC%s on %s:%d (%s front end)", tls, grpc_host, self.grpc_port, settings.grpc_frontend)
         try:
             await self.applications.start()
         except Exception as error:  # a store that cannot be reached: say so, not a traceback
@@ -86,7 +91,7 @@ class Server:
             raise SystemExit(2) from None
         limits = BodyLimits(settings.http_max_input_size, settings.http_max_decompressed_size)
         http_options = HttpOptions(
-            settings.host,
+            settings.http_address or settings.host,
             settings.http_port,
             limits,
             settings.exit_timeout_secs,
@@ -96,15 +101,18 @@ class Server:
             handshake_timeout_s=settings.tls_handshake_timeout_secs,
             connection_limits=HttpLimits.from_settings(settings),
         )
-        http_server, self.http_port = await start_http_server(self.plane, http_options)
-        log.info("KServe v2 HTTP%s on %s:%d", " over TLS" if self.http_tls else "", settings.host, self.http_port)
+        if settings.allow_http:
+            http_server, self.http_port = await start_http_server(self.plane, http_options)
+            servers.append(http_server)
+            tls = " over TLS" if self.http_tls is not None else ""
+            log.info("KServe v2 HTTP%s on %s:%d", tls, http_options.host, self.http_port)
         log.info("access: %s", access.summary())
         self.tls.start()
         if self.cache is not None:
             log.info("response cache: local, %d bytes", self.cache.capacity)
         runners = []
         if settings.allow_metrics:
-            metrics_host = settings.metrics_host or settings.host
+            metrics_host = settings.metrics_host or settings.http_address or settings.host  # as Triton
             app_families = application_families(lambda: list(self.applications.apps.values()))
             metrics_runner, self.metrics_port = await start_metrics_server(
                 self.repository.loaded,
@@ -115,7 +123,8 @@ class Server:
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
         await self.repository.start()
-        _settle_garbage_collector()
+        if settings.gc_freeze:
+            _settle_garbage_collector()
         self.plane.accepting = True
         ready = sum(1 for r in self.repository.index() if r.state == "READY")
         log.info("serving %d model version(s) from %s", ready, settings.model_repository)
@@ -128,9 +137,7 @@ class Server:
             poller.cancel()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
         await asyncio.gather(
-            grpc_server.stop(grace=settings.exit_timeout_secs),
-            http_server.stop(settings.exit_timeout_secs),
-            *(r.cleanup() for r in runners),
+            *(server.stop(settings.exit_timeout_secs) for server in servers), *(r.cleanup() for r in runners)
         )
         await self.applications.stop()
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -169,9 +176,8 @@ def _settle_garbage_collector() -> None:
     """Moves what start-up allocated (modules, models, protobuf descriptors) out of the
     collector's sight: the many short-lived objects of each request are then collected without
     walking it all again (the collections stay; only their cost shrinks)."""
-    if os.environ.get("CLIPPERD_GC_FREEZE", "1") == "1":
-        gc.collect()
-        gc.freeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def serve(settings: Settings) -> bool:

@@ -15,7 +15,11 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class Settings:
-    model_repository: Path = _setting(Path("model_repository"), "The model repository folder (Triton layout).")
+    model_repository: Path = _setting(
+        Path("model_repository"),
+        "The model repository folder (Triton layout); --model-store is Triton's other name for it.",
+        aliases=("--model-store",),
+    )
     model_control_mode: str = _setting(
         "none",
         "none: load every model at start, refuse load/unload calls; explicit: load what --load-model "
@@ -27,6 +31,10 @@ class Settings:
     )
     repository_poll_secs: float = _setting(15.0, "Seconds between repository scans in poll mode.")
     host: str = _setting("0.0.0.0", "Address every endpoint binds (Triton binds all interfaces).")
+    grpc_address: str = _setting("", "Address the gRPC port binds (Triton's flag; empty: --host).")
+    http_address: str = _setting("", "Address the HTTP/REST port binds (Triton's flag; empty: --host).")
+    allow_grpc: bool = _setting(True, "Serve KServe v2 gRPC (Triton's flag); off, no gRPC port is bound.")
+    allow_http: bool = _setting(True, "Serve KServe v2 HTTP/REST (Triton's flag); off, no HTTP port is bound.")
     grpc_port: int = _setting(8001, "KServe v2 gRPC port (0 picks a free one).")
     http_port: int = _setting(8000, "KServe v2 HTTP/REST port (0 picks a free one).")
     metrics_port: int = _setting(8002, "Prometheus metrics port: GET /metrics (0 picks a free one).")
@@ -78,6 +86,33 @@ class Settings:
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
     log_level: str = _setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_verbose: int = _setting(
+        0, "Triton's verbose logging: 1 or more (or true) logs at DEBUG too.", parse=lambda t: parse_log_verbose(t)
+    )
+    log_info: bool = _setting(True, "Triton's: log INFO messages (false drops them).")
+    log_warning: bool = _setting(True, "Triton's: log WARNING messages (false drops them).")
+    log_error: bool = _setting(True, "Triton's: log ERROR messages (false drops them).")
+    server_id: str = _setting(
+        "clipperd",
+        "The server's name in ServerMetadata (--id is Triton's name; Triton's own default is 'triton').",
+        aliases=("--id",),
+    )
+    strict_model_config: bool = _setting(
+        False,
+        "Triton's flag, accepted either way: clipperd always needs a config file (config.pbtxt or YAML) and "
+        "always fills an ONNX config's missing inputs and outputs from the graph (see docs/cli.md).",
+    )
+    backend_config: list[str] = _setting(
+        None,
+        "Triton's '<backend>,<setting>=<value>' (may be repeated): checked, then ignored with a warning, since "
+        "no clipperd backend has a server-wide setting (see docs/cli.md).",
+        multiple=True,
+    )
+    gc_freeze: bool = _setting(
+        True,
+        "After start-up, collect garbage once and freeze what survived (gc.freeze), so the collections "
+        "that requests cause do not walk every module and model again; off keeps Python's default.",
+    )
     grpc_restricted_protocol: list[str] = _setting(
         None,
         "Triton's restricted protocols: '<api>[,<api>...]:<header>=<value>' (may be repeated, each API in one "
@@ -111,7 +146,12 @@ class Settings:
         "Accept shared-memory registration (from loopback clients, or others as management allows); off: "
         "refused to every client (PERMISSION_DENIED / 403).",
     )
-    metrics_host: str = _setting("", "Address the metrics port binds (empty: the same as --host).")
+    metrics_host: str = _setting(
+        "",
+        "Address the metrics port binds (empty: --http-address, else --host, as Triton); "
+        "--metrics-address is Triton's name.",
+        aliases=("--metrics-address",),
+    )
     grpc_use_ssl: bool = _setting(
         False, "Serve gRPC over TLS (Triton's flag; ALPN h2); needs --grpc-server-cert and --grpc-server-key."
     )
@@ -203,6 +243,8 @@ class Settings:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.backend_config is None:
+            self.backend_config = []
         if self.grpc_restricted_protocol is None:
             self.grpc_restricted_protocol = []
         if self.http_restricted_api is None:
@@ -217,19 +259,65 @@ def setting_fields() -> list[Any]:
     return list(fields(Settings))
 
 
+def env_name(name: str) -> str:
+    return f"CLIPPERD_{name.upper()}"
+
+
 def env_default(name: str, default: Any) -> Any:
-    """``CLIPPERD_GRPC_PORT=9001`` overrides the default of ``grpc_port``."""
-    value = os.environ.get(f"CLIPPERD_{name.upper()}")
+    """``CLIPPERD_GRPC_PORT=9001`` overrides the default of ``grpc_port``; a value that does not
+    parse is a ValueError naming the variable, checked as the flag's own value would be."""
+    value = os.environ.get(env_name(name))
     if value is None:
         return default
-    if isinstance(default, bool):
-        try:
-            return parse_bool(value)
-        except ValueError as error:  # a typo must not turn a security flag off silently
-            raise ValueError(f"CLIPPERD_{name.upper()}: {error}") from None
     if isinstance(default, list) or default is None:
         return [v for v in value.split(",") if v]
-    return type(default)(value)
+    meta = next(f.metadata for f in setting_fields() if f.name == name)
+    try:
+        return convert(name, default, meta, value)
+    except ValueError as error:
+        raise ValueError(f"{env_name(name)}: {error}") from None
+
+
+def convert(name: str, default: Any, meta: Any, text: str) -> Any:
+    """One setting's value from its text, as the flag and the variable both give it."""
+    if "parse" in meta:
+        return meta["parse"](text)
+    if isinstance(default, bool):
+        return parse_bool(text)
+    if "choices" in meta:
+        if text not in meta["choices"]:
+            raise ValueError(f"expected one of {', '.join(meta['choices'])}, got {text[:32]!r}")
+        return text
+    if isinstance(default, Path):
+        if not text.strip():
+            raise ValueError("expected a path, got an empty value")
+        return Path(text)
+    if isinstance(default, int):
+        number = _number(int, "a whole number", text)
+        if name.endswith("_port") and not 0 <= number <= 65535:
+            raise ValueError(f"expected a port from 0 to 65535, got {number}")
+        return number
+    if isinstance(default, float):
+        return _number(float, "a number", text)
+    return text
+
+
+def _number(kind: type[int] | type[float], what: str, text: str) -> Any:
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {what}, got {text[:32]!r}") from None
+    if value < 0 or value != value or value == float("inf"):  # negative, NaN or infinite
+        raise ValueError(f"expected {what}, at least 0, got {text[:32]!r}")
+    return value
+
+
+def parse_log_verbose(text: str) -> int:
+    """Triton's ``--log-verbose``: a level (0 off, 1 and above on), or true/false."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return int(lowered == "true")
+    return int(_number(int, "a verbosity level (0, 1, ...) or true/false", text))
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

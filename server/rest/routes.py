@@ -146,7 +146,10 @@ class RestApi:
 
     async def server_metadata(self, request: HttpRequest) -> HttpResponse:
         plane = self.plane
-        return json_response({"name": plane.name, "version": plane.version, "extensions": plane.extensions})
+        mode = {"model_control_mode": plane.repository.mode.value}  # clipperd's: the admin client reads it
+        return json_response(
+            {"name": plane.name, "version": plane.version, "extensions": plane.extensions, "parameters": mode}
+        )
 
     async def model_ready(self, request: HttpRequest) -> HttpResponse:
         return _flag(self.plane.model_ready(*_model(request)))
