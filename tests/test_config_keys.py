@@ -29,6 +29,14 @@ REFUSED = {
         'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }\n',
         "EXECUTION_ENV_PATH",
     ),
+    "with_batch_input": (
+        'batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "COUNT" data_type: TYPE_FP32 } ]\n',
+        "batch_input",
+    ),
+    "with_batch_output": (
+        'batch_output [ { target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT0" } ]\n',
+        "batch_output",
+    ),
 }
 WARMUP = """model_warmup [
   { name: "zeros" batch_size: 1 inputs { key: "INPUT0" value { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } }

@@ -13,6 +13,8 @@ REFUSED = {
     "sequence_batching": "sequence batching (stateful models, correlation ids) is not implemented",
     "model_transaction_policy.decoupled": "decoupled models (response senders) are not supported by any backend",
     "parameters.EXECUTION_ENV_PATH": "custom Python execution environments are not implemented",
+    "batch_input": "batch inputs (tensors the batcher would add, e.g. element counts) are not implemented",
+    "batch_output": "batch outputs (tensors split back by another input's shape) are not implemented",
 }
 # key -> what is given up by ignoring it
 WARNED = {
@@ -27,6 +29,8 @@ def refused_keys(config: mc.ModelConfig) -> list[str]:
         "sequence_batching": config.HasField("sequence_batching"),
         "model_transaction_policy.decoupled": config.model_transaction_policy.decoupled,
         "parameters.EXECUTION_ENV_PATH": "EXECUTION_ENV_PATH" in config.parameters,
+        "batch_input": len(config.batch_input) > 0,
+        "batch_output": len(config.batch_output) > 0,
     }
     return [key for key in REFUSED if present[key]]
 
