@@ -8,7 +8,7 @@ SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test lint venv tools redis netns-tools clean
+.PHONY: serve test test-fast lint venv tools redis netns-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: venv
 
 test: venv tools
 	CLIPPERD_PERF_ANALYZER=$(abspath $(PA)) $(BIN)/python -m pytest
+
+# in-process tests only (tests/conftest.py FAST): seconds, no tools, no root
+test-fast: venv
+	CLIPPERD_FAST_TESTS=1 $(BIN)/python -m pytest -m "not e2e"
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

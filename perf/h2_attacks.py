@@ -1,4 +1,4 @@
-"""The HTTP/2 attack figures: runs tests/test_h2_attacks.py against both gRPC front ends and prints
+"""The HTTP/2 attack figures: runs tests/server/grpc/test_h2_attacks.py against both gRPC front ends and prints
 one markdown table (each case: the server's action and how long it took, RSS growth, the longest
 event-loop lag of the server's own histogram, the probe's longest call), native beside grpcio.
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_suite(report: Path, expression: str | None) -> int:
     env = {**os.environ, "CLIPPERD_H2_ATTACK_REPORT": str(report), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "pytest", "tests/test_h2_attacks.py", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "tests/server/grpc/test_h2_attacks.py", "-q", "-p", "no:cacheprovider"]
     if expression:
         command += ["-k", expression]
     return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode

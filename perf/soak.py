@@ -27,7 +27,7 @@ Checks, after the warm-up (the first quiet sample at least --warmup-minutes in, 
 cycle):
   - RSS: the slope of a least-squares line through every sample, at most --max-rss-mb-per-min
     (1.0); or, given --max-rss-growth-mb, the line's rise over the measured span at most that
-    (a minute is too short to hold a slope to 1 MB/min; tests/test_soak.py does this);
+    (a minute is too short to hold a slope to 1 MB/min; tests/perf/test_soak.py does this);
   - descriptors and threads at every quiet sample within --max-fd-drift / --max-thread-drift (2)
     of the first quiet sample after warm-up;
   - /dev/shm: the server maps or holds no more /dev/shm objects at any quiet sample than at the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs iproute2 (Debian's package: `ip netns`, veth pairs) for tests/test_access_netns.py,
+# Installs iproute2 (Debian's package: `ip netns`, veth pairs) for tests/server/test_access_netns.py,
 # which makes its own network namespace to test a non-loopback client for real; once. Without it
 # (or without root) that test is skipped, never failed.
 set -euo pipefail

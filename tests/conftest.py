@@ -8,7 +8,28 @@ from typing import Any
 import pytest
 import tritonclient.utils.shared_memory as shm
 
-from tests.serverproc import EXAMPLES, ServerProcess, running
+from tests.serverproc import EXAMPLES, ROOT, ServerProcess, running
+
+# The fast set (`make test-fast`): in-process tests that run in seconds, with no server process,
+# no perf_analyzer, no Redis and no root. Every other module is end-to-end (marker ``e2e``); a
+# module listed here that starts a server or perf_analyzer fails under `make test-fast`.
+FAST = {
+    "tests/backends/test_config.py",
+    "tests/backends/test_parameters.py",
+    "tests/backends/test_pinned.py",
+    "tests/schedulers/test_aimd.py",
+    "tests/schedulers/test_applications_selection.py",
+    "tests/schedulers/test_assembly.py",
+    "tests/schedulers/test_scheduler.py",
+    "tests/server/grpc/test_proto_compat.py",
+    "tests/server/rest/test_codec_fuzz.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix() not in FAST:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The client side of tests/test_access_netns.py, run inside the test's network namespace
+"""The client side of tests/server/test_access_netns.py, run inside the test's network namespace
 (``ip netns exec NS python -m tests.netns_client ...``): one call of each API over gRPC and HTTP
 (tritonclient, urllib and clipperd_admin, as users call them), printed as one JSON object
 ``{call: "ok" | the gRPC status name | the HTTP status}``."""

@@ -16,6 +16,15 @@ import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "model_repository"
+FAST_ONLY = "CLIPPERD_FAST_TESTS"  # set by `make test-fast`: end-to-end machinery fails the test
+
+
+def refuse_in_fast_run(what: str) -> None:
+    """A test of the fast set (tests/conftest.py FAST) that starts ``what`` is misfiled: fail it."""
+    if os.environ.get(FAST_ONLY):
+        import pytest
+
+        pytest.fail(f"{what} in a fast test: list its module as end-to-end (not in tests/conftest.py FAST)")
 
 
 def perf_analyzer() -> Path:
@@ -23,6 +32,7 @@ def perf_analyzer() -> Path:
     fails, not skips, without it: make test installs it."""
     import pytest
 
+    refuse_in_fast_run("perf_analyzer")
     configured = os.environ.get("CLIPPERD_PERF_ANALYZER")
     path = Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
     if not (path.is_file() and os.access(path, os.X_OK)):
@@ -50,6 +60,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServerProcess:
+        refuse_in_fast_run("a server process")
         cmd = [
             sys.executable,
             "-m",

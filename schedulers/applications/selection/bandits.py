@@ -4,7 +4,7 @@ Both keep, per model, a discounted sum of losses ``L`` (each feedback multiplies
 ``discount`` before adding the new loss), and weigh the models by ``exp(-eta * L)``. With
 ``discount`` 0.98 (Exp4) the memory is about 50 feedbacks, 100 with Exp3's 0.99 (its
 importance-weighted losses are noisier): a model that was best and starts to err loses its
-weight within a few dozen feedbacks (tests/test_applications_selection.py measures it), where
+weight within a few dozen feedbacks (tests/schedulers/test_applications_selection.py measures it), where
 undiscounted sums would need as many feedbacks as it had been right before.
 
 - Exp3 asks one model per query, drawn from ``(1 - gamma) * weights + gamma / K`` (the gamma

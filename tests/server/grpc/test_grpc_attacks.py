@@ -34,8 +34,7 @@ from server.grpc.inflate import Inflater
 from server.grpc.service import STREAM_REQUESTS_IN_FLIGHT
 from tests.adversary import MAX_RSS_GROWTH, Watch, rss_bytes
 from tests.appmodels import add_model
-from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running, wait_until
-from tests.test_grpc_http2 import (
+from tests.server.grpc.test_grpc_http2 import (
     DATA,
     END_HEADERS,
     END_STREAM,
@@ -47,6 +46,7 @@ from tests.test_grpc_http2 import (
     frame,
     message,
 )
+from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running, wait_until
 
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 ANSWER_WITHIN_S = 2.0

@@ -1,6 +1,6 @@
 """The one reader of a model config's ``parameters`` (backends/common/parameters.py): typed
 getters, ASCII digits only, bounds, and one error that names the model, the key and the value
-(cut short). Through a real server: tests/test_idle_inline.py (a bad value fails the load)."""
+(cut short). Through a real server: tests/schedulers/test_idle_inline.py (a bad value fails the load)."""
 
 from __future__ import annotations
 

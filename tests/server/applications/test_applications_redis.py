@@ -13,8 +13,8 @@ import pytest
 
 from clipperd_admin import ApplicationAdmin, ServerError
 from tests.appmodels import add_model
+from tests.server.applications.test_applications_server import X, call, predict
 from tests.serverproc import free_port, running, wait_until
-from tests.test_applications_server import X, call, predict
 
 REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (scripts/install-redis.sh)")

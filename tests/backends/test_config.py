@@ -15,8 +15,9 @@ from tritonclient.grpc import model_config_pb2 as triton_mc
 from backends.common.config import config_to_json, full_shape, load_model_config, normalize, validate
 from backends.common.errors import ConfigError, InvalidArgument
 from backends.proto import model_config_pb2 as mc
+from tests.serverproc import ROOT
 
-DATA = Path(__file__).parent / "data" / "configs"
+DATA = ROOT / "tests" / "data" / "configs"
 REAL_CONFIGS = sorted(p.name for p in DATA.iterdir() if (p / "config.pbtxt").is_file())
 
 

@@ -29,7 +29,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
 from tests.conftest import Region
-from tests.serverproc import ServerProcess, running
+from tests.serverproc import EXAMPLES, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -637,7 +637,7 @@ def held_server(tmp_path: Path, logs_dir: Path) -> Iterator[tuple[ServerProcess,
             """
         )
     )
-    identity = Path(__file__).resolve().parent.parent / "model_repository" / "identity_fp32"
+    identity = EXAMPLES / "identity_fp32"
     (repo / "identity_fp32" / "1").mkdir(parents=True)
     (repo / "identity_fp32" / "config.pbtxt").write_text((identity / "config.pbtxt").read_text())
     (repo / "identity_fp32" / "1" / "model.py").write_text((identity / "1" / "model.py").read_text())

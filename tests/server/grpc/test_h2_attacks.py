@@ -49,8 +49,7 @@ from tests.h2raw import (
     hpack_int,
     settings_entries,
 )
-from tests.serverproc import EXAMPLES, ServerProcess, model_metric, running
-from tests.test_grpc_http2 import (
+from tests.server.grpc.test_grpc_http2 import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -63,6 +62,7 @@ from tests.test_grpc_http2 import (
     identity_request,
     message,
 )
+from tests.serverproc import EXAMPLES, ROOT, ServerProcess, model_metric, running
 
 HANDSHAKE_S, IDLE_S, STALL_S = 1.0, 2.0, 2.0
 GOAWAY_FRAME = 7
@@ -910,7 +910,7 @@ def _statuses(h2: Attacker, streams: set[int]) -> set[str]:
 def test_bad_limits_are_refused_at_start(flag: str, value: str, says: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve", flag, value],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

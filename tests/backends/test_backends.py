@@ -29,13 +29,13 @@ from backends.common.outputs import check_outputs, output_specs
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend, indexed_order, input_plan, output_positions
+from tests.serverproc import ROOT
 
 try:
     import torch
 except ImportError:  # the Python backend's tests still run
     torch = None
 
-ROOT = Path(__file__).resolve().parent.parent
 REPO = ROOT / "model_repository"
 requires_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 requires_cuda = pytest.mark.skipif(

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from backends import registry
 from backends.common.config import load_model_config
 from backends.common.versions import folder_version, version_folders
-from tests.serverproc import EXAMPLES, ServerProcess, running
+from tests.serverproc import EXAMPLES, ROOT, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,7 +111,7 @@ def test_a_speed_only_key_loads_with_one_warning(server: ServerProcess, model: s
 
 def test_what_is_parsed_is_unchanged() -> None:
     """The refusal is the repository's: load_model_config still reads Triton's configs whole."""
-    tts = load_model_config(Path(__file__).parent / "data" / "configs" / "tts_sequence")
+    tts = load_model_config(ROOT / "tests" / "data" / "configs" / "tts_sequence")
     assert tts.HasField("sequence_batching")
 
 
