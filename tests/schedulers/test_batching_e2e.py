@@ -102,7 +102,7 @@ def test_a_bad_aimd_setting_fails_the_load_naming_the_key(server: ServerProcess)
         assert not client.is_model_ready("bad_backoff")
         index = {m.name: m for m in client.get_model_repository_index().models}
     assert "batch_backoff" in index["bad_backoff"].reason
-    assert "between 0 and 1" in index["bad_backoff"].reason
+    assert "must be a number > 0 and < 1, got '2'" in index["bad_backoff"].reason
 
 
 def test_priority_parameter_on_a_model_without_levels_is_ignored(server: ServerProcess) -> None:
