@@ -903,7 +903,11 @@ def _statuses(h2: Attacker, streams: set[int]) -> set[str]:
     ("flag", "value", "says"),
     [
         ("--grpc-http2-idle-timeout-secs", "0", "idle timeout must be positive"),
-        ("--grpc-http2-handshake-timeout-secs", "-1", "--grpc-http2-handshake-timeout-secs: expected a number, at least 0"),
+        (
+            "--grpc-http2-handshake-timeout-secs",
+            "-1",
+            "--grpc-http2-handshake-timeout-secs: expected a number, at least 0",
+        ),
         ("--grpc-max-connections-per-client", "0", "--grpc-max-connections-per-client 1 or more"),
     ],
 )
