@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from backends.common.parameters import boolean_word
+
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -320,18 +322,12 @@ def parse_log_verbose(text: str) -> int:
     return int(_number(int, "a verbosity level (0, 1, ...) or true/false", text))
 
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
 def parse_bool(text: str) -> bool:
     """Triton's boolean values (``--grpc-use-ssl=true``), and 1/0, yes/no, on/off."""
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected true or false (or 1/0, yes/no, on/off), got {text[:32]!r}")
+    value = boolean_word(text)
+    if value is None:
+        raise ValueError(f"expected true or false (or 1/0, yes/no, on/off), got {text[:32]!r}")
+    return value
 
 
 CACHES = ("local",)  # the cache implementations clipperd has (Triton also ships 'redis')

@@ -19,8 +19,17 @@ _SPACES = " \t\r\n"
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 _NUMBER_CHARS = 64  # longer than any number a config writes
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def boolean_word(text: str) -> bool | None:
+    """Triton's boolean spellings (true/false, 1/0, yes/no, on/off, any case, spaces around):
+    the value, or None for anything else. Config parameters and command-line flags share it."""
+    word = text.strip(_SPACES).lower()
+    if word in _TRUE:
+        return True
+    return False if word in _FALSE else None
 
 
 class Parameters:
@@ -83,12 +92,13 @@ class Parameters:
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        text = self._given(key).lower()
+        text = self._given(key)
         if not text:
             return default
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise self.fail(key, "must be true or false")
+        value = boolean_word(text)
+        if value is None:
+            raise self.fail(key, "must be true or false")
+        return value
 
     def choice(self, key: str, choices: Sequence[str], default: str = "") -> str:
         """One of ``choices`` (exactly as written); ``default`` when absent."""

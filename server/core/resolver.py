@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from backends.common.errors import NotFound
 from backends.proto import model_config_pb2 as mc
 from schedulers.applications.application import Application
 from schedulers.stats import ModelStats
 from server.core.messages import InferRequest, InferResponse, ModelMetadata
 from server.core.model_version import ModelVersion
-from server.core.repository import ModelRepository, shown
+from server.core.repository import ModelRepository
 
 
 class Applications(Protocol):
@@ -53,10 +52,9 @@ class Resolver:
         return apps.lookup(name)
 
     def resolve(self, name: str, version: str = "") -> ModelVersion | Application:
-        """What serves ``name``/``version`` now, or the error a client should see."""
-        if name in self.repository or self.applications is None:
+        """What serves ``name``/``version`` now, or the error a client should see (an unknown
+        name is the repository's NotFound)."""
+        app = self.application(name)
+        if app is None or self.applications is None:
             return self.repository.get(name, version)
-        app = self.applications.lookup(name)
-        if app is None:
-            raise NotFound(f"Request for unknown model: {shown(name)} is not found")
         return self.applications.versioned(app, version)
