@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PA := .tools/pa/bin/perf_analyzer
+CHECKOV := .tools/checkov/bin/checkov
 MODEL_REPOSITORY ?= model_repository
 SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test test-fast lint venv tools redis netns-tools clean
+.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +25,16 @@ $(PA): scripts/install-perf-analyzer.sh
 redis:
 	scripts/install-redis.sh
 
+# checkov in a virtual environment of its own (tests/deploy runs it on the Dockerfiles and deploy/)
+$(CHECKOV): scripts/install-checkov.sh
+	scripts/install-checkov.sh .tools/checkov
+
+checkov: $(CHECKOV)
+
 netns-tools:
 	scripts/install-netns-tools.sh
 
-tools: $(PA) redis netns-tools
+tools: $(PA) redis netns-tools $(CHECKOV)
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)

@@ -1,0 +1,232 @@
+"""A container started the way Kubernetes starts it, without a container runtime: the image's
+ENTRYPOINT/CMD/ENV/USER from the Dockerfile, the pod's command/args/envFrom/env merged by
+Kubernetes' rules, volumes standing in as local folders, the server as uid 1000 when we are root.
+
+What differs from a real pod, and only this: the program comes from this checkout's virtual
+environment (PATH and PYTHONPATH point there), each mountPath is a local folder named in its
+place wherever the argv or the environment names it, and each port the server binds is a free
+port set through the same flag or variable that set it (a variable added where the default
+applied)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.settings import Settings
+from tests.serverproc import ROOT, free_port
+
+PORT_SETTINGS = ("http_port", "grpc_port", "metrics_port")
+
+
+@dataclass
+class Image:
+    """What the final stage of a Dockerfile gives a container."""
+
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    user: str = ""
+    expose: list[int] = field(default_factory=list)
+    stopsignal: str = ""
+    healthcheck: list[str] = field(default_factory=list)
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", text)  # continuation lines
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            found.append((word.upper(), rest.strip()))
+    return found
+
+
+def _exec_form(text: str, where: str) -> list[str]:
+    value = json.loads(text)  # the exec form: no shell runs it (there is none in the image)
+    assert isinstance(value, list), f"{where}: not the exec form"
+    assert all(isinstance(v, str) for v in value), f"{where}: not the exec form"
+    return value
+
+
+def _set_env(image: Image, rest: str) -> None:
+    pairs = shlex.split(rest)
+    if pairs and "=" not in pairs[0]:  # the legacy form: ENV KEY VALUE
+        pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
+    env = image.env
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+
+
+def _apply(image: Image, word: str, rest: str, where: str) -> None:
+    if word == "ENV":
+        _set_env(image, rest)
+    elif word in ("ENTRYPOINT", "CMD"):
+        setattr(image, word.lower(), _exec_form(rest, f"{where} {word}"))
+    elif word == "USER":
+        image.user = rest
+    elif word == "EXPOSE":
+        image.expose += [int(p.split("/")[0]) for p in rest.split()]
+    elif word == "STOPSIGNAL":
+        image.stopsignal = rest
+    elif word == "HEALTHCHECK":
+        image.healthcheck = _exec_form(rest.removeprefix("CMD").strip(), f"{where} HEALTHCHECK")
+
+
+def read_image(dockerfile: Path) -> Image:
+    """The final stage's settings (ENV values with ``$VAR`` expanded from earlier ENVs)."""
+    image = Image()
+    for word, rest in _instructions(dockerfile.read_text()):
+        if word == "FROM":
+            image = Image()
+        else:
+            _apply(image, word, rest, dockerfile.name)
+    return image
+
+
+def argv_of(image: Image, spec: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """Kubernetes' rule: ``command`` replaces ENTRYPOINT (and drops CMD), ``args`` replaces CMD;
+    ``$(VAR)`` in either is the container's variable."""
+    if "command" in spec:
+        argv = [*spec["command"], *spec.get("args", [])]
+    else:
+        argv = [*image.entrypoint, *spec.get("args", image.cmd)]
+    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+
+
+def env_of(image: Image, spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The image's ENV, then each envFrom in order, then env: a later one wins, as in Kubernetes."""
+    env = dict(image.env)
+    for source in spec.get("envFrom", []):
+        assert set(source) <= {"configMapRef", "prefix"}, f"envFrom {source}: only ConfigMaps are started here"
+        data = config_maps[source["configMapRef"]["name"]]
+        env.update({source.get("prefix", "") + k: v for k, v in data.items()})
+    for variable in spec.get("env", []):
+        assert "value" in variable, f"env {variable['name']}: only literal values are started here"
+        env[variable["name"]] = variable["value"]
+    return env
+
+
+def _flag_value(argv: list[str], flag: str) -> tuple[int, str] | None:
+    """(index, value) of ``--flag=value`` or ``--flag value`` in argv; the last one wins."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            found = (i, arg.partition("=")[2])
+        elif arg == flag and i + 1 < len(argv):
+            found = (i + 1, argv[i + 1])
+    return found
+
+
+def effective_ports(argv: list[str], env: dict[str, str]) -> dict[str, int]:
+    """Each port setting as the server will read it: its flag, else its variable, else the default."""
+    defaults = Settings()
+    ports = {}
+    for name in PORT_SETTINGS:
+        flagged = _flag_value(argv, "--" + name.replace("_", "-"))
+        text = flagged[1] if flagged else env.get(f"CLIPPERD_{name.upper()}")
+        ports[name] = int(text) if text is not None else getattr(defaults, name)
+    return ports
+
+
+def remap_ports(argv: list[str], env: dict[str, str]) -> dict[int, int]:
+    """Moves every port the server binds to a free one, where it was set; {container: local}."""
+    mapping = {}
+    for name, port in effective_ports(argv, env).items():
+        local = free_port()
+        mapping[port] = local
+        flagged = _flag_value(argv, "--" + name.replace("_", "-"))
+        if flagged is not None:
+            i, _ = flagged
+            argv[i] = f"{argv[i].partition('=')[0]}={local}" if argv[i].startswith("--") else str(local)
+        else:
+            env[f"CLIPPERD_{name.upper()}"] = str(local)
+    return mapping
+
+
+def remap_paths(values: list[str], mounts: dict[str, Path]) -> list[str]:
+    """Each mountPath named in a value (as the path or a path below it) becomes its local folder."""
+    if not mounts:
+        return list(values)
+    # one pass, longest first: a local folder (under /tmp too) is never rewritten again
+    pattern = re.compile("|".join(re.escape(m) + r"(?=/|$)" for m in sorted(mounts, key=len, reverse=True)))
+    return [pattern.sub(lambda m: str(mounts[m.group(0)]), value) for value in values]
+
+
+def program(name: str) -> str:
+    """An image's program, from this checkout's environment (the console script pip made)."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{name} is not a console script of this environment: {path}"
+    return str(path)
+
+
+@dataclass
+class Started:
+    proc: subprocess.Popen[bytes]
+    ports: dict[int, int]  # container port -> local port
+    log: Path
+    argv: list[str]
+    env: dict[str, str]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start(argv: list[str], env: dict[str, str], mounts: dict[str, Path], log: Path, uid: int | None) -> Started:
+    """Starts ``argv`` with ``env`` (nothing of ours inherited but where the program lies)."""
+    argv = remap_paths(argv, mounts)
+    env = dict(zip(env, remap_paths(list(env.values()), mounts), strict=True))
+    ports = remap_ports(argv, env)
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's code, as the image's install would be
+    argv = [program(argv[0]), *argv[1:]]
+    as_user: dict[str, Any] = {}
+    if uid is not None and can_run_as(uid, argv[0]):  # the pod's runAsUser
+        as_user = {"user": uid, "group": uid, "extra_groups": []}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=mounts.get("/tmp", ROOT), stdout=out, stderr=subprocess.STDOUT, **as_user
+        )
+    return Started(proc, ports, log, argv, env)
+
+
+def can_run_as(uid: int, executable: str) -> bool:
+    """Whether we can start ``executable`` as ``uid``: only root can switch users, and the
+    environment's interpreter may lie where ``uid`` cannot reach (a pyenv under /root); then the
+    server runs as we do (the image's own test, make test-image, runs it as 1000)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        done = subprocess.run(
+            [executable, "--version"], user=uid, group=uid, extra_groups=[], capture_output=True, check=False
+        )
+    except PermissionError:
+        return False
+    return done.returncode == 0
+
+
+def writable_folder(path: Path, uid: int | None) -> Path:
+    """A folder the container's user may write (an emptyDir)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0 and uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+def read_only_copy(source: Path, target: Path) -> Path:
+    """``source`` copied to ``target``, readable by all and writable by none but root (a
+    read-only volume: the server must write nothing there)."""
+    shutil.copytree(source, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return target
