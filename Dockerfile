@@ -14,6 +14,7 @@
 ARG BASE=python:3.11-slim-bookworm
 
 # ---- runtime: the base, Python, user 1000, the repository and cache folders
+# checkov:skip=CKV_DOCKER_7:the base is the BASE build argument, whose default above has a version tag; checkov cannot see through the variable
 FROM ${BASE} AS runtime
 ARG APT_PACKAGES=""
 # Versions come from the base's distribution, which BASE chooses: nothing to pin here (DL3008).

@@ -121,9 +121,11 @@ def from_dockerfile(dockerfile: Path) -> ImageConfig:
 # ---- a built image
 
 
-def from_inspect(config: dict[str, Any]) -> ImageConfig:
-    """From ``podman image inspect``'s ``Config`` (Docker's image format)."""
-    test = (config.get("Healthcheck") or {}).get("Test") or []
+def from_inspect(inspected: dict[str, Any]) -> ImageConfig:
+    """From one entry of ``podman image inspect`` (podman shows the health check beside
+    ``Config``; ``docker image inspect`` inside it)."""
+    config = inspected["Config"]
+    test = (inspected.get("Healthcheck") or config.get("Healthcheck") or {}).get("Test") or []
     return ImageConfig(
         user=config.get("User", ""),
         ports=frozenset(int(port.split("/")[0]) for port in config.get("ExposedPorts") or {}),
