@@ -52,5 +52,11 @@ test: venv tools
 test-fast: venv
 	CLIPPERD_FAST_TESTS=1 $(BIN)/python -m pytest -m "not e2e"
 
+# the CPU image, built with podman here and tried from its own file system (minutes, root; not
+# in `make test`): scripts/test-image.sh, docs/deploy.md "Images"
+.PHONY: test-image
+test-image: venv
+	PYTHON=$(abspath $(BIN)/python) scripts/test-image.sh
+
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""``clipperd serve --model-repository DIR``: the command line."""
+"""``clipperd serve --model-repository DIR``: the command line; ``clipperd health``: the
+container's health check (``server/probe.py``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from server import __version__
+from server import __version__, probe
 from server.access import AccessPolicy
 from server.applications.state import check_store_spec
 from server.grpc.http2.limits import Http2Limits
-from server.lifecycle import serve
 from server.log_setup import configure_logging
 from server.rest.limits import HttpLimits
 from server.settings import Settings, convert, env_default, parse_bool, setting_fields
@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     for f in setting_fields():
         _add_setting(serve_parser, f)
     add_triton_flags(serve_parser)
+    health_parser = commands.add_parser(
+        "health", help="exit 0 if the server on this machine is ready (the image's HEALTHCHECK)", allow_abbrev=False
+    )
+    probe.add_arguments(health_parser)
     return parser
 
 
@@ -144,6 +148,9 @@ def _checked(settings: Settings) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["health"]:  # before the serve flags: its own exit codes, whatever CLIPPERD_* holds
+        return probe.main(argv[1:])
     try:
         parser = build_parser()
     except ValueError as error:  # a CLIPPERD_* variable that does not parse
@@ -163,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", warning)
     if settings.gil_switch_interval_us > 0:
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
+    # imported here, not at the top: the server's modules take a second to import, which
+    # `clipperd health`, run every few seconds by the container, does not need
+    from server.lifecycle import serve
+
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         clean = runner.run(serve(settings))
         if not clean:  # a model is stuck: its thread cannot be joined, leave without waiting for it
