@@ -80,7 +80,8 @@ def _apply(image: Image, word: str, rest: str, where: str) -> None:
     elif word == "STOPSIGNAL":
         image.stopsignal = rest
     elif word == "HEALTHCHECK":
-        image.healthcheck = _exec_form(rest.removeprefix("CMD").strip(), f"{where} HEALTHCHECK")
+        command = rest.partition("CMD")[2]  # after the --interval/--timeout options
+        image.healthcheck = _exec_form(command.strip(), f"{where} HEALTHCHECK")
 
 
 def read_image(dockerfile: Path) -> Image:
