@@ -99,6 +99,7 @@ class ApplicationManager:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("application state: %s", self.store.describe())
         await self.store.open(self._changed_elsewhere)
         for name, (definition, states) in (await self.store.load_all()).items():
             try:

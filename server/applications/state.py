@@ -2,7 +2,10 @@
 
 ``--app-state`` picks the store:
 - ``""`` (the default): SQLite in ``<model repository>/.clipperd/applications.sqlite`` (a hidden
-  folder: the repository scan skips it). The file is created on the first write.
+  folder: the repository scan skips it), created on the first write. When the repository is not
+  a folder this process may write (a read-only mount, another user's files, a bucket), nothing is
+  written there: the file is ``$XDG_STATE_HOME/clipperd/applications-<hash>.sqlite`` instead
+  (``~/.local/state`` without XDG_STATE_HOME; the hash names the repository's path).
 - ``sqlite:///path/to/file.sqlite``: SQLite at that path.
 - ``redis://host:port/db``: a Redis shared by several server processes. Each change is written
   to Redis and announced on a pub/sub channel; every other replica reloads what changed, so a
@@ -15,9 +18,12 @@ policy state (JSON). Concurrent feedback to the same user on two replicas: the l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +39,10 @@ OnChange = Callable[[str, str | None], Awaitable[None]]
 
 
 class AppStore(Protocol):
+    def describe(self) -> str:
+        """Where the state lives and who shares it, for the log."""
+        ...
+
     async def open(self, on_change: OnChange) -> None: ...
 
     async def close(self) -> None: ...
@@ -57,6 +67,9 @@ class AppStore(Protocol):
 class MemoryStore:
     def __init__(self) -> None:
         self.apps: dict[str, tuple[Definition, States]] = {}
+
+    def describe(self) -> str:
+        return "in memory, not kept (per replica)"
 
     async def open(self, on_change: OnChange) -> None:
         return None
@@ -101,9 +114,13 @@ _PUT_STATE = "INSERT OR REPLACE INTO policy_states (app, uid, state) VALUES (?, 
 class SqliteStore:
     """One file, written at each change (a few hundred µs with WAL and synchronous=NORMAL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, why: str = "") -> None:
         self.path = path
+        self.why = why  # why the default store is not in the repository, for the log
         self._db: sqlite3.Connection | None = None
+
+    def describe(self) -> str:
+        return f"{self.why}SQLite at {self.path} (per replica: other replicas neither see nor share it)"
 
     def _connect(self, create: bool) -> sqlite3.Connection | None:
         if self._db is None and (create or self.path.exists()):
@@ -189,6 +206,9 @@ class RedisStore:
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.origin = uuid.uuid4().hex
         self._listener: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        return f"Redis at {_without_password(self.url)} (shared by every replica that names it)"
 
     async def open(self, on_change: OnChange) -> None:
         await self.client.ping()
@@ -281,11 +301,42 @@ def check_store_spec(spec: str) -> None:
         raise ValueError(f"--app-state {spec!r}: use sqlite:///path, redis://host:port/db or memory://")
 
 
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
+def _writable_folder(folder: Path) -> bool:
+    """``folder`` is a directory this process may create files in (access(2) also answers
+    EROFS for a read-only mount, and judges root by the mount, not the mode bits)."""
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def state_home() -> Path:
+    """$XDG_STATE_HOME/clipperd, ~/.local/state/clipperd without it (HOME=/tmp in the image)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "clipperd"
+
+
+def default_sqlite(repository: Path) -> SqliteStore:
+    """The default store: in the repository when this process may write there, otherwise in
+    :func:`state_home` under a name of the repository's own, so two repositories never mix."""
+    inside = repository / ".clipperd"
+    if _writable_folder(inside) or (not inside.exists() and _writable_folder(repository)):
+        return SqliteStore(inside / "applications.sqlite")
+    digest = hashlib.sha256(str(repository.absolute()).encode()).hexdigest()[:12]
+    why = f"the model repository {repository} is not writable here, so nothing is written there: "
+    return SqliteStore(state_home() / f"applications-{digest}.sqlite", why)
+
+
 def open_store(spec: str, repository: Path) -> AppStore:
     """The store ``--app-state`` names (see the module's docstring)."""
     check_store_spec(spec)
     if spec == "":
-        return SqliteStore(repository / ".clipperd" / "applications.sqlite")
+        return default_sqlite(repository)
     if spec.startswith("sqlite:///"):
         return SqliteStore(Path(spec.removeprefix("sqlite://")))
     if spec.startswith(("redis://", "rediss://", "unix://")):

@@ -27,6 +27,7 @@ from server.grpc.limits import Admission, CallLimits
 
 _TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_RECEIVING_RECHECK_S = 0.01  # on stop, how often a call still receiving its message is looked at
 _ROUTING = frozenset({"content-type", "grpc-encoding", "grpc-timeout"})
 
 
@@ -87,12 +88,24 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """No new calls; those in flight may finish for ``grace`` seconds; then all close."""
         self.http2.stop_accepting()
-        tasks = [c.task for c in self.calls if c.task is not None and not c.task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        await self._drain(grace)
         self.http2.close_all()
         await self.http2.wait_closed()
         self.inflater.close()
+
+    async def _drain(self, grace: float) -> None:
+        """Until every admitted call is answered, or ``grace`` runs out. A call is in flight from
+        its HEADERS on: one whose message is still arriving (a large tensor, a slow link) has no
+        task yet, so it is looked at again every few milliseconds until its task exists."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.calls and (left := deadline - loop.time()) > 0:
+            calls = list(self.calls)
+            tasks = [c.task for c in calls if c.task is not None and not c.task.done()]
+            if tasks and len(tasks) == len(calls):
+                await asyncio.wait(tasks, timeout=left)
+            else:
+                await asyncio.sleep(min(left, _RECEIVING_RECHECK_S))
 
 
 def _timeout_s(value: str | None) -> float | None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_LINE = 8190  # aiohttp's and most servers' limit for the request line and each header
 MAX_HEADERS = 128
 SWEEP_BATCH = 1000  # connections whose timeouts are checked in one go (~1 ms)
+_RECEIVING_RECHECK_S = 0.01  # on stop, how often a request still arriving is looked at
 SERVER_NAME = b"clipperd"
 
 
@@ -164,6 +165,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending: deque[_Item] = deque()
         self.handling: _Item | None = None
         self.worker: asyncio.Task[None] | None = None
+        self.receiving = False  # between a request's first byte and its last: in flight for a drain
         self.last_active = time.monotonic()  # the connection's start or its last answer
         self.peer = ""  # the client's address (host only); "" when unknown
         self.closing = False
@@ -225,6 +227,7 @@ class HttpConnection(asyncio.Protocol):
             self.server.admission.disconnect(self.client)
             self.client = None
         self.closing = True
+        self.receiving = False
         self._drop_pending()
         self._reset()  # releases what the message being received held
         self.writable.set()
@@ -252,6 +255,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.receiving = True
         self.head_since = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
@@ -296,6 +300,7 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         if self.refusal is not None:
             item = _Item(self.refusal, self.parser.should_keep_alive())
         else:
@@ -362,6 +367,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(serialize_response(answer, keep_alive=False))
             self.transport.close()
         self.closing = True
+        self.receiving = False
         self.head_since = self.body_since = None
 
     async def _work(self) -> None:
@@ -480,11 +486,25 @@ class HttpServer:
             self._listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        workers = [c.worker for c in self.connections if c.worker is not None and not c.worker.done()]
-        if workers:
-            await asyncio.wait(workers, timeout=grace_s)
+        await self._drain(grace_s)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
         if self._listener is not None:
             await self._listener.wait_closed()
+
+    async def _drain(self, grace_s: float) -> None:
+        """Until no request is being received or answered, or ``grace_s`` runs out. A request is
+        in flight from its first byte: one whose body is still arriving has no worker yet, so
+        it is looked at again every few milliseconds until it has one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while (left := deadline - loop.time()) > 0:
+            busy = [c for c in self.connections if c.receiving or (c.worker is not None and not c.worker.done())]
+            if not busy:
+                return
+            workers = [c.worker for c in busy if c.worker is not None and not c.worker.done()]
+            if len(workers) == len(busy) and not any(c.receiving for c in busy):
+                await asyncio.wait(workers, timeout=left)
+            else:
+                await asyncio.sleep(min(left, _RECEIVING_RECHECK_S))
