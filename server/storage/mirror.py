@@ -74,8 +74,6 @@ class BucketMirror:
         where anything differs from the cache, waits ``settle_s`` and lists again, then copies
         what was the same in both listings."""
         await asyncio.to_thread(self._open)
-        bucket = self._require_bucket()
-        await asyncio.to_thread(bucket.check)
         async with self._lock:
             first = await self._list("")
             steps = plan(None, first, self.cached)
@@ -203,14 +201,17 @@ class BucketMirror:
             )
         if not steps.take and not steps.drop:
             return
-        work = Path(tempfile.mkdtemp(dir=self.folder / "staging"))
         try:
-            staged = self._stage(steps.take, work)
-            for model in sorted(steps.models()):
-                self._apply_model(model, steps, staged, work)
-            self._write_state()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            work = Path(tempfile.mkdtemp(dir=self.folder / "staging"))
+            try:
+                staged = self._stage(steps.take, work)
+                for model in sorted(steps.models()):
+                    self._apply_model(model, steps, staged, work)
+            finally:
+                self._write_state()  # what landed, even when a later step failed
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError as error:  # the cache folder's disk: full, read-only, removed
+            raise StorageError(f"cache folder {self.folder}: {type(error).__name__}: {error}") from None
 
     def _stage(self, take: dict[Unit, dict[str, ObjectInfo]], work: Path) -> set[Unit]:
         """Every file of the units to take, under ``work`` as in the repository: linked from the

@@ -117,11 +117,6 @@ class S3Bucket:
         if written != info.size:
             raise StorageError(f"{key}: {written} bytes came, {info.size} were listed (changed while copied?)")
 
-    def check(self) -> None:
-        """One cheap call that says whether the bucket is there and readable with these credentials."""
-        with self._errors():
-            self.client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.location.prefix, MaxKeys=1)
-
     def _where(self) -> str:
         return f"s3://{self.location.bucket}/{self.location.prefix}"
 
