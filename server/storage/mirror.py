@@ -173,6 +173,7 @@ class BucketMirror:
                 "--repository-cache-dir"
             ) from None
         self._lock_file = lock
+        self._require_bucket()  # boto3 reads its models and credentials here, off the event loop
         for debris in (self.folder / "staging").iterdir():
             shutil.rmtree(debris, ignore_errors=True)
         self.cached = self._read_state()
