@@ -340,7 +340,7 @@ def parse_repository(text: str) -> Path | str:
     """``--model-repository``: a folder, or a URL kept as written (a Path would fold its ``//``);
     server/storage/location.py reads the URL."""
     if not text.strip():
-        raise ValueError("expected a folder or a bucket URL, got an empty value")
+        raise ValueError("expected a path (a folder) or a bucket URL, got an empty value")
     return text if _URL.match(text) else Path(text)
 
 
