@@ -18,6 +18,7 @@ from server.grpc.http2.limits import Http2Limits
 from server.log_setup import configure_logging
 from server.rest.limits import HttpLimits
 from server.settings import Settings, convert, env_default, parse_bool, setting_fields
+from server.storage.location import parse_bucket_url
 from server.tls import check_tls_settings
 from server.triton_flags import WARNINGS, add_triton_flags, backend_config_warnings
 
@@ -141,8 +142,13 @@ def _checked(settings: Settings) -> list[str]:
     HttpLimits.from_settings(settings)  # the HTTP limits' values are checked
     Http2Limits.from_settings(settings)
     check_store_spec(settings.app_state)
-    if not settings.model_repository.is_dir():
-        where = "--model-repository (or CLIPPERD_MODEL_REPOSITORY)"
+    where = "--model-repository (or CLIPPERD_MODEL_REPOSITORY)"
+    if isinstance(settings.model_repository, str):  # a URL: a bucket
+        try:
+            parse_bucket_url(settings.model_repository)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    elif not settings.model_repository.is_dir():
         raise ValueError(f"{where}: {str(settings.model_repository)[:256]} is not a folder")
     return backend_config_warnings(settings.backend_config)
 

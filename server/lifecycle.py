@@ -9,7 +9,8 @@ import gc
 import itertools
 import logging
 import signal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schedulers.cache import ResponseCache
 from server.access import AccessPolicy
@@ -28,6 +29,9 @@ from server.rest.routes import HttpOptions, start_http_server
 from server.settings import Settings
 from server.tls import ALPN_GRPC, ALPN_HTTP, ReloadingTls, TlsReloader, tls_files
 
+if TYPE_CHECKING:
+    from server.storage.mirror import BucketMirror
+
 log = logging.getLogger("clipperd")
 
 
@@ -37,8 +41,10 @@ class Server:
         mode = ControlMode(settings.model_control_mode)
         size = settings.cache_bytes()
         self.cache = ResponseCache(size) if size else None
-        self.repository = ModelRepository(settings.model_repository, mode, list(settings.load_model), self.cache)
-        store = open_store(settings.app_state, settings.model_repository)
+        self.mirror = _bucket_mirror(settings)  # None: the repository is a local folder
+        root = self.mirror.root if self.mirror is not None else Path(settings.model_repository)
+        self.repository = ModelRepository(root, mode, list(settings.load_model), self.cache, self.mirror)
+        store = open_store(settings.app_state, root)
         self.applications = ApplicationManager(self.repository, store)
         self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)
         self.plane.name = settings.server_id  # ServerMetadata's name, as Triton's --id sets it
@@ -62,6 +68,7 @@ class Server:
 
     async def run(self) -> None:
         settings = self.settings
+        await self._copy_bucket()
         self.loop_lag.start()
         access = AccessPolicy.from_settings(settings)
         options = GrpcOptions(
@@ -135,6 +142,8 @@ class Server:
         self.tls.stop()
         if poller is not None:
             poller.cancel()
+        if self.mirror is not None:
+            self.mirror.close()
         deadline = asyncio.get_running_loop().time() + settings.exit_timeout_secs
         await asyncio.gather(
             *(server.stop(settings.exit_timeout_secs) for server in servers), *(r.cleanup() for r in runners)
@@ -153,6 +162,20 @@ class Server:
         self.loop_lag.stop()
         log.info("stopped")
 
+    async def _copy_bucket(self) -> None:
+        """A bucket repository is copied before anything binds; one that cannot be read ends the
+        start with one line (missing bucket, endpoint out of reach, credentials refused)."""
+        if self.mirror is None:
+            return
+        from server.storage.s3 import StorageError
+
+        try:
+            await self.mirror.start()
+        except StorageError as error:
+            log.error("model repository %s: %s", self.mirror.location.url[:256], error)
+            self.mirror.close()
+            raise SystemExit(2) from None
+
     def _start_polling(self) -> asyncio.Task[None] | None:
         if self.repository.mode is not ControlMode.POLL:
             return None
@@ -162,9 +185,40 @@ class Server:
         while True:
             await asyncio.sleep(self.settings.repository_poll_secs)
             try:
+                if self.mirror is not None:
+                    await _sync_bucket(self.mirror)
                 await self.repository.poll()
             except Exception:
                 log.exception("repository poll failed")
+
+
+async def _sync_bucket(mirror: BucketMirror) -> None:
+    """One poll of a bucket: a bucket out of reach keeps what is served, said once a poll."""
+    from server.storage.s3 import StorageError
+
+    try:
+        await mirror.sync()
+    except StorageError as error:
+        log.error("model repository %s: %s (serving what was copied)", mirror.location.url[:256], error)
+
+
+def _bucket_mirror(settings: Settings) -> BucketMirror | None:
+    """The cache folder of a bucket repository (nothing read yet), or None for a folder. The
+    storage modules (and boto3) are imported only for a bucket: a folder's start does not pay."""
+    if not isinstance(settings.model_repository, str):
+        return None
+    from server.storage.location import parse_bucket_url
+    from server.storage.mirror import BucketMirror, default_cache_dir
+
+    location = parse_bucket_url(settings.model_repository)
+    cache_dir = Path(settings.repository_cache_dir) if settings.repository_cache_dir else default_cache_dir()
+    return BucketMirror(
+        location,
+        cache_dir,
+        settle_s=settings.repository_settle_secs,
+        max_objects=settings.repository_max_objects,
+        max_bytes=settings.repository_max_bytes,
+    )
 
 
 def _reloading_tls(settings: Settings, listener: str, alpn: tuple[str, ...]) -> ReloadingTls | None:

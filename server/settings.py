@@ -4,11 +4,14 @@ defaults from ``CLIPPERD_<FIELD>`` environment variables (Triton's defaults othe
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from backends.common.parameters import boolean_word
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://: a bucket, not a folder
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -17,10 +20,13 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class Settings:
-    model_repository: Path = _setting(
+    model_repository: Path | str = _setting(
         Path("model_repository"),
-        "The model repository folder (Triton layout); --model-store is Triton's other name for it.",
+        "The model repository (Triton layout): a folder, or a bucket, s3://bucket/prefix or "
+        "s3://[https://]host:port/bucket/prefix, copied to --repository-cache-dir (see docs/deploy.md); "
+        "--model-store is Triton's other name for it.",
         aliases=("--model-store",),
+        parse=lambda t: parse_repository(t),
     )
     model_control_mode: str = _setting(
         "none",
@@ -32,6 +38,22 @@ class Settings:
         None, "In explicit mode, a model to load at start ('*' for all); may be repeated.", multiple=True
     )
     repository_poll_secs: float = _setting(15.0, "Seconds between repository scans in poll mode.")
+    repository_cache_dir: str = _setting(
+        "",
+        "Where a bucket repository is copied (one sub-folder per URL); empty: $XDG_CACHE_HOME/clipperd, "
+        "else ~/.cache/clipperd.",
+    )
+    repository_settle_secs: float = _setting(
+        1.0,
+        "Bucket repositories: at start and on a load request, the wait between the two listings that "
+        "must agree before a changed version folder or config is copied (poll mode: --repository-poll-secs).",
+    )
+    repository_max_objects: int = _setting(
+        10_000, "Bucket repositories: the most objects a repository may hold; past it the bucket is not copied."
+    )
+    repository_max_bytes: int = _setting(
+        64 * 1024**3, "Bucket repositories: the most bytes a repository may hold; past it the bucket is not copied."
+    )
     host: str = _setting("0.0.0.0", "Address every endpoint binds (Triton binds all interfaces).")
     grpc_address: str = _setting("", "Address the gRPC port binds (Triton's flag; empty: --host).")
     http_address: str = _setting("", "Address the HTTP/REST port binds (Triton's flag; empty: --host).")
@@ -312,6 +334,14 @@ def _number(kind: type[int] | type[float], what: str, text: str) -> Any:
     if value < 0 or value != value or value == float("inf"):  # negative, NaN or infinite
         raise ValueError(f"expected {what}, at least 0, got {text[:32]!r}")
     return value
+
+
+def parse_repository(text: str) -> Path | str:
+    """``--model-repository``: a folder, or a URL kept as written (a Path would fold its ``//``);
+    server/storage/location.py reads the URL."""
+    if not text.strip():
+        raise ValueError("expected a path (a folder) or a bucket URL, got an empty value")
+    return text if _URL.match(text) else Path(text)
 
 
 def parse_log_verbose(text: str) -> int:

@@ -23,6 +23,8 @@ FAST = {
     "tests/schedulers/test_scheduler.py",
     "tests/server/grpc/test_proto_compat.py",
     "tests/server/rest/test_codec_fuzz.py",
+    "tests/server/storage/test_listing.py",
+    "tests/server/storage/test_location.py",
 }
 
 

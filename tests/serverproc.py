@@ -47,8 +47,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, repository: Path, *args: str, log_dir: Path) -> None:
+    def __init__(self, repository: Path, *args: str, log_dir: Path, url: str = "") -> None:
         self.repository = repository
+        self.repository_arg = url or str(repository)  # url: a bucket (s3://...) in place of the folder
         self.grpc_port = free_port()
         self.url = f"127.0.0.1:{self.grpc_port}"
         self.http_port = free_port()
@@ -67,7 +68,7 @@ class ServerProcess:
             "server.cli",
             "serve",
             "--model-repository",
-            str(self.repository),
+            self.repository_arg,
             "--host",
             "127.0.0.1",
             "--grpc-port",
@@ -135,8 +136,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running(repository: Path, *args: str, log_dir: Path, wait_ready: bool = True) -> Iterator[ServerProcess]:
-    server = ServerProcess(repository, *args, log_dir=log_dir).start(wait_ready=wait_ready)
+def running(
+    repository: Path, *args: str, log_dir: Path, wait_ready: bool = True, url: str = ""
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(repository, *args, log_dir=log_dir, url=url).start(wait_ready=wait_ready)
     try:
         yield server
     finally:

@@ -10,6 +10,7 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from backends import registry
 from backends.common import config_keys
@@ -73,6 +74,13 @@ def shown(name: str) -> str:
     return repr(name[:64] + ("..." if len(name) > 64 else ""))
 
 
+class RepositorySource(Protocol):
+    """Where the folder's files come from when it is a copy (a bucket: server/storage/mirror.py)."""
+
+    async def refresh(self, name: str) -> None:
+        """Brings model ``name``'s folder up to date before a load request; ClipperdError if it cannot."""
+
+
 class ModelRepository:
     def __init__(
         self,
@@ -80,8 +88,10 @@ class ModelRepository:
         mode: ControlMode = ControlMode.NONE,
         startup_models: list[str] | None = None,
         cache: ResponseCache | None = None,
+        source: RepositorySource | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.source = source  # a bucket's copy: a load request first brings the model's folder up to date
         self.cache = cache  # the response cache the versions that enable it share
         self.mode = mode
         self.startup_models = startup_models or []
@@ -174,6 +184,9 @@ class ModelRepository:
         """Loads or reloads ``name``; raises why it could not be served."""
         if by_api:
             self._check_api_allowed()
+            if self.source is not None:
+                self._check_name(name)
+                await self.source.refresh(name)
         folder = self._model_folder(name)
         step_failed = await self._load_steps(name, {name}) if by_api else None
         entry = self._models.setdefault(name, ModelEntry(name))
@@ -306,6 +319,9 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.READY)
             else:
                 errors.append(self._version_failed(entry, version, result, serving))
+        if errors:  # a version that failed to load leaves the ones serving in place
+            for version, mv in entry.serving.items():
+                serving.setdefault(version, mv)
         retired = [mv for v, mv in entry.serving.items() if serving.get(v) is not mv]
         entry.publish(serving)
         for mv in retired:
