@@ -44,7 +44,7 @@ class Server:
         self.mirror = _bucket_mirror(settings)  # None: the repository is a local folder
         root = self.mirror.root if self.mirror is not None else Path(settings.model_repository)
         self.repository = ModelRepository(root, mode, list(settings.load_model), self.cache, self.mirror)
-        store = open_store(settings.app_state, root)
+        store = open_store(settings.app_state, settings.model_repository)
         self.applications = ApplicationManager(self.repository, store)
         self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)
         self.plane.name = settings.server_id  # ServerMetadata's name, as Triton's --id sets it

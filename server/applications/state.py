@@ -321,18 +321,25 @@ def state_home() -> Path:
     return Path(base) / "clipperd"
 
 
-def default_sqlite(repository: Path) -> SqliteStore:
-    """The default store: in the repository when this process may write there, otherwise in
-    :func:`state_home` under a name of the repository's own, so two repositories never mix."""
-    inside = repository / ".clipperd"
-    if _writable_folder(inside) or (not inside.exists() and _writable_folder(repository)):
-        return SqliteStore(inside / "applications.sqlite")
-    digest = hashlib.sha256(str(repository.absolute()).encode()).hexdigest()[:12]
-    why = f"the model repository {repository} is not writable here, so nothing is written there: "
+def default_sqlite(repository: Path | str) -> SqliteStore:
+    """The default store: in the repository when it is a folder this process may write in,
+    otherwise in :func:`state_home` under a name of the repository's own, so two repositories
+    never mix. A bucket (a URL) counts as not writable: its local copy is a cache, which a
+    resync may replace, and the server never writes into the bucket."""
+    if isinstance(repository, Path):
+        inside = repository / ".clipperd"
+        if _writable_folder(inside) or (not inside.exists() and _writable_folder(repository)):
+            return SqliteStore(inside / "applications.sqlite")
+        name = str(repository.absolute())
+        why = f"the model repository {repository} is not writable here, so nothing is written there: "
+    else:
+        name = repository
+        why = f"the model repository {repository} is a bucket, read only: "
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
     return SqliteStore(state_home() / f"applications-{digest}.sqlite", why)
 
 
-def open_store(spec: str, repository: Path) -> AppStore:
+def open_store(spec: str, repository: Path | str) -> AppStore:
     """The store ``--app-state`` names (see the module's docstring)."""
     check_store_spec(spec)
     if spec == "":
