@@ -4,7 +4,8 @@
 # image's own file system and calls it with tritonclient. Minutes, root only; not in `make test`.
 # The test runs in a network namespace of its own, so the image's ports (8000-8002) are free
 # whatever else this machine serves. Environment: CLIPPERD_TEST_IMAGE (the tag to build and
-# test), DOCKERFILE (default Dockerfile), PYTHON (the interpreter with pytest and tritonclient).
+# test; tests/deploy/conftest.py collects test_image.py only where it is set), DOCKERFILE (default
+# Dockerfile), PYTHON (the interpreter with pytest and tritonclient).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${CLIPPERD_TEST_IMAGE:-localhost/clipperd:test}

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tests.server.grpc.test_grpc_http2 import PREFACE, RawH2, frame
+from tests.h2client import PREFACE, RawH2, frame
 
 PRIORITY, RST_STREAM, SETTINGS, GOAWAY = 2, 3, 4, 7
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED = 0, 1, 3, 5

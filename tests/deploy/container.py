@@ -1,5 +1,5 @@
 """A container started the way Kubernetes starts it, without a container runtime: the image's
-ENTRYPOINT/CMD/ENV/USER from the Dockerfile, the pod's command/args/envFrom/env merged by
+ENTRYPOINT/CMD/ENV/USER (image_contract.py reads them), the pod's command/args/envFrom/env merged by
 Kubernetes' rules, volumes standing in as local folders, the server as uid 1000 when we are root.
 
 What differs from a real pod, and only this: the program comes from this checkout's virtual
@@ -10,115 +10,54 @@ applied)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.settings import Settings
+from tests.deploy.image_contract import ImageConfig
 from tests.serverproc import ROOT, free_port
 
 PORT_SETTINGS = ("http_port", "grpc_port", "metrics_port")
 
 
-@dataclass
-class Image:
-    """What the final stage of a Dockerfile gives a container."""
-
-    entrypoint: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    user: str = ""
-    expose: list[int] = field(default_factory=list)
-    stopsignal: str = ""
-    healthcheck: list[str] = field(default_factory=list)
-
-
-def _instructions(text: str) -> list[tuple[str, str]]:
-    joined = re.sub(r"\\\n", " ", text)  # continuation lines
-    found = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            found.append((word.upper(), rest.strip()))
-    return found
-
-
-def _exec_form(text: str, where: str) -> list[str]:
-    value = json.loads(text)  # the exec form: no shell runs it (there is none in the image)
-    assert isinstance(value, list), f"{where}: not the exec form"
-    assert all(isinstance(v, str) for v in value), f"{where}: not the exec form"
-    return value
-
-
-def _set_env(image: Image, rest: str) -> None:
-    pairs = shlex.split(rest)
-    if pairs and "=" not in pairs[0]:  # the legacy form: ENV KEY VALUE
-        pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
-    env = image.env
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
-
-
-def _apply(image: Image, word: str, rest: str, where: str) -> None:
-    if word == "ENV":
-        _set_env(image, rest)
-    elif word in ("ENTRYPOINT", "CMD"):
-        setattr(image, word.lower(), _exec_form(rest, f"{where} {word}"))
-    elif word == "USER":
-        image.user = rest
-    elif word == "EXPOSE":
-        image.expose += [int(p.split("/")[0]) for p in rest.split()]
-    elif word == "STOPSIGNAL":
-        image.stopsignal = rest
-    elif word == "HEALTHCHECK":
-        command = rest.partition("CMD")[2]  # after the --interval/--timeout options
-        image.healthcheck = _exec_form(command.strip(), f"{where} HEALTHCHECK")
-
-
-def read_image(dockerfile: Path) -> Image:
-    """The final stage's settings (ENV values with ``$VAR`` expanded from earlier ENVs)."""
-    image = Image()
-    for word, rest in _instructions(dockerfile.read_text()):
-        if word == "FROM":
-            image = Image()
-        else:
-            _apply(image, word, rest, dockerfile.name)
-    return image
-
-
-def argv_of(image: Image, spec: dict[str, Any], env: dict[str, str]) -> list[str]:
+def argv_of(image: ImageConfig, spec: dict[str, Any], env: dict[str, str]) -> list[str]:
     """Kubernetes' rule: ``command`` replaces ENTRYPOINT (and drops CMD), ``args`` replaces CMD;
-    ``$(VAR)`` in either is the container's variable."""
+    ``$(VAR)`` in either is the container's variable (left as written where there is none)."""
     if "command" in spec:
         argv = [*spec["command"], *spec.get("args", [])]
     else:
         argv = [*image.entrypoint, *spec.get("args", image.cmd)]
-    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(a)) for a in argv]
 
 
-def env_of(image: Image, spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
+def missing_config_maps(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> list[str]:
+    """The ConfigMaps ``envFrom`` needs that are not there (Kubernetes then does not start the pod)."""
+    refs = [source.get("configMapRef") or {} for source in spec.get("envFrom", [])]
+    return [ref.get("name", "") for ref in refs if ref.get("name") not in config_maps and not ref.get("optional")]
+
+
+def env_of(image: ImageConfig, spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
     """The image's ENV, then each envFrom in order, then env: a later one wins, as in Kubernetes."""
+    missing = missing_config_maps(spec, config_maps)
+    assert not missing, f"envFrom: no ConfigMap {missing}: Kubernetes would not start this container"
     env = dict(image.env)
     for source in spec.get("envFrom", []):
-        assert set(source) <= {"configMapRef", "prefix"}, f"envFrom {source}: only ConfigMaps are started here"
-        data = config_maps[source["configMapRef"]["name"]]
+        assert set(source) <= {"configMapRef", "prefix"}, f"envFrom {source}: only ConfigMaps are read here"
+        data = config_maps.get(source["configMapRef"]["name"], {})  # an optional one may be absent
         env.update({source.get("prefix", "") + k: v for k, v in data.items()})
     for variable in spec.get("env", []):
-        assert "value" in variable, f"env {variable['name']}: only literal values are started here"
-        env[variable["name"]] = variable["value"]
+        assert "value" in variable, f"env {variable['name']}: only literal values are read here"
+        env[variable["name"]] = str(variable["value"])
     return env
 
 
-def _flag_value(argv: list[str], flag: str) -> tuple[int, str] | None:
+def flag_value(argv: list[str], flag: str) -> tuple[int, str] | None:
     """(index, value) of ``--flag=value`` or ``--flag value`` in argv; the last one wins."""
     found = None
     for i, arg in enumerate(argv):
@@ -129,12 +68,12 @@ def _flag_value(argv: list[str], flag: str) -> tuple[int, str] | None:
     return found
 
 
-def effective_ports(argv: list[str], env: dict[str, str]) -> dict[str, int]:
+def serving_ports(argv: list[str], env: dict[str, str]) -> dict[str, int]:
     """Each port setting as the server will read it: its flag, else its variable, else the default."""
     defaults = Settings()
     ports = {}
     for name in PORT_SETTINGS:
-        flagged = _flag_value(argv, "--" + name.replace("_", "-"))
+        flagged = flag_value(argv, "--" + name.replace("_", "-"))
         text = flagged[1] if flagged else env.get(f"CLIPPERD_{name.upper()}")
         ports[name] = int(text) if text is not None else getattr(defaults, name)
     return ports
@@ -143,10 +82,10 @@ def effective_ports(argv: list[str], env: dict[str, str]) -> dict[str, int]:
 def remap_ports(argv: list[str], env: dict[str, str]) -> dict[int, int]:
     """Moves every port the server binds to a free one, where it was set; {container: local}."""
     mapping = {}
-    for name, port in effective_ports(argv, env).items():
+    for name, port in serving_ports(argv, env).items():
         local = free_port()
         mapping[port] = local
-        flagged = _flag_value(argv, "--" + name.replace("_", "-"))
+        flagged = flag_value(argv, "--" + name.replace("_", "-"))
         if flagged is not None:
             i, _ = flagged
             argv[i] = f"{argv[i].partition('=')[0]}={local}" if argv[i].startswith("--") else str(local)

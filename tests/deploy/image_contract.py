@@ -1,35 +1,33 @@
-"""What the images promise (the shared contract of issue 16), read three ways: from a Dockerfile's
-final stage, from a built image (``podman image inspect``) and from the manifests under
-``deploy/`` that run it. The tests compare them."""
+"""What the images promise (the shared contract of issue 16), read two ways: from a Dockerfile's
+final stage and from a built image (``podman image inspect``). The one Dockerfile reader of
+tests/deploy; the manifests that run the image are read by manifests.py, checked against it by
+manifest_check.py and started by container.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = (ROOT / "Dockerfile", ROOT / "Dockerfile.gpu")
-MANIFEST_DIRS = (ROOT / "deploy" / "kubernetes", ROOT / "deploy" / "kserve")
-SUBCOMMANDS = ("serve", "tritonserver")  # what may follow ENTRYPOINT ["clipperd"] as a container's args
-PROBE_PATHS = ("/v2/health/ready", "/v2/health/live")
 
 
 @dataclass(frozen=True)
 class ImageConfig:
-    user: str
-    ports: frozenset[int]
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    healthcheck: tuple[str, ...]  # the CMD's argv
-    stopsignal: str
-    env: dict[str, str] = field(hash=False)
+    """What an image gives a container: its user, ports, ENTRYPOINT, CMD, HEALTHCHECK, signal, ENV."""
+
+    user: str = ""
+    ports: frozenset[int] = frozenset()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    healthcheck: tuple[str, ...] = ()  # the CMD's argv
+    stopsignal: str = ""
+    env: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 CONTRACT = ImageConfig(
@@ -63,7 +61,7 @@ def differences(image: ImageConfig, contract: ImageConfig = CONTRACT) -> list[st
     return found
 
 
-# ---- a Dockerfile's final stage
+# ---- a Dockerfile
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -78,44 +76,79 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
             continue
         logical.append(pending + line)
         pending = ""
-    parsed = [tuple(text.strip().split(None, 1)) for text in logical if text.strip()]
+    parsed = [text.strip().split(None, 1) for text in logical if text.strip()]
     return [(words[0].upper(), words[1] if len(words) > 1 else "") for words in parsed]
 
 
-def _argv(text: str) -> tuple[str, ...]:
+def command(text: str) -> tuple[str, ...]:
     """An instruction's command: exec form (a JSON array) as written; shell form as Docker runs it."""
     text = text.strip()
     if not text:
         return ()
     if text.startswith("["):
-        return tuple(json.loads(text))
+        value = json.loads(text)
+        assert isinstance(value, list), f"{text}: not the exec form"
+        assert all(isinstance(v, str) for v in value), f"{text}: not the exec form"
+        return tuple(value)
     return ("/bin/sh", "-c", text)
 
 
+def healthcheck_command(arguments: str) -> tuple[str, ...]:
+    """HEALTHCHECK's command, after its options (``--interval=10s ... CMD [...]``); NONE: none."""
+    if arguments.strip().upper() == "NONE":
+        return ()
+    options = re.match(r"(--\S+\s+)*CMD\s+", arguments.strip())
+    assert options, f"HEALTHCHECK {arguments}: not [--option=value ...] CMD command"
+    return command(arguments.strip()[options.end() :])
+
+
+def _with_env(env: dict[str, str], arguments: str) -> dict[str, str]:
+    """ENV KEY=VALUE... (or the legacy ENV KEY VALUE); ``$VAR`` and ``${VAR}`` are the values
+    from before this instruction, as Docker expands them (not those it sets itself)."""
+    pairs = shlex.split(arguments)
+    if pairs and "=" not in pairs[0]:
+        pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
+    after = dict(env)
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        after[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+    return after
+
+
+def _step(image: ImageConfig, name: str, arguments: str) -> ImageConfig:
+    """``image`` after one instruction (those that leave nothing in its config: unchanged)."""
+    if name == "ENV":
+        return dataclasses.replace(image, env=_with_env(image.env, arguments))
+    if name == "EXPOSE":
+        return dataclasses.replace(image, ports=image.ports | {int(p.split("/")[0]) for p in arguments.split()})
+    if name == "ENTRYPOINT":
+        return dataclasses.replace(image, entrypoint=command(arguments))
+    if name == "CMD":
+        return dataclasses.replace(image, cmd=command(arguments))
+    if name == "HEALTHCHECK":
+        return dataclasses.replace(image, healthcheck=healthcheck_command(arguments))
+    if name == "USER":
+        return dataclasses.replace(image, user=arguments.strip())
+    if name == "STOPSIGNAL":
+        return dataclasses.replace(image, stopsignal=arguments.strip())
+    return image
+
+
 def from_dockerfile(dockerfile: Path) -> ImageConfig:
-    """The final stage's image settings (the stages before it leave none in the image)."""
-    steps = instructions(dockerfile)
-    last_from = max(i for i, (name, _) in enumerate(steps) if name == "FROM")
-    values: dict[str, str] = {}
-    env: dict[str, str] = {}
-    ports: set[int] = set()
-    for name, arguments in steps[last_from + 1 :]:
-        if name == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(arguments))  # type: ignore[misc]
-        elif name == "EXPOSE":
-            ports.update(int(port.split("/")[0]) for port in arguments.split())
+    """The final stage's image settings; a stage built ``FROM`` an earlier one starts from its
+    settings, one built from a base image from none (the base's own are not known here)."""
+    stages: dict[str, ImageConfig] = {}
+    image, stage = ImageConfig(), ""
+    for name, arguments in instructions(dockerfile):
+        if name == "FROM":
+            words = arguments.split()
+            image = stages.get(words[0], ImageConfig())
+            stage = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
         else:
-            values[name] = arguments
-    healthcheck = _argv(re.sub(r"^(--\S+\s+)*CMD\s+", "", values.get("HEALTHCHECK", "")))
-    return ImageConfig(
-        user=values.get("USER", ""),
-        ports=frozenset(ports),
-        entrypoint=_argv(values.get("ENTRYPOINT", "")),
-        cmd=_argv(values.get("CMD", "")),
-        healthcheck=healthcheck,
-        stopsignal=values.get("STOPSIGNAL", ""),
-        env=env,
-    )
+            image = _step(image, name, arguments)
+        if stage:
+            stages[stage] = image
+    return image
 
 
 # ---- a built image
@@ -135,126 +168,3 @@ def from_inspect(inspected: dict[str, Any]) -> ImageConfig:
         stopsignal=config.get("StopSignal", ""),
         env=dict(item.split("=", 1) for item in config.get("Env") or ()),
     )
-
-
-# ---- the manifests that run it
-
-
-@dataclass
-class Container:
-    where: str  # file: kind/name/container
-    spec: dict[str, Any]
-    pod: dict[str, Any]  # the pod spec (or the serving runtime's spec) around it
-    config_maps: dict[str, dict[str, str]]
-
-
-def manifest_documents(dirs: tuple[Path, ...] = MANIFEST_DIRS) -> Iterator[tuple[Path, dict[str, Any]]]:
-    for folder in dirs:
-        for path in sorted([*folder.glob("**/*.yaml"), *folder.glob("**/*.yml")]) if folder.is_dir() else []:
-            for document in yaml.safe_load_all(path.read_text()):
-                if isinstance(document, dict) and "kind" in document:
-                    yield path, document
-
-
-def _pod_spec(document: dict[str, Any]) -> dict[str, Any] | None:
-    spec = document.get("spec") or {}
-    if document["kind"] in ("ServingRuntime", "ClusterServingRuntime", "Pod"):
-        return spec  # type: ignore[no-any-return]
-    template = spec.get("template") or (spec.get("jobTemplate") or {}).get("spec", {}).get("template")
-    return (template or {}).get("spec")
-
-
-def clipperd_containers(documents: list[tuple[Path, dict[str, Any]]]) -> list[Container]:
-    """The containers whose image is clipperd's (its name holds "clipperd")."""
-    config_maps = {
-        doc["metadata"]["name"]: {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
-        for _, doc in documents
-        if doc["kind"] == "ConfigMap"
-    }
-    found = []
-    for path, document in documents:
-        pod = _pod_spec(document)
-        for spec in (pod or {}).get("containers") or []:
-            if "clipperd" in str(spec.get("image", "")):
-                where = f"{path.relative_to(ROOT)}: {document['kind']}/{document['metadata']['name']}/{spec['name']}"
-                found.append(Container(where, spec, pod or {}, config_maps))
-    return found
-
-
-def container_env(container: Container, image: ImageConfig) -> dict[str, str]:
-    """The environment the server sees: the image's, then envFrom's ConfigMaps, then env."""
-    env = dict(image.env)
-    for source in container.spec.get("envFrom") or []:
-        env.update(container.config_maps.get((source.get("configMapRef") or {}).get("name", ""), {}))
-    env.update({item["name"]: str(item["value"]) for item in container.spec.get("env") or [] if "value" in item})
-    return env
-
-
-def flag_value(args: list[str], flag: str) -> str | None:
-    """``--flag=value`` or ``--flag value`` in ``args`` (the last one given wins)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-        elif arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-    return value
-
-
-def serving_ports(args: list[str], env: dict[str, str]) -> dict[str, int]:
-    """The ports the server binds when run with ``args`` in ``env`` (flag, then variable, then default)."""
-    defaults = {"http": 8000, "grpc": 8001, "metrics": 8002}
-    return {
-        name: int(flag_value(args, f"--{name}-port") or env.get(f"CLIPPERD_{name.upper()}_PORT") or default)
-        for name, default in defaults.items()
-    }
-
-
-def _probe_problems(container: Container, ports: dict[str, int]) -> list[str]:
-    named = {port.get("name"): port["containerPort"] for port in container.spec.get("ports") or []}
-    problems = []
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        probe = container.spec.get(kind)
-        if not probe:
-            continue
-        if "httpGet" in probe:
-            port = probe["httpGet"].get("port")
-            number = named.get(port) if isinstance(port, str) else port
-            if number != ports["http"] or probe["httpGet"].get("path") not in PROBE_PATHS:
-                problems.append(f"{kind} GET {port}{probe['httpGet'].get('path')}: not the server's health on {ports}")
-        elif "exec" in probe and probe["exec"].get("command", [])[:2] != list(CONTRACT.healthcheck):
-            problems.append(f"{kind} runs {probe['exec'].get('command')}: not clipperd health")
-    return problems
-
-
-def _security_problems(container: Container, env: dict[str, str]) -> list[str]:
-    context = {**(container.pod.get("securityContext") or {}), **(container.spec.get("securityContext") or {})}
-    problems = [
-        f"securityContext {key}: {context[key]}, the image runs as 1000"
-        for key in ("runAsUser", "runAsGroup")
-        if key in context and context[key] != 1000
-    ]
-    if context.get("readOnlyRootFilesystem"):
-        mounted = {mount["mountPath"].rstrip("/") for mount in container.spec.get("volumeMounts") or []}
-        writable = {env.get("HOME", "/tmp"), env.get("CLIPPERD_REPOSITORY_CACHE_DIR", "")} - {""}
-        problems += [f"read-only root filesystem, but nothing mounted at {path}" for path in writable - mounted]
-    return problems
-
-
-def manifest_problems(container: Container, image: ImageConfig) -> list[str]:
-    """What would not work when ``container`` runs ``image``."""
-    command = container.spec.get("command")
-    args = [str(arg) for arg in container.spec.get("args") or []]
-    problems = []
-    if command is not None and list(command) != list(image.entrypoint):
-        problems.append(f"command {command} replaces the image's entrypoint {list(image.entrypoint)}")
-    if args and args[0] not in SUBCOMMANDS:
-        problems.append(f"args {args[:2]}: after {list(image.entrypoint)} they must start with one of {SUBCOMMANDS}")
-    env = container_env(container, image)
-    ports = serving_ports(args, env)
-    for port in container.spec.get("ports") or []:
-        if port["containerPort"] not in ports.values():
-            problems.append(f"containerPort {port['containerPort']}: the server binds {ports}")
-    problems += _probe_problems(container, ports)
-    problems += _security_problems(container, env)
-    return [f"{container.where}: {problem}" for problem in problems]

@@ -1,11 +1,13 @@
-"""The manifests of deploy/ as data: YAML documents, and a kustomization rendered the way
+"""The manifests of deploy/ as data: YAML documents, a kustomization rendered the way
 ``kubectl kustomize`` renders the few features deploy/ uses (resources, RFC 6902 patches, a
-strategic-merge ``$patch: delete``, images). Anything else in a kustomization is an error here,
-so a feature this renderer does not know can never be skipped silently."""
+strategic-merge ``$patch: delete``, images), and the clipperd containers they run with their pod
+and ConfigMaps. Anything else in a kustomization is an error here, so a feature this renderer
+does not know can never be skipped silently."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +82,55 @@ def _set_image(resources: list[Resource], image: dict[str, str]) -> None:
         container["image"] = f"{new}@{image['digest']}" if "digest" in image else f"{new}:{image['newTag']}"
 
 
+def pod_spec(resource: Resource) -> dict[str, Any] | None:
+    """The pod spec a resource runs: a workload's (or CronJob's) template, a Pod's or a serving
+    runtime's own spec; None for a resource that runs no pod."""
+    spec = resource.get("spec") or {}
+    if resource["kind"] in ("ServingRuntime", "ClusterServingRuntime", "Pod"):
+        return spec  # type: ignore[no-any-return]
+    template = spec.get("template") or (spec.get("jobTemplate") or {}).get("spec", {}).get("template")
+    return (template or {}).get("spec")
+
+
 def all_containers(resources: list[Resource]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for r in resources:
-        spec = r.get("spec", {})
-        pod = spec.get("template", {}).get("spec", spec)  # a workload's pod template, or a runtime's spec
-        found += pod.get("containers", []) if isinstance(pod, dict) else []
+    return [c for r in resources for c in (pod_spec(r) or {}).get("containers") or []]
+
+
+def config_maps(resources: list[Resource]) -> dict[str, dict[str, str]]:
+    """Each ConfigMap's data by name (what envFrom reads)."""
+    return {
+        r["metadata"]["name"]: {str(k): str(v) for k, v in (r.get("data") or {}).items()}
+        for r in resources
+        if r["kind"] == "ConfigMap"
+    }
+
+
+@dataclass
+class Container:
+    where: str  # rendering or file: kind/name/container
+    spec: dict[str, Any]
+    pod: dict[str, Any]  # the pod spec (or the serving runtime's spec) around it
+    config_maps: dict[str, dict[str, str]]
+
+
+def clipperd_containers(resources: list[Resource], where: str) -> list[Container]:
+    """The containers of ``resources`` whose image is clipperd's (its name holds "clipperd")."""
+    maps = config_maps(resources)
+    found = []
+    for resource in resources:
+        pod = pod_spec(resource) or {}
+        for spec in pod.get("containers") or []:
+            if "clipperd" in str(spec.get("image", "")):
+                name = f"{resource['kind']}/{resource['metadata']['name']}/{spec['name']}"
+                found.append(Container(f"{where}: {name}", spec, pod, maps))
+    return found
+
+
+def every_clipperd_container() -> list[Container]:
+    """Every clipperd container deploy/ runs: each Kubernetes rendering's, each KServe file's."""
+    found = [c for name, resources in every_rendering().items() for c in clipperd_containers(resources, name)]
+    for path in yaml_files(KSERVE):
+        found += clipperd_containers(documents(path), str(path.relative_to(ROOT)))
     return found
 
 

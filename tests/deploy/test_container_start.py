@@ -26,7 +26,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.deploy import container as ctr
-from tests.deploy.manifests import KSERVE, KUBERNETES, container, documents, find, render
+from tests.deploy.image_contract import ImageConfig, from_dockerfile
+from tests.deploy.manifests import KSERVE, KUBERNETES, config_maps, container, documents, find, render
 from tests.serverproc import EXAMPLES, ROOT, refuse_in_fast_run
 
 pytestmark = pytest.mark.e2e
@@ -64,10 +65,10 @@ def outside_address() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def image() -> ctr.Image:
+def image() -> ImageConfig:
     dockerfile = ROOT / "Dockerfile"
     assert dockerfile.is_file(), "no Dockerfile at the top of the checkout (the image contract of docs/deploy.md)"
-    return ctr.read_image(dockerfile)
+    return from_dockerfile(dockerfile)
 
 
 @pytest.fixture
@@ -168,12 +169,11 @@ def _tree(folder: Path) -> set[str]:
 # ---- Kubernetes ------------------------------------------------------------------------------
 
 
-def test_deployment_starts_as_its_pod_and_answers_every_probe_port_and_path(image: ctr.Image, sandbox: Path) -> None:
+def test_deployment_starts_as_its_pod_and_answers_every_probe_port_and_path(image: ImageConfig, sandbox: Path) -> None:
     resources = render(KUBERNETES)
     pod = find(resources, "Deployment", "clipperd")["spec"]["template"]
     spec = container(resources)
-    config_maps = {r["metadata"]["name"]: r["data"] for r in resources if r["kind"] == "ConfigMap"}
-    env = ctr.env_of(image, spec, config_maps)
+    env = ctr.env_of(image, spec, config_maps(resources))
     argv = ctr.argv_of(image, spec, env)
     uid = _uid(pod["spec"], spec)
     assert uid == 1000
@@ -245,7 +245,7 @@ def _runtime(path: Path) -> dict[str, Any]:
     return dict(documents(path)[0])
 
 
-def _serve_runtime(runtime: dict[str, Any], image: ctr.Image, sandbox: Path) -> tuple[ctr.Started, Path]:
+def _serve_runtime(runtime: dict[str, Any], image: ImageConfig, sandbox: Path) -> tuple[ctr.Started, Path]:
     spec = runtime["spec"]["containers"][0]
     env = ctr.env_of(image, spec, {})
     argv = ctr.argv_of(image, spec, env)
@@ -257,7 +257,7 @@ def _serve_runtime(runtime: dict[str, Any], image: ctr.Image, sandbox: Path) -> 
 
 
 @pytest.mark.parametrize("file", ["kserve-tritonserver.yaml", "clipperd-runtime.yaml"])
-def test_kserve_runtime_starts_and_answers_v2_on_its_ports(file: str, image: ctr.Image, sandbox: Path) -> None:
+def test_kserve_runtime_starts_and_answers_v2_on_its_ports(file: str, image: ImageConfig, sandbox: Path) -> None:
     """KServe's own Triton runtime (image changed, args as KServe wrote them) and clipperd's
     runtime: REST on 8080, gRPC on 9000 (the h2c port of grpc-v2), metrics where the runtime's
     prometheus.kserve.io annotations point."""
@@ -286,7 +286,7 @@ def test_kserve_runtime_starts_and_answers_v2_on_its_ports(file: str, image: ctr
         started.log.unlink()
 
 
-def test_container_start_does_what_kubernetes_does_with_command_and_args(image: ctr.Image) -> None:
+def test_container_start_does_what_kubernetes_does_with_command_and_args(image: ImageConfig) -> None:
     """The merge rules the tests above rely on (a broken one would start something else)."""
     env = ctr.env_of(
         image,
@@ -303,6 +303,13 @@ def test_container_start_does_what_kubernetes_does_with_command_and_args(image: 
         "--x=x",
     ]
     assert ctr.argv_of(image, {"command": ["other"]}, env) == ["other"]
+    assert ctr.argv_of(image, {"args": ["$(NONE)"]}, env) == [*image.entrypoint, "$(NONE)"]  # left as written
+    prefixed = {"envFrom": [{"configMapRef": {"name": "c"}, "prefix": "P_"}]}
+    assert ctr.env_of(image, prefixed, {"c": {"A": "1"}})["P_A"] == "1"
+    with pytest.raises(AssertionError, match="no ConfigMap"):  # Kubernetes would not start the pod
+        ctr.env_of(image, {"envFrom": [{"configMapRef": {"name": "gone"}}]}, {})
+    optional = {"envFrom": [{"configMapRef": {"name": "gone", "optional": True}}]}
+    assert ctr.env_of(image, optional, {}) == image.env
     argv, env2 = ["clipperd", "serve", "--grpc-port=9000"], {"CLIPPERD_HTTP_PORT": "8080"}
     mapping = ctr.remap_ports(argv, env2)
     assert set(mapping) == {9000, 8080, 8002}
@@ -315,18 +322,18 @@ def test_container_start_does_what_kubernetes_does_with_command_and_args(image: 
     assert os.path.basename(ctr.program("clipperd")) == "clipperd"
 
 
-def test_image_matches_the_manifests(image: ctr.Image) -> None:
+def test_image_matches_the_manifests(image: ImageConfig) -> None:
     """The Dockerfile's user, ports, entrypoint, signal, health check and folders are the ones
     the Deployment and the KServe runtimes rely on."""
     resources = render(KUBERNETES)
     spec = container(resources)
     pod = find(resources, "Deployment", "clipperd")["spec"]["template"]["spec"]
     assert image.user.split(":")[0] == str(pod["securityContext"]["runAsUser"])
-    assert sorted(image.expose) == sorted(p["containerPort"] for p in spec["ports"])
-    assert image.entrypoint == ["clipperd"]
-    assert image.cmd == ["serve"]
+    assert image.ports == {p["containerPort"] for p in spec["ports"]}
+    assert image.entrypoint == ("clipperd",)
+    assert image.cmd == ("serve",)
     assert image.stopsignal == "SIGTERM"  # what lifecycle.py drains on
-    assert image.healthcheck == ["clipperd", "health"]
+    assert image.healthcheck == ("clipperd", "health")
     mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
     assert image.env["CLIPPERD_MODEL_REPOSITORY"] == mounts["models"]
     assert image.env["CLIPPERD_REPOSITORY_CACHE_DIR"] == mounts["cache"]

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.image_contract import (
-    CONTRACT,
-    DOCKERFILES,
-    Container,
-    clipperd_containers,
-    differences,
-    from_dockerfile,
-    manifest_documents,
-    manifest_problems,
-)
+from tests.deploy.image_contract import CONTRACT, DOCKERFILES, differences, from_dockerfile
+from tests.deploy.manifest_check import manifest_problems
+from tests.deploy.manifests import Container, every_clipperd_container
 
 pytestmark = pytest.mark.e2e  # runs a linter
 
@@ -58,10 +51,28 @@ def test_contract_check_reports_a_departure(tmp_path: Path) -> None:
     assert len(found) == 2, found
 
 
+def test_dockerfile_reader(tmp_path: Path) -> None:
+    """HEALTHCHECK after its options, ENV in both forms with earlier instructions' values expanded, a final
+    stage built FROM an earlier stage keeps that stage's settings (one built from a base: none)."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "FROM debian:12 AS runtime\nENV A=1\nENV A=x \\\n    B=${A}2\nENV C three words\nUSER 1000\n"
+        "FROM debian:12 AS builder\nENV D=4\nFROM runtime\nENV PATH=/venv:$B\nEXPOSE 8000/tcp 8001\n"
+        'HEALTHCHECK --interval=10s --start-period=120s CMD ["clipperd", "health"]\n'
+        'ENTRYPOINT ["clipperd"]\nCMD serve\n'
+    )
+    image = from_dockerfile(dockerfile)
+    assert image.env == {"A": "x", "B": "12", "C": "three words", "PATH": "/venv:12"}
+    assert (image.user, image.ports) == ("1000", frozenset({8000, 8001}))
+    assert image.healthcheck == ("clipperd", "health")
+    assert (image.entrypoint, image.cmd) == (("clipperd",), ("/bin/sh", "-c", "serve"))
+    dockerfile.write_text(dockerfile.read_text() + "HEALTHCHECK NONE\n")
+    assert from_dockerfile(dockerfile).healthcheck == ()
+
+
 def test_manifests_run_the_image_as_built() -> None:
-    containers = clipperd_containers(list(manifest_documents()))
-    if not containers:
-        pytest.skip("no manifest under deploy/ runs a clipperd image yet")
+    containers = every_clipperd_container()
+    assert len(containers) >= 6  # the Deployment of each rendering, both KServe runtimes
     for dockerfile in DOCKERFILES:
         image = from_dockerfile(dockerfile)
         assert [p for c in containers for p in manifest_problems(c, image)] == [], dockerfile.name
@@ -110,4 +121,7 @@ def test_manifest_check_reads_ports_from_a_config_map() -> None:
     spec = {**kserve_triton_style(), "args": ["serve"], "envFrom": [{"configMapRef": {"name": "settings"}}]}
     settings = {"settings": {"CLIPPERD_HTTP_PORT": "8080", "CLIPPERD_GRPC_PORT": "9000"}}
     assert manifest_problems(Container("inline", spec, {}, settings), CONTRACT) == []
-    assert manifest_problems(Container("inline", spec, {}, {}), CONTRACT) != []
+    other = {"settings": {"CLIPPERD_HTTP_PORT": "8080"}}  # gRPC on its default, not the declared 9000
+    assert any("containerPort 9000" in p for p in manifest_problems(Container("inline", spec, {}, other), CONTRACT))
+    missing = manifest_problems(Container("inline", spec, {}, {}), CONTRACT)
+    assert any("envFrom names ConfigMaps ['settings']" in p for p in missing), missing

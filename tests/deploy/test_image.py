@@ -24,14 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.deploy.image_contract import (
-    ImageConfig,
-    clipperd_containers,
-    differences,
-    from_inspect,
-    manifest_documents,
-    manifest_problems,
-)
+from tests.deploy.image_contract import ImageConfig, differences, from_inspect
+from tests.deploy.manifest_check import manifest_problems
+from tests.deploy.manifests import every_clipperd_container
 from tests.serverproc import EXAMPLES
 
 IMAGE = os.environ.get("CLIPPERD_TEST_IMAGE", "")
@@ -181,9 +176,8 @@ def test_image_keeps_the_contract(image: ImageConfig) -> None:
 
 
 def test_manifests_run_the_image_as_built(image: ImageConfig) -> None:
-    containers = clipperd_containers(list(manifest_documents()))
-    if not containers:
-        pytest.skip("no manifest under deploy/ runs a clipperd image yet")
+    containers = every_clipperd_container()
+    assert containers
     assert [problem for container in containers for problem in manifest_problems(container, image)] == []
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from clipperd_admin import ApplicationAdmin
 from server.applications.state import _without_password
-from tests.appmodels import add_model
-from tests.server.applications.test_applications_server import X, call, predict
+from tests.appmodels import X, add_model, call, predict
 from tests.serverproc import running
 
 pytestmark = pytest.mark.timeout(180)

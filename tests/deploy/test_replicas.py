@@ -21,11 +21,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as tpb
 
 from clipperd_admin import ApplicationAdmin
+from tests.appmodels import call
 from tests.deploy.roundrobin import Load, RoundRobin, add_one
-from tests.server.applications.test_applications_redis import REDIS_SERVER, _pings, start_redis
-from tests.server.applications.test_applications_server import call
-from tests.server.grpc.test_grpc_http2 import DATA, END_STREAM, HEADERS, RST_STREAM, RawH2, frame, message
-from tests.server.test_lifecycle import (
+from tests.h2client import DATA, END_STREAM, HEADERS, RST_STREAM, RawH2, frame, message
+from tests.pymodels import (
     accepts_connections,
     adds,
     infer_once,
@@ -34,7 +33,8 @@ from tests.server.test_lifecycle import (
     status_of,
     write_model,
 )
-from tests.serverproc import ServerProcess, free_port, wait_until
+from tests.redisproc import REDIS_SERVER, redis_running
+from tests.serverproc import ServerProcess, wait_until
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -48,18 +48,8 @@ HELD = 3  # requests held in flight on the replica that gets SIGTERM
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    import redis
-
-    port = free_port()
-    proc = start_redis(port, tmp_path)
-    try:
-        client = redis.Redis(port=port)
-        wait_until(lambda: _pings(client), "redis-server answers", timeout_s=10)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with redis_running(tmp_path) as (url, _):
+        yield url
 
 
 def replica(repository: Path, redis_url: str, log_dir: Path, *extra: str) -> ServerProcess:

@@ -3,58 +3,31 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clipperd_admin import ApplicationAdmin, ServerError
-from tests.appmodels import add_model
-from tests.server.applications.test_applications_server import X, call, predict
-from tests.serverproc import free_port, running, wait_until
+from tests.appmodels import X, add_model, call, predict
+from tests.redisproc import REDIS_SERVER, redis_running, start_redis
+from tests.serverproc import running, wait_until
 
-REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (scripts/install-redis.sh)")
-
-
-def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
-    assert REDIS_SERVER is not None
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return subprocess.Popen([*args, "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    import redis
 
     assert REDIS_SERVER is not None
-    port = free_port()
-    proc = start_redis(port, tmp_path)
-    try:
-        client = redis.Redis(port=port)
-        wait_until(lambda: _pings(client), "redis-server answers", timeout_s=10)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+    with redis_running(tmp_path) as started:
+        yield started
 
 
 @pytest.fixture
 def redis_url(redis_server: tuple[str, subprocess.Popen[bytes]]) -> str:
     return redis_server[0]
-
-
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 def _status(admin: ApplicationAdmin, name: str) -> int:

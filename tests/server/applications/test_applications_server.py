@@ -4,7 +4,6 @@ inputs on every endpoint."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
@@ -18,10 +17,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from clipperd_admin import ApplicationAdmin, ServerError
-from tests.appmodels import add_model
+from tests.appmodels import X, add_model, call, predict
 from tests.serverproc import ServerProcess, free_port, running
 
-X = [1.0, 2.0, 3.0, 4.0]
 SLOW_DELAY_MS = 3000
 
 
@@ -41,22 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def admin(server: ServerProcess) -> ApplicationAdmin:
     return ApplicationAdmin(server.http_url)
-
-
-def call(server: ServerProcess, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://{server.http_url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def predict(server: ServerProcess, app: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, answer = call(server, "POST", f"/{app}/predict", body)
-    assert status == 200, answer
-    return answer  # type: ignore[no-any-return]
 
 
 def test_predict_vote_input_and_batch(server: ServerProcess, admin: ApplicationAdmin) -> None:

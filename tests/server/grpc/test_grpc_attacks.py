@@ -34,7 +34,7 @@ from server.grpc.inflate import Inflater
 from server.grpc.service import STREAM_REQUESTS_IN_FLIGHT
 from tests.adversary import MAX_RSS_GROWTH, Watch, rss_bytes
 from tests.appmodels import add_model
-from tests.server.grpc.test_grpc_http2 import (
+from tests.h2client import (
     DATA,
     END_HEADERS,
     END_STREAM,

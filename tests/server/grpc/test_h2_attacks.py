@@ -32,6 +32,18 @@ from tritonclient.grpc import service_pb2 as tpb
 
 from server.grpc.http2.limits import RateBudget
 from tests.adversary import MAX_RSS_GROWTH, Watch
+from tests.h2client import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PING,
+    PREFACE,
+    WINDOW_UPDATE,
+    frame,
+    message,
+)
 from tests.h2raw import (
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
@@ -49,19 +61,7 @@ from tests.h2raw import (
     hpack_int,
     settings_entries,
 )
-from tests.server.grpc.test_grpc_http2 import (
-    CONTINUATION,
-    DATA,
-    END_HEADERS,
-    END_STREAM,
-    HEADERS,
-    PING,
-    PREFACE,
-    WINDOW_UPDATE,
-    frame,
-    identity_request,
-    message,
-)
+from tests.server.grpc.test_grpc_http2 import identity_request
 from tests.serverproc import EXAMPLES, ROOT, ServerProcess, model_metric, running
 
 HANDSHAKE_S, IDLE_S, STALL_S = 1.0, 2.0, 2.0
