@@ -139,3 +139,9 @@ def accepts_connections(url: str) -> bool:
         except grpc.RpcError:
             return False
     return True
+
+
+def index(client: grpcclient.InferenceServerClient) -> dict[tuple[str, str], tuple[str, str]]:
+    """(model, version) -> (state, reason)."""
+    rows = client.get_model_repository_index().models
+    return {(row.name, row.version): (row.state, row.reason) for row in rows}

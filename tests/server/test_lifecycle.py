@@ -27,6 +27,7 @@ from tests.pymodels import (
     accepts_connections,
     adds,
     held_until,
+    index,
     infer,
     infer_once,
     slow_repository,
@@ -50,12 +51,6 @@ WAIT = 20.0  # the longest any condition may take to become true
 
 def client_for(server: ServerProcess) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(server.url)
-
-
-def index(client: grpcclient.InferenceServerClient) -> dict[tuple[str, str], tuple[str, str]]:
-    """(model, version) -> (state, reason)."""
-    rows = client.get_model_repository_index().models
-    return {(row.name, row.version): (row.state, row.reason) for row in rows}
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = WAIT) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from tests.pymodels import adds, config_text, index, infer
 from tests.server.storage.s3server import MotoServer, listing, put, put_folder
-from tests.server.test_lifecycle import adds, config_text, index, infer
 from tests.serverproc import EXAMPLES, ROOT, free_port, running, wait_until
 
 pytestmark = pytest.mark.timeout(240)
