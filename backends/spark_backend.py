@@ -49,6 +49,10 @@ def spark_session(context: InstanceContext) -> Any:
                 from pyspark.sql import SparkSession
             except ImportError:
                 raise Unavailable("the spark backend needs pyspark: pip install 'clipperd[spark]'") from None
+        # A local-mode session talks to itself only: bind it to loopback, so that the JVM never
+        # resolves the machine's hostname (unresolvable in some containers and sandboxes).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
         threads = context.params.integer("spark_threads", context.threads, low=1)
         builder = SparkSession.builder.master(f"local[{threads}]").appName("clipperd")
         for key, value in (("spark.ui.enabled", "false"), ("spark.sql.shuffle.partitions", "1")):

@@ -26,7 +26,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 started=$(date +%s)
-scripts/build-image.sh "$dockerfile" "$image"
+# every framework the bundled repository uses, so that the image serves all of it
+extras=${IMAGE_EXTRAS:-torch,onnx,tensorflow,sklearn,xgboost,spark}
+apt_packages=${IMAGE_APT_PACKAGES:-openjdk-17-jre-headless}
+scripts/build-image.sh "$dockerfile" "$image" --build-arg "EXTRAS=$extras" --build-arg "APT_PACKAGES=$apt_packages"
 echo "test-image: $image built in $(( $(date +%s) - started )) s, $(podman image inspect --format '{{.Size}}' "$image") bytes" >&2
 
 namespace=clipperd-image-$$

@@ -1,7 +1,7 @@
 """The built image (``make test-image`` builds it and names it in CLIPPERD_TEST_IMAGE): its
 settings keep the contract and the manifests' expectations, and the server started from the
 image's own filesystem (``podman image mount`` + chroot, as user 1000, with the image's
-ENTRYPOINT, CMD and ENV, the root file system read-only) serves the bundled models to
+ENTRYPOINT, CMD and ENV, the root file system read-only) serves the bundled repository to
 tritonclient over gRPC and HTTP and passes the image's own HEALTHCHECK.
 
 Run it in a network namespace of its own (scripts/test-image.sh does): the server binds the
@@ -35,8 +35,8 @@ pytestmark = [
     pytest.mark.skipif(not IMAGE, reason="make test-image builds the image and names it in CLIPPERD_TEST_IMAGE"),
 ]
 
-# the bundled models the default frameworks (EXTRAS=torch,onnx) serve
-SERVED = ("simple", "identity_fp32", "mlp_torch", "mlp_onnx", "pre_standardize", "post_softmax", "mlp_pipeline")
+# the whole bundled repository: scripts/test-image.sh builds the image with all its frameworks
+SERVED = tuple(sorted(p.name for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_file()))
 READY_TIMEOUT_S = 180.0
 
 
@@ -199,6 +199,15 @@ def test_server_runs_from_the_image_as_user_1000(served: Served, in_image: InIma
     assert uid_line.split()[1:] == ["1000"] * 4
     assert os.readlink(f"/proc/{served.proc.pid}/root") == str(in_image.root)
     assert os.readlink(f"/proc/{served.proc.pid}/exe").startswith(f"{in_image.root}/usr/bin/python3")  # the image's
+
+
+def test_every_bundled_model_is_ready(served: Served) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient("127.0.0.1:8001") as client:
+        rows = client.get_model_repository_index().models
+        ready = sorted(row.name for row in rows if row.state == "READY")
+    assert ready == list(SERVED)
 
 
 def test_grpc_infer(served: Served) -> None:
