@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -70,7 +71,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rootfs(repository: Path) -> Iterator[Path]:
     """The image's file system, read-only, with what a runtime would add: /proc, /dev, /dev/shm,
-    the repository read-only at /models, and empty writable folders at /tmp and the cache (the
+    /etc/hosts, the repository read-only at /models, and empty writable folders at /tmp and the cache (the
     emptyDirs of the Kubernetes manifests). Everything is unmounted afterwards, even on failure."""
     root = Path(podman("image", "mount", IMAGE).strip())
     mounted: list[Path] = []
@@ -85,6 +86,10 @@ def rootfs(repository: Path) -> Iterator[Path]:
         mount("--bind", "/dev/shm", target=root / "dev" / "shm")
         mount("-t", "tmpfs", "-o", "mode=1777,size=256m", "tmpfs", target=root / "tmp")
         mount("-t", "tmpfs", "-o", "mode=0750,uid=1000,gid=1000,size=64m", "tmpfs", target=root / "var/cache/clipperd")
+        # the /etc/hosts every runtime writes (the image's is empty): localhost and the hostname
+        hosts = repository.parent / "hosts"
+        hosts.write_text(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 {socket.gethostname()}\n")
+        mount("--bind", str(hosts), target=root / "etc" / "hosts")
         mount("--bind", "-o", "ro", str(repository), target=root / "models")
         run("mount", "-o", "remount,bind,ro", str(root / "models"))  # older mounts ignore ro on the bind itself
         yield root
