@@ -68,6 +68,7 @@ SCHEMAS = {
     "add_app": f'{{"name": string, "input_type": {_TYPES}, "default_output": string, "latency_slo_micros": int}}',
     "delete_app": '{"name": string}',
     "add_model_links": '{"app_name": string, "model_names": [string]}',
+    "delete_model_links": '{"app_name": string, "model_names": [string]}',
     "add_model": (
         f'{{"model_name": string, "model_version": string, "labels": [string], "input_type": {_TYPES}, '
         '"container_name": string, "model_data_path": string, "batch_size": int}'
@@ -200,6 +201,7 @@ class ClipperManagementRoutes:
             "add_app": self.add_app,
             "delete_app": self.delete_app,
             "add_model_links": self.add_model_links,
+            "delete_model_links": self.delete_model_links,
             "add_model": self.add_model,
             "get_all_applications": self.get_all_applications,
             "get_application": self.get_application,
@@ -288,6 +290,19 @@ class ClipperManagementRoutes:
             raise Refused(f"A model with name {linked[0]} is already linked to '{app_name}'.")
         await self.manager.link(app_name, {"name": model, "version": self.registry.current[model]})
         return f"Successfully linked model with name '{model}' to application '{app_name}'"
+
+    async def delete_model_links(self, body: dict[str, Any]) -> str:
+        app_name = _name(body, "app_name")
+        names = _strings(body, "model_names", MAX_MODELS)
+        app = self.manager.lookup(app_name)
+        if app is None:
+            raise Refused(f"No app with name {app_name} exists.")
+        for model in names:
+            if model not in app.model_names():
+                raise Refused(f"Cannot remove nonexistent link between app {app_name} and model {model[:128]}")
+        for model in dict.fromkeys(names):
+            await self.manager.unlink(app_name, model)
+        return "Success!"
 
     def app_input_type(self, app: Application) -> str:
         """The input type given at add_app, else the one its first model's input fits, else ""."""
@@ -393,12 +408,12 @@ class ClipperManagementRoutes:
                 )
 
     async def _make_current(self, model: str, version: str) -> None:
-        """``version`` serves ``model`` in every application that links it."""
-        self.registry.current[model] = version
+        """``version`` serves ``model`` in every application that links it, then is current."""
         for app in list(self.manager.registered()):
             linked = app.definition.linked(model)
             if linked is not None and linked.version != version:
                 await self.manager.pin(app.name, {"model": model, "version": version})
+        self.registry.current[model] = version
 
     async def get_all_models(self, body: dict[str, Any]) -> list[Any]:
         verbose: bool = _get(body, "verbose", bool, "a bool")

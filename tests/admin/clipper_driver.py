@@ -82,6 +82,8 @@ def main() -> int:
         "stop_models": refusal(lambda: conn.stop_models(["m"])),
         "start_clipper": refusal(conn.start_clipper),
     }
+    conn.unlink_model_from_app("clipper-app", "m")
+    out["linked_after_unlink"] = conn.get_linked_models("clipper-app")
     conn.unregister_application("clipper-app")
     out["apps_after_unregister"] = conn.get_all_apps()
     json.dump(out, sys.stdout)

@@ -133,6 +133,7 @@ def test_clipper_admin_drives_clipperd(server: ServerProcess) -> None:
     assert "containerless model" in errors["set_num_replicas"]  # clipper_admin's own check
     assert "clipperd_admin" in errors["stop_models"]
     assert "clipperd serve" in errors["start_clipper"]
+    assert out["linked_after_unlink"] == []
     assert out["apps_after_unregister"] == []
 
 
@@ -270,6 +271,18 @@ def test_routes_answer_as_clippers_did(server: ServerProcess) -> None:
     answer = json.loads(call(server, "/http-app/predict", {"input": X})[1])
     assert answer["output"] == X[0] + 3
 
+    unlink = {"app_name": "http-app", "model_names": ["ghost"]}
+    assert call(server, "/admin/delete_model_links", {**unlink, "app_name": "ghost"}) == (
+        400,
+        "No app with name ghost exists.",
+    )
+    assert call(server, "/admin/delete_model_links", unlink) == (
+        400,
+        "Cannot remove nonexistent link between app http-app and model ghost",
+    )
+    assert ok(server, "/admin/delete_model_links", {**unlink, "model_names": ["m"]}) == "Success!"
+    assert ok(server, "/admin/get_linked_models", {"app_name": "http-app"}) == []
+
     assert call(server, "/admin/delete_app", {"name": "ghost"}) == (400, "Application 'ghost' does not exist")
     assert (
         ok(server, "/admin/delete_app", {"name": "http-app"}) == "Successfully deleted application with name 'http-app'"
@@ -304,6 +317,7 @@ CLIPPER_ROUTES = [
             "add_app",
             "delete_app",
             "add_model_links",
+            "delete_model_links",
             "add_model",
             "get_all_applications",
             "get_application",
