@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PA := .tools/pa/bin/perf_analyzer
 CHECKOV := .tools/checkov/bin/checkov
+CLIPPER_ADMIN := .tools/clipper-admin/.installed
 MODEL_REPOSITORY ?= model_repository
 SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clean
+.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clipper-admin clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +32,16 @@ $(CHECKOV): scripts/install-checkov.sh
 
 checkov: $(CHECKOV)
 
+# Clipper's clipper_admin 0.4.1 in a virtual environment of its own (tests/admin/test_clipper_admin.py)
+$(CLIPPER_ADMIN): scripts/install-clipper-admin.sh
+	scripts/install-clipper-admin.sh .tools/clipper-admin
+
+clipper-admin: $(CLIPPER_ADMIN)
+
 netns-tools:
 	scripts/install-netns-tools.sh
 
-tools: $(PA) redis netns-tools $(CHECKOV)
+tools: $(PA) redis netns-tools $(CHECKOV) $(CLIPPER_ADMIN)
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)

@@ -71,8 +71,9 @@ _HTTP_PREFIXES = (
     ("/v2/repository/", MODEL_REPOSITORY),
     ("/v2/systemsharedmemory", SHARED_MEMORY),
     ("/v2/cudasharedmemory", SHARED_MEMORY),
-    ("/admin/applications", APPLICATIONS_ADMIN),
+    ("/admin/", APPLICATIONS_ADMIN),  # clipperd's /admin/applications... and Clipper's /admin/add_app...
     ("/openapi.", METADATA),
+    ("/metrics", STATISTICS),  # Clipper's JSON metrics on the HTTP port (Prometheus' are on the metrics port)
 )
 _HTTP_SUFFIXES = (
     ("/infer", INFERENCE),

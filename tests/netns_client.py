@@ -88,6 +88,7 @@ def http_calls(url: str, headers: dict[str, str], key: str, region: str) -> dict
         "shm_status": ("GET", "/v2/systemsharedmemory/status", None),
         "shm_unregister": ("POST", "/v2/systemsharedmemory/region/netns_http/unregister", {}),
         "applications": ("GET", "/admin/applications", None),
+        "clipper_admin": ("POST", "/admin/get_all_applications", {"verbose": False}),  # Clipper's management
     }
     return {
         f"http.{name}": _http_outcome(base + path, method, body, headers)

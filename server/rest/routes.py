@@ -21,6 +21,7 @@ from server.core.status import HTTP_STATUS
 from server.rest.answers import JSON, error_response, json_response
 from server.rest.applications import ApplicationRoutes
 from server.rest.body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
+from server.rest.clipper_management import ClipperManagementRoutes
 from server.rest.codec import HEADER_LENGTH, binary_choices, decode_request, infer_response_body
 from server.rest.http_server import HttpRequest, HttpResponse, HttpServer
 from server.rest.limits import RETRY_AFTER_S, HttpLimits
@@ -220,6 +221,7 @@ class RestApi:
             routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
         routes += self.shared_memory.routes()
         if self.applications is not None:  # after the others: /{app}/predict matches any first segment
+            routes += ClipperManagementRoutes(self.applications, self.limits).routes()  # Clipper's /admin/*
             routes += ApplicationRoutes(self.applications, self.limits).routes()
         return routes
 

@@ -154,7 +154,7 @@ def test_management_is_closed_to_remote_clients_unless_a_token_opens_it(
         assert _by_outcome(refused, transport, MANAGEMENT) == dict.fromkeys(MANAGEMENT, denied), refused
     assert refused["grpc.config"] == "ok"
     assert refused["grpc.unload"] == "PERMISSION_DENIED"
-    assert refused["http.applications"] == "403"
+    assert refused["http.applications"] == refused["http.clipper_admin"] == "403"
     assert (refused["admin.list_models"], refused["admin.apps"]) == ("403", "403")
     assert refused["metrics"] == "ok"
 
