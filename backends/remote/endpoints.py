@@ -204,7 +204,7 @@ class EndpointPool:
             try:
                 addresses = await self._resolve()
             except ClipperdError as error:  # keep serving the endpoints known
-                log.warning("model '%s': %s", self.settings.model, error.message)
+                log.warning("%s", error.message)
                 continue
             await self._update(addresses)
 
@@ -230,7 +230,8 @@ class EndpointPool:
                 loop.getaddrinfo(name.host, name.port, type=socket.SOCK_STREAM), self.settings.timeout_s
             )
         except (OSError, TimeoutError) as error:
-            raise Unavailable(f"remote endpoints '{name}' do not resolve: {error or 'timed out'}") from None
+            what = f"model '{self.settings.model}': remote endpoints '{name}'"
+            raise Unavailable(f"{what} do not resolve: {error or 'timed out'}") from None
         found = sorted({str(Address(str(info[4][0]), name.port)) for info in infos})
         if len(found) > MAX_ENDPOINTS:
             log.warning("'%s' resolves to %d addresses: the first %d are used", name, len(found), MAX_ENDPOINTS)
