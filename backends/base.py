@@ -81,6 +81,11 @@ class Capabilities:
     #: The scheduler then runs short requests on an idle device's event loop, sparing two thread
     #: switches (the ``idle_inline_us`` parameter)
     off_thread: bool = False
+    #: ``execute_async`` runs a batch on the event loop, as a task, several at once (a remote
+    #: call): no thread, no GIL held while it waits
+    asynchronous: bool = False
+    #: instances are placed per remote endpoint, not per device (backends/remote, schedulers/remote.py)
+    remote: bool = False
 
 
 class Backend(abc.ABC):
@@ -122,6 +127,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def execute(self, inputs: Tensors) -> Tensors:
         """Run one batch. Called on the instance's own thread, one batch at a time."""
+
+    async def execute_async(self, inputs: Tensors) -> Tensors:
+        """Run one batch on the event loop, for a backend whose capabilities say ``asynchronous``."""
+        raise NotImplementedError(f"{type(self).__name__} executes on its thread")
 
     #: set (by ``load``) when the model takes a batch as its requests, as Triton's Python models
     #: do: the scheduler then calls ``execute_requests`` instead of ``stage`` and ``execute``

@@ -15,6 +15,7 @@ from backends.onnx_backend import OnnxRuntimeBackend
 from backends.proto import model_config_pb2 as mc
 from backends.python_backend import PythonBackend
 from backends.pytorch_backend import PyTorchBackend
+from backends.remote.backend import RemoteBackend
 from backends.sklearn_backend import SklearnBackend, XGBoostBackend
 from backends.spark_backend import SparkBackend
 from backends.tensorflow_backend import TensorFlowBackend
@@ -27,6 +28,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "xgboost": XGBoostBackend,
     "tensorflow": TensorFlowBackend,
     "spark": SparkBackend,
+    "remote": RemoteBackend,
 }
 PLATFORMS: dict[str, str] = {  # platform -> backend
     "pytorch_libtorch": "pytorch",

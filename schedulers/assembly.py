@@ -24,6 +24,7 @@ from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import ModelInstance
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.protocol import Scheduler
+from schedulers.remote import build_remote_scheduler
 from schedulers.scheduler import ModelScheduler
 from schedulers.stats import ModelStats
 
@@ -51,6 +52,8 @@ async def build_scheduler(
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
         return EnsembleScheduler(plan_ensemble(config, steps), steps, ModelStats())
     backend_class = backend_class or registry.backend_class(config, version_path)
+    if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
+        return await build_remote_scheduler(config, version, version_path)
     placed = instance_devices(config, backend_class)
     instances = _instances(config, version, version_path, backend_class, placed)
     results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)

@@ -28,7 +28,7 @@ import functools
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from backends.base import Backend, Tensors
@@ -52,10 +52,16 @@ _active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.Wea
 class Pending:
     """One request while it waits in a queue."""
 
-    __slots__ = ("batch_size", "enqueued_ns", "future", "inputs", "key", "level", "timer")
+    __slots__ = ("attempts", "batch_size", "enqueued_ns", "future", "inputs", "key", "level", "timeout_ns", "timer")
 
     def __init__(
-        self, inputs: Tensors, batch_size: int, future: asyncio.Future[Tensors], key: Any, level: int = 0
+        self,
+        inputs: Tensors,
+        batch_size: int,
+        future: asyncio.Future[Tensors],
+        key: Any,
+        level: int = 0,
+        timeout_ns: int = 0,
     ) -> None:
         self.inputs = inputs
         self.batch_size = batch_size
@@ -64,6 +70,14 @@ class Pending:
         self.level = level  # priority level, 1 the highest; 0 when the model has none
         self.timer: asyncio.TimerHandle | None = None  # the queue timeout, while queued
         self.enqueued_ns = time.perf_counter_ns()
+        self.timeout_ns = timeout_ns  # the request's own timeout, from its arrival (0: none)
+        self.attempts = 0  # executions that failed on an endpoint and were sent to another
+
+    def time_left_ns(self, now_ns: int) -> float:
+        """How long the request may still take by its timeout (infinite without one)."""
+        if not self.timeout_ns:
+            return float("inf")
+        return self.enqueued_ns + self.timeout_ns - now_ns
 
 
 class DeviceQueue:
@@ -117,6 +131,9 @@ class DeviceQueue:
         self._solo_ns = 0.0  # moving average of single-request executions, past the warm-up
         self._solo_rows = 0.0  # and of their rows
         self.inline_executions = 0  # requests run at once on the event loop
+        self._async = any(w.asynchronous for w in self._instances)
+        # a failed batch's requests: True when the hook took them (to retry them elsewhere)
+        self.on_failure: Callable[[DeviceQueue, list[Pending], BaseException], bool] | None = None
 
     @property
     def pending(self) -> int:
@@ -250,6 +267,24 @@ class DeviceQueue:
             raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
 
+    def take_queued(self) -> list[Pending]:
+        """Empties the queue (its requests' queue timeouts disarmed): the requests of a device
+        that goes away, for the scheduler to send elsewhere."""
+        taken = [r for r in self.queue if not r.future.done()]
+        self.queue.clear()
+        for request in taken:
+            if request.timer is not None:
+                request.timer.cancel()
+                request.timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.busy and not self._drained.is_set():
+            self._drained.set()
+            assert self._loop is not None
+            _active[self._loop] -= 1
+        return taken
+
     async def close(self) -> None:
         """Stops taking requests, lets queued and running ones finish, unloads the instances."""
         self._closed = True
@@ -363,7 +398,8 @@ class DeviceQueue:
 
     def _job(self, parts: list[Tensors], sizes: list[int]) -> Any:
         batch = sum(sizes) if self._max_batch_size > 0 else None
-        return functools.partial(_run_batch, parts, sizes, batch, self.config.name, self._specs)
+        run = _run_batch_async if self._async else _run_batch
+        return functools.partial(run, parts, sizes, batch, self.config.name, self._specs)
 
     def _completion(self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
@@ -371,7 +407,10 @@ class DeviceQueue:
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
                 self._observe(sum(r.batch_size for r in batch), len(batch), result[1], instance, cap_bound)
-            self._order.release(ticket, functools.partial(_deliver, batch, result, error))
+            answered = batch
+            if error is not None and self.on_failure is not None and self.on_failure(self, batch, error):
+                answered = []  # the hook answers them (or sends them to another device)
+            self._order.release(ticket, functools.partial(_deliver, answered, result, error))
             self._dispatch()
 
         return done
@@ -434,6 +473,19 @@ def _run_batch(
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
     outputs = check_outputs(model, specs, backend.execute(inputs), batch)
+    t2 = time.perf_counter_ns()
+    result = split(outputs, sizes)
+    return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+
+
+async def _run_batch_async(
+    parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
+) -> tuple[list[Tensors], ExecutionTimes]:
+    """One execution of an asynchronous backend (a remote call), as a task on the event loop."""
+    t0 = time.perf_counter_ns()
+    inputs = backend.stage(parts)
+    t1 = time.perf_counter_ns()
+    outputs = check_outputs(model, specs, await backend.execute_async(inputs), batch)
     t2 = time.perf_counter_ns()
     result = split(outputs, sizes)
     return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

@@ -10,6 +10,10 @@ those switches, plus GIL hand-offs with the event loop under load; such an insta
 the event loop itself (it still loads and unloads on a helper thread, so a slow import does not
 stall serving).
 
+A backend whose capabilities say ``asynchronous`` (a remote model) executes each job as a task
+on the event loop: the job returns a coroutine, and several jobs (batches in flight to a remote
+server) may run at once, one per instance.
+
 A thread instance with ``inline_ns`` set may also run a job on the event loop (``run_now``)
 while its thread waits for work: the scheduler does so for short requests on an idle device,
 where the two switches (and the idle cores waking for them) cost more than the model."""
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
@@ -25,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.base import Backend
-from backends.common.errors import ModelExecutionError
+from backends.common.errors import ModelExecutionError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +43,20 @@ class ModelInstance:
     """Runs one backend instance, one job at a time (the scheduler keeps it so)."""
 
     def __init__(
-        self, name: str, make_backend: Callable[[], Backend], *, on_loop: bool = False, inline_ns: int = 0
+        self,
+        name: str,
+        make_backend: Callable[[], Backend],
+        *,
+        on_loop: bool = False,
+        inline_ns: int = 0,
+        asynchronous: bool = False,
     ) -> None:
         """``inline_ns``: for a thread instance, the longest execution the scheduler may run on
-        the event loop instead when the device is idle (0: never)."""
+        the event loop instead when the device is idle (0: never). ``asynchronous``: jobs are
+        coroutines, run as tasks on the event loop."""
         self.name = name
-        self.on_loop = on_loop
+        self.asynchronous = asynchronous
+        self.on_loop = on_loop and not asynchronous
         self.inline_ns = 0 if on_loop else inline_ns
         self._make_backend = make_backend
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -51,9 +64,13 @@ class ModelInstance:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._backend: Backend | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Creates and loads the backend; raises what load raised."""
+        if self.asynchronous:
+            self._backend = self._load()  # nothing slow: a remote backend connects on its own
+            return
         if self.on_loop:
             self._backend = await asyncio.to_thread(self._load)
             return
@@ -63,7 +80,13 @@ class ModelInstance:
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """Runs ``job(backend)``; ``done(result, error)`` then runs on ``loop`` (at once, before
         returning, for an instance on the loop)."""
-        if self.on_loop:
+        if self.asynchronous:
+            assert self._backend is not None
+            task = loop.create_task(job(self._backend))
+            self._tasks.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(_task_done, done))
+        elif self.on_loop:
             assert self._backend is not None
             done(*_call(job, self._backend))
         else:
@@ -78,6 +101,11 @@ class ModelInstance:
 
     async def stop(self) -> None:
         """Unloads the backend after the jobs already submitted."""
+        if self.asynchronous:
+            backend, self._backend = self._backend, None
+            if backend is not None:
+                _unload(backend, self.name)
+            return
         if self.on_loop:
             backend, self._backend = self._backend, None
             if backend is not None:
@@ -132,6 +160,20 @@ def _call(job: Job, backend: Backend) -> tuple[Any, BaseException | None]:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return None, ModelExecutionError(f"model instance {backend.context.instance_name} failed: {exc!r}")
+
+
+def _task_done(done: Done, task: asyncio.Task[Any]) -> None:
+    """An asynchronous job's result (or error) to its ``done``, as a thread's would be."""
+    if task.cancelled():
+        done(None, Unavailable("the execution was cancelled"))
+        return
+    error = task.exception()
+    if error is None:
+        done(task.result(), None)
+    elif isinstance(error, Exception):
+        done(None, error)
+    else:
+        done(None, ModelExecutionError(f"execution failed: {error!r}"))
 
 
 def _unload(backend: Backend, name: str) -> None:

@@ -5,9 +5,10 @@ count what waits, report each device, close."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from backends.base import Tensors
+from backends.remote.endpoints import EndpointStatistics
 from schedulers.stats import ModelStats
 
 
@@ -49,3 +50,14 @@ class Scheduler(Protocol):
 
     async def close(self) -> None:
         """Stops taking requests, lets the admitted ones finish, releases the instances."""
+
+
+@runtime_checkable
+class RemoteEndpoints(Protocol):
+    """A scheduler whose devices are remote endpoints (schedulers/remote.py): ready while one is
+    healthy, with each endpoint's counters."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def endpoint_statistics(self) -> list[EndpointStatistics]: ...

@@ -89,7 +89,8 @@ class ModelScheduler:
         if queue.runs_now(batch_size):
             return queue.run_inline(inputs, batch_size)
         key = batch_key(inputs) if self._batching else None
-        pending = Pending(inputs, batch_size, asyncio.get_running_loop().create_future(), key, level)
+        future = asyncio.get_running_loop().create_future()
+        pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000)
         queue.submit(pending, timeout_us)
         return await pending.future
 
@@ -103,7 +104,10 @@ class ModelScheduler:
             raise Unavailable(f"model '{self.config.name}': the queue is full ({bound} requests waiting)")
 
     def _route(self) -> DeviceQueue:
-        queues = self.queues
+        return self._pick(self.queues)
+
+    def _pick(self, queues: Sequence[DeviceQueue]) -> DeviceQueue:
+        """The queue expected to answer first (see the module's doc)."""
         if len(queues) == 1:
             return queues[0]
         self._routed += 1

@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 PROTOS=(
   backends/proto/model_config.proto
-  server/proto/grpc_service.proto
+  backends/proto/grpc_service.proto
 )
 "$PYTHON" -m grpc_tools.protoc -I . \
   --plugin=protoc-gen-mypy="$(dirname "$PYTHON")/protoc-gen-mypy" \
   --python_out=. --mypy_out=. "${PROTOS[@]}"
-echo "generated: backends/proto/model_config_pb2.py(.pyi) server/proto/grpc_service_pb2.py(.pyi)"
+echo "generated: backends/proto/model_config_pb2.py(.pyi) backends/proto/grpc_service_pb2.py(.pyi)"

@@ -19,6 +19,7 @@ from backends.common.errors import ClipperdError, InvalidArgument, NotFound, Una
 from backends.common.versions import select_versions, version_folders
 from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ResponseCache
+from schedulers.protocol import RemoteEndpoints
 from server.core.model_version import ModelVersion, load_model_version
 
 log = logging.getLogger(__name__)
@@ -133,11 +134,13 @@ class ModelRepository:
         return load_model_config(self._model_folder(name), registry.autocomplete)
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Serving, and for a remote model, with at least one healthy endpoint."""
         try:
-            self.get(name, version)
+            served = self.get(name, version)
         except ClipperdError:
             return False
-        return True
+        scheduler = served.scheduler
+        return not isinstance(scheduler, RemoteEndpoints) or scheduler.ready
 
     def all_ready(self) -> bool:
         """Strict readiness: every model the server was asked to load is serving."""
@@ -201,7 +204,7 @@ class ModelRepository:
         for an ensemble of ensembles); the first step that fails, as the error to report once
         the ensemble's own checks have passed. Unknown steps are left to those checks."""
         try:
-            config = self.step_config(name)
+            config = await asyncio.to_thread(self.step_config, name)
         except ClipperdError:
             return None
         if not is_ensemble(config):
@@ -277,8 +280,8 @@ class ModelRepository:
 
     async def _load_entry(self, entry: ModelEntry, folder: Path) -> None:
         entry.fingerprint = fingerprint(folder)
-        try:
-            config = load_model_config(folder, registry.autocomplete)
+        try:  # off the loop: a remote model's config is completed by asking its endpoints
+            config = await asyncio.to_thread(load_model_config, folder, registry.autocomplete)
         except ClipperdError as error:
             self._mark_failed(entry, str(error))
             raise

@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
+from backends.remote.endpoints import LATENCY_BOUNDS_S, EndpointStatistics
 from schedulers.cache import ResponseCache
-from schedulers.protocol import DeviceStatistics
+from schedulers.protocol import DeviceStatistics, RemoteEndpoints
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.core.model_version import ModelVersion
 
@@ -110,6 +111,21 @@ _DEVICE_SCALARS: tuple[tuple[str, str, str, Callable[[DeviceStatistics], float]]
         "gauge",
         lambda d: d.depth,
     ),
+)
+
+
+# clipperd's per-endpoint families of a remote model (backends/remote/endpoints.py)
+_REMOTE_SCALARS: tuple[tuple[str, str, str, Callable[[EndpointStatistics], float]], ...] = (
+    ("clipperd_remote_requests", "Remote calls sent to the endpoint, one per batch", "counter", lambda e: e.requests),
+    (
+        "clipperd_remote_failures",
+        "Remote calls the endpoint failed: connection refused or lost, UNAVAILABLE, timeout",
+        "counter",
+        lambda e: e.failures,
+    ),
+    ("clipperd_remote_ejections", "Times the endpoint was taken out of rotation", "counter", lambda e: e.ejections),
+    ("clipperd_remote_inflight", "Batches sent to the endpoint and not answered yet", "gauge", lambda e: e.in_flight),
+    ("clipperd_remote_healthy", "1 while the endpoint is in rotation, else 0", "gauge", lambda e: int(e.healthy)),
 )
 
 
@@ -236,6 +252,29 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     devices = [(labels, d) for labels, m in rows for d in m.scheduler.device_statistics()]  # one snapshot each
     for name, help, typ, value in _DEVICE_SCALARS:
         yield family(name, help, typ, (({**labels, "device": d.device}, value(d)) for labels, d in devices))
+    yield from remote_families(models)
+
+
+def remote_families(models: list[ModelVersion]) -> Iterator[Metric]:
+    """Each remote endpoint's counters (backends/remote), labelled model, version, endpoint."""
+    endpoints = [
+        ({**_labels(m), "endpoint": e.endpoint}, e)
+        for m in models
+        if isinstance(m.scheduler, RemoteEndpoints)
+        for e in m.scheduler.endpoint_statistics()
+    ]
+    for name, help, typ, value in _REMOTE_SCALARS:
+        yield family(name, help, typ, ((labels, value(e)) for labels, e in endpoints))
+    histogram = HistogramMetricFamily(
+        "clipperd_remote_request_duration_seconds",
+        "Round trip of the remote calls an endpoint answered (one call carries one batch)",
+        labels=(*_MODEL_LABELS, "endpoint"),
+    )
+    bounds = [_float(b) for b in LATENCY_BOUNDS_S] + ["+Inf"]
+    for labels, e in endpoints:
+        buckets = list(zip(bounds, itertools.accumulate(e.latency_buckets), strict=True))
+        histogram.add_metric([labels["model"], labels["version"], e.endpoint], buckets, e.latency_s)
+    yield histogram
 
 
 def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:

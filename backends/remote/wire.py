@@ -1,0 +1,157 @@
+"""Tensors to and from the KServe v2 wire, as the remote backend's clients send and read them:
+gRPC ``ModelInferRequest`` / ``ModelInferResponse`` with raw contents, and HTTP's JSON header
+plus binary tensor data (Triton's binary extension). BYTES travel length-prefixed in both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from backends.common import datatypes
+from backends.common.datatypes import DataType
+from backends.common.errors import ClipperdError, InternalError
+from backends.common.tensors import Tensors, array_from_raw, array_from_values, array_to_raw, bytes_array_from_list
+from backends.proto import grpc_service_pb2 as pb
+
+# gRPC typed contents, for servers that answer with them instead of raw bytes (by wire type)
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+class BadAnswer(InternalError):
+    """The remote's answer does not parse: the endpoint is broken (it is ejected)."""
+
+
+def grpc_request(
+    model: str, version: str, inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    for name, array in inputs.items():
+        dtype = types[name]
+        request.inputs.add(name=name, datatype=dtype.wire, shape=array.shape)
+        request.raw_input_contents.append(array_to_raw(array, dtype))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def grpc_outputs(response: pb.ModelInferResponse) -> Tensors:
+    """The response's tensors (raw contents, or typed contents where a server sends those)."""
+    raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise BadAnswer(f"{len(raw)} raw outputs for {len(response.outputs)} output tensors")
+    result: Tensors = {}
+    for i, tensor in enumerate(response.outputs):
+        dtype = _dtype(tensor.datatype, tensor.name)
+        shape = list(tensor.shape)
+        try:
+            if raw:
+                result[tensor.name] = array_from_raw(raw[i], dtype, shape, tensor.name)
+            else:
+                result[tensor.name] = _from_contents(tensor, dtype, shape)
+        except ClipperdError as error:
+            raise BadAnswer(f"output '{tensor.name[:64]}': {error.message}") from None
+    return result
+
+
+def _from_contents(tensor: pb.ModelInferResponse.InferOutputTensor, dtype: DataType, shape: list[int]) -> np.ndarray:
+    field = _CONTENTS.get(dtype.wire)
+    if field is None:
+        raise BadAnswer(f"output '{tensor.name[:64]}' of type {dtype.wire} came without raw contents")
+    values = getattr(tensor.contents, field)
+    if dtype.wire == "BYTES":
+        return bytes_array_from_list(values, shape, tensor.name)
+    return array_from_values(list(values), dtype, shape, f"output '{tensor.name[:64]}'")
+
+
+def _dtype(name: str, tensor: str) -> DataType:
+    found = datatypes.BY_WIRE.get(name)
+    if found is None:
+        raise BadAnswer(f"output '{tensor[:64]}' has an unknown data type {name[:16]!r}")
+    return found
+
+
+def http_request(inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]) -> tuple[list[bytes], int]:
+    """The body's parts (JSON header, then each input's bytes) and the header's length."""
+    blobs = [array_to_raw(array, types[name]) for name, array in inputs.items()]
+    header = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": types[name].wire,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+            for (name, array), blob in zip(inputs.items(), blobs, strict=True)
+        ],
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return [head, *blobs], len(head)
+
+
+def http_outputs(body: bytes, header_length: int | None) -> Tensors:
+    """The tensors of an HTTP answer: its JSON header (all of it without the binary extension)
+    and the binary data that follows, in the outputs' order."""
+    view = memoryview(body)
+    head = view if header_length is None else view[:header_length]
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise BadAnswer(f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)")
+    try:
+        document = json.loads(bytes(head))
+    except ValueError as error:
+        raise BadAnswer(f"the JSON header does not parse: {error}") from None
+    outputs = document.get("outputs") if isinstance(document, dict) else None
+    if not isinstance(outputs, list):
+        raise BadAnswer("the answer has no outputs")
+    offset = 0 if header_length is None else header_length
+    result: Tensors = {}
+    for output in outputs:
+        name, array, offset = _http_output(output, view, offset)
+        result[name] = array
+    return result
+
+
+def _http_output(output: Any, view: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+        raise BadAnswer("an output has no name")
+    name: str = output["name"]
+    dtype = _dtype(str(output.get("datatype", "")), name)
+    shape = output.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        raise BadAnswer(f"output '{name[:64]}' has no shape")
+    size = (output.get("parameters") or {}).get("binary_data_size")
+    try:
+        if size is None:
+            return name, _from_json(output.get("data"), dtype, shape, name), offset
+        if not isinstance(size, int) or size < 0 or offset + size > len(view):
+            raise BadAnswer(f"output '{name[:64]}': binary_data_size {size} runs past the body")
+        return name, array_from_raw(view[offset : offset + size], dtype, shape, name), offset + size
+    except BadAnswer:
+        raise
+    except ClipperdError as error:
+        raise BadAnswer(f"output '{name[:64]}': {error.message}") from None
+
+
+def _from_json(data: Any, dtype: DataType, shape: list[int], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadAnswer(f"output '{name[:64]}' has neither data nor binary data")
+    flat = list(np.array(data, dtype=object).reshape(-1)) if data and isinstance(data[0], list) else data
+    if dtype.wire == "BYTES":
+        return bytes_array_from_list((str(v).encode() if not isinstance(v, bytes) else v for v in flat), shape, name)
+    return array_from_values(flat, dtype, shape, f"output '{name[:64]}'")
