@@ -60,9 +60,9 @@ class ServerProcess:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServerProcess:
-        refuse_in_fast_run("a server process")
-        cmd = [
+    def command(self) -> list[str]:
+        """The server's argv (a subclass may wrap it, e.g. in its own namespace)."""
+        return [
             sys.executable,
             "-m",
             "server.cli",
@@ -79,6 +79,10 @@ class ServerProcess:
             str(self.metrics_port),
             *self.args,
         ]
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServerProcess:
+        refuse_in_fast_run("a server process")
+        cmd = self.command()
         log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -122,8 +122,12 @@ class Started:
         return self.log.read_text(errors="replace")
 
 
-def start(argv: list[str], env: dict[str, str], mounts: dict[str, Path], log: Path, uid: int | None) -> Started:
-    """Starts ``argv`` with ``env`` (nothing of ours inherited but where the program lies)."""
+def start(
+    argv: list[str], env: dict[str, str], mounts: dict[str, Path], log: Path, uid: int | None, hosts: Path | None = None
+) -> Started:
+    """Starts ``argv`` with ``env`` (nothing of ours inherited but where the program lies);
+    with ``hosts``, in a mount namespace of its own whose /etc/hosts is that file (the cluster
+    DNS's stand-in: Service names to local addresses; needs root)."""
     argv = remap_paths(argv, mounts)
     env = dict(zip(env, remap_paths(list(env.values()), mounts), strict=True))
     ports = remap_ports(argv, env)
@@ -133,11 +137,40 @@ def start(argv: list[str], env: dict[str, str], mounts: dict[str, Path], log: Pa
     as_user: dict[str, Any] = {}
     if uid is not None and can_run_as(uid, argv[0]):  # the pod's runAsUser
         as_user = {"user": uid, "group": uid, "extra_groups": []}
+    if hosts is not None:
+        argv, as_user = with_hosts_file(argv, hosts, as_user.get("user")), {}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, env=env, cwd=mounts.get("/tmp", ROOT), stdout=out, stderr=subprocess.STDOUT, **as_user
         )
     return Started(proc, ports, log, argv, env)
+
+
+def with_hosts_file(argv: list[str], hosts: Path, uid: int | None) -> list[str]:
+    """``argv`` run in a mount namespace of its own where ``hosts`` is bind-mounted over
+    /etc/hosts (glibc reads it on every lookup), as ``uid`` once the mount is made."""
+    bind = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    user = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return ["unshare", "--mount", "--", "sh", "-c", bind, str(hosts), *user, *argv]
+
+
+def config_map_volume(data: dict[str, str], volume: dict[str, Any], target: Path) -> Path:
+    """A configMap volume as the kubelet writes it: the files in a hidden timestamped folder,
+    ``..data`` linking to it, and each top-level entry a link through ``..data``; ``items``
+    place keys at paths (a key not listed is left out), read-only by ``defaultMode``."""
+    source = volume["configMap"]
+    items = source.get("items") or [{"key": key, "path": key} for key in data]
+    payload = target / "..2026_01_01_00_00_00.000000000"
+    for item in items:
+        assert item["key"] in data, f"configMap {source['name']}: no key {item['key']!r}"
+        path = payload / item["path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data[item["key"]])
+        path.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+    (target / "..data").symlink_to(payload.name)
+    for top in sorted({Path(item["path"]).parts[0] for item in items}):
+        (target / top).symlink_to(Path("..data") / top)
+    return target
 
 
 def can_run_as(uid: int, executable: str) -> bool:

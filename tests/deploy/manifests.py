@@ -19,7 +19,7 @@ from tests.serverproc import ROOT
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 KSERVE = DEPLOY / "kserve"
-VARIANTS = ("gpu", "s3", "redis")  # deploy/kubernetes/<variant>: base/ plus a patch
+VARIANTS = ("gpu", "s3", "redis", "remote")  # deploy/kubernetes/<variant>: base/ plus a patch
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "patches", "images"}
 
 Resource = dict[str, Any]

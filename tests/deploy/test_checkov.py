@@ -58,7 +58,8 @@ def test_manifests_pass_checkov() -> None:
         for c in r["results"][kind]
     }
     # a file checkov cannot read is left out silently: make sure each workload was checked
-    for workload in ("Deployment.clipperd.clipperd", "Deployment.clipperd.clipperd-redis"):
+    workloads = ("clipperd", "clipperd-redis", "clipperd-mlp-torch", "clipperd-mlp-onnx")  # remote/: model containers
+    for workload in (f"Deployment.clipperd.{name}" for name in workloads):
         assert workload in checked, f"checkov did not check {workload}"
 
 

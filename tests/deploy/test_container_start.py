@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -86,10 +87,13 @@ def _uid(pod: dict[str, Any], spec: dict[str, Any]) -> int | None:
     return None if uid is None else int(uid)
 
 
-def _mounts(spec: dict[str, Any], sandbox: Path, uid: int | None, repository: str) -> dict[str, Path]:
-    """Each volumeMount as a local folder: the repository mount a read-only copy of the bundled
-    repository, every other one an empty folder the user may write (/dev/shm stays the real one)."""
-    mounts = {repository: ctr.read_only_copy(EXAMPLES, sandbox / "models")}
+def _mounts(
+    spec: dict[str, Any], sandbox: Path, uid: int | None, repository: str, prepared: Path | None = None
+) -> dict[str, Path]:
+    """Each volumeMount as a local folder: the repository mount ``prepared`` or else a read-only
+    copy of the bundled repository, every other one an empty folder the user may write
+    (/dev/shm stays the real one)."""
+    mounts = {repository: prepared or ctr.read_only_copy(EXAMPLES, sandbox / "models")}
     for mount in spec.get("volumeMounts", []):
         path = mount["mountPath"]
         if path not in mounts and path != "/dev/shm" and not mount.get("readOnly"):
@@ -100,10 +104,12 @@ def _mounts(spec: dict[str, Any], sandbox: Path, uid: int | None, repository: st
 
 
 @contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str], mounts: dict[str, Path], uid: int | None) -> Iterator[ctr.Started]:
+def running(
+    argv: list[str], env: dict[str, str], mounts: dict[str, Path], uid: int | None, hosts: Path | None = None
+) -> Iterator[ctr.Started]:
     refuse_in_fast_run("a server process")
     log = Path(tempfile.mkstemp(prefix="clipperd-pod-", suffix=".log")[1])
-    started = ctr.start(argv, env, mounts, log, uid)
+    started = ctr.start(argv, env, mounts, log, uid, hosts)
     try:
         yield started
     finally:
@@ -236,6 +242,136 @@ def _check_from_outside(spec: dict[str, Any], annotations: dict[str, str], start
     http = started.ports[_port(spec, "http")]
     assert _status(f"http://{host}:{http}/v2/repository/index", "POST") == 403
     assert _status(f"http://127.0.0.1:{http}/v2/repository/index", "POST") == 200
+
+
+# ---- the remote variant: a front end and its model containers --------------------------------
+
+
+@contextlib.contextmanager
+def _deployment(
+    resources: list[dict[str, Any]],
+    name: str,
+    image: ImageConfig,
+    sandbox: Path,
+    prepared: Path | None = None,
+    hosts: Path | None = None,
+) -> Iterator[tuple[dict[str, Any], ctr.Started, Path]]:
+    """One pod of Deployment ``name``, started and probed as the base's test above does; yields
+    (its container spec, the server, its repository folder) and stops it on SIGTERM within its
+    grace period."""
+    pod = find(resources, "Deployment", name)["spec"]["template"]
+    spec = container(resources, name)
+    env = ctr.env_of(image, spec, config_maps(resources))
+    argv = ctr.argv_of(image, spec, env)
+    uid = _uid(pod["spec"], spec)
+    assert uid == 1000
+    own = sandbox / name
+    own.mkdir(mode=0o755)
+    mounts = _mounts(spec, own, uid, "/models", prepared)
+    with running(argv, env, mounts, uid, hosts) as started:
+        startup = spec["startupProbe"]
+        url = f"http://127.0.0.1:{started.ports[_port(spec, startup['httpGet']['port'])]}{startup['httpGet']['path']}"
+        _wait_ready(started, url, min(READY_TIMEOUT_S, startup["periodSeconds"] * startup["failureThreshold"]))
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert _probe(started, spec, spec[probe]) == 200, (name, probe)
+        _check_prometheus(pod["metadata"]["annotations"], started)
+        yield spec, started, mounts["/models"]
+        grace = pod["spec"]["terminationGracePeriodSeconds"] - spec["lifecycle"]["preStop"]["sleep"]["seconds"]
+        _stop_within(started, grace)
+
+
+def _front_end_repository(resources: list[dict[str, Any]], target: Path, ports: dict[str, tuple[int, int]]) -> Path:
+    """The front end's repository volume (a ConfigMap) as the kubelet writes it, each endpoint
+    ``service:port`` moved to the local port its model container listens on: {service: (port, local)}."""
+    pod = find(resources, "Deployment", "clipperd")["spec"]["template"]["spec"]
+    mount = next(m for m in container(resources)["volumeMounts"] if m["mountPath"] == "/models")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    data = dict(config_maps(resources)[volume["configMap"]["name"]])
+    for key, text in data.items():
+        for service, (port, local) in ports.items():
+            text = text.replace(f'"{service}:{port}"', f'"{service}:{local}"')
+        data[key] = text
+    target.mkdir(mode=0o755)
+    ctr.config_map_volume(data, volume, target)
+    for folder in [target, *(p for p in target.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        folder.chmod(0o555)  # a configMap volume is read-only
+    return target
+
+
+def _index(http_port: int) -> list[dict[str, Any]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return list(json.loads(response.read()))
+
+
+def _infer_mlp(url: str, model: str, config: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput(config["input"][0]["name"], list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(model, [tensor])
+    return np.asarray(result.as_numpy(config["output"][0]["name"]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the Service names resolve through a private /etc/hosts")
+def test_remote_variant_starts_its_model_containers_and_front_end(image: ImageConfig, sandbox: Path) -> None:
+    """deploy/kubernetes/remote as its pods start: one pod of each model Deployment (one model
+    loaded, explicit mode, from the read-only repository), then the front end on its ConfigMap
+    repository, whose endpoints name the headless Services. The cluster's DNS is a private
+    /etc/hosts in the front end's mount namespace (each Service name to 127.0.0.1), and each
+    endpoint's port is its container's local gRPC port; then one inference per model through the
+    front end, answered as the model container answers, and SIGTERM to every pod."""
+    resources = render(KUBERNETES / "remote")
+    services = [r for r in resources if r["kind"] == "Service" and r["spec"].get("clusterIP") == "None"]
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, tuple[int, int]] = {}
+        containers: dict[str, str] = {}  # model -> its container's gRPC address
+        for service in services:
+            name = service["metadata"]["name"]  # each model Service is named as its Deployment
+            spec, started, _ = stack.enter_context(_deployment(resources, name, image, sandbox))
+            (port,) = service["spec"]["ports"]
+            local = started.ports[_port(spec, port["targetPort"])]
+            ports[name] = (port["port"], local)
+            loaded = [m["name"] for m in _index(started.ports[_port(spec, "http")]) if m.get("state") == "READY"]
+            assert [f"--load-model={m}" for m in loaded] == spec["args"][1:], f"{name} loaded {loaded}"
+            containers[loaded[0]] = f"127.0.0.1:{local}"
+        assert len(ports) == 2
+        hosts = sandbox / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {name}\n" for name in ports))
+        hosts.chmod(0o644)
+        repository = _front_end_repository(resources, sandbox / "front-end-repository", ports)
+        before = _tree(repository)
+        spec, front, _ = stack.enter_context(_deployment(resources, "clipperd", image, sandbox, repository, hosts))
+        _check_service_ports(resources, spec, front)
+        front_grpc = f"127.0.0.1:{front.ports[_port(spec, 'grpc')]}"
+        x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+        answers = {}
+        for model, url in containers.items():  # the front end serves each under the container's name
+            config = _model_config(front.ports[_port(spec, "http")], model)
+            answers[model] = _infer_mlp(front_grpc, model, config, x)
+            np.testing.assert_array_equal(answers[model], _infer_mlp(url, model, config, x))
+            healthy = _remote_healthy(front.ports[_port(spec, "metrics")], model)
+            assert healthy == {url: 1.0}, f"{model}: the front end's endpoints are {healthy}, not the name's address"
+        assert len(answers) == 2
+        np.testing.assert_allclose(answers["mlp_torch"], answers["mlp_onnx"], rtol=1e-4, atol=1e-5)  # the same MLP
+    assert _tree(repository) == before
+
+
+def _remote_healthy(metrics_port: int, model: str) -> dict[str, float]:
+    """clipperd_remote_healthy of ``model`` by endpoint (the addresses its name resolved to)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = _body(f"http://127.0.0.1:{metrics_port}/metrics")
+    return {
+        sample.labels["endpoint"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "clipperd_remote_healthy" and sample.labels.get("model") == model
+    }
+
+
+def _model_config(http_port: int, model: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/config", timeout=10) as response:
+        return dict(json.loads(response.read()))
 
 
 # ---- KServe ----------------------------------------------------------------------------------

@@ -8,16 +8,22 @@ import copy
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 
+from backends.common.config import parse_pbtxt, validate
+from backends.common.parameters import Parameters
+from backends.proto import model_config_pb2 as mc
+from backends.remote.settings import remote_settings
 from tests.deploy.manifests import (
     DEPLOY,
     KSERVE,
     KUBERNETES,
+    VARIANTS,
     Resource,
     container,
     documents,
@@ -34,6 +40,7 @@ KUBERNETES_VERSION = "1.37.0"  # the newest release kubernetes-validate knows
 CRDS = ROOT / "tests" / "data" / "kserve"
 KSERVE_KINDS = {"ClusterServingRuntime", "ServingRuntime", "InferenceService"}
 MODEL_FORMATS = {"pytorch", "onnx", "tensorflow", "sklearn", "xgboost", "triton"}
+RENDERINGS = ("default", *VARIANTS)
 
 
 def validate_builtin(resource: Resource) -> None:
@@ -87,7 +94,7 @@ def test_every_yaml_file_of_deploy_parses() -> None:
         assert documents(path), f"{path}: empty"
 
 
-@pytest.mark.parametrize("variant", ["default", "gpu", "s3", "redis"])
+@pytest.mark.parametrize("variant", RENDERINGS)
 def test_kubernetes_manifests_validate_strictly(variant: str) -> None:
     resources = every_rendering()[variant]
     assert {r["kind"] for r in resources} >= {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"}
@@ -115,7 +122,7 @@ def test_kserve_resources_validate_against_the_crds() -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not on this machine")
-@pytest.mark.parametrize("variant", ["default", "gpu", "s3", "redis"])
+@pytest.mark.parametrize("variant", RENDERINGS)
 def test_kustomize_renders_what_these_tests_check(variant: str) -> None:
     """Our renderer (manifests.py) gives what kubectl's kustomize gives."""
     folder = KUBERNETES if variant == "default" else KUBERNETES / variant
@@ -134,39 +141,53 @@ def _settings(resources: list[Resource]) -> dict[str, str]:
     return dict(find(resources, "ConfigMap", "clipperd-settings")["data"])
 
 
-@pytest.mark.parametrize("variant", ["default", "gpu", "s3", "redis"])
+def _clipperd_deployments(resources: list[Resource]) -> list[str]:
+    """The Deployments that run clipperd: the server (or front end) and any model containers."""
+    return [
+        r["metadata"]["name"]
+        for r in resources
+        if r["kind"] == "Deployment" and "clipperd" in container(resources, r["metadata"]["name"])["image"]
+    ]
+
+
+@pytest.mark.parametrize("variant", RENDERINGS)
 def test_probes_ports_and_drain(variant: str) -> None:
     resources = every_rendering()[variant]
-    pod = find(resources, "Deployment", "clipperd")["spec"]["template"]["spec"]
-    spec = container(resources)
-    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready")):
-        assert spec[probe]["httpGet"] == {"path": path, "port": "http"}
-    assert spec["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert set(spec["lifecycle"]["preStop"]) == {"sleep"}  # no exec: the image has no shell
-    exit_timeout = float(_settings(resources)["CLIPPERD_EXIT_TIMEOUT_SECS"])
-    assert pod["terminationGracePeriodSeconds"] > spec["lifecycle"]["preStop"]["sleep"]["seconds"] + exit_timeout
-    assert spec["envFrom"] == [{"configMapRef": {"name": "clipperd-settings"}}]
+    for name in _clipperd_deployments(resources):
+        pod = find(resources, "Deployment", name)["spec"]["template"]["spec"]
+        spec = container(resources, name)
+        ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+        assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}, name
+        for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready")):
+            assert spec[probe]["httpGet"] == {"path": path, "port": "http"}, name
+        assert spec["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}, name
+        assert set(spec["lifecycle"]["preStop"]) == {"sleep"}, name  # no exec: the image has no shell
+        (source,) = spec["envFrom"]
+        settings = find(resources, "ConfigMap", source["configMapRef"]["name"])["data"]
+        exit_timeout = float(settings["CLIPPERD_EXIT_TIMEOUT_SECS"])
+        assert pod["terminationGracePeriodSeconds"] > spec["lifecycle"]["preStop"]["sleep"]["seconds"] + exit_timeout
+    assert container(resources)["envFrom"] == [{"configMapRef": {"name": "clipperd-settings"}}]
 
 
-@pytest.mark.parametrize("variant", ["default", "gpu", "s3", "redis"])
+@pytest.mark.parametrize("variant", RENDERINGS)
 def test_security_context_and_writable_folders(variant: str) -> None:
     resources = every_rendering()[variant]
-    pod = find(resources, "Deployment", "clipperd")["spec"]["template"]["spec"]
-    security = container(resources)["securityContext"]
-    assert security["runAsNonRoot"] is True
-    assert security["runAsUser"] == pod["securityContext"]["runAsUser"] == 1000
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {m["mountPath"]: volumes[m["name"]] for m in container(resources)["volumeMounts"]}
-    for path in ("/tmp", "/var/cache/clipperd", "/dev/shm"):
-        assert "emptyDir" in mounts[path], path
-    assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    for name in _clipperd_deployments(resources):
+        pod = find(resources, "Deployment", name)["spec"]["template"]["spec"]
+        spec = container(resources, name)
+        security = spec["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert security["runAsUser"] == pod["securityContext"]["runAsUser"] == 1000, name
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in spec["volumeMounts"]}
+        for path in ("/tmp", "/var/cache/clipperd", "/dev/shm"):
+            assert "emptyDir" in mounts[path], (name, path)
+        assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory", name
 
 
 def test_service_pdb_and_hpa_point_at_the_pods() -> None:
@@ -220,6 +241,91 @@ def test_variants() -> None:
     port = service["spec"]["ports"][0]["port"]
     assert _settings(redis)["CLIPPERD_APP_STATE"] == f"redis://clipperd-redis:{port}/0"
     assert _settings(renderings["default"])["CLIPPERD_APP_STATE"].startswith("sqlite:////tmp/")  # a writable emptyDir
+
+
+def _selects(selector: dict[str, str], resources: list[Resource]) -> list[str]:
+    """The Deployments whose pods carry every label of ``selector``."""
+    return [
+        r["metadata"]["name"]
+        for r in resources
+        if r["kind"] == "Deployment" and selector.items() <= r["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+def _front_end_configs(resources: list[Resource]) -> dict[str, mc.ModelConfig]:
+    """The remote variant's front-end repository: each model's config.pbtxt of the ConfigMap
+    volume mounted at the repository, parsed and checked as the server does at load."""
+    pod = find(resources, "Deployment", "clipperd")["spec"]["template"]["spec"]
+    mount = next(m for m in container(resources)["volumeMounts"] if m["mountPath"] == "/models")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    data = find(resources, "ConfigMap", volume["configMap"]["name"])["data"]
+    configs = {}
+    for item in volume["configMap"]["items"]:
+        assert item["key"] in data, item
+        model, *rest = Path(item["path"]).parts
+        if rest == ["config.pbtxt"]:
+            config = parse_pbtxt(data[item["key"]], item["path"])
+            validate(config, item["path"], model)
+            configs[model] = config
+        else:  # a version folder, made by the one file a ConfigMap can place there
+            assert len(rest) == 2, item
+            assert rest[0].isdigit(), item
+    return configs
+
+
+def test_remote_variant_front_end_names_each_model_s_headless_service() -> None:
+    """Each remote model of the front end: endpoints name a headless Service whose port is the
+    gRPC containerPort of one model Deployment, which loads that one model (explicit mode)."""
+    resources = every_rendering()["remote"]
+    configs = _front_end_configs(resources)
+    assert set(configs) == {"mlp_torch", "mlp_onnx"}
+    settings = find(resources, "ConfigMap", "clipperd-model-settings")["data"]
+    assert settings["CLIPPERD_MODEL_CONTROL_MODE"] == "explicit"
+    assert settings["CLIPPERD_APP_STATE"] == "memory://"
+    assert "CLIPPERD_CACHE_CONFIG" not in settings  # the front end caches
+    served = set()
+    for name, config in configs.items():
+        remote = remote_settings(Parameters.of(config))
+        assert config.backend == "remote", name
+        assert config.input, f"{name}: inputs declared, so that it loads with no container up"
+        assert config.output, f"{name}: outputs declared, so that it loads with no container up"
+        assert remote.resolve, f"{name}: endpoints must be one name:port"
+        assert len(remote.addresses) == 1, f"{name}: endpoints must be one name:port"
+        (address,) = remote.addresses
+        service = find(resources, "Service", address.host)
+        assert service["spec"]["clusterIP"] == "None", f"{address.host}: not headless"
+        assert service["spec"]["publishNotReadyAddresses"] is True  # the name resolves before pods are ready
+        assert [p["port"] for p in service["spec"]["ports"]] == [address.port]
+        (deployment,) = _selects(service["spec"]["selector"], resources)
+        spec = container(resources, deployment)
+        grpc_port = next(p["containerPort"] for p in spec["ports"] if p["name"] == "grpc")
+        assert address.port == grpc_port, "headless: the front end connects to the pod's port itself"
+        assert spec["args"] == ["serve", f"--load-model={remote.remote_model or name}"]
+        assert spec["envFrom"] == [{"configMapRef": {"name": "clipperd-model-settings"}}]
+        served.add(deployment)
+    assert served == {"clipperd-mlp-torch", "clipperd-mlp-onnx"}
+
+
+def test_remote_variant_each_model_scales_on_its_own() -> None:
+    resources = every_rendering()["remote"]
+    front_labels = find(resources, "Deployment", "clipperd")["spec"]["template"]["metadata"]["labels"]
+    for name in ("clipperd-mlp-torch", "clipperd-mlp-onnx"):
+        hpa = find(resources, "HorizontalPodAutoscaler", name)
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["minReplicas"] >= 2
+        pdb = find(resources, "PodDisruptionBudget", name)
+        assert _selects(pdb["spec"]["selector"]["matchLabels"], resources) == [name]
+        assert _selects(find(resources, "Service", name)["spec"]["selector"], resources) == [name]
+        pod = find(resources, "Deployment", name)["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+        assert {v["name"]: v for v in pod["spec"]["volumes"]}["models"]["persistentVolumeClaim"]["readOnly"] is True
+    # the front end's own HPA and Service are the base's, and select no model container
+    assert _selects(find(resources, "Service", "clipperd")["spec"]["selector"], resources) == ["clipperd"]
+    policy = find(resources, "NetworkPolicy", "clipperd-models")
+    grpc_from = [rule for rule in policy["spec"]["ingress"] if {"port": 8001, "protocol": "TCP"} in rule["ports"]]
+    (rule,) = grpc_from
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= front_labels.items(), "the front end cannot reach gRPC"
 
 
 # ---- KServe ----------------------------------------------------------------------------------
