@@ -43,10 +43,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterato
     try:
         cluster.start_containers()
         a, b = cluster.endpoints(which=[0]), cluster.endpoints(which=[1])
-        timing = {"timeout_ms": "3000", "health_interval_ms": "200"}
         members = {"a_one": (a, "one"), "b_one": (b, "one"), "b_two": (b, "two")}
         configs = {
-            name: remote_config(name, endpoint, remote_model=model, declare=MEMBER, **timing)
+            name: remote_config(
+                name, endpoint, remote_model=model, declare=MEMBER, timeout_ms="3000", health_interval_ms="200"
+            )
             for name, (endpoint, model) in members.items()
         }
         cluster.start_front(configs)
