@@ -10,7 +10,7 @@ SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clipper-admin clean
+.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clipper-admin peers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,17 @@ $(CLIPPER_ADMIN): scripts/install-clipper-admin.sh
 
 clipper-admin: $(CLIPPER_ADMIN)
 
+# the peer servers (Triton's tritonserver inside PyTriton 0.7, MLServer 1.7.1), each in a virtual
+# environment under $${CLIPPERD_BENCH_HOME:-~/.cache/clipperd-bench}: the remote backend's tests in
+# front of them (tests/backends/test_remote_peers.py) and perf/side_by_side.py. Idempotent: 0.4 s
+# when they are there, about a minute cold (docs/backends/remote.md)
+peers:
+	perf/install_peers.sh >/dev/null
+
 netns-tools:
 	scripts/install-netns-tools.sh
 
-tools: $(PA) redis netns-tools $(CHECKOV) $(CLIPPER_ADMIN)
+tools: $(PA) redis netns-tools $(CHECKOV) $(CLIPPER_ADMIN) peers
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)

@@ -1,6 +1,8 @@
 """A KServe v2 HTTP/REST client on aiohttp, with Triton's binary tensor extension (inputs and
-outputs as raw bytes after a JSON header): one connection pool per endpoint, bounded to the
-calls that may be in flight to it, and answers read up to MAX_RESPONSE_BYTES."""
+outputs as raw bytes after a JSON header) where the server lists it among its extensions (server
+metadata, asked once, at the first health check), else all-JSON bodies (MLServer): one
+connection pool per endpoint, bounded to the calls that may be in flight to it, and answers
+read up to MAX_RESPONSE_BYTES."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from backends.common.tensors import Tensors
 from backends.remote.client import CallSpec
 from backends.remote.errors import EndpointFailure, http_model_error
 from backends.remote.settings import MAX_RESPONSE_BYTES
-from backends.remote.wire import BadAnswer, http_outputs, http_request
+from backends.remote.wire import BadAnswer, http_json_request, http_outputs, http_request
 
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _ENDPOINT_STATUSES = frozenset({502, 503, 504})  # the server (or a proxy before it) cannot answer now
 _CHUNK = 1 << 20
+_BINARY_EXTENSION = "binary_tensor_data"  # Triton's name for it in the server metadata
 
 
 class HttpClient:
@@ -32,6 +35,7 @@ class HttpClient:
         self._model = model
         self._timeout = settings.timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._binary: bool | None = None  # the server takes binary tensors; None: not asked yet
 
     def _client(self) -> aiohttp.ClientSession:
         """The session, made on first use (it belongs to the running event loop)."""
@@ -42,9 +46,15 @@ class HttpClient:
         return self._session
 
     async def infer(self, inputs: Tensors) -> Tensors:
-        parts, header_length = http_request(inputs, self._spec.input_types, self._spec.outputs)
-        headers = {_HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
-        body, answer_headers = await self._request("POST", f"{self._model}/infer", b"".join(parts), headers)
+        spec = self._spec
+        if self._binary is False:
+            data = http_json_request(inputs, spec.input_types, spec.outputs)
+            headers = {"Content-Type": "application/json"}
+        else:
+            parts, header_length = http_request(inputs, spec.input_types, spec.outputs)
+            data = b"".join(parts)
+            headers = {_HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
+        body, answer_headers = await self._request("POST", f"{self._model}/infer", data, headers)
         length = answer_headers.get(_HEADER_LENGTH)
         try:
             header_length_in = int(length) if length is not None else None
@@ -55,6 +65,16 @@ class HttpClient:
     async def check_ready(self) -> None:
         await self._request("GET", "/v2/health/ready")
         await self._request("GET", f"{self._model}/ready")
+        if self._binary is None:
+            self._binary = await self._takes_binary()
+
+    async def _takes_binary(self) -> bool:
+        body, _ = await self._request("GET", "/v2")
+        try:
+            extensions = json.loads(body).get("extensions")
+        except (ValueError, AttributeError):
+            raise EndpointFailure(self.endpoint, "bad answer: the server metadata is not a JSON object") from None
+        return isinstance(extensions, list) and _BINARY_EXTENSION in extensions
 
     async def _request(
         self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None

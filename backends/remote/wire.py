@@ -1,6 +1,9 @@
 """Tensors to and from the KServe v2 wire, as the remote backend's clients send and read them:
 gRPC ``ModelInferRequest`` / ``ModelInferResponse`` with raw contents, and HTTP's JSON header
-plus binary tensor data (Triton's binary extension). BYTES travel length-prefixed in both."""
+plus binary tensor data (Triton's binary extension), or all-JSON bodies for servers without that
+extension (MLServer). Raw contents carry BYTES length-prefixed, as Triton and clipperd read them;
+a gRPC request with a BYTES input carries typed contents instead (``bytes_contents``), the form
+every KServe v2 server reads (MLServer misreads raw BYTES)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 
 from backends.common import datatypes
 from backends.common.datatypes import DataType
-from backends.common.errors import ClipperdError, InternalError
+from backends.common.errors import ClipperdError, InternalError, InvalidArgument
 from backends.common.tensors import Tensors, array_from_raw, array_from_values, array_to_raw, bytes_array_from_list
 from backends.proto import grpc_service_pb2 as pb
 
@@ -41,13 +44,28 @@ def grpc_request(
     model: str, version: str, inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]
 ) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, model_version=version)
+    # raw and typed contents cannot mix in one request: typed for all when one input is BYTES
+    # (and every input has a typed field: FP16 and BF16 travel raw only)
+    wires = [types[name].wire for name in inputs]
+    typed = "BYTES" in wires and all(w in _CONTENTS for w in wires)
     for name, array in inputs.items():
         dtype = types[name]
-        request.inputs.add(name=name, datatype=dtype.wire, shape=array.shape)
-        request.raw_input_contents.append(array_to_raw(array, dtype))
+        tensor = request.inputs.add(name=name, datatype=dtype.wire, shape=array.shape)
+        if typed:
+            getattr(tensor.contents, _CONTENTS[dtype.wire]).extend(_values(array, dtype))
+        else:
+            request.raw_input_contents.append(array_to_raw(array, dtype))
     for name in outputs:
         request.outputs.add(name=name)
     return request
+
+
+def _values(array: np.ndarray, dtype: DataType) -> list[Any]:
+    """A tensor's elements as Python values for typed contents or JSON, row-major."""
+    flat = array.reshape(-1)
+    if dtype.wire == "BYTES":
+        return [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+    return flat.astype(dtype.numpy, copy=False).tolist()  # type: ignore[no-any-return]
 
 
 def grpc_outputs(response: pb.ModelInferResponse) -> Tensors:
@@ -103,6 +121,29 @@ def http_request(inputs: Tensors, types: Mapping[str, DataType], outputs: Sequen
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     return [head, *blobs], len(head)
+
+
+def http_json_request(inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]) -> bytes:
+    """An all-JSON body, for servers without the binary extension: BYTES elements as UTF-8
+    strings (InvalidArgument for one that is not UTF-8: JSON cannot carry it)."""
+    tensors = []
+    for name, array in inputs.items():
+        dtype = types[name]
+        data = _values(array, dtype)
+        if dtype.wire == "BYTES":
+            data = [_utf8(v, name) for v in data]
+        tensors.append({"name": name, "shape": list(array.shape), "datatype": dtype.wire, "data": data})
+    document = {"inputs": tensors, "outputs": [{"name": name} for name in outputs]}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _utf8(value: bytes, name: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"input '{name[:64]}': an element is not UTF-8, and the remote server takes JSON only"
+        ) from None
 
 
 def http_outputs(body: bytes, header_length: int | None) -> Tensors:

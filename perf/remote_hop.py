@@ -1,0 +1,165 @@
+"""What a clipperd front end costs and buys in front of one remote clipperd model container
+(backends/remote), on perf/batching_gain.py's compute-bound ``wide_mlp``.
+
+    CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
+        [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
+        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--json OUT]
+
+Measures, in each round (the figures are the median round's):
+- ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
+  (batching_gain.py's config: max_batch_size 64, 50 ms max queue delay): the container's own best;
+- ``unbatched``: straight at a container serving it without dynamic batching;
+- ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over gRPC to that
+  unbatched container: the front end batches (``dynamic_batching { }``, no queue delay: the
+  rows that arrive while a batch is out go as the next one; ``--front-count`` batches in flight);
+  all three at concurrency 64, one row a request;
+- at concurrency 1, p50 of: the unbatched container straight, the pair, and the grpc.aio floor
+  (perf/floor_grpc.py, identity_fp32) straight: the hop's cost (pair p50 - container p50) against
+  one gRPC round trip of the floor. Also identity_fp32 through the pair and straight, where the
+  model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop.
+
+Placement on this 2-core machine (taskset): the container on ``--container-cpus`` (its one
+instance computes with one intra-op thread), the front end and perf_analyzer on the other
+core, for the container alone and for the pair alike, so that the container computes on a core
+of its own in every measurement. Targets (issue 17): pair >= 0.9 x batched and >= 3 x unbatched
+at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from batching_gain import build_wide_mlp, repository_copy  # noqa: E402
+from side_by_side import REPOSITORY, System, clipperd, machine, measure, perf_analyzer_path, running, system  # noqa: E402
+
+WIDE = "wide_mlp"
+ECHO = "identity_fp32"
+FRONT_CONFIG = """name: "{name}"
+backend: "remote"
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU, count: {count} }} ]
+parameters {{ key: "endpoints" value {{ string_value: "{endpoint}" }} }}
+"""
+
+
+def pinned(spec: System, cpus: str) -> System:
+    spec.command = ["taskset", "-c", cpus, *spec.command]
+    return spec
+
+
+def pinned_perf_analyzer(base: Path, cpus: str) -> Path:
+    """perf_analyzer behind taskset: a wrapper script, since side_by_side.measure runs a path."""
+    wrapper = base / "perf_analyzer"
+    wrapper.write_text(f'#!/bin/sh\nexec taskset -c {cpus} {perf_analyzer_path(None)} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def repositories(base: Path, count: int) -> dict[str, Path]:
+    """The container's repositories (wide_mlp batched, unbatched; identity_fp32 with both) and
+    the front end's (its models remote, the endpoint written in at run time)."""
+    folder = base / "models" / WIDE
+    build_wide_mlp(folder, 8192, 64, 50000)
+    repos = {mode: repository_copy(base, folder, mode) for mode in ("on", "off")}
+    for repo in repos.values():
+        shutil.copytree(REPOSITORY / ECHO, repo / ECHO)
+    front = base / "front"
+    for name in (WIDE, ECHO):
+        (front / name / "1").mkdir(parents=True)
+    repos["front"] = front
+    return repos
+
+
+def write_front(front: Path, endpoint: str, count: int) -> None:
+    for name in (WIDE, ECHO):
+        text = FRONT_CONFIG.format(name=name, endpoint=endpoint, count=count)
+        (front / name / "config.pbtxt").write_text(text)
+
+
+def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: Path) -> dict[str, Any]:
+    window, c = args.measurement_interval, args.concurrency
+    logs = base / "logs"
+    logs.mkdir(exist_ok=True)
+    result: dict[str, Any] = {}
+
+    def run(name: str, address: str, concurrency: int, model: str) -> None:
+        figures = measure(pa, address, "grpc", concurrency, window, logs / f"{name}.csv", model)
+        result[name] = figures
+        print(f"  {name}: {figures}", flush=True)
+
+    batched = pinned(clipperd("batched", "grpc", repos["on"]), args.container_cpus)
+    with running(batched, logs / "batched.log", "grpc", model=WIDE):
+        run("batched_c64", batched.address, c, WIDE)
+    container = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
+    with running(container, logs / "container.log", "grpc", model=WIDE):
+        run("unbatched_c64", container.address, c, WIDE)
+        run("container_c1", container.address, 1, WIDE)
+        run("container_echo_c1", container.address, 1, ECHO)
+        write_front(repos["front"], container.address, args.front_count)
+        front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
+        with running(front, logs / "front.log", "grpc", model=WIDE):
+            run("pair_c64", front.address, c, WIDE)
+            run("pair_c1", front.address, 1, WIDE)
+            run("pair_echo_c1", front.address, 1, ECHO)
+    floor = pinned(system("floor"), args.container_cpus)
+    with running(floor, logs / "floor.log", "grpc", model=ECHO):
+        run("floor_c1", floor.address, 1, ECHO)
+    return result
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    pair = r["pair_c64"]["infer_per_s"]
+    return {
+        "pair_over_batched": pair / r["batched_c64"]["infer_per_s"],
+        "pair_over_unbatched": pair / r["unbatched_c64"]["infer_per_s"],
+        "hop_us": r["pair_c1"]["p50_us"] - r["container_c1"]["p50_us"],
+        "hop_echo_us": r["pair_echo_c1"]["p50_us"] - r["container_echo_c1"]["p50_us"],
+        "floor_p50_us": r["floor_c1"]["p50_us"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--measurement-interval", type=int, default=3000)
+    parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
+    parser.add_argument("--container-cpus", default="1")
+    parser.add_argument("--front-cpus", default="0")
+    parser.add_argument("--pa-cpus", default="0")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="remote-hop-"))
+    repos = repositories(base, args.front_count)
+    pa = pinned_perf_analyzer(base, args.pa_cpus)
+    rounds = []
+    for n in range(args.repeat):
+        print(f"round {n + 1}", flush=True)
+        found = one_round(repos, args, base, pa)
+        errors = {k: v["error"] for k, v in found.items() if "error" in v}
+        if errors:
+            sys.exit(f"remote_hop: {errors} (logs in {base / 'logs'})")
+        rounds.append(found | {"ratios": ratios(found)})
+        print(f"  {rounds[-1]['ratios']}", flush=True)
+    median = sorted(rounds, key=lambda r: r["ratios"]["pair_over_batched"])[len(rounds) // 2]["ratios"]
+    hop = statistics.median(r["ratios"]["hop_us"] for r in rounds)
+    print(f"median round: pair / batched {median['pair_over_batched']:.2f} (>= 0.9), pair / unbatched "
+          f"{median['pair_over_unbatched']:.2f} (>= 3); c=1 hop {hop:.0f} us (median) vs floor p50 "
+          f"{statistics.median(r['ratios']['floor_p50_us'] for r in rounds):.0f} us")  # fmt: skip
+    if args.json:
+        report = {"args": vars(args), "machine": machine(), "loadavg_end": os.getloadavg(), "rounds": rounds}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
