@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.deploy.container import argv_of
 from tests.deploy.image_contract import ImageConfig, differences, from_inspect
 from tests.deploy.manifest_check import manifest_problems
-from tests.deploy.manifests import every_clipperd_container
+from tests.deploy.manifests import KSERVE, clipperd_containers, documents, every_clipperd_container
 from tests.serverproc import EXAMPLES
 
 IMAGE = os.environ.get("CLIPPERD_TEST_IMAGE", "")
@@ -155,17 +156,17 @@ def served(in_image: InImage, tmp_path_factory: pytest.TempPathFactory) -> Itera
             proc.wait(30)
 
 
-def http_ready() -> bool:
+def http_ready(port: int = 8000) -> bool:
     try:
-        with urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=2) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as answer:
             return answer.status == 200  # type: ignore[no-any-return]
     except OSError:
         return False
 
 
-def wait_ready(server: Served) -> None:
+def wait_ready(server: Served, port: int = 8000) -> None:
     end = time.monotonic() + READY_TIMEOUT_S
-    while not http_ready():
+    while not http_ready(port):
         if server.proc.poll() is not None:
             pytest.fail(f"clipperd exited with {server.proc.returncode}:\n{server.text()}")
         if time.monotonic() > end:
@@ -274,3 +275,57 @@ def test_stop_signal_drains_and_exits_cleanly_then_health_fails(served: Served, 
     assert done.returncode == 1
     assert "ConnectionRefused" in done.stderr.decode()
     assert "Traceback" not in served.text(), served.text()
+
+
+# ---- KServe's own Triton runtime, only its image changed
+
+
+def proc_status(pid: int, field: str) -> list[str]:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
+    return line.split()[1:]
+
+
+def test_kserve_triton_runtime_runs_clipperd_as_1000_with_no_capabilities(
+    served: Served, in_image: InImage, repository: Path, tmp_path: Path
+) -> None:
+    """The args of deploy/kserve/kserve-tritonserver.yaml (KServe's file, image changed), after
+    the image's ENTRYPOINT, as its securityContext's user, the repository at /mnt/models."""
+    assert served.proc.poll() is not None  # after the STOPSIGNAL test: ports are free again
+    (spec,) = [c.spec for c in clipperd_containers(documents(KSERVE / "kserve-tritonserver.yaml"), "kserve")]
+    argv = argv_of(in_image.config, spec, dict(in_image.config.env))
+    assert argv[:3] == ["clipperd", "tritonserver", "--model-store=/mnt/models"]
+    uid = spec["securityContext"]["runAsUser"]
+    assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert (uid, uid) == in_image.user
+    mnt = in_image.root / "mnt"
+    run("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", str(mnt))
+    try:
+        (mnt / "models").mkdir()
+        run("mount", "--bind", "-o", "ro", str(repository), str(mnt / "models"))
+        log = tmp_path / "kserve.log"
+        with log.open("wb") as out:
+            proc = in_image.popen(argv, stdout=out, stderr=out)
+        server = Served(proc, log)
+        try:
+            wait_ready(server, port=8080)
+            assert proc_status(proc.pid, "Uid:") == [str(uid)] * 4
+            assert proc_status(proc.pid, "CapEff:") == ["0000000000000000"]
+            assert proc_status(proc.pid, "CapPrm:") == ["0000000000000000"]
+            import tritonclient.grpc as grpcclient
+
+            with grpcclient.InferenceServerClient("127.0.0.1:9000") as client:
+                assert client.is_server_ready()
+                data = np.arange(16, dtype=np.int32).reshape(1, 16)
+                inputs = [grpcclient.InferInput(f"INPUT{i}", [1, 16], "INT32") for i in (0, 1)]
+                for tensor in inputs:
+                    tensor.set_data_from_numpy(data)
+                np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), data * 2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, server.text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    finally:
+        subprocess.run(["umount", str(mnt / "models")], check=False, capture_output=True, timeout=60)
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True, timeout=60)
