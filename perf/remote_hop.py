@@ -3,7 +3,7 @@
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
-        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--json OUT]
+        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-protocol grpc] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from batching_gain import build_wide_mlp, repository_copy  # noqa: E402
-from side_by_side import REPOSITORY, System, clipperd, machine, measure, perf_analyzer_path, running, system  # noqa: E402
+from side_by_side import REPOSITORY, System, clipperd, free_port, machine, measure, perf_analyzer_path, running, system  # noqa: E402
 
 WIDE = "wide_mlp"
 ECHO = "identity_fp32"
@@ -49,12 +49,20 @@ backend: "remote"
 dynamic_batching {{ }}
 instance_group [ {{ kind: KIND_CPU, count: {count} }} ]
 parameters {{ key: "endpoints" value {{ string_value: "{endpoint}" }} }}
+parameters {{ key: "protocol" value {{ string_value: "{protocol}" }} }}
 """
 
 
 def pinned(spec: System, cpus: str) -> System:
     spec.command = ["taskset", "-c", cpus, *spec.command]
     return spec
+
+
+def open_http(spec: System) -> str:
+    """Opens the container's HTTP port too (for ``--front-protocol http``); its address."""
+    port = free_port()
+    spec.command[spec.command.index("--http-port") + 1] = str(port)
+    return f"127.0.0.1:{port}"
 
 
 def pinned_perf_analyzer(base: Path, cpus: str) -> Path:
@@ -80,9 +88,9 @@ def repositories(base: Path, count: int) -> dict[str, Path]:
     return repos
 
 
-def write_front(front: Path, endpoint: str, count: int) -> None:
+def write_front(front: Path, endpoint: str, count: int, protocol: str) -> None:
     for name in (WIDE, ECHO):
-        text = FRONT_CONFIG.format(name=name, endpoint=endpoint, count=count)
+        text = FRONT_CONFIG.format(name=name, endpoint=endpoint, count=count, protocol=protocol)
         (front / name / "config.pbtxt").write_text(text)
 
 
@@ -101,11 +109,13 @@ def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: 
     with running(batched, logs / "batched.log", "grpc", model=WIDE):
         run("batched_c64", batched.address, c, WIDE)
     container = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
+    http_address = open_http(container)
     with running(container, logs / "container.log", "grpc", model=WIDE):
         run("unbatched_c64", container.address, c, WIDE)
         run("container_c1", container.address, 1, WIDE)
         run("container_echo_c1", container.address, 1, ECHO)
-        write_front(repos["front"], container.address, args.front_count)
+        endpoint = http_address if args.front_protocol == "http" else container.address
+        write_front(repos["front"], endpoint, args.front_count, args.front_protocol)
         front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
         with running(front, logs / "front.log", "grpc", model=WIDE):
             run("pair_c64", front.address, c, WIDE)
@@ -134,6 +144,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000)
     parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
+    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="grpc", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
     parser.add_argument("--pa-cpus", default="0")
