@@ -46,7 +46,8 @@ WIDE = "wide_mlp"
 ECHO = "identity_fp32"
 FRONT_CONFIG = """name: "{name}"
 backend: "remote"
-dynamic_batching {{ }}
+max_batch_size: {max_batch}
+dynamic_batching {{ max_queue_delay_microseconds: {delay} }}
 instance_group [ {{ kind: KIND_CPU, count: {count} }} ]
 parameters {{ key: "endpoints" value {{ string_value: "{endpoint}" }} }}
 parameters {{ key: "protocol" value {{ string_value: "{protocol}" }} }}
@@ -88,9 +89,17 @@ def repositories(base: Path, count: int) -> dict[str, Path]:
     return repos
 
 
-def write_front(front: Path, endpoint: str, count: int, protocol: str) -> None:
+def write_front(front: Path, endpoint: str, args: argparse.Namespace) -> None:
     for name in (WIDE, ECHO):
-        text = FRONT_CONFIG.format(name=name, endpoint=endpoint, count=count, protocol=protocol)
+        wide = name == WIDE  # identity_fp32 as the container has it: the c=1 hop alone
+        text = FRONT_CONFIG.format(
+            name=name,
+            endpoint=endpoint,
+            count=args.front_count if wide else 1,
+            protocol=args.front_protocol,
+            delay=args.front_delay_us if wide else 0,
+            max_batch=args.front_max_batch if wide else 0,
+        )
         (front / name / "config.pbtxt").write_text(text)
 
 
@@ -115,7 +124,7 @@ def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: 
         run("container_c1", container.address, 1, WIDE)
         run("container_echo_c1", container.address, 1, ECHO)
         endpoint = http_address if args.front_protocol == "http" else container.address
-        write_front(repos["front"], endpoint, args.front_count, args.front_protocol)
+        write_front(repos["front"], endpoint, args)
         front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
         with running(front, logs / "front.log", "grpc", model=WIDE):
             run("pair_c64", front.address, c, WIDE)
@@ -143,8 +152,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000)
-    parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
-    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="grpc", help="front end to container")
+    parser.add_argument("--front-count", type=int, default=2, help="batches in flight from the front end")
+    parser.add_argument("--front-max-batch", type=int, default=32, help="wide_mlp's max_batch_size at the front end")
+    parser.add_argument("--front-delay-us", type=int, default=20000, help="wide_mlp's max_queue_delay at the front end")
+    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="http", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
     parser.add_argument("--pa-cpus", default="0")
