@@ -43,6 +43,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -92,22 +93,33 @@ class _Connection(asyncio.Protocol):
         if not self._parser.should_keep_alive():
             self.close()
         self._reset()
-        waiter, self._waiter = self._waiter, None
+        waiter = self._end_call()
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> asyncio.Future[Answer]:
+    def send(self, data: bytes, timeout: float) -> asyncio.Future[Answer]:
+        """The answer's future; TimeoutError (and the connection closed) after ``timeout`` s. A
+        timer handle, not asyncio.timeout: that costs several times more per call."""
         assert self.transport is not None
         assert self._waiter is None, "one call at a time"
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._timer = loop.call_later(timeout, self._fail, TimeoutError())
         self.transport.write(data)
         return self._waiter
 
+    def _end_call(self) -> asyncio.Future[Answer] | None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter, self._waiter = self._waiter, None
+        return waiter
+
     def _fail(self, error: Exception) -> None:
         self.close()
-        waiter, self._waiter = self._waiter, None
+        waiter = self._end_call()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
@@ -127,32 +139,44 @@ class H1Pool:
         self._slots = asyncio.Semaphore(limit)
         self._idle: deque[_Connection] = deque()
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: Sequence[bytes] = ()) -> Answer:
-        """One call with the body's parts (joined once, with the head); OSError when the
-        connection fails, ProtocolError for a broken answer. The caller bounds its time (a
-        cancelled call drops its connection)."""
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: Sequence[bytes], within_s: float
+    ) -> Answer:
+        """One call with the body's parts (joined once, with the head), all of it within
+        ``within_s`` (else TimeoutError; a timer, not asyncio.timeout, which costs more);
+        OSError when the connection fails, ProtocolError for a broken answer. A cancelled or
+        failed call drops its connection."""
         head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), self._authority]
         head.append(f"\r\nContent-Length: {sum(len(part) for part in body)}\r\n".encode())
         head.extend(f"{k}: {v}\r\n".encode() for k, v in headers.items())
         head.append(b"\r\n")
-        async with self._slots:
-            connection = await self._connection()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        if self._slots.locked():  # every connection busy: wait for one, within the time
+            await asyncio.wait_for(self._slots.acquire(), within_s)
+        else:
+            await self._slots.acquire()  # free: no suspension
+        try:
+            connection = await self._connection(deadline - loop.time())
             try:
-                answer = await connection.send(b"".join([*head, *body]))
+                answer = await connection.send(b"".join([*head, *body]), deadline - loop.time())
             except BaseException:
                 connection.close()
                 raise
-            if not connection.closed:
-                self._idle.append(connection)
-            return answer
+        finally:
+            self._slots.release()
+        if not connection.closed:
+            self._idle.append(connection)
+        return answer
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, within_s: float) -> _Connection:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to be stale
             if not connection.closed:
                 return connection
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(lambda: _Connection(self._max_body), self._host, self._port)
+        connect = loop.create_connection(lambda: _Connection(self._max_body), self._host, self._port)
+        _, protocol = await asyncio.wait_for(connect, within_s)
         return protocol
 
     def close(self) -> None:

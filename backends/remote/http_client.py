@@ -6,7 +6,6 @@ that may be in flight to it, and answers read up to MAX_RESPONSE_BYTES."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from urllib.parse import quote
@@ -74,8 +73,7 @@ class HttpClient:
     ) -> tuple[bytes, dict[str, str]]:
         """The body and headers (names lowercased) of a 200 answer; else the error it says."""
         try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._pool.request(method, path, headers or {}, data)
+            answer = await self._pool.request(method, path, headers or {}, data, self._timeout)
         except TimeoutError:
             raise EndpointFailure(self.endpoint, f"timed out after {self._timeout * 1000:.0f} ms") from None
         except (OSError, ProtocolError) as error:

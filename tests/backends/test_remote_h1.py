@@ -56,7 +56,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
     async with serving(ok(b"hello")) as (port, counts):
         pool = H1Pool("127.0.0.1", port, 4, 1 << 20)
         for n in range(1, 4):
-            answer = await pool.request("POST", "/v2/models/m/infer", {"X-A": "b"}, [b"bo", b"dy"])
+            answer = await pool.request("POST", "/v2/models/m/infer", {"X-A": "b"}, [b"bo", b"dy"], 5)
             assert (answer.status, answer.body, answer.headers["x-n"]) == (200, b"hello", str(n))
         assert counts == [3]
         pool.close()
@@ -65,7 +65,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
 async def test_chunked_answer() -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     async with serving(lambda n: chunked) as (port, _):
-        answer = await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/v2/health/ready", {})
+        answer = await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/v2/health/ready", {}, (), 5)
         assert answer.body == b"abcde"
 
 
@@ -73,9 +73,9 @@ async def test_body_over_the_bound_fails_and_drops_the_connection() -> None:
     async with serving(ok(b"x" * 100)) as (port, counts):
         pool = H1Pool("127.0.0.1", port, 1, 99)
         with pytest.raises(ProtocolError, match="exceeds 99"):
-            await pool.request("GET", "/", {})
+            await pool.request("GET", "/", {}, (), 5)
         pool = H1Pool("127.0.0.1", port, 1, 100)
-        assert (await pool.request("GET", "/", {})).body == b"x" * 100
+        assert (await pool.request("GET", "/", {}, (), 5)).body == b"x" * 100
         assert len(counts) == 2
 
 
@@ -83,14 +83,14 @@ async def test_headers_over_the_bound_fail() -> None:
     huge = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\nContent-Length: 0\r\n\r\n"
     async with serving(lambda n: huge) as (port, _):
         with pytest.raises(ProtocolError, match="headers exceed"):
-            await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/", {})
+            await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/", {}, (), 5)
 
 
 async def test_a_connection_the_server_closed_is_not_reused() -> None:
     async with serving(ok(b"a"), close_after=True) as (port, counts):
         pool = H1Pool("127.0.0.1", port, 1, 1 << 20)
         for _ in range(3):
-            assert (await pool.request("GET", "/", {})).body == b"a"
+            assert (await pool.request("GET", "/", {}, (), 5)).body == b"a"
             await asyncio.sleep(0.05)  # the server's close reaches the idle connection
         assert counts == [1, 1, 1]
 
@@ -100,7 +100,7 @@ async def test_connection_close_header_is_honoured() -> None:
     async with serving(reply) as (port, counts):
         pool = H1Pool("127.0.0.1", port, 1, 1 << 20)
         for _ in range(2):
-            assert (await pool.request("GET", "/", {})).body == b"z"
+            assert (await pool.request("GET", "/", {}, (), 5)).body == b"z"
         assert counts == [1, 1]
 
 
@@ -108,4 +108,19 @@ async def test_refused_connection_is_an_os_error() -> None:
     async with serving(ok(b"")) as (port, _):
         pass
     with pytest.raises(ConnectionRefusedError):
-        await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/", {})
+        await H1Pool("127.0.0.1", port, 1, 1 << 20).request("GET", "/", {}, (), 5)
+
+
+async def test_a_silent_server_times_out_and_the_connection_is_dropped() -> None:
+    never = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await never.wait()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = H1Pool("127.0.0.1", server.sockets[0].getsockname()[1], 1, 1 << 20)
+    with pytest.raises(TimeoutError):
+        await pool.request("GET", "/", {}, (), 0.1)
+    assert not pool._idle
+    never.set()
+    server.close()
