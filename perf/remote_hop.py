@@ -3,20 +3,26 @@
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
-        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-protocol grpc] [--json OUT]
+        [--container-cpus 1] [--pa-cpus 0] [--front-count 2] [--front-max-batch 32] \\
+        [--front-delay-us 20000] [--front-protocol http] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
   (batching_gain.py's config: max_batch_size 64, 50 ms max queue delay): the container's own best;
 - ``unbatched``: straight at a container serving it without dynamic batching;
-- ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over gRPC to that
-  unbatched container: the front end batches (``dynamic_batching { }``, no queue delay: the
-  rows that arrive while a batch is out go as the next one; ``--front-count`` batches in flight);
-  all three at concurrency 64, one row a request;
+- ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over
+  ``--front-protocol`` (default http: the lean client) to that unbatched container: the front
+  end batches, ``--front-count`` batches in flight (instance_group count, default 2: the
+  container computes one while the other's rows go back and return), each of at most
+  ``--front-max-batch`` rows (max_batch_size, default 32: two batches share the 64 callers)
+  formed within ``--front-delay-us`` (max_queue_delay, default 20 ms: a batch waits for its
+  returning cohort instead of leaving with its first row); all three at concurrency 64, one
+  row a request;
 - at concurrency 1, p50 of: the unbatched container straight, the pair, and the grpc.aio floor
   (perf/floor_grpc.py, identity_fp32) straight: the hop's cost (pair p50 - container p50) against
   one gRPC round trip of the floor. Also identity_fp32 through the pair and straight, where the
-  model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop.
+  model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop (the front
+  end's identity_fp32: count 1, no queue delay, the container's max_batch_size).
 
 Placement on this 2-core machine (taskset): the container on ``--container-cpus`` (its one
 instance computes with one intra-op thread), the front end and perf_analyzer on the other
