@@ -3,20 +3,26 @@
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
-        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--json OUT]
+        [--container-cpus 1] [--pa-cpus 0] [--front-count 2] [--front-max-batch 32] \\
+        [--front-delay-us 20000] [--front-protocol http] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
   (batching_gain.py's config: max_batch_size 64, 50 ms max queue delay): the container's own best;
 - ``unbatched``: straight at a container serving it without dynamic batching;
-- ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over gRPC to that
-  unbatched container: the front end batches (``dynamic_batching { }``, no queue delay: the
-  rows that arrive while a batch is out go as the next one; ``--front-count`` batches in flight);
-  all three at concurrency 64, one row a request;
+- ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over
+  ``--front-protocol`` (default http: the lean client) to that unbatched container: the front
+  end batches, ``--front-count`` batches in flight (instance_group count, default 2: the
+  container computes one while the other's rows go back and return), each of at most
+  ``--front-max-batch`` rows (max_batch_size, default 32: two batches share the 64 callers)
+  formed within ``--front-delay-us`` (max_queue_delay, default 20 ms: a batch waits for its
+  returning cohort instead of leaving with its first row); all three at concurrency 64, one
+  row a request;
 - at concurrency 1, p50 of: the unbatched container straight, the pair, and the grpc.aio floor
   (perf/floor_grpc.py, identity_fp32) straight: the hop's cost (pair p50 - container p50) against
   one gRPC round trip of the floor. Also identity_fp32 through the pair and straight, where the
-  model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop.
+  model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop (the front
+  end's identity_fp32: count 1, no queue delay, the container's max_batch_size).
 
 Placement on this 2-core machine (taskset): the container on ``--container-cpus`` (its one
 instance computes with one intra-op thread), the front end and perf_analyzer on the other
@@ -40,21 +46,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from batching_gain import build_wide_mlp, repository_copy  # noqa: E402
-from side_by_side import REPOSITORY, System, clipperd, machine, measure, perf_analyzer_path, running, system  # noqa: E402
+from side_by_side import REPOSITORY, System, clipperd, free_port, machine, measure, perf_analyzer_path, running, system  # noqa: E402
 
 WIDE = "wide_mlp"
 ECHO = "identity_fp32"
 FRONT_CONFIG = """name: "{name}"
 backend: "remote"
-dynamic_batching {{ }}
+max_batch_size: {max_batch}
+dynamic_batching {{ max_queue_delay_microseconds: {delay} }}
 instance_group [ {{ kind: KIND_CPU, count: {count} }} ]
 parameters {{ key: "endpoints" value {{ string_value: "{endpoint}" }} }}
+parameters {{ key: "protocol" value {{ string_value: "{protocol}" }} }}
 """
 
 
 def pinned(spec: System, cpus: str) -> System:
     spec.command = ["taskset", "-c", cpus, *spec.command]
     return spec
+
+
+def open_http(spec: System) -> str:
+    """Opens the container's HTTP port too (for ``--front-protocol http``); its address."""
+    port = free_port()
+    spec.command[spec.command.index("--http-port") + 1] = str(port)
+    return f"127.0.0.1:{port}"
 
 
 def pinned_perf_analyzer(base: Path, cpus: str) -> Path:
@@ -80,9 +95,17 @@ def repositories(base: Path, count: int) -> dict[str, Path]:
     return repos
 
 
-def write_front(front: Path, endpoint: str, count: int) -> None:
+def write_front(front: Path, endpoint: str, args: argparse.Namespace) -> None:
     for name in (WIDE, ECHO):
-        text = FRONT_CONFIG.format(name=name, endpoint=endpoint, count=count)
+        wide = name == WIDE  # identity_fp32 as the container has it: the c=1 hop alone
+        text = FRONT_CONFIG.format(
+            name=name,
+            endpoint=endpoint,
+            count=args.front_count if wide else 1,
+            protocol=args.front_protocol,
+            delay=args.front_delay_us if wide else 0,
+            max_batch=args.front_max_batch if wide else 0,
+        )
         (front / name / "config.pbtxt").write_text(text)
 
 
@@ -101,11 +124,13 @@ def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: 
     with running(batched, logs / "batched.log", "grpc", model=WIDE):
         run("batched_c64", batched.address, c, WIDE)
     container = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
+    http_address = open_http(container)
     with running(container, logs / "container.log", "grpc", model=WIDE):
         run("unbatched_c64", container.address, c, WIDE)
         run("container_c1", container.address, 1, WIDE)
         run("container_echo_c1", container.address, 1, ECHO)
-        write_front(repos["front"], container.address, args.front_count)
+        endpoint = http_address if args.front_protocol == "http" else container.address
+        write_front(repos["front"], endpoint, args)
         front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
         with running(front, logs / "front.log", "grpc", model=WIDE):
             run("pair_c64", front.address, c, WIDE)
@@ -133,7 +158,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000)
-    parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
+    parser.add_argument("--front-count", type=int, default=2, help="batches in flight from the front end")
+    parser.add_argument("--front-max-batch", type=int, default=32, help="wide_mlp's max_batch_size at the front end")
+    parser.add_argument("--front-delay-us", type=int, default=20000, help="wide_mlp's max_queue_delay at the front end")
+    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="http", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
     parser.add_argument("--pa-cpus", default="0")

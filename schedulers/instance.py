@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import queue
 import threading
@@ -82,10 +81,10 @@ class ModelInstance:
         returning, for an instance on the loop)."""
         if self.asynchronous:
             assert self._backend is not None
-            task = loop.create_task(job(self._backend))
+            # done() at the end of the task itself: a done-callback would cost one more turn
+            task = loop.create_task(_run_async(job, self._backend, done))
             self._tasks.add(task)  # the loop holds tasks weakly
             task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(functools.partial(_task_done, done))
         elif self.on_loop:
             assert self._backend is not None
             done(*_call(job, self._backend))
@@ -162,18 +161,22 @@ def _call(job: Job, backend: Backend) -> tuple[Any, BaseException | None]:
         return None, ModelExecutionError(f"model instance {backend.context.instance_name} failed: {exc!r}")
 
 
-def _task_done(done: Done, task: asyncio.Task[Any]) -> None:
-    """An asynchronous job's result (or error) to its ``done``, as a thread's would be."""
-    if task.cancelled():
+async def _run_async(job: Job, backend: Backend, done: Done) -> None:
+    """An asynchronous job, its result (or error) to its ``done`` as a thread's would be. Only
+    the loop's own shutdown cancels these tasks (nobody is left to answer then)."""
+    try:
+        result = await job(backend)
+    except asyncio.CancelledError:
         done(None, Unavailable("the execution was cancelled"))
-        return
-    error = task.exception()
-    if error is None:
-        done(task.result(), None)
-    elif isinstance(error, Exception):
-        done(None, error)
+        raise
+    except Exception as exc:  # every failure goes back to the batch's requests
+        done(None, exc)
+    except BaseException as exc:
+        done(None, ModelExecutionError(f"execution failed: {exc!r}"))
+        if isinstance(exc, KeyboardInterrupt):
+            raise
     else:
-        done(None, ModelExecutionError(f"execution failed: {error!r}"))
+        done(result, None)
 
 
 def _unload(backend: Backend, name: str) -> None:

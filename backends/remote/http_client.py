@@ -1,25 +1,25 @@
-"""A KServe v2 HTTP/REST client on aiohttp, with Triton's binary tensor extension (inputs and
-outputs as raw bytes after a JSON header) where the server lists it among its extensions (server
-metadata, asked once, at the first health check), else all-JSON bodies (MLServer): one
-connection pool per endpoint, bounded to the calls that may be in flight to it, and answers
-read up to MAX_RESPONSE_BYTES."""
+"""A KServe v2 HTTP/REST client on lean HTTP/1.1 connections (backends/remote/h1.py), with
+Triton's binary tensor extension (inputs and outputs as raw bytes after a JSON header) where
+the server lists it among its extensions (server metadata, asked once, at the first health
+check), else all-JSON bodies (MLServer): one connection pool per endpoint, bounded to the calls
+that may be in flight to it, and answers read up to MAX_RESPONSE_BYTES."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from urllib.parse import quote
-
-import aiohttp
 
 from backends.common.tensors import Tensors
 from backends.remote.client import CallSpec
 from backends.remote.errors import EndpointFailure, http_model_error
+from backends.remote.h1 import H1Pool, ProtocolError
 from backends.remote.settings import MAX_RESPONSE_BYTES
 from backends.remote.wire import BadAnswer, http_json_request, http_outputs, http_request
 
 _HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH_KEY = _HEADER_LENGTH.lower()
 _ENDPOINT_STATUSES = frozenset({502, 503, 504})  # the server (or a proxy before it) cannot answer now
-_CHUNK = 1 << 20
 _BINARY_EXTENSION = "binary_tensor_data"  # Triton's name for it in the server metadata
 
 
@@ -31,31 +31,23 @@ class HttpClient:
         model = f"/v2/models/{quote(settings.remote_model, safe='')}"
         if settings.remote_version:
             model += f"/versions/{settings.remote_version}"
-        self._base = f"http://{endpoint}"
+        self._infer_path = f"{model}/infer"
         self._model = model
         self._timeout = settings.timeout_s
-        self._session: aiohttp.ClientSession | None = None
+        host, _, port = endpoint.rpartition(":")
+        self._pool = H1Pool(host.strip("[]"), int(port), spec.connections, MAX_RESPONSE_BYTES)
         self._binary: bool | None = None  # the server takes binary tensors; None: not asked yet
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The session, made on first use (it belongs to the running event loop)."""
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._spec.connections, enable_cleanup_closed=True)
-            timeout = aiohttp.ClientTimeout(total=self._timeout)
-            self._session = aiohttp.ClientSession(self._base, connector=connector, timeout=timeout)
-        return self._session
 
     async def infer(self, inputs: Tensors) -> Tensors:
         spec = self._spec
         if self._binary is False:
-            data = http_json_request(inputs, spec.input_types, spec.outputs)
+            data = [http_json_request(inputs, spec.input_types, spec.outputs)]
             headers = {"Content-Type": "application/json"}
         else:
-            parts, header_length = http_request(inputs, spec.input_types, spec.outputs)
-            data = b"".join(parts)
+            data, header_length = http_request(inputs, spec.input_types, spec.outputs)
             headers = {_HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
-        body, answer_headers = await self._request("POST", f"{self._model}/infer", data, headers)
-        length = answer_headers.get(_HEADER_LENGTH)
+        body, answer_headers = await self._request("POST", self._infer_path, data, headers)
+        length = answer_headers.get(_HEADER_LENGTH_KEY)
         try:
             header_length_in = int(length) if length is not None else None
             return http_outputs(body, header_length_in)
@@ -77,39 +69,24 @@ class HttpClient:
         return isinstance(extensions, list) and _BINARY_EXTENSION in extensions
 
     async def _request(
-        self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+        self, method: str, path: str, data: Sequence[bytes] = (), headers: dict[str, str] | None = None
     ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers (names lowercased) of a 200 answer; else the error it says."""
         try:
-            async with self._client().request(method, path, data=data, headers=headers) as response:
-                body = await _bounded_body(response)
-                if response.status == 200:
-                    return body, dict(response.headers)
-                message = _error_message(body, response.status)
-                if response.status in _ENDPOINT_STATUSES:
-                    raise EndpointFailure(self.endpoint, f"HTTP {response.status}: {message}")
-                raise http_model_error(response.status, message)
+            answer = await self._pool.request(method, path, headers or {}, data, self._timeout)
         except TimeoutError:
             raise EndpointFailure(self.endpoint, f"timed out after {self._timeout * 1000:.0f} ms") from None
-        except aiohttp.ClientError as error:
+        except (OSError, ProtocolError) as error:
             raise EndpointFailure(self.endpoint, f"{type(error).__name__}: {error}") from None
+        if answer.status == 200:
+            return answer.body, answer.headers
+        message = _error_message(answer.body, answer.status)
+        if answer.status in _ENDPOINT_STATUSES:
+            raise EndpointFailure(self.endpoint, f"HTTP {answer.status}: {message}")
+        raise http_model_error(answer.status, message)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or EndpointFailure-worthy BadAnswer past MAX_RESPONSE_BYTES."""
-    if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
-        raise aiohttp.ClientPayloadError(f"an answer of {response.content_length} bytes exceeds {MAX_RESPONSE_BYTES}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise aiohttp.ClientPayloadError(f"an answer exceeds {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        self._pool.close()
 
 
 def _error_message(body: bytes, status: int) -> str:
