@@ -74,7 +74,12 @@ def _infer(config: mc.ModelConfig, version_path: Path | None) -> str:
         return _SUFFIXES.get(Path(config.default_model_filename).suffix, "")
     if version_path is None:
         return ""
-    found = [name for name, cls in BACKENDS.items() if (version_path / cls.default_filename).exists()]
+    # a backend without a model file (remote) is never inferred: only named
+    found = [
+        name
+        for name, cls in BACKENDS.items()
+        if cls.default_filename and (version_path / cls.default_filename).exists()
+    ]
     return found[0] if len(found) == 1 else ""
 
 
