@@ -50,7 +50,9 @@ async def build_scheduler(
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
-        return EnsembleScheduler(plan_ensemble(config, steps), steps, ModelStats())
+        # off the loop: a step's config may be completed over the network (a remote model)
+        plan = await asyncio.to_thread(plan_ensemble, config, steps)
+        return EnsembleScheduler(plan, steps, ModelStats())
     backend_class = backend_class or registry.backend_class(config, version_path)
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
