@@ -47,6 +47,22 @@ BY_WIRE: dict[str, DataType] = {d.wire: d for d in _ALL}
 BY_CONFIG: dict[str, DataType] = {d.config: d for d in _ALL}
 BYTES = BY_WIRE["BYTES"]
 
+# KServe v2 gRPC: the typed-contents field that carries each data type (FP16 and BF16 travel raw only)
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
 
 def from_wire(name: str) -> DataType:
     try:

@@ -15,26 +15,10 @@ from typing import Any
 import numpy as np
 
 from backends.common import datatypes
-from backends.common.datatypes import DataType
+from backends.common.datatypes import CONTENTS_FIELD, DataType
 from backends.common.errors import ClipperdError, InternalError, InvalidArgument
 from backends.common.tensors import Tensors, array_from_raw, array_from_values, array_to_raw, bytes_array_from_list
 from backends.proto import grpc_service_pb2 as pb
-
-# gRPC typed contents, for servers that answer with them instead of raw bytes (by wire type)
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class BadAnswer(InternalError):
@@ -48,12 +32,12 @@ def grpc_request(
     # raw and typed contents cannot mix in one request: typed for all when one input is BYTES
     # (and every input has a typed field: FP16 and BF16 travel raw only)
     wires = [types[name].wire for name in inputs]
-    typed = "BYTES" in wires and all(w in _CONTENTS for w in wires)
+    typed = "BYTES" in wires and all(w in CONTENTS_FIELD for w in wires)
     for name, array in inputs.items():
         dtype = types[name]
         tensor = request.inputs.add(name=name, datatype=dtype.wire, shape=array.shape)
         if typed:
-            getattr(tensor.contents, _CONTENTS[dtype.wire]).extend(_values(array, dtype))
+            getattr(tensor.contents, CONTENTS_FIELD[dtype.wire]).extend(_values(array, dtype))
         else:
             request.raw_input_contents.append(array_to_raw(array, dtype))
     for name in outputs:
@@ -89,7 +73,7 @@ def grpc_outputs(response: pb.ModelInferResponse) -> Tensors:
 
 
 def _from_contents(tensor: pb.ModelInferResponse.InferOutputTensor, dtype: DataType, shape: list[int]) -> np.ndarray:
-    field = _CONTENTS.get(dtype.wire)
+    field = CONTENTS_FIELD.get(dtype.wire)
     if field is None:
         raise BadAnswer(f"output '{tensor.name[:64]}' of type {dtype.wire} came without raw contents")
     values = getattr(tensor.contents, field)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from backends.common import datatypes
-from backends.common.datatypes import DataType
+from backends.common.datatypes import CONTENTS_FIELD, DataType
 from backends.common.errors import InvalidArgument
 from backends.common.tensors import (
     array_from_raw,
@@ -19,21 +19,6 @@ from server.core.messages import InferRequest, InferResponse, InputTensor, Param
 from server.core.shared_memory import SHM_PLACEHOLDER, SHM_REGION
 from server.proto import grpc_service_pb2 as pb
 
-# the typed-contents field that carries each data type (FP16 and BF16 travel raw only)
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 _ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
 
 

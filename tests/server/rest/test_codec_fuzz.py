@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from backends.common import datatypes
+from backends.common.datatypes import CONTENTS_FIELD
 from backends.common.errors import ClipperdError, InvalidArgument
 from backends.common.tensors import (
     array_from_raw,
@@ -27,7 +28,7 @@ from backends.common.tensors import (
     serialize_bytes,
 )
 from server.core.messages import InferRequest
-from server.grpc.codec import CONTENTS_FIELD, decode_request
+from server.grpc.codec import decode_request
 from server.proto import grpc_service_pb2 as pb
 
 INT64_MAX = 2**63 - 1
