@@ -1,9 +1,9 @@
 """Other KServe v2 servers as real processes on 127.0.0.1, for tests that put a clipperd front end
 in front of them: NVIDIA Triton's own ``tritonserver`` (the binary inside the PyTriton wheel,
 with its Python backend) serving tests/peers/triton/, and Seldon MLServer 1.7.1 serving
-tests/peers/mlserver/. Both live in the virtual environments that perf/install_peers.sh makes
-(``make test`` runs it) under $CLIPPERD_BENCH_HOME (default ~/.cache/clipperd-bench); a test
-fails, not skips, when they are missing."""
+tests/peers/mlserver/, each with perf/peers' identity_fp32 too. Both live in the virtual
+environments that perf/install_peers.sh makes (``make test`` runs it) under
+$CLIPPERD_BENCH_HOME (default ~/.cache/clipperd-bench); a test fails, not skips, when they are missing."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import grpc
 from tests.serverproc import ROOT, free_port, refuse_in_fast_run
 
 PEERS = ROOT / "tests" / "peers"
+PERF_PEERS = ROOT / "perf" / "peers"
 BENCH_HOME = Path(os.environ.get("CLIPPERD_BENCH_HOME", Path.home() / ".cache" / "clipperd-bench"))
 READY_TIMEOUT_S = 180.0  # tritonserver's Python-backend stubs take seconds each on a busy 2-core machine
 
@@ -87,23 +88,32 @@ class PeerProcess:
 
 
 def start_tritonserver(workdir: Path, log_dir: Path) -> PeerProcess:
-    """tritonserver serving tests/peers/triton/ (perf/peers/tritonserver/serve_tritonserver.py
-    makes its workspace: the Python backend and the stub for the environment's Python)."""
+    """tritonserver serving tests/peers/triton/ and perf/peers' identity_fp32
+    (perf/peers/tritonserver/serve_tritonserver.py makes its workspace: the Python backend and
+    the stub for the environment's Python)."""
     python = peer_python("pytriton")
     peer = PeerProcess("tritonserver", log_dir, free_port(), free_port())
     launcher = ROOT / "perf" / "peers" / "tritonserver" / "serve_tritonserver.py"
-    command = [str(python), str(launcher), "--repository", str(PEERS / "triton"), "--workspace", str(workdir)]
+    repository = _models(workdir / "triton", PEERS / "triton", PERF_PEERS / "tritonserver" / "repo" / "identity_fp32")
+    command = [str(python), str(launcher), "--repository", str(repository), "--workspace", str(workdir)]
     command += ["--grpc-port", peer.url.rsplit(":", 1)[1], "--http-port", peer.http_url.rsplit(":", 1)[1]]
-    return peer.start(command, models=sorted(p.name for p in (PEERS / "triton").iterdir() if p.is_dir()))
+    return peer.start(command, models=sorted(p.name for p in repository.iterdir() if p.is_dir()))
+
+
+def _models(folder: Path, own: Path, identity: Path) -> Path:
+    """``folder`` with the tests' own peer models and the benchmarks' identity_fp32 (one copy of it)."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(own, folder, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(identity, folder / "identity_fp32", ignore=ignore, dirs_exist_ok=True)
+    return folder
 
 
 def start_mlserver(workdir: Path, log_dir: Path) -> PeerProcess:
-    """``mlserver start`` on a copy of tests/peers/mlserver/ with fresh ports in its settings.json
-    (no worker processes: the models run in MLServer's own process)."""
+    """``mlserver start`` on a copy of tests/peers/mlserver/ and perf/peers' identity_fp32, with
+    fresh ports in its settings.json (no worker processes: the models run in MLServer's own process)."""
     python = peer_python("mlserver")
     peer = PeerProcess("mlserver", log_dir, free_port(), free_port())
-    folder = workdir / "mlserver"
-    shutil.copytree(PEERS / "mlserver", folder, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    folder = _models(workdir / "mlserver", PEERS / "mlserver", PERF_PEERS / "mlserver_identity" / "identity_fp32")
     settings = {
         "host": "127.0.0.1",
         "grpc_port": int(peer.url.rsplit(":", 1)[1]),
