@@ -46,7 +46,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from batching_gain import build_wide_mlp, repository_copy  # noqa: E402
-from side_by_side import REPOSITORY, System, clipperd, free_port, machine, measure, perf_analyzer_path, running, system  # noqa: E402
+from side_by_side import (  # noqa: E402
+    REPOSITORY,
+    System,
+    clipperd,
+    free_port,
+    machine,
+    measure,
+    perf_analyzer_path,
+    pinned,
+    pinned_perf_analyzer,
+    running,
+    system,
+)
 
 WIDE = "wide_mlp"
 ECHO = "identity_fp32"
@@ -60,24 +72,11 @@ parameters {{ key: "protocol" value {{ string_value: "{protocol}" }} }}
 """
 
 
-def pinned(spec: System, cpus: str) -> System:
-    spec.command = ["taskset", "-c", cpus, *spec.command]
-    return spec
-
-
 def open_http(spec: System) -> str:
     """Opens the container's HTTP port too (for ``--front-protocol http``); its address."""
     port = free_port()
     spec.command[spec.command.index("--http-port") + 1] = str(port)
     return f"127.0.0.1:{port}"
-
-
-def pinned_perf_analyzer(base: Path, cpus: str) -> Path:
-    """perf_analyzer behind taskset: a wrapper script, since side_by_side.measure runs a path."""
-    wrapper = base / "perf_analyzer"
-    wrapper.write_text(f'#!/bin/sh\nexec taskset -c {cpus} {perf_analyzer_path(None)} "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper
 
 
 def repositories(base: Path, count: int) -> dict[str, Path]:
@@ -169,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="remote-hop-"))
     repos = repositories(base, args.front_count)
-    pa = pinned_perf_analyzer(base, args.pa_cpus)
+    pa = pinned_perf_analyzer(perf_analyzer_path(None), base, args.pa_cpus)
     rounds = []
     for n in range(args.repeat):
         print(f"round {n + 1}", flush=True)

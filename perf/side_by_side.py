@@ -2,7 +2,7 @@
 
     .venv/bin/python perf/side_by_side.py [--protocol grpc|http|grpc,http] [--concurrency 1,8] [--repeat 3]
         [--measurement-interval 3000] [--systems clipperd,clipperd-grpcio,floor,tritonserver,pytriton,mlserver]
-        [--baseline REV] [--json OUT.json]
+        [--baseline REV] [--server-cpus 1 --pa-cpus 0] [--json OUT.json]
 
 Every system serves the same model, identity_fp32 (FP32 INPUT0 -> OUTPUT0, dims [-1, 16],
 max_batch_size 64), over KServe v2 gRPC (or HTTP/REST with --protocol http, binary tensors as
@@ -40,7 +40,11 @@ round, and the table shows per (system, concurrency) the median of the rounds' i
 p99 (with the lowest and highest infer/s): single runs here vary by 20 % or more. The ratio
 columns compare clipperd with each row: infer/s ours/this (above 1: we are faster) and p50
 ours/this (below 1: we answer sooner). The project's targets follow the table. With
---protocol grpc,http each round measures both protocols, one after the other."""
+--protocol grpc,http each round measures both protocols, one after the other.
+
+With --server-cpus and --pa-cpus (taskset lists) every server runs on its cores and
+perf_analyzer on its own. On the 2-core VM neither placement settled HTTP c=8, whose runs land
+near 10,000 or near 5,000 infer/s for either commit alike (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -304,6 +308,23 @@ def running(spec: System, log: Path, protocol: str, model: str = MODEL) -> Itera
             time.sleep(0.25)
 
 
+def pinned(spec: System, cpus: str | None) -> System:
+    """The system started under ``taskset -c cpus`` (unchanged when cpus is None)."""
+    if cpus:
+        spec.command = ["taskset", "-c", cpus, *spec.command]
+    return spec
+
+
+def pinned_perf_analyzer(pa: Path, base: Path, cpus: str | None) -> Path:
+    """perf_analyzer behind taskset (a wrapper script in ``base``, since measure runs a path)."""
+    if not cpus:
+        return pa
+    wrapper = base / "perf_analyzer"
+    wrapper.write_text(f'#!/bin/sh\nexec taskset -c {cpus} {pa} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def perf_analyzer_path(given: str | None) -> Path:
     configured = given or os.environ.get("CLIPPERD_PERF_ANALYZER")
     return Path(configured) if configured else ROOT / ".tools" / "pa" / "bin" / "perf_analyzer"
@@ -353,9 +374,9 @@ def run_round(
     ``args.protocol``) and stopped."""
     protocol = protocol or args.protocol
     rows: list[dict[str, Any]] = []
-    pa = perf_analyzer_path(args.perf_analyzer)
+    pa = pinned_perf_analyzer(perf_analyzer_path(args.perf_analyzer), workspace, args.pa_cpus)
     for name in names:
-        spec = system(name, protocol, found, args.model_repository)
+        spec = pinned(system(name, protocol, found, args.model_repository), args.server_cpus)
         stem = f"{name.replace('/', '_')}-{protocol}"  # a revision may hold a slash (origin/main)
         log = workspace / f"{stem}-round{round_no}.log"
         tag = {"system": name, "protocol": protocol, "round": round_no}
@@ -492,6 +513,8 @@ def parse_args() -> argparse.Namespace:
         default=25,
         help="perf_analyzer's: three windows in a row within this much of each other",
     )
+    parser.add_argument("--server-cpus", help="taskset CPU list every server runs on (e.g. 1)")
+    parser.add_argument("--pa-cpus", help="taskset CPU list perf_analyzer runs on (e.g. 0)")
     args = parse_round_args(parser, SYSTEMS, repeat=1)
     args.model_repository = args.model_repository.resolve()  # the servers of other checkouts run elsewhere
     args.protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
@@ -617,6 +640,7 @@ def main() -> None:
             "machine_after": machine(),
             "measurement_interval_ms": args.measurement_interval,
             "repeat": args.repeat,
+            "placement": {"server_cpus": args.server_cpus, "pa_cpus": args.pa_cpus},
             "checkouts": {
                 rev: {"commit": c.commit, "path": str(c.path), "package": c.package} for rev, c in found.items()
             },
