@@ -119,6 +119,7 @@ class SequenceScheduler:
         corrid = [c for c in settings.controls if c.kind == CORRID]
         # an integer id fills a string CORRID as its digits; a string one cannot fill an integer CORRID
         self._int_corrid = bool(corrid) and corrid[0].dtype.kind not in "OSU"
+        self._corrid_range = np.iinfo(corrid[0].dtype) if self._int_corrid else None
 
     # -- what the server sees --------------------------------------------------------------------
 
@@ -205,6 +206,11 @@ class SequenceScheduler:
             )
         if isinstance(corrid, str) and self._int_corrid:
             raise InvalidArgument(f"model '{name}' takes integer correlation IDs (its CORRID control), got a string")
+        bounds = self._corrid_range
+        if bounds is not None and isinstance(corrid, int) and not bounds.min <= corrid <= bounds.max:
+            raise InvalidArgument(
+                f"correlation ID {corrid} does not fit model '{name}''s CORRID control ({bounds.dtype})"
+            )
 
     def _not_started(self, corrid: CorrId) -> str:
         name = self.config.name
@@ -279,8 +285,12 @@ class SequenceScheduler:
         if wait_ns > 0:
             lane.timer = asyncio.get_running_loop().call_later(wait_ns / 1e9, self._dispatch, lane)
             return
-        positions = self._positions(lane, ready)
-        self._submit(lane, positions)
+        rows = self._positions(lane, ready)
+        try:
+            self._submit(lane, rows)
+        except Exception as error:  # e.g. a request whose inputs cannot be padded: fail its batch, not the loop
+            log.exception("model '%s': a sequence batch could not be formed", self.config.name)
+            self._done(lane, rows, None, error)
 
     def _wait_ns(self, lane: Lane, ready: list[int]) -> int:
         """How long to wait for a fuller batch (0: go now)."""

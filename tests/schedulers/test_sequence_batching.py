@@ -28,6 +28,7 @@ pytestmark = pytest.mark.timeout(300)
 EXAMPLES = ROOT / "examples" / "triton"
 DIRECT, OLDEST = "seq_accumulate_direct", "seq_accumulate_oldest"
 IDLE = "seq_accumulate_idle"  # the direct accumulator with a 200 ms idle limit
+LONG = "seq_accumulate_long"  # and with a 10 min one: its sequences hold their slots
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("sequences")
     for name in (DIRECT, OLDEST):
         shutil.copytree(EXAMPLES / name, repo / name)
-    shutil.copytree(EXAMPLES / DIRECT, repo / IDLE)
-    config = (repo / IDLE / "config.pbtxt").read_text().replace(DIRECT, IDLE)
-    config = config.replace("max_sequence_idle_microseconds: 5000000", "max_sequence_idle_microseconds: 200000")
-    (repo / IDLE / "config.pbtxt").write_text(config)
+    for name, idle_us in ((IDLE, 200_000), (LONG, 600_000_000)):
+        shutil.copytree(EXAMPLES / DIRECT, repo / name)
+        config = (repo / name / "config.pbtxt").read_text().replace(DIRECT, name)
+        config = config.replace("max_sequence_idle_microseconds: 5000000", f"max_sequence_idle_microseconds: {idle_us}")
+        (repo / name / "config.pbtxt").write_text(config)
     shutil.copytree(ROOT / "model_repository" / "identity_fp32", repo / "identity_fp32")
     return repo
 
@@ -270,3 +272,28 @@ def test_unload_ends_sequences_with_unavailable(server: ServerProcess) -> None:
         error = _error(lambda: step(client, IDLE, 1, 888))  # the new version does not know it
         assert str(error.status()) == "StatusCode.INVALID_ARGUMENT"
         assert step(client, IDLE, 3, 888, start=True, end=True) == 3
+
+
+def test_unload_fails_the_requests_waiting_for_a_slot(server: ServerProcess) -> None:
+    """LONG has 8 slots (2 instances x 4): 8 open sequences hold them, a 9th waits in the backlog
+    until the model is unloaded, which answers it UNAVAILABLE."""
+    with grpcclient.InferenceServerClient(server.url) as client:
+        for seq in range(1, 9):
+            assert step(client, LONG, seq, seq, start=True) == seq
+        assert model_metric(server, "clipperd_sequences_active", LONG) == 8
+        outcome: list[InferenceServerException] = []
+
+        def ninth() -> None:
+            with grpcclient.InferenceServerClient(server.url) as own:
+                outcome.append(_error(lambda: step(own, LONG, 9, 9, start=True)))
+
+        waiter = threading.Thread(target=ninth)
+        waiter.start()
+        wait_until(lambda: model_metric(server, "clipperd_sequence_backlog", LONG) == 1, "the 9th sequence waits")
+        client.unload_model(LONG)
+        waiter.join(timeout=60)
+        assert outcome, "the waiting request was not answered"
+        assert str(outcome[0].status()) == "StatusCode.UNAVAILABLE"
+        assert "unloading" in str(outcome[0].message())
+        client.load_model(LONG)
+        assert run_sequence(client, LONG, 1, [5, 6]) == [5, 11]  # the new version starts afresh
