@@ -139,9 +139,16 @@ def test_a_thousand_concurrent_sequences(server: ServerProcess, model: str) -> N
         finally:
             await asyncio.gather(*(c.close() for c in clients))
 
-    results = asyncio.run(main())
+    with grpcclient.InferenceServerClient(server.url) as client:
+        before = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        results = asyncio.run(main())
+        after = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     for seq, sums in zip(range(10_000, 11_000), results, strict=True):
         assert sums == list(np.cumsum([seq + k for k in range(5)])), seq
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 5000
+    assert executions < inferences  # sequences shared batches (of 5,000 requests, surely some)
 
 
 def _error(call: object) -> InferenceServerException:

@@ -20,7 +20,9 @@ from tests.serverproc import ROOT, ServerProcess, running
 
 pytestmark = pytest.mark.timeout(300)
 
-MODELS = ("seq_state_onnx", "seq_state_torch")
+EXAMPLES = ("seq_state_onnx", "seq_state_torch")
+UTIL = "seq_state_torch_util"  # the PyTorch one waiting for half its slots (up to 2 ms) before a batch
+MODELS = (*EXAMPLES, UTIL)
 
 
 def _build_script() -> ModuleType:
@@ -37,10 +39,14 @@ def _build_script() -> ModuleType:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("state")
-    for name in MODELS:
+    for name in EXAMPLES:
         (repo / name).mkdir()
         shutil.copy(ROOT / "examples" / "triton" / name / "config.pbtxt", repo / name / "config.pbtxt")
     _build_script().build(repo)
+    shutil.copytree(repo / "seq_state_torch", repo / UTIL)
+    config = (repo / UTIL / "config.pbtxt").read_text().replace('"seq_state_torch"', f'"{UTIL}"')
+    config = config.replace("direct { }", "direct { minimum_slot_utilization: 0.5 max_queue_delay_microseconds: 2000 }")
+    (repo / UTIL / "config.pbtxt").write_text(config)
     with running(repo, log_dir=logs_dir) as started:
         yield started
         assert started.is_running(), started.log()
