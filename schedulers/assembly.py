@@ -17,6 +17,7 @@ from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
 from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
+from backends.common.outputs import output_specs
 from backends.common.parameters import Parameters
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
@@ -26,6 +27,8 @@ from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.protocol import Scheduler
 from schedulers.remote import build_remote_scheduler
 from schedulers.scheduler import ModelScheduler
+from schedulers.sequence import SequenceScheduler
+from schedulers.sequence_config import SequenceSettings, backend_config
 from schedulers.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -56,14 +59,34 @@ async def build_scheduler(
     backend_class = backend_class or registry.backend_class(config, version_path)
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
+    if config.HasField("sequence_batching"):
+        return await _sequence_scheduler(config, version, version_path, backend_class)
     placed = instance_devices(config, backend_class)
     instances = _instances(config, version, version_path, backend_class, placed)
+    await _start(config, version, instances)
+    return ModelScheduler(config, instances, ModelStats(), [device.name for _, device in placed])
+
+
+async def _sequence_scheduler(
+    config: mc.ModelConfig, version: int, version_path: Path, backend_class: type[Backend]
+) -> SequenceScheduler:
+    """A stateful model's sequence batcher: its backends load a config that names the control
+    and state tensors as inputs and outputs (schedulers/sequence_config.py)."""
+    settings = SequenceSettings.of(config, version_path.parent)
+    extended = backend_config(config, settings)
+    placed = instance_devices(extended, backend_class)
+    instances = _instances(extended, version, version_path, backend_class, placed)
+    await _start(config, version, instances)
+    return SequenceScheduler(config, settings, instances, ModelStats(), output_specs(extended))
+
+
+async def _start(config: mc.ModelConfig, version: int, instances: list[ModelInstance]) -> None:
+    """Starts every instance, or none: the first failure stops the others and is raised."""
     results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         await asyncio.gather(*(w.stop() for w in instances))
         raise _load_error(config.name, version, errors[0])
-    return ModelScheduler(config, instances, ModelStats(), [device.name for _, device in placed])
 
 
 def _instances(

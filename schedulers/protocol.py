@@ -27,6 +27,17 @@ class DeviceStatistics:
     depth: float  # requests queued or executing, per instance
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceStatistics:
+    """A sequence scheduler's counters, as the metrics endpoint exports them."""
+
+    active: int  # sequences holding a slot
+    backlog: int  # sequences waiting for one
+    started: int  # requests with sequence_start accepted
+    ended: int  # sequences ended by a request with sequence_end
+    expired: int  # sequences freed for being idle
+
+
 class Scheduler(Protocol):
     """One model version's scheduler."""
 
@@ -50,6 +61,17 @@ class Scheduler(Protocol):
 
     async def close(self) -> None:
         """Stops taking requests, lets the admitted ones finish, releases the instances."""
+
+
+@runtime_checkable
+class SequenceScheduling(Protocol):
+    """A scheduler of sequences (schedulers/sequence.py): requests that carry a correlation id."""
+
+    async def execute_sequence(
+        self, inputs: Tensors, batch_size: int, corrid: int | str, start: bool, end: bool
+    ) -> Tensors: ...
+
+    def sequence_statistics(self) -> SequenceStatistics: ...
 
 
 @runtime_checkable

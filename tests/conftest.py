@@ -22,6 +22,7 @@ FAST = {
     "tests/schedulers/test_applications_selection.py",
     "tests/schedulers/test_assembly.py",
     "tests/schedulers/test_scheduler.py",
+    "tests/schedulers/test_sequence_config.py",
     "tests/server/applications/test_default_store.py",
     "tests/server/grpc/test_proto_compat.py",
     "tests/server/rest/test_codec_fuzz.py",

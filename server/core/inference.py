@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from backends.base import Tensors
+from schedulers.protocol import SequenceScheduling
 from server.core.messages import Params
 
 if TYPE_CHECKING:
@@ -79,6 +80,18 @@ def _in_sequence(parameters: Params) -> bool:
     return bool(parameters.get("sequence_id")) or "sequence_start" in parameters or "sequence_end" in parameters
 
 
+async def _execute_in_sequence(model: ModelVersion, inputs: Tensors, batch: int, params: Params) -> Tensors:
+    """A request that carries sequence parameters: its model's sequence batcher runs it in its
+    sequence's order. A model without one ignores them, as Triton's dynamic batcher does."""
+    scheduler = model.scheduler
+    if not isinstance(scheduler, SequenceScheduling):
+        return await scheduler.execute(inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0)))
+    corrid = params.get("sequence_id", 0)
+    assert isinstance(corrid, int | str)  # validation checked its type
+    start, end = bool(params.get("sequence_start", False)), bool(params.get("sequence_end", False))
+    return await scheduler.execute_sequence(inputs, batch, corrid, start, end)
+
+
 def _probe(model: ModelVersion, call: Call[object]) -> CacheProbe | None:
     """The cache lookup, keyed by the inputs as the request carried them (before any reshape)."""
     params = call.parameters
@@ -101,9 +114,12 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
             if probe is not None and probe.outputs is not None:
                 return call.respond(model, probe.outputs)  # a hit: the model does not run
             tracked.executing = True
-            outputs = await model.scheduler.execute(
-                inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
-            )
+            if params and _in_sequence(params):
+                outputs = await _execute_in_sequence(model, inputs, batch, params)
+            else:
+                outputs = await model.scheduler.execute(
+                    inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
+                )
             tracked.executing = False  # from here a failure is in building the answer
             if probe is not None:
                 model.cache_store(probe, outputs)

@@ -166,3 +166,19 @@ def check_parameters(parameters: Params) -> None:
             raise InvalidArgument(f"parameter '{name}' must be {want}, got {type(value).__name__}")
         if name in ("priority", "timeout") and isinstance(value, int) and value < 0:
             raise InvalidArgument(f"parameter '{name}' must not be negative, got {value}")
+        if name == "sequence_id":
+            _check_sequence_id(value)
+
+
+MAX_SEQUENCE_ID_LENGTH = 256  # characters of a string correlation id (a key of the sequence table)
+
+
+def _check_sequence_id(value: object) -> None:
+    """A correlation id is an unsigned 64-bit integer or a short string, as Triton's."""
+    if isinstance(value, int) and not 0 <= value < 2**64:
+        raise InvalidArgument(f"parameter 'sequence_id' must be an unsigned 64-bit integer, got {value}")
+    if isinstance(value, str) and len(value) > MAX_SEQUENCE_ID_LENGTH:
+        raise InvalidArgument(
+            f"parameter 'sequence_id' is a string of {len(value)} characters; "
+            f"at most {MAX_SEQUENCE_ID_LENGTH} are allowed"
+        )

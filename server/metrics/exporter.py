@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from backends.remote.endpoints import LATENCY_BOUNDS_S, EndpointStatistics
 from schedulers.cache import ResponseCache
-from schedulers.protocol import DeviceStatistics, RemoteEndpoints
+from schedulers.protocol import DeviceStatistics, RemoteEndpoints, SequenceScheduling, SequenceStatistics
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.core.model_version import ModelVersion
 
@@ -253,6 +253,7 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
     for name, help, typ, value in _DEVICE_SCALARS:
         yield family(name, help, typ, (({**labels, "device": d.device}, value(d)) for labels, d in devices))
     yield from remote_families(models)
+    yield from sequence_families(models)
 
 
 def remote_families(models: list[ModelVersion]) -> Iterator[Metric]:
@@ -275,6 +276,30 @@ def remote_families(models: list[ModelVersion]) -> Iterator[Metric]:
         buckets = list(zip(bounds, itertools.accumulate(e.latency_buckets), strict=True))
         histogram.add_metric([labels["model"], labels["version"], e.endpoint], buckets, e.latency_s)
     yield histogram
+
+
+# the sequence batcher's counters (schedulers/sequence.py), per model version
+_SEQUENCE_SCALARS: tuple[tuple[str, str, str, Callable[[SequenceStatistics], float]], ...] = (
+    ("clipperd_sequences_active", "Sequences holding a batch slot now", "gauge", lambda s: s.active),
+    ("clipperd_sequence_backlog", "Sequences waiting for a free batch slot now", "gauge", lambda s: s.backlog),
+    ("clipperd_sequences_started", "Requests with sequence_start accepted", "counter", lambda s: s.started),
+    ("clipperd_sequences_ended", "Sequences ended by a request with sequence_end", "counter", lambda s: s.ended),
+    (
+        "clipperd_sequences_expired",
+        "Sequences freed after max_sequence_idle_microseconds without a request",
+        "counter",
+        lambda s: s.expired,
+    ),
+)
+
+
+def sequence_families(models: list[ModelVersion]) -> Iterator[Metric]:
+    """The sequence batcher's gauges and counters of the versions that have one."""
+    rows = [
+        (_labels(m), m.scheduler.sequence_statistics()) for m in models if isinstance(m.scheduler, SequenceScheduling)
+    ]
+    for name, help, typ, value in _SEQUENCE_SCALARS:
+        yield family(name, help, typ, ((labels, value(s)) for labels, s in rows))
 
 
 def cache_families(models: list[ModelVersion], cache: ResponseCache) -> Iterator[Metric]:
