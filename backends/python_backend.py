@@ -57,9 +57,11 @@ from backends.common.errors import (
     InvalidArgument,
     ModelExecutionError,
 )
+from backends.proto import model_config_pb2 as mc
 from backends.triton_python import TritonModel, install_utils
 
 _log = logging.getLogger(__name__)
+_WAITS_FOR_MODELS = ("InferenceRequest(", "async def execute")  # BLS, in Triton's dialect
 _MAX_MESSAGE = 500  # a client-facing message stays short even when a model's exception is long
 
 
@@ -186,6 +188,17 @@ class PythonBackend(Backend):
         super().__init__(context)
         self._module: ModuleType | None = None
         self._model: Any = None
+
+    @classmethod
+    def needs_thread(cls, config: mc.ModelConfig, version_path: Path) -> bool:
+        """A Triton model that builds BLS requests or has an ``async def execute`` waits for
+        other models while it executes: on the event loop it would wait for itself."""
+        path = version_path / (config.default_model_filename or cls.default_filename)
+        try:
+            source = path.read_text(errors="replace")
+        except OSError:
+            return False  # load reports the missing file
+        return "TritonPythonModel" in source and any(mark in source for mark in _WAITS_FOR_MODELS)
 
     def load(self) -> None:
         path = self.existing_model_file()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
+from backends.bls import DEFAULT_TIMEOUT_S, TIMEOUT_PARAMETER, BlsLink, ModelCaller
 from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.common.parameters import Parameters
@@ -43,10 +44,12 @@ async def build_scheduler(
     version_path: Path,
     steps: StepSource | None = None,
     backend_class: type[Backend] | None = None,
+    models: ModelCaller | None = None,
 ) -> Scheduler:
     """The scheduler of one version, its instances started (each loads on its own thread); all
     or nothing. An ensemble starts none: its plan is checked against its step models, found
-    through ``steps``. ``backend_class``: the config's backend unless given."""
+    through ``steps``. ``backend_class``: the config's backend unless given. ``models``: how its
+    instances call other models (BLS, backends/bls.py)."""
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
@@ -57,7 +60,8 @@ async def build_scheduler(
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
     placed = instance_devices(config, backend_class)
-    instances = _instances(config, version, version_path, backend_class, placed)
+    link = _bls_link(config, models, len(placed))
+    instances = _instances(config, version, version_path, backend_class, placed, link)
     results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
@@ -72,17 +76,18 @@ def _instances(
     version_path: Path,
     backend_class: type[Backend],
     placed: list[tuple[str, Device]],
+    link: BlsLink | None = None,
 ) -> list[ModelInstance]:
     """One ModelInstance per placed instance, not started: a thread (or the event loop) that makes the
     backend, in this process or in a worker process of its own."""
     params = Parameters.of(config)
     threads = cpu_threads_per_instance(sum(1 for _, d in placed if d.kind == "cpu"))
-    mode = execution_mode(params, backend_class)
+    mode = execution_mode(params, backend_class, config, version_path)
     settings = WorkerSettings.parse(params, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(params, backend_class) * 1000
     instances = []
     for name, device in placed:
-        context = InstanceContext(config, version, version_path, device, name, threads, params.values)
+        context = InstanceContext(config, version, version_path, device, name, threads, params.values, link)
         factory: Callable[[], Backend] = functools.partial(backend_class, context)
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
@@ -127,11 +132,24 @@ def cpu_threads_per_instance(cpu_instances: int) -> int:
     return max(1, (cores - 1) // max(cpu_instances, 1))
 
 
-def execution_mode(params: Parameters, backend_class: type[Backend]) -> str:
+def execution_mode(params: Parameters, backend_class: type[Backend], config: mc.ModelConfig, version_path: Path) -> str:
     """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
-    preference: the event loop for backends that hold the GIL, else a thread."""
-    default = "event_loop" if backend_class.capabilities.holds_gil else "thread"
-    return params.choice(EXECUTION_MODE, EXECUTION_MODES, default)
+    preference: the event loop for backends that hold the GIL, else a thread, unless the model
+    itself needs a thread (``Backend.needs_thread``: a model that calls other models)."""
+    holds_gil = backend_class.capabilities.holds_gil
+    loop = holds_gil and not backend_class.needs_thread(config, version_path)
+    return params.choice(EXECUTION_MODE, EXECUTION_MODES, "event_loop" if loop else "thread")
+
+
+def _bls_link(config: mc.ModelConfig, models: ModelCaller | None, instances: int) -> BlsLink | None:
+    """How the version's instances reach the other models (BLS), waiting at most the config's
+    ``bls_timeout_us`` for an answer."""
+    if models is None:
+        return None
+    params = Parameters.of(config)
+    default_us = int(DEFAULT_TIMEOUT_S * 1e6)
+    timeout_us = params.integer(TIMEOUT_PARAMETER, default_us, low=1, unit="microseconds")
+    return BlsLink(models, asyncio.get_running_loop(), config.name, instances, timeout_us / 1e6)
 
 
 def idle_inline_us(params: Parameters, backend_class: type[Backend]) -> int:

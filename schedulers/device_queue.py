@@ -267,6 +267,24 @@ class DeviceQueue:
             raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
 
+    async def warm_up(self, inputs: Tensors, batch_size: int) -> None:
+        """Runs one warm-up sample on every instance of the device, one after the other, before
+        the version serves (so they are idle): no queue, no statistics, no AIMD observation."""
+        loop = asyncio.get_running_loop()
+        for instance in self._instances:
+            future: asyncio.Future[Any] = loop.create_future()
+
+            def done(result: Any, error: BaseException | None, future: asyncio.Future[Any] = future) -> None:
+                if not future.done():
+                    future.set_result((result, error))
+
+            instance.submit(self._job([inputs], [batch_size]), loop, done)
+            result, error = await future
+            if error is not None:
+                raise error
+            if isinstance(result[0][0], BaseException):  # a per-request model failed the sample
+                raise result[0][0]
+
     def take_queued(self) -> list[Pending]:
         """Empties the queue (its requests' queue timeouts disarmed): the requests of a device
         that goes away, for the scheduler to send elsewhere."""

@@ -115,6 +115,11 @@ class ModelScheduler:
             return min(queues, key=_wait_then_depth)
         return min(queues, key=_depth)
 
+    async def warm_up(self, inputs: Tensors, batch_size: int) -> None:
+        """Runs one warm-up sample on every instance (schedulers/warmup.py), uncounted."""
+        for queue in self.queues:
+            await queue.warm_up(inputs, batch_size)
+
     async def close(self) -> None:
         """Stops taking requests, lets queued and running ones finish, unloads the instances."""
         self._closed = True

@@ -18,7 +18,6 @@ REFUSED = {
 }
 # key -> what is given up by ignoring it
 WARNED = {
-    "model_warmup": "no warmup requests are run before the model is marked ready",
     "instance_group.rate_limiter": "instances are not rate limited",
 }
 
@@ -38,7 +37,6 @@ def refused_keys(config: mc.ModelConfig) -> list[str]:
 def warned_keys(config: mc.ModelConfig) -> list[str]:
     """The keys of ``config`` that clipperd accepts but ignores (see WARNED)."""
     present = {
-        "model_warmup": bool(config.model_warmup),
         "instance_group.rate_limiter": any(g.HasField("rate_limiter") for g in config.instance_group),
     }
     return [key for key in WARNED if present[key]]

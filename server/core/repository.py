@@ -20,6 +20,7 @@ from backends.common.versions import select_versions, version_folders
 from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ResponseCache
 from schedulers.protocol import RemoteEndpoints
+from server.core.bls import RepositoryCaller
 from server.core.model_version import ModelVersion, load_model_version
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class ModelRepository:
         self._models: dict[str, ModelEntry] = {}
         self._expected: set[str] = set()  # models asked to be loaded: readiness waits for them
         self._closing: set[asyncio.Task[None]] = set()
+        self._calls = RepositoryCaller(self)  # models calling models (BLS) through this repository
 
     # -- the request path -------------------------------------------------------------------
 
@@ -312,7 +314,8 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.LOADING)
         versions = list(wanted)
         results = await asyncio.gather(
-            *(load_model_version(config, v, wanted[v], self, self.cache) for v in versions), return_exceptions=True
+            *(load_model_version(config, v, wanted[v], self, self.cache, self._calls) for v in versions),
+            return_exceptions=True,
         )
         serving: dict[int, ModelVersion] = {}
         errors: list[ClipperdError] = []

@@ -38,12 +38,8 @@ REFUSED = {
         "batch_output",
     ),
 }
-WARMUP = """model_warmup [
-  { name: "zeros" batch_size: 1 inputs { key: "INPUT0" value { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } }
-]
-"""
 RATE_LIMITED = 'instance_group [ { kind: KIND_CPU count: 1 rate_limiter { resources [ { name: "R" count: 1 } ] } } ]\n'
-WARNED = {"with_warmup": (WARMUP, "model_warmup"), "with_rate_limiter": (RATE_LIMITED, "rate_limiter")}
+WARNED = {"with_rate_limiter": (RATE_LIMITED, "rate_limiter")}
 
 
 def add_model(repo: Path, name: str, extra: str) -> None:
