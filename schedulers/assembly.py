@@ -25,6 +25,7 @@ from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import ModelInstance
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.protocol import Scheduler
+from schedulers.rate_limiter import RateLimiter
 from schedulers.remote import build_remote_scheduler
 from schedulers.scheduler import ModelScheduler
 from schedulers.stats import ModelStats
@@ -45,11 +46,13 @@ async def build_scheduler(
     steps: StepSource | None = None,
     backend_class: type[Backend] | None = None,
     models: ModelCaller | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Scheduler:
     """The scheduler of one version, its instances started (each loads on its own thread); all
     or nothing. An ensemble starts none: its plan is checked against its step models, found
     through ``steps``. ``backend_class``: the config's backend unless given. ``models``: how its
-    instances call other models (BLS, backends/bls.py)."""
+    instances call other models (BLS, backends/bls.py). ``limiter``: the server's rate limiter,
+    when it has one (schedulers/rate_limiter.py)."""
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
@@ -59,15 +62,44 @@ async def build_scheduler(
     backend_class = backend_class or registry.backend_class(config, version_path)
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
-    placed = instance_devices(config, backend_class)
+    placements = _placements(config, backend_class)
+    placed = [(name, device) for name, device, _ in placements]
     link = _bls_link(config, models, len(placed))
     instances = _instances(config, version, version_path, backend_class, placed, link)
+    if limiter is not None:
+        _limit(config, limiter, instances, placements)
     results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         await asyncio.gather(*(w.stop() for w in instances))
+        _unlimit(limiter, instances)
         raise _load_error(config.name, version, errors[0])
-    return ModelScheduler(config, instances, ModelStats(), [device.name for _, device in placed])
+    devices = [device.name for _, device in placed]
+    return ModelScheduler(config, instances, ModelStats(), devices, limiter)
+
+
+def _limit(
+    config: mc.ModelConfig,
+    limiter: RateLimiter,
+    instances: list[ModelInstance],
+    placements: list[tuple[str, Device, int]],
+) -> None:
+    """Registers the instances whose group has a rate_limiter (all or none: a refusal undoes)."""
+    try:
+        for instance, (name, device, group) in zip(instances, placements, strict=True):
+            if group >= 0 and config.instance_group[group].HasField("rate_limiter"):
+                spec = config.instance_group[group].rate_limiter
+                instance.slot = limiter.register(f"'{config.name}' {name}", device.name, spec)
+    except ClipperdError:
+        _unlimit(limiter, instances)
+        raise
+
+
+def _unlimit(limiter: RateLimiter | None, instances: list[ModelInstance]) -> None:
+    for instance in instances:
+        if limiter is not None and instance.slot is not None:
+            limiter.unregister(instance.slot)
+            instance.slot = None
 
 
 def _instances(
@@ -99,9 +131,14 @@ def _instances(
 def instance_devices(config: mc.ModelConfig, backend_class: type[Backend]) -> list[tuple[str, Device]]:
     """(instance name, device) for every instance the config's instance_group asks for; KIND_AUTO
     is a GPU for a backend that declares it can use one, when one is visible."""
+    return [(name, device) for name, device, _ in _placements(config, backend_class)]
+
+
+def _placements(config: mc.ModelConfig, backend_class: type[Backend]) -> list[tuple[str, Device, int]]:
+    """``instance_devices``, each with the index of its instance group (-1: the default one)."""
     gpus = gpu_count()
     auto_gpu = gpus > 0 and backend_class.capabilities.gpu
-    placed: list[tuple[str, Device]] = []
+    placed: list[tuple[str, Device, int]] = []
     for index, group in enumerate(config.instance_group):
         kind = group.kind
         if kind == mc.ModelInstanceGroup.KIND_AUTO:
@@ -109,10 +146,10 @@ def instance_devices(config: mc.ModelConfig, backend_class: type[Backend]) -> li
         group_name = group.name or f"{config.name}_{index}"
         count = group.count or 1
         if kind == mc.ModelInstanceGroup.KIND_GPU:
-            placed += _gpu_instances(config.name, group_name, list(group.gpus), count, gpus)
+            placed += [(n, d, index) for n, d in _gpu_instances(config.name, group_name, list(group.gpus), count, gpus)]
         else:
-            placed += [(f"{group_name}_{i}_cpu", CPU) for i in range(count)]
-    return placed or [(f"{config.name}_0_0_cpu", CPU)]
+            placed += [(f"{group_name}_{i}_cpu", CPU, index) for i in range(count)]
+    return placed or [(f"{config.name}_0_0_cpu", CPU, -1)]
 
 
 def _gpu_instances(model: str, group: str, wanted: list[int], count: int, available: int) -> list[tuple[str, Device]]:

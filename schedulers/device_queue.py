@@ -41,6 +41,7 @@ from schedulers.instance import ModelInstance
 from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
+from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
 
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
@@ -91,6 +92,7 @@ class DeviceQueue:
         stats: ModelStats,
         policies: QueuePolicies,
         order: ResponseOrder,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.device = device
         self.config = config
@@ -132,6 +134,15 @@ class DeviceQueue:
         self._solo_rows = 0.0  # and of their rows
         self.inline_executions = 0  # requests run at once on the event loop
         self._async = any(w.asynchronous for w in self._instances)
+        # Triton's rate limiter (schedulers/rate_limiter.py): instances with resources run only
+        # once granted them; such a device never runs requests inline (that would skip the gate)
+        self._limiter = limiter if any(w.slot is not None for w in self._instances) else None
+        self._granted: set[ModelInstance] = set()  # idle instances holding their resources
+        self._asking: ModelInstance | None = None  # the instance waiting for a grant
+        if self._limiter is not None:
+            self._inline = False
+            self._inline_ns = 0
+            self._defer = self._batching
         # a failed batch's requests: True when the hook took them (to retry them elsewhere)
         self.on_failure: Callable[[DeviceQueue, list[Pending], BaseException], bool] | None = None
 
@@ -310,6 +321,10 @@ class DeviceQueue:
             self._dispatch()  # a batch waiting for its delay goes now
         await self._drained.wait()
         await asyncio.gather(*(w.stop() for w in self._instances))
+        if self._limiter is not None:
+            for instance in self._instances:
+                if instance.slot is not None:
+                    self._limiter.unregister(instance.slot)
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -318,21 +333,69 @@ class DeviceQueue:
         self._dispatching = True
         try:
             while self._idle:
+                instance = self._idle[-1] if self._limiter is None else self._ready_instance()
+                if instance is None:  # the idle instances wait for their rate-limiter resources
+                    break
                 formed = self._next_batch()
                 if formed is None:
                     break
                 batch, cap_bound = formed
-                instance = self._idle.pop()
+                self._idle.remove(instance)
+                self._granted.discard(instance)
                 assert self._loop is not None
                 job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
                 done = self._completion(instance, batch, self._order.ticket(), cap_bound)
                 instance.submit(job, self._loop, done)
         finally:
             self._dispatching = False
+        if self._granted:  # nothing (more) to run now: holding resources would starve others
+            self._give_back()
         if not self.queue and not self.busy and not self._drained.is_set():
             self._drained.set()
             assert self._loop is not None
             _active[self._loop] -= 1
+
+    def _ready_instance(self) -> ModelInstance | None:
+        """An idle instance that may execute now (no resources, or granted them), asking the
+        rate limiter for one when none may; None while the ask is pending or nothing waits."""
+        assert self._limiter is not None
+        for instance in reversed(self._idle):
+            if instance.slot is None or instance in self._granted:
+                return instance
+        if self._asking is not None or not any(not r.future.done() for r in self.queue):
+            return None
+        instance = self._idle[-1]
+        assert instance.slot is not None
+        if self._limiter.acquire(instance.slot, functools.partial(self._on_grant, instance)):
+            self._granted.add(instance)
+            return instance
+        self._asking = instance
+        return None
+
+    def _on_grant(self, instance: ModelInstance) -> None:
+        self._asking = None
+        self._granted.add(instance)
+        self._dispatch()
+
+    def _return(self, instance: ModelInstance) -> None:
+        """An execution ended: the instance's resources go back, and with work waiting it asks
+        again in the same step, competing with the other waiters by priority."""
+        assert self._limiter is not None
+        assert instance.slot is not None
+        if self._asking is not None or not any(not r.future.done() for r in self.queue):
+            self._limiter.release(instance.slot)
+        elif self._limiter.renew(instance.slot, functools.partial(self._on_grant, instance)):
+            self._granted.add(instance)
+        else:
+            self._asking = instance
+
+    def _give_back(self) -> None:
+        """Resources granted to instances that found no batch to run go back at once."""
+        assert self._limiter is not None
+        for instance in self._granted:
+            assert instance.slot is not None
+            self._limiter.release(instance.slot)
+        self._granted.clear()
 
     def _next_batch(self) -> tuple[list[Pending], bool] | None:
         """The next batch and whether the AIMD cap cut it to size; None to wait for more."""
@@ -422,6 +485,8 @@ class DeviceQueue:
     def _completion(self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(instance)
+            if self._limiter is not None and instance.slot is not None:
+                self._return(instance)
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
                 self._observe(sum(r.batch_size for r in batch), len(batch), result[1], instance, cap_bound)

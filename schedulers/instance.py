@@ -30,6 +30,7 @@ from typing import Any
 
 from backends.base import Backend
 from backends.common.errors import ModelExecutionError, Unavailable
+from schedulers.rate_limiter import Slot
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ModelInstance:
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._backend: Backend | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.slot: Slot | None = None  # its rate-limiter resources, when it has any
 
     async def start(self) -> None:
         """Creates and loads the backend; raises what load raised."""

@@ -21,6 +21,7 @@ FAST = {
     "tests/schedulers/test_aimd.py",
     "tests/schedulers/test_applications_selection.py",
     "tests/schedulers/test_assembly.py",
+    "tests/schedulers/test_rate_limiter.py",
     "tests/schedulers/test_scheduler.py",
     "tests/server/applications/test_default_store.py",
     "tests/server/grpc/test_proto_compat.py",

@@ -17,6 +17,7 @@ from schedulers.assembly import build_scheduler
 from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache, version_cache
 from schedulers.ensemble import StepSource
 from schedulers.protocol import Scheduler
+from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ModelStats
 from server.core import inference
 from server.core.validation import ModelSignature
@@ -94,14 +95,15 @@ async def load_model_version(
     steps: StepSource | None = None,
     cache: ResponseCache | None = None,
     models: ModelCaller | None = None,
+    limiter: RateLimiter | None = None,
 ) -> ModelVersion:
     """Builds the version's scheduler (schedulers.assembly: its instances started, all or
     nothing; an ensemble's plan checked against its step models, found through ``steps``) and
     wraps it with the version's signature and its share of ``cache``, the server's response
     cache, when the config enables ``response_cache``. ``models``: how its instances call other
-    models (BLS)."""
+    models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
-    scheduler = await build_scheduler(config, version, version_path, steps, models=models)
+    scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
     try:
         await warm_up(config, version, version_path, scheduler, signature)
