@@ -144,10 +144,16 @@ class Backend(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} executes whole batches")
 
     @classmethod
-    def needs_thread(cls, config: mc.ModelConfig, version_path: Path) -> bool:
-        """Whether this model must execute on a thread of its own even though the backend holds
-        the GIL (a model that waits for other models: BLS). Decided before loading."""
-        return False
+    def preferred_mode(cls, config: mc.ModelConfig, version_path: Path) -> str:
+        """Where this model wants to execute when the config does not say, decided before
+        loading: "" (the backend's capabilities decide), "thread" (a model that waits for other
+        models, BLS, even though it holds the GIL) or "async" (its batches are coroutines run as
+        tasks on the event loop: ``execute_requests_async``)."""
+        return ""
+
+    async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        """``execute_requests`` as a coroutine on the event loop (``preferred_mode`` "async")."""
+        raise NotImplementedError(f"{type(self).__name__} executes on its thread")
 
     @classmethod
     def autocomplete(cls, config: mc.ModelConfig, version_path: Path) -> None:

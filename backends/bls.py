@@ -9,11 +9,13 @@ its link is the current one (``executing``), so that requests built inside ``exe
 Where the calling model executes matters:
 
 - on its own thread (``execution_mode: thread``): ``exec()`` hands the call to the server's
-  loop and waits; ``async_exec()`` awaits it from the instance's own event loop (an ``async def
-  execute`` runs there). Triton models whose ``model.py`` builds ``InferenceRequest`` or defines
-  ``async def execute`` default to this mode (backends/python_backend.py).
-- on the event loop (``execution_mode: event_loop``): the call would need the very loop that is
-  blocked in the model: refused with an error telling the user to set ``execution_mode`` thread.
+  loop and waits; ``async_exec()`` in an ``async def execute`` awaits it from the instance
+  thread's own event loop. Triton models whose ``model.py`` builds ``InferenceRequest`` default
+  to this mode (backends/python_backend.py).
+- on the event loop: a model with ``async def execute`` runs there by default, as tasks, and
+  ``async_exec()`` awaits the call without leaving the loop (no thread hand-off at all). A
+  synchronous ``exec()`` there would need the very loop that is blocked in the model: refused
+  with an error telling the user to set ``execution_mode`` thread (or to use ``async_exec``).
 - in a worker process (``execution_mode: process``): no link crosses the process boundary, so
   the call is refused with an error saying so.
 
@@ -113,8 +115,13 @@ def _check(link: BlsLink, call: ModelCall) -> None:
         raise FailedPrecondition(
             f"model '{link.model}' calls model '{call.model}' (BLS) while it executes on the event "
             "loop, which would wait for itself: set the model's parameter execution_mode to "
-            '"thread" (parameters { key: "execution_mode" value: { string_value: "thread" } })'
+            '"thread" (parameters { key: "execution_mode" value: { string_value: "thread" } }), '
+            "or await async_exec() in an async def execute"
         )
+    _check_self(link, call)
+
+
+def _check_self(link: BlsLink, call: ModelCall) -> None:
     if call.model == link.model and link.instances <= 1:
         raise FailedPrecondition(
             f"model '{link.model}' calls itself (BLS) but has one instance, busy running the "
@@ -156,10 +163,17 @@ def call_sync(call: ModelCall, timeout_us: int = 0) -> Tensors:
 
 
 async def call_async(call: ModelCall, timeout_us: int = 0) -> Tensors:
-    """``async_exec()``: awaits ``call`` from the instance's own loop."""
+    """``async_exec()``: awaits ``call``, on the server's loop itself (a model executing as
+    tasks there) or from the instance thread's own loop."""
     link = current(call.model)
-    _check(link, call)
     seconds = _deadline(link, timeout_us)
+    if _on_loop(link.loop):
+        _check_self(link, call)
+        try:
+            return await asyncio.wait_for(link.caller.call_model(call), seconds)
+        except TimeoutError:
+            raise _late(link, call, seconds) from None
+    _check(link, call)
     future = asyncio.run_coroutine_threadsafe(link.caller.call_model(call), link.loop)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), seconds)

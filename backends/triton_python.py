@@ -86,7 +86,25 @@ class TritonModel:
                 self._loop = None
 
     def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
-        requests = [
+        requests = self._requests(parts)
+        with bls.executing(self.context.bls):
+            responses = self.model.execute(requests)
+            if inspect.iscoroutine(responses):
+                responses = self._run(responses)
+        return self._results(responses, len(requests))
+
+    async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        """An ``async def execute`` as a task on the server's event loop, where ``async_exec``
+        awaits the other models without leaving it."""
+        requests = self._requests(parts)
+        with bls.executing(self.context.bls):
+            responses = self.model.execute(requests)
+            if inspect.iscoroutine(responses):
+                responses = await responses
+        return self._results(responses, len(requests))
+
+    def _requests(self, parts: Sequence[Tensors]) -> list[pb.InferenceRequest]:
+        return [
             pb.InferenceRequest(
                 [pb.Tensor(name, array) for name, array in part.items()],
                 self.output_names,
@@ -95,15 +113,13 @@ class TritonModel:
             )
             for part in parts
         ]
-        with bls.executing(self.context.bls):
-            responses = self.model.execute(requests)
-            if inspect.iscoroutine(responses):
-                responses = self._run(responses)
-        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+
+    def _results(self, responses: Any, count: int) -> list[Tensors | ClipperdError]:
+        if not isinstance(responses, list | tuple) or len(responses) != count:
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: execute must return a list of "
-                f"{len(requests)} InferenceResponse (one per request), got {got}"
+                f"{count} InferenceResponse (one per request), got {got}"
             )
         return [self._result(response) for response in responses]
 

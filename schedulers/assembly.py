@@ -115,6 +115,8 @@ def _instances(
     params = Parameters.of(config)
     threads = cpu_threads_per_instance(sum(1 for _, d in placed if d.kind == "cpu"))
     mode = execution_mode(params, backend_class, config, version_path)
+    # a model whose batches are coroutines runs them as tasks on the loop, several instances at once
+    tasks = mode == "event_loop" and backend_class.preferred_mode(config, version_path) == "async"
     settings = WorkerSettings.parse(params, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(params, backend_class) * 1000
     instances = []
@@ -124,7 +126,8 @@ def _instances(
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
         inline = inline_ns if device.kind == "cpu" else 0  # a GPU instance keeps its stream's thread
-        instances.append(ModelInstance(name, factory, on_loop=mode == "event_loop", inline_ns=inline))
+        on_loop = mode == "event_loop"
+        instances.append(ModelInstance(name, factory, on_loop=on_loop, inline_ns=inline, asynchronous=tasks))
     return instances
 
 
@@ -172,9 +175,10 @@ def cpu_threads_per_instance(cpu_instances: int) -> int:
 def execution_mode(params: Parameters, backend_class: type[Backend], config: mc.ModelConfig, version_path: Path) -> str:
     """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
     preference: the event loop for backends that hold the GIL, else a thread, unless the model
-    itself needs a thread (``Backend.needs_thread``: a model that calls other models)."""
-    holds_gil = backend_class.capabilities.holds_gil
-    loop = holds_gil and not backend_class.needs_thread(config, version_path)
+    says otherwise (``Backend.preferred_mode``: a thread for a model that waits for other
+    models, the event loop for one that executes as coroutines)."""
+    preferred = backend_class.preferred_mode(config, version_path)
+    loop = preferred == "async" or (backend_class.capabilities.holds_gil and preferred != "thread")
     return params.choice(EXECUTION_MODE, EXECUTION_MODES, "event_loop" if loop else "thread")
 
 

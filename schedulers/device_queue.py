@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from backends.base import Backend, Tensors
@@ -48,6 +49,10 @@ _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of b
 
 # per event loop: how many of its devices have requests queued or executing on their threads
 _active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+# set while a model that takes its batch as requests executes: a call it makes to another model
+# (BLS) carries it to the loop, where the caller's own device, which only waits for that call,
+# does not keep the callee from running inline
+_in_execution: ContextVar[int] = ContextVar("clipperd_in_execution", default=0)
 
 
 class Pending:
@@ -208,7 +213,7 @@ class DeviceQueue:
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
         if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
             return False
-        return not _active.get(asyncio.get_running_loop(), 0)
+        return _active.get(asyncio.get_running_loop(), 0) <= _in_execution.get()
 
     def _idle_ns(self) -> float:
         """How long since a batch last completed (forever when none has: the monotonic clock's
@@ -563,9 +568,16 @@ def _run_batch(
 
 async def _run_batch_async(
     parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
-) -> tuple[list[Tensors], ExecutionTimes]:
-    """One execution of an asynchronous backend (a remote call), as a task on the event loop."""
+) -> tuple[list[Any], ExecutionTimes]:
+    """One execution of an asynchronous backend (a remote call, a model whose batches are
+    coroutines), as a task on the event loop."""
     t0 = time.perf_counter_ns()
+    if backend.per_request:
+        _in_execution.set(1)  # this task's own context
+        results: list[Any] = await backend.execute_requests_async(parts)
+        t1 = time.perf_counter_ns()
+        _check_each(results, sizes, batch is not None, model, specs)
+        return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
     outputs = check_outputs(model, specs, await backend.execute_async(inputs), batch)
@@ -580,12 +592,21 @@ def _run_requests(
     """One execution of a model that takes the batch as its requests: each request's outputs
     are checked on their own, and a bad one fails only its request."""
     t0 = time.perf_counter_ns()
-    results: list[Any] = backend.execute_requests(parts)
+    token = _in_execution.set(1)
+    try:
+        results: list[Any] = backend.execute_requests(parts)
+    finally:
+        _in_execution.reset(token)
     t1 = time.perf_counter_ns()
+    _check_each(results, sizes, batched, model, specs)
+    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+
+
+def _check_each(results: list[Any], sizes: list[int], batched: bool, model: str, specs: Any) -> None:
+    """Each request's outputs against the config, in place: a bad one fails only its request."""
     for i, (output, size) in enumerate(zip(results, sizes, strict=True)):
         if not isinstance(output, BaseException):
             try:
                 results[i] = check_outputs(model, specs, output, size if batched else None)
             except ClipperdError as error:
                 results[i] = error
-    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)

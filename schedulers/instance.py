@@ -50,12 +50,15 @@ class ModelInstance:
         on_loop: bool = False,
         inline_ns: int = 0,
         asynchronous: bool = False,
+        remote: bool = False,
     ) -> None:
         """``inline_ns``: for a thread instance, the longest execution the scheduler may run on
         the event loop instead when the device is idle (0: never). ``asynchronous``: jobs are
-        coroutines, run as tasks on the event loop."""
+        coroutines, run as tasks on the event loop; ``remote``: one loaded on the event loop
+        itself (its client binds to the loop)."""
         self.name = name
         self.asynchronous = asynchronous
+        self.remote = remote
         self.on_loop = on_loop and not asynchronous
         self.inline_ns = 0 if on_loop else inline_ns
         self._make_backend = make_backend
@@ -70,7 +73,8 @@ class ModelInstance:
     async def start(self) -> None:
         """Creates and loads the backend; raises what load raised."""
         if self.asynchronous:
-            self._backend = self._load()  # nothing slow: a remote backend connects on its own
+            # a remote backend connects on its own (on this loop); a model file is imported off it
+            self._backend = self._load() if self.remote else await asyncio.to_thread(self._load)
             return
         if self.on_loop:
             self._backend = await asyncio.to_thread(self._load)

@@ -26,10 +26,10 @@ TRITON_EXAMPLES = ROOT / "examples" / "triton"
 RNG = np.random.default_rng(18)
 
 
-def variant(root: Path, name: str, replace: dict[str, str], extra: str = "") -> None:
-    """examples/triton/bls_mlp under another name, its config edited."""
-    shutil.copytree(TRITON_EXAMPLES / "bls_mlp", root / name)
-    config = (root / name / "config.pbtxt").read_text().replace('"bls_mlp"', f'"{name}"')
+def variant(root: Path, name: str, replace: dict[str, str], extra: str = "", source: str = "bls_mlp") -> None:
+    """examples/triton/``source`` under another name, its config edited."""
+    shutil.copytree(TRITON_EXAMPLES / source, root / name)
+    config = (root / name / "config.pbtxt").read_text().replace(f'"{source}"', f'"{name}"')
     for old, new in replace.items():
         assert old in config, old
         config = config.replace(old, new)
@@ -53,6 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator
     variant(root, "bls_self_one", {'"mlp_torch"': '"bls_self_one"', '"INPUT__0"': '"INPUT0"'})
     variant(root, "bls_on_loop", {}, mode("event_loop"))
     variant(root, "bls_process", {}, mode("process"))
+    variant(root, "bls_async_thread", {}, mode("thread"), source="bls_mlp_async")
+    self_async = {**to_self, '"mlp_torch"': '"bls_self_async"', "count: 1": "count: 2"}
+    variant(root, "bls_self_async", self_async, timeout, source="bls_mlp_async")
     with running(root, log_dir=logs_dir) as started:
         yield started
 
@@ -92,7 +95,7 @@ def serves(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
-@pytest.mark.parametrize("model", ["bls_mlp", "bls_mlp_async"])
+@pytest.mark.parametrize("model", ["bls_mlp", "bls_mlp_async", "bls_async_thread"])
 def test_a_bls_answer_equals_calling_the_target(server: ServerProcess, module: ModuleType, model: str) -> None:
     x = RNG.standard_normal((3, 64), dtype=np.float32)
     answer = via(module, urls(server, module), model, x)
@@ -119,11 +122,13 @@ def test_bls_to_a_missing_model_is_a_clear_error_answer(server: ServerProcess) -
     serves(server)
 
 
-def test_a_model_waiting_for_itself_gets_an_error_by_its_deadline(server: ServerProcess) -> None:
+@pytest.mark.parametrize("model", ["bls_self", "bls_self_async"])
+def test_a_model_waiting_for_itself_gets_an_error_by_its_deadline(server: ServerProcess, model: str) -> None:
     """Two instances, each calling the model again: the second call finds no free instance and
-    would wait forever; the deadline (bls_timeout_us, 2 s) answers it with an error."""
+    would wait forever; the deadline (bls_timeout_us, 2 s) answers it with an error (exec on
+    instance threads; async_exec in tasks on the event loop)."""
     started = time.monotonic()
-    error = error_of(server, "bls_self")
+    error = error_of(server, model)
     assert "got no answer within 2 s" in str(error.message())
     assert time.monotonic() - started < 30
     serves(server)
