@@ -23,7 +23,7 @@ from backends.common.tensors import Tensors, array_from_raw, element_count
 from backends.proto import model_config_pb2 as mc
 
 WARMUP_FOLDER = "warmup"
-_MAX_FILE_BYTES = 1 << 30  # a warm-up file is read whole: refuse what cannot be a sane sample
+_MAX_BYTES = 1 << 30  # a sample (and a file, read whole) past 1 GiB cannot be a sane warm-up
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,12 @@ def _sample(config: mc.ModelConfig, warmup: mc.ModelWarmup, name: str, model_dir
         raise InvalidArgument(f"batch_size {batch_size} exceeds the model's max_batch_size {config.max_batch_size}")
     inputs: Tensors = {}
     for input_name in sorted(warmup.inputs):
-        one = _element(warmup.inputs[input_name], input_name, model_dir)
+        one = _element(warmup.inputs[input_name], input_name, model_dir, batch_size)
         inputs[input_name] = np.repeat(one[None], batch_size, axis=0) if config.max_batch_size else one
     return WarmupSample(name, inputs, batch_size, max(warmup.count, 1))
 
 
-def _element(spec: mc.ModelWarmup.Input, name: str, model_dir: Path) -> np.ndarray:
+def _element(spec: mc.ModelWarmup.Input, name: str, model_dir: Path, batch_size: int) -> np.ndarray:
     """One batch element of input ``name``."""
     type_name = mc.DataType.Name(spec.data_type)
     if type_name in ("TYPE_INVALID", "TYPE_BF16"):
@@ -69,6 +69,8 @@ def _element(spec: mc.ModelWarmup.Input, name: str, model_dir: Path) -> np.ndarr
     dtype = datatypes.from_config(type_name)
     shape = [int(d) for d in spec.dims]
     count = element_count(shape, f"input '{name}' dims")
+    if count * max(dtype.itemsize, 4) * batch_size > _MAX_BYTES:
+        raise InvalidArgument(f"input '{name}': dims {shape[:8]} make a sample larger than 1 GiB")
     source = spec.WhichOneof("input_data_type")
     if source == "input_data_file":
         return array_from_raw(_read(model_dir, spec.input_data_file, name), dtype, shape, name)
@@ -97,6 +99,6 @@ def _read(model_dir: Path, file_name: str, name: str) -> bytes:
         raise InvalidArgument(f"input '{name}': input_data_file '{file_name}' leads outside the warmup folder")
     if not path.is_file():
         raise InvalidArgument(f"input '{name}': input_data_file '{WARMUP_FOLDER}/{file_name}' not found")
-    if path.stat().st_size > _MAX_FILE_BYTES:
+    if path.stat().st_size > _MAX_BYTES:
         raise InvalidArgument(f"input '{name}': input_data_file '{file_name}' is larger than 1 GiB")
     return path.read_bytes()

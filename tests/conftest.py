@@ -23,6 +23,7 @@ FAST = {
     "tests/schedulers/test_assembly.py",
     "tests/schedulers/test_rate_limiter.py",
     "tests/schedulers/test_scheduler.py",
+    "tests/schedulers/test_warmup_samples.py",
     "tests/server/applications/test_default_store.py",
     "tests/server/grpc/test_proto_compat.py",
     "tests/server/rest/test_codec_fuzz.py",
