@@ -6,7 +6,9 @@ answers while the server serves on."""
 
 from __future__ import annotations
 
+import csv
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serverproc import EXAMPLES, ROOT, ServerProcess, running
+from tests.serverproc import EXAMPLES, ROOT, ServerProcess, perf_analyzer, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -146,3 +148,27 @@ def test_bls_that_cannot_work_is_refused_with_a_clear_error(server: ServerProces
     error = error_of(server, model)
     assert reason in str(error.message())
     serves(server)
+
+
+def success_count(url: str, model: str) -> int:
+    with grpcclient.InferenceServerClient(url) as client:
+        return int(client.get_inference_statistics(model).model_stats[0].inference_stats.success.count)
+
+
+@pytest.mark.parametrize("model", ["bls_mlp", "bls_mlp_async"])
+def test_perf_analyzer_drives_a_bls_model(server: ServerProcess, tmp_path: Path, model: str) -> None:
+    """perf_analyzer at concurrency 1 and 4: every request answered, and each reached mlp_torch
+    (as many successes there as in the BLS model, none failed)."""
+    before = (success_count(server.url, model), success_count(server.url, "mlp_torch"))
+    out = tmp_path / "out.csv"
+    command = [str(perf_analyzer()), "-m", model, "-u", server.url, "-i", "grpc", "--concurrency-range", "1:4:3"]
+    command += ["--measurement-interval", "1000", "--stability-percentage", "80", "--max-trials", "5", "-f", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=150, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["Concurrency"]) for r in rows) == [1, 4]
+    assert all(float(r["Inferences/Second"]) > 0 for r in rows)
+    served = success_count(server.url, model) - before[0]
+    assert served > 0
+    assert success_count(server.url, "mlp_torch") - before[1] == served
