@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from backends.bls import BlsLink
 from backends.common.errors import ClipperdError, NotFound
 from backends.common.parameters import Parameters
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
@@ -49,6 +50,7 @@ class InstanceContext:
     instance_name: str  # e.g. "mlp_torch_0_cpu"
     threads: int = 1  # intra-op threads this instance may use without oversubscribing the cores
     parameters: Mapping[str, str] = field(default_factory=dict)  # the config's `parameters`
+    bls: BlsLink | None = None  # the way to the repository's other models (backends/bls.py)
 
     @property
     def model_name(self) -> str:
@@ -140,6 +142,18 @@ class Backend(abc.ABC):
         """One batch as its requests' inputs; each request's outputs, or the error that fails it
         alone. An exception raised here fails the whole batch."""
         raise NotImplementedError(f"{type(self).__name__} executes whole batches")
+
+    @classmethod
+    def preferred_mode(cls, config: mc.ModelConfig, version_path: Path) -> str:
+        """Where this model wants to execute when the config does not say, decided before
+        loading: "" (the backend's capabilities decide), "thread" (a model that waits for other
+        models, BLS, even though it holds the GIL) or "async" (its batches are coroutines run as
+        tasks on the event loop: ``execute_requests_async``)."""
+        return ""
+
+    async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        """``execute_requests`` as a coroutine on the event loop (``preferred_mode`` "async")."""
+        raise NotImplementedError(f"{type(self).__name__} executes on its thread")
 
     @classmethod
     def autocomplete(cls, config: mc.ModelConfig, version_path: Path) -> None:

@@ -57,9 +57,11 @@ from backends.common.errors import (
     InvalidArgument,
     ModelExecutionError,
 )
+from backends.proto import model_config_pb2 as mc
 from backends.triton_python import TritonModel, install_utils
 
 _log = logging.getLogger(__name__)
+_ASYNC_EXECUTE = re.compile(r"\basync\s+def\s+execute\s*\(")
 _MAX_MESSAGE = 500  # a client-facing message stays short even when a model's exception is long
 
 
@@ -187,6 +189,22 @@ class PythonBackend(Backend):
         self._module: ModuleType | None = None
         self._model: Any = None
 
+    @classmethod
+    def preferred_mode(cls, config: mc.ModelConfig, version_path: Path) -> str:
+        """A Triton model with an ``async def execute`` runs as tasks on the event loop (its
+        ``async_exec`` calls never leave the loop); one that builds BLS requests otherwise calls
+        ``exec()``, which waits: on a thread of its own (on the loop it would wait for itself)."""
+        path = version_path / (config.default_model_filename or cls.default_filename)
+        try:
+            source = path.read_text(errors="replace")
+        except OSError:
+            return ""  # load reports the missing file
+        if "TritonPythonModel" not in source:
+            return ""
+        if _ASYNC_EXECUTE.search(source):
+            return "async"
+        return "thread" if "InferenceRequest(" in source else ""
+
     def load(self) -> None:
         path = self.existing_model_file()
         install_utils()  # before the import: Triton models import triton_python_backend_utils at the top
@@ -232,6 +250,18 @@ class PythonBackend(Backend):
         except ClipperdError:
             raise
         except (Exception, SystemExit) as exc:  # a TritonModelException, or anything else, fails the batch
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
+            ) from exc
+
+    async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        if not isinstance(self._model, TritonModel):
+            raise FailedPrecondition(f"model '{self.context.model_name}' is not loaded as a Triton model")
+        try:
+            return await self._model.execute_requests_async(parts)
+        except ClipperdError:
+            raise
+        except (Exception, SystemExit) as exc:  # as execute_requests: the batch fails, the server serves on
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
             ) from exc

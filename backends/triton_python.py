@@ -8,11 +8,14 @@ response carrying a ``TritonError`` fails only its own request, with the status 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from backends import bls
 from backends import triton_utils as pb
 from backends.base import InstanceContext, Tensors
 from backends.common.config import config_to_json
@@ -65,6 +68,7 @@ class TritonModel:
         self.model = model
         self.context = context
         self.output_names = [output.name for output in context.config.output]
+        self._loop: asyncio.AbstractEventLoop | None = None  # an ``async def execute`` runs here
 
     def initialize(self) -> None:
         initialize = getattr(self.model, "initialize", None)
@@ -72,12 +76,35 @@ class TritonModel:
             initialize(initialize_args(self.context))
 
     def finalize(self) -> None:
-        finalize = getattr(self.model, "finalize", None)
-        if callable(finalize):
-            finalize()
+        try:
+            finalize = getattr(self.model, "finalize", None)
+            if callable(finalize):
+                finalize()
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
 
     def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
-        requests = [
+        requests = self._requests(parts)
+        with bls.executing(self.context.bls):
+            responses = self.model.execute(requests)
+            if inspect.iscoroutine(responses):
+                responses = self._run(responses)
+        return self._results(responses, len(requests))
+
+    async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        """An ``async def execute`` as a task on the server's event loop, where ``async_exec``
+        awaits the other models without leaving it."""
+        requests = self._requests(parts)
+        with bls.executing(self.context.bls):
+            responses = self.model.execute(requests)
+            if inspect.iscoroutine(responses):
+                responses = await responses
+        return self._results(responses, len(requests))
+
+    def _requests(self, parts: Sequence[Tensors]) -> list[pb.InferenceRequest]:
+        return [
             pb.InferenceRequest(
                 [pb.Tensor(name, array) for name, array in part.items()],
                 self.output_names,
@@ -86,14 +113,32 @@ class TritonModel:
             )
             for part in parts
         ]
-        responses = self.model.execute(requests)
-        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+
+    def _results(self, responses: Any, count: int) -> list[Tensors | ClipperdError]:
+        if not isinstance(responses, list | tuple) or len(responses) != count:
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: execute must return a list of "
-                f"{len(requests)} InferenceResponse (one per request), got {got}"
+                f"{count} InferenceResponse (one per request), got {got}"
             )
         return [self._result(response) for response in responses]
+
+    def _run(self, coroutine: Any) -> Any:
+        """An ``async def execute``: run on the instance's own event loop (its thread's), where
+        ``async_exec`` awaits calls that the server's loop runs."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:  # on the server's loop, which cannot wait for a coroutine inside a callback
+            coroutine.close()
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' has an async execute but executes on the event "
+                'loop: set its parameter execution_mode to "thread"'
+            )
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coroutine)
 
     def _result(self, response: Any) -> Tensors | ClipperdError:
         name = self.context.model_name

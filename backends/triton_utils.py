@@ -9,8 +9,10 @@ file runs unchanged. What is here is the part of Triton's module that non-decoup
 ``get_output_tensor_by_name``, the model-config helpers (``get_input_config_by_name``,
 ``get_output_config_by_name``, ``triton_string_to_numpy``, ``triton_to_numpy_type``,
 ``numpy_to_triton_type``, ``using_decoupled_model_transaction_policy``) and ``Logger``.
-Not here: decoupled models (response senders), BLS (``InferenceRequest.exec``), custom metrics:
-they raise TritonModelException saying so."""
+BLS: ``InferenceRequest(model_name=..., inputs=..., requested_output_names=...).exec()`` and
+``await ....async_exec()`` call another model of the repository (backends/bls.py; the section
+"BLS" below). Not here: decoupled models (response senders), BLS with ``decoupled=True``, custom
+metrics: they raise TritonModelException saying so."""
 
 from __future__ import annotations
 
@@ -22,7 +24,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from backends import bls
 from backends.common import datatypes
+from backends.common.errors import (
+    AlreadyExists,
+    Cancelled,
+    ClipperdError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 
 _log = logging.getLogger("clipperd.triton_python")
 
@@ -131,6 +143,7 @@ class InferenceRequest:
         parameters: Mapping[str, Any] | str | None = None,
         model_name: str = "",
         model_version: int = -1,
+        timeout: int = 0,
         **_: Any,
     ) -> None:
         self._inputs = list(inputs)
@@ -139,6 +152,7 @@ class InferenceRequest:
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
         self._model_name = model_name
         self._model_version = model_version
+        self._timeout = timeout  # microseconds; for BLS, how long exec() waits (0: the default)
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -159,7 +173,7 @@ class InferenceRequest:
         return 0
 
     def timeout(self) -> int:
-        return 0
+        return self._timeout
 
     def model_name(self) -> str:
         return self._model_name
@@ -170,10 +184,18 @@ class InferenceRequest:
     def get_response_sender(self) -> Any:
         raise TritonModelException("decoupled models (response senders) are not supported by clipperd")
 
-    def exec(self, *args: Any, **kwargs: Any) -> Any:
-        raise TritonModelException("BLS (calling another model from execute) is not supported by clipperd")
+    def exec(self, decoupled: bool = False) -> Any:
+        """BLS: runs this request on ``model_name`` and waits for its answer (an error answer,
+        not an exception, when the model cannot answer)."""
+        if decoupled:
+            return _bls_stream(self)
+        return _bls_exec(self)
 
-    async_exec = exec
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """BLS from an ``async def execute``: awaits the answer of ``model_name``."""
+        if decoupled:
+            return _bls_stream(self)
+        return await _bls_async_exec(self)
 
     def set_release_flags(self, flags: int) -> None:
         if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
@@ -281,3 +303,63 @@ class Logger:
     @staticmethod
     def log_verbose(message: str) -> None:
         _log.debug("%s", message)
+
+
+# ---------------------------------------------------------------------------------------------
+# BLS: a Triton model calling another model (backends/bls.py carries the call to the server)
+
+_CODES: tuple[tuple[type[ClipperdError], int], ...] = (
+    (NotFound, TritonError.NOT_FOUND),
+    (InvalidArgument, TritonError.INVALID_ARG),
+    (Unavailable, TritonError.UNAVAILABLE),
+    (Unimplemented, TritonError.UNSUPPORTED),
+    (AlreadyExists, TritonError.ALREADY_EXISTS),
+    (Cancelled, TritonError.CANCELLED),
+)
+
+
+def _bls_call(request: InferenceRequest) -> bls.ModelCall:
+    if not request.model_name():
+        raise TritonModelException("InferenceRequest.exec: model_name is required")
+    inputs = {}
+    for tensor in request.inputs():
+        if not isinstance(tensor, Tensor):
+            raise TritonModelException(f"InferenceRequest.exec: an input is a {type(tensor).__name__}, not a Tensor")
+        inputs[tensor.name()] = tensor.as_numpy()
+    try:
+        parameters = json.loads(request.parameters() or "{}")
+    except ValueError:
+        raise TritonModelException("InferenceRequest.exec: parameters are not JSON") from None
+    version = request._model_version  # Triton has no getter for it either
+    return bls.ModelCall(request.model_name(), version, inputs, request.requested_output_names(), parameters)
+
+
+def _bls_response(outputs: Mapping[str, np.ndarray] | None, error: BaseException | None) -> InferenceResponse:
+    if error is None and outputs is not None:
+        return InferenceResponse([Tensor(name, array) for name, array in outputs.items()])
+    code = next((c for kind, c in _CODES if isinstance(error, kind)), TritonError.INTERNAL)
+    return InferenceResponse([], TritonError(bls.error_text(error or RuntimeError("no answer")), code))
+
+
+def _bls_exec(request: InferenceRequest) -> InferenceResponse:
+    call = _bls_call(request)
+    try:
+        return _bls_response(bls.call_sync(call, request.timeout()), None)
+    except Exception as error:  # every failure is the answer's error, as Triton's BLS gives it
+        return _bls_response(None, error)
+
+
+async def _bls_async_exec(request: InferenceRequest) -> InferenceResponse:
+    call = _bls_call(request)
+    try:
+        return _bls_response(await bls.call_async(call, request.timeout()), None)
+    except Exception as error:
+        return _bls_response(None, error)
+
+
+def _bls_stream(request: InferenceRequest) -> Any:
+    """``exec(decoupled=True)``: an iterator of responses, once the server streams to BLS."""
+    try:
+        return bls.stream(_bls_call(request))
+    except ClipperdError as error:
+        raise TritonModelException(str(error)) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
+from backends.bls import DEFAULT_TIMEOUT_S, TIMEOUT_PARAMETER, BlsLink, ModelCaller
 from backends.common.config import is_ensemble
 from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
 from backends.common.outputs import output_specs
@@ -25,6 +26,7 @@ from schedulers.ensemble import EnsembleScheduler, StepSource, plan_ensemble
 from schedulers.instance import ModelInstance
 from schedulers.process_backend import ProcessBackend, WorkerSettings
 from schedulers.protocol import Scheduler
+from schedulers.rate_limiter import RateLimiter
 from schedulers.remote import build_remote_scheduler
 from schedulers.scheduler import ModelScheduler
 from schedulers.sequence import SequenceScheduler
@@ -46,10 +48,14 @@ async def build_scheduler(
     version_path: Path,
     steps: StepSource | None = None,
     backend_class: type[Backend] | None = None,
+    models: ModelCaller | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Scheduler:
     """The scheduler of one version, its instances started (each loads on its own thread); all
     or nothing. An ensemble starts none: its plan is checked against its step models, found
-    through ``steps``. ``backend_class``: the config's backend unless given."""
+    through ``steps``. ``backend_class``: the config's backend unless given. ``models``: how its
+    instances call other models (BLS, backends/bls.py). ``limiter``: the server's rate limiter,
+    when it has one (schedulers/rate_limiter.py)."""
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
@@ -60,33 +66,72 @@ async def build_scheduler(
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
     if config.HasField("sequence_batching"):
-        return await _sequence_scheduler(config, version, version_path, backend_class)
-    placed = instance_devices(config, backend_class)
-    instances = _instances(config, version, version_path, backend_class, placed)
-    await _start(config, version, instances)
-    return ModelScheduler(config, instances, ModelStats(), [device.name for _, device in placed])
+        return await _sequence_scheduler(config, version, version_path, backend_class, models)
+    placements = _placements(config, backend_class)
+    placed = [(name, device) for name, device, _ in placements]
+    link = _bls_link(config, models, len(placed))
+    instances = _instances(config, version, version_path, backend_class, placed, link)
+    if limiter is not None:
+        _limit(config, limiter, instances, placements)
+    await _start(config, version, instances, limiter)
+    devices = [device.name for _, device in placed]
+    return ModelScheduler(config, instances, ModelStats(), devices, limiter)
 
 
 async def _sequence_scheduler(
-    config: mc.ModelConfig, version: int, version_path: Path, backend_class: type[Backend]
+    config: mc.ModelConfig,
+    version: int,
+    version_path: Path,
+    backend_class: type[Backend],
+    models: ModelCaller | None,
 ) -> SequenceScheduler:
     """A stateful model's sequence batcher: its backends load a config that names the control
-    and state tensors as inputs and outputs (schedulers/sequence_config.py)."""
+    and state tensors as inputs and outputs (schedulers/sequence_config.py). Not rate limited:
+    its slots, not a device queue, decide when an instance executes."""
     settings = SequenceSettings.of(config, version_path.parent)
     extended = backend_config(config, settings)
     placed = instance_devices(extended, backend_class)
-    instances = _instances(extended, version, version_path, backend_class, placed)
-    await _start(config, version, instances)
+    link = _bls_link(extended, models, len(placed))
+    instances = _instances(extended, version, version_path, backend_class, placed, link)
+    await _start(config, version, instances, None)
     return SequenceScheduler(config, settings, instances, ModelStats(), output_specs(extended))
 
 
-async def _start(config: mc.ModelConfig, version: int, instances: list[ModelInstance]) -> None:
-    """Starts every instance, or none: the first failure stops the others and is raised."""
+async def _start(
+    config: mc.ModelConfig, version: int, instances: list[ModelInstance], limiter: RateLimiter | None
+) -> None:
+    """Starts every instance, or none: the first failure stops the others (and frees their rate
+    limiter slots) and is raised."""
     results = await asyncio.gather(*(w.start() for w in instances), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         await asyncio.gather(*(w.stop() for w in instances))
+        _unlimit(limiter, instances)
         raise _load_error(config.name, version, errors[0])
+
+
+def _limit(
+    config: mc.ModelConfig,
+    limiter: RateLimiter,
+    instances: list[ModelInstance],
+    placements: list[tuple[str, Device, int]],
+) -> None:
+    """Registers the instances whose group has a rate_limiter (all or none: a refusal undoes)."""
+    try:
+        for instance, (name, device, group) in zip(instances, placements, strict=True):
+            if group >= 0 and config.instance_group[group].HasField("rate_limiter"):
+                spec = config.instance_group[group].rate_limiter
+                instance.slot = limiter.register(f"'{config.name}' {name}", device.name, spec)
+    except ClipperdError:
+        _unlimit(limiter, instances)
+        raise
+
+
+def _unlimit(limiter: RateLimiter | None, instances: list[ModelInstance]) -> None:
+    for instance in instances:
+        if limiter is not None and instance.slot is not None:
+            limiter.unregister(instance.slot)
+            instance.slot = None
 
 
 def _instances(
@@ -95,31 +140,40 @@ def _instances(
     version_path: Path,
     backend_class: type[Backend],
     placed: list[tuple[str, Device]],
+    link: BlsLink | None = None,
 ) -> list[ModelInstance]:
     """One ModelInstance per placed instance, not started: a thread (or the event loop) that makes the
     backend, in this process or in a worker process of its own."""
     params = Parameters.of(config)
     threads = cpu_threads_per_instance(sum(1 for _, d in placed if d.kind == "cpu"))
-    mode = execution_mode(params, backend_class)
+    mode = execution_mode(params, backend_class, config, version_path)
+    # a model whose batches are coroutines runs them as tasks on the loop, several instances at once
+    tasks = mode == "event_loop" and backend_class.preferred_mode(config, version_path) == "async"
     settings = WorkerSettings.parse(params, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(params, backend_class) * 1000
     instances = []
     for name, device in placed:
-        context = InstanceContext(config, version, version_path, device, name, threads, params.values)
+        context = InstanceContext(config, version, version_path, device, name, threads, params.values, link)
         factory: Callable[[], Backend] = functools.partial(backend_class, context)
         if settings is not None:
             factory = functools.partial(ProcessBackend, context, backend_class, settings)
         inline = inline_ns if device.kind == "cpu" else 0  # a GPU instance keeps its stream's thread
-        instances.append(ModelInstance(name, factory, on_loop=mode == "event_loop", inline_ns=inline))
+        on_loop = mode == "event_loop"
+        instances.append(ModelInstance(name, factory, on_loop=on_loop, inline_ns=inline, asynchronous=tasks))
     return instances
 
 
 def instance_devices(config: mc.ModelConfig, backend_class: type[Backend]) -> list[tuple[str, Device]]:
     """(instance name, device) for every instance the config's instance_group asks for; KIND_AUTO
     is a GPU for a backend that declares it can use one, when one is visible."""
+    return [(name, device) for name, device, _ in _placements(config, backend_class)]
+
+
+def _placements(config: mc.ModelConfig, backend_class: type[Backend]) -> list[tuple[str, Device, int]]:
+    """``instance_devices``, each with the index of its instance group (-1: the default one)."""
     gpus = gpu_count()
     auto_gpu = gpus > 0 and backend_class.capabilities.gpu
-    placed: list[tuple[str, Device]] = []
+    placed: list[tuple[str, Device, int]] = []
     for index, group in enumerate(config.instance_group):
         kind = group.kind
         if kind == mc.ModelInstanceGroup.KIND_AUTO:
@@ -127,10 +181,10 @@ def instance_devices(config: mc.ModelConfig, backend_class: type[Backend]) -> li
         group_name = group.name or f"{config.name}_{index}"
         count = group.count or 1
         if kind == mc.ModelInstanceGroup.KIND_GPU:
-            placed += _gpu_instances(config.name, group_name, list(group.gpus), count, gpus)
+            placed += [(n, d, index) for n, d in _gpu_instances(config.name, group_name, list(group.gpus), count, gpus)]
         else:
-            placed += [(f"{group_name}_{i}_cpu", CPU) for i in range(count)]
-    return placed or [(f"{config.name}_0_0_cpu", CPU)]
+            placed += [(f"{group_name}_{i}_cpu", CPU, index) for i in range(count)]
+    return placed or [(f"{config.name}_0_0_cpu", CPU, -1)]
 
 
 def _gpu_instances(model: str, group: str, wanted: list[int], count: int, available: int) -> list[tuple[str, Device]]:
@@ -150,11 +204,25 @@ def cpu_threads_per_instance(cpu_instances: int) -> int:
     return max(1, (cores - 1) // max(cpu_instances, 1))
 
 
-def execution_mode(params: Parameters, backend_class: type[Backend]) -> str:
+def execution_mode(params: Parameters, backend_class: type[Backend], config: mc.ModelConfig, version_path: Path) -> str:
     """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
-    preference: the event loop for backends that hold the GIL, else a thread."""
-    default = "event_loop" if backend_class.capabilities.holds_gil else "thread"
-    return params.choice(EXECUTION_MODE, EXECUTION_MODES, default)
+    preference: the event loop for backends that hold the GIL, else a thread, unless the model
+    says otherwise (``Backend.preferred_mode``: a thread for a model that waits for other
+    models, the event loop for one that executes as coroutines)."""
+    preferred = backend_class.preferred_mode(config, version_path)
+    loop = preferred == "async" or (backend_class.capabilities.holds_gil and preferred != "thread")
+    return params.choice(EXECUTION_MODE, EXECUTION_MODES, "event_loop" if loop else "thread")
+
+
+def _bls_link(config: mc.ModelConfig, models: ModelCaller | None, instances: int) -> BlsLink | None:
+    """How the version's instances reach the other models (BLS), waiting at most the config's
+    ``bls_timeout_us`` for an answer."""
+    if models is None:
+        return None
+    params = Parameters.of(config)
+    default_us = int(DEFAULT_TIMEOUT_S * 1e6)
+    timeout_us = params.integer(TIMEOUT_PARAMETER, default_us, low=1, unit="microseconds")
+    return BlsLink(models, asyncio.get_running_loop(), config.name, instances, timeout_us / 1e6)
 
 
 def idle_inline_us(params: Parameters, backend_class: type[Backend]) -> int:

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from backends.base import Backend, Tensors
@@ -41,12 +42,17 @@ from schedulers.instance import ModelInstance
 from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
+from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
 
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
 
 # per event loop: how many of its devices have requests queued or executing on their threads
 _active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+# set while a model that takes its batch as requests executes: a call it makes to another model
+# (BLS) carries it to the loop, where the caller's own device, which only waits for that call,
+# does not keep the callee from running inline
+_in_execution: ContextVar[int] = ContextVar("clipperd_in_execution", default=0)
 
 
 class Pending:
@@ -91,6 +97,7 @@ class DeviceQueue:
         stats: ModelStats,
         policies: QueuePolicies,
         order: ResponseOrder,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.device = device
         self.config = config
@@ -132,6 +139,15 @@ class DeviceQueue:
         self._solo_rows = 0.0  # and of their rows
         self.inline_executions = 0  # requests run at once on the event loop
         self._async = any(w.asynchronous for w in self._instances)
+        # Triton's rate limiter (schedulers/rate_limiter.py): instances with resources run only
+        # once granted them; such a device never runs requests inline (that would skip the gate)
+        self._limiter = limiter if any(w.slot is not None for w in self._instances) else None
+        self._granted: set[ModelInstance] = set()  # idle instances holding their resources
+        self._asking: ModelInstance | None = None  # the instance waiting for a grant
+        if self._limiter is not None:
+            self._inline = False
+            self._inline_ns = 0
+            self._defer = self._batching
         # a failed batch's requests: True when the hook took them (to retry them elsewhere)
         self.on_failure: Callable[[DeviceQueue, list[Pending], BaseException], bool] | None = None
 
@@ -197,7 +213,7 @@ class DeviceQueue:
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
         if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
             return False
-        return not _active.get(asyncio.get_running_loop(), 0)
+        return _active.get(asyncio.get_running_loop(), 0) <= _in_execution.get()
 
     def _idle_ns(self) -> float:
         """How long since a batch last completed (forever when none has: the monotonic clock's
@@ -267,6 +283,24 @@ class DeviceQueue:
             raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
 
+    async def warm_up(self, inputs: Tensors, batch_size: int) -> None:
+        """Runs one warm-up sample on every instance of the device, one after the other, before
+        the version serves (so they are idle): no queue, no statistics, no AIMD observation."""
+        loop = asyncio.get_running_loop()
+        for instance in self._instances:
+            future: asyncio.Future[Any] = loop.create_future()
+
+            def done(result: Any, error: BaseException | None, future: asyncio.Future[Any] = future) -> None:
+                if not future.done():
+                    future.set_result((result, error))
+
+            instance.submit(self._job([inputs], [batch_size]), loop, done)
+            result, error = await future
+            if error is not None:
+                raise error
+            if isinstance(result[0][0], BaseException):  # a per-request model failed the sample
+                raise result[0][0]
+
     def take_queued(self) -> list[Pending]:
         """Empties the queue (its requests' queue timeouts disarmed): the requests of a device
         that goes away, for the scheduler to send elsewhere."""
@@ -292,6 +326,10 @@ class DeviceQueue:
             self._dispatch()  # a batch waiting for its delay goes now
         await self._drained.wait()
         await asyncio.gather(*(w.stop() for w in self._instances))
+        if self._limiter is not None:
+            for instance in self._instances:
+                if instance.slot is not None:
+                    self._limiter.unregister(instance.slot)
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -300,21 +338,69 @@ class DeviceQueue:
         self._dispatching = True
         try:
             while self._idle:
+                instance = self._idle[-1] if self._limiter is None else self._ready_instance()
+                if instance is None:  # the idle instances wait for their rate-limiter resources
+                    break
                 formed = self._next_batch()
                 if formed is None:
                     break
                 batch, cap_bound = formed
-                instance = self._idle.pop()
+                self._idle.remove(instance)
+                self._granted.discard(instance)
                 assert self._loop is not None
                 job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
                 done = self._completion(instance, batch, self._order.ticket(), cap_bound)
                 instance.submit(job, self._loop, done)
         finally:
             self._dispatching = False
+        if self._granted:  # nothing (more) to run now: holding resources would starve others
+            self._give_back()
         if not self.queue and not self.busy and not self._drained.is_set():
             self._drained.set()
             assert self._loop is not None
             _active[self._loop] -= 1
+
+    def _ready_instance(self) -> ModelInstance | None:
+        """An idle instance that may execute now (no resources, or granted them), asking the
+        rate limiter for one when none may; None while the ask is pending or nothing waits."""
+        assert self._limiter is not None
+        for instance in reversed(self._idle):
+            if instance.slot is None or instance in self._granted:
+                return instance
+        if self._asking is not None or not any(not r.future.done() for r in self.queue):
+            return None
+        instance = self._idle[-1]
+        assert instance.slot is not None
+        if self._limiter.acquire(instance.slot, functools.partial(self._on_grant, instance)):
+            self._granted.add(instance)
+            return instance
+        self._asking = instance
+        return None
+
+    def _on_grant(self, instance: ModelInstance) -> None:
+        self._asking = None
+        self._granted.add(instance)
+        self._dispatch()
+
+    def _return(self, instance: ModelInstance) -> None:
+        """An execution ended: the instance's resources go back, and with work waiting it asks
+        again in the same step, competing with the other waiters by priority."""
+        assert self._limiter is not None
+        assert instance.slot is not None
+        if self._asking is not None or not any(not r.future.done() for r in self.queue):
+            self._limiter.release(instance.slot)
+        elif self._limiter.renew(instance.slot, functools.partial(self._on_grant, instance)):
+            self._granted.add(instance)
+        else:
+            self._asking = instance
+
+    def _give_back(self) -> None:
+        """Resources granted to instances that found no batch to run go back at once."""
+        assert self._limiter is not None
+        for instance in self._granted:
+            assert instance.slot is not None
+            self._limiter.release(instance.slot)
+        self._granted.clear()
 
     def _next_batch(self) -> tuple[list[Pending], bool] | None:
         """The next batch and whether the AIMD cap cut it to size; None to wait for more."""
@@ -404,6 +490,8 @@ class DeviceQueue:
     def _completion(self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(instance)
+            if self._limiter is not None and instance.slot is not None:
+                self._return(instance)
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
                 self._observe(sum(r.batch_size for r in batch), len(batch), result[1], instance, cap_bound)
@@ -480,9 +568,16 @@ def _run_batch(
 
 async def _run_batch_async(
     parts: list[Tensors], sizes: list[int], batch: int | None, model: str, specs: Any, backend: Backend
-) -> tuple[list[Tensors], ExecutionTimes]:
-    """One execution of an asynchronous backend (a remote call), as a task on the event loop."""
+) -> tuple[list[Any], ExecutionTimes]:
+    """One execution of an asynchronous backend (a remote call, a model whose batches are
+    coroutines), as a task on the event loop."""
     t0 = time.perf_counter_ns()
+    if backend.per_request:
+        _in_execution.set(1)  # this task's own context
+        results: list[Any] = await backend.execute_requests_async(parts)
+        t1 = time.perf_counter_ns()
+        _check_each(results, sizes, batch is not None, model, specs)
+        return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
     outputs = check_outputs(model, specs, await backend.execute_async(inputs), batch)
@@ -497,12 +592,21 @@ def _run_requests(
     """One execution of a model that takes the batch as its requests: each request's outputs
     are checked on their own, and a bad one fails only its request."""
     t0 = time.perf_counter_ns()
-    results: list[Any] = backend.execute_requests(parts)
+    token = _in_execution.set(1)
+    try:
+        results: list[Any] = backend.execute_requests(parts)
+    finally:
+        _in_execution.reset(token)
     t1 = time.perf_counter_ns()
+    _check_each(results, sizes, batched, model, specs)
+    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+
+
+def _check_each(results: list[Any], sizes: list[int], batched: bool, model: str, specs: Any) -> None:
+    """Each request's outputs against the config, in place: a bad one fails only its request."""
     for i, (output, size) in enumerate(zip(results, sizes, strict=True)):
         if not isinstance(output, BaseException):
             try:
                 results[i] = check_outputs(model, specs, output, size if batched else None)
             except ClipperdError as error:
                 results[i] = error
-    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)

@@ -30,6 +30,7 @@ from typing import Any
 
 from backends.base import Backend
 from backends.common.errors import ModelExecutionError, Unavailable
+from schedulers.rate_limiter import Slot
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,15 @@ class ModelInstance:
         on_loop: bool = False,
         inline_ns: int = 0,
         asynchronous: bool = False,
+        remote: bool = False,
     ) -> None:
         """``inline_ns``: for a thread instance, the longest execution the scheduler may run on
         the event loop instead when the device is idle (0: never). ``asynchronous``: jobs are
-        coroutines, run as tasks on the event loop."""
+        coroutines, run as tasks on the event loop; ``remote``: one loaded on the event loop
+        itself (its client binds to the loop)."""
         self.name = name
         self.asynchronous = asynchronous
+        self.remote = remote
         self.on_loop = on_loop and not asynchronous
         self.inline_ns = 0 if on_loop else inline_ns
         self._make_backend = make_backend
@@ -64,11 +68,13 @@ class ModelInstance:
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._backend: Backend | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.slot: Slot | None = None  # its rate-limiter resources, when it has any
 
     async def start(self) -> None:
         """Creates and loads the backend; raises what load raised."""
         if self.asynchronous:
-            self._backend = self._load()  # nothing slow: a remote backend connects on its own
+            # a remote backend connects on its own (on this loop); a model file is imported off it
+            self._backend = self._load() if self.remote else await asyncio.to_thread(self._load)
             return
         if self.on_loop:
             self._backend = await asyncio.to_thread(self._load)

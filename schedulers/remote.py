@@ -125,7 +125,9 @@ class RemoteScheduler(ModelScheduler):
     async def endpoint_added(self, endpoint: Endpoint) -> None:
         make = functools.partial(RemoteBackend, self._context, endpoint)
         name = f"{self.config.name}_{endpoint.address}"
-        instances = [ModelInstance(f"{name}_{i}", make, asynchronous=True) for i in range(self._per_endpoint)]
+        instances = [
+            ModelInstance(f"{name}_{i}", make, asynchronous=True, remote=True) for i in range(self._per_endpoint)
+        ]
         for instance in instances:
             await instance.start()
         queue = DeviceQueue(endpoint.address, self.config, instances, self.stats, self._policies, self._order)

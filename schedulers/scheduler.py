@@ -22,6 +22,7 @@ from schedulers.instance import ModelInstance
 from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
+from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ModelStats, Rejection
 
 # one routing decision in this many goes by queue depth alone, so that a device whose estimate
@@ -41,9 +42,15 @@ class ModelScheduler:
     """Routes one model version's requests to its per-device queues."""
 
     def __init__(
-        self, config: mc.ModelConfig, instances: Sequence[ModelInstance], stats: ModelStats, devices: Sequence[str] = ()
+        self,
+        config: mc.ModelConfig,
+        instances: Sequence[ModelInstance],
+        stats: ModelStats,
+        devices: Sequence[str] = (),
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """``devices[i]`` is where ``instances[i]`` runs (all ``cpu`` when not given)."""
+        """``devices[i]`` is where ``instances[i]`` runs (all ``cpu`` when not given); ``limiter``
+        holds the instances that have rate-limiter resources (schedulers/rate_limiter.py)."""
         self.config = config
         self.stats = stats
         self._batching = config.HasField("dynamic_batching") and config.max_batch_size > 0
@@ -54,7 +61,8 @@ class ModelScheduler:
         for index, instance in enumerate(instances):
             placed.setdefault(devices[index] if devices else "cpu", []).append(instance)
         self.queues = [
-            DeviceQueue(device, config, group, stats, self._policies, self._order) for device, group in placed.items()
+            DeviceQueue(device, config, group, stats, self._policies, self._order, limiter)
+            for device, group in placed.items()
         ]
         self._closed = False
         self._routed = 0
@@ -114,6 +122,11 @@ class ModelScheduler:
         if self._routed % _EXPLORE and all(q.batch_ns for q in queues):
             return min(queues, key=_wait_then_depth)
         return min(queues, key=_depth)
+
+    async def warm_up(self, inputs: Tensors, batch_size: int) -> None:
+        """Runs one warm-up sample on every instance (schedulers/warmup.py), uncounted."""
+        for queue in self.queues:
+            await queue.warm_up(inputs, batch_size)
 
     async def close(self) -> None:
         """Stops taking requests, lets queued and running ones finish, unloads the instances."""

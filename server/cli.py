@@ -137,6 +137,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _checked(settings: Settings) -> list[str]:
     """ValueError for the first value that cannot work; the warnings to log otherwise."""
     settings.cache_bytes()
+    settings.rate_limits()
     AccessPolicy.from_settings(settings)
     check_tls_settings(settings)
     HttpLimits.from_settings(settings)  # the HTTP limits' values are checked

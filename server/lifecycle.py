@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schedulers.cache import ResponseCache
+from schedulers.rate_limiter import RateLimiter
 from server.access import AccessPolicy
 from server.applications.manager import ApplicationManager
 from server.applications.state import open_store
@@ -43,7 +44,8 @@ class Server:
         self.cache = ResponseCache(size) if size else None
         self.mirror = _bucket_mirror(settings)  # None: the repository is a local folder
         root = self.mirror.root if self.mirror is not None else Path(settings.model_repository)
-        self.repository = ModelRepository(root, mode, list(settings.load_model), self.cache, self.mirror)
+        limiter = RateLimiter(settings.rate_limits()) if settings.rate_limit == "execution_count" else None
+        self.repository = ModelRepository(root, mode, list(settings.load_model), self.cache, self.mirror, limiter)
         store = open_store(settings.app_state, settings.model_repository)
         self.applications = ApplicationManager(self.repository, store)
         self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.common.parameters import boolean_word
+from schedulers.rate_limiter import ResourceLimit, parse_resource
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://: a bucket, not a folder
 
@@ -106,6 +107,20 @@ class Settings:
         None,
         "Triton's response cache: '<cache>,<key>=<value>', here 'local,size=<bytes>' (may be repeated); "
         "models opt in with 'response_cache { enable: true }'. Not given: no cache.",
+        multiple=True,
+    )
+    rate_limit: str = _setting(
+        "off",
+        "Triton's rate limiter: execution_count starts an instance's execution only when the resources "
+        "its instance group's rate_limiter lists are free (see docs/repository.md); off: as soon as an "
+        "instance is idle.",
+        choices=("execution_count", "off"),
+    )
+    rate_limit_resource: list[str] = _setting(
+        None,
+        "With --rate-limit execution_count: '<name>:<count>[:<device>]' sets how many copies of a "
+        "resource the server has (device: a GPU number or cpu; none: every device and the global "
+        "resource); may be repeated. Default: the most any loaded instance asks for.",
         multiple=True,
     )
     exit_timeout_secs: float = _setting(30.0, "On SIGTERM, how long in-flight requests may take to finish.")
@@ -267,12 +282,18 @@ class Settings:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.rate_limit_resource is None:
+            self.rate_limit_resource = []
         if self.backend_config is None:
             self.backend_config = []
         if self.grpc_restricted_protocol is None:
             self.grpc_restricted_protocol = []
         if self.http_restricted_api is None:
             self.http_restricted_api = []
+
+    def rate_limits(self) -> list[ResourceLimit]:
+        """``--rate-limit-resource`` parsed; ValueError says which one is wrong."""
+        return [parse_resource(text) for text in self.rate_limit_resource]
 
     def cache_bytes(self) -> int:
         """The response cache's size from ``cache_config`` (0: no cache); ValueError says what is wrong."""

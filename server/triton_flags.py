@@ -24,8 +24,6 @@ TUNING: dict[str, str] = {
     "repoagent-directory": "where Triton finds repository agents",
     "cache-directory": "where Triton finds cache libraries",
     "host-policy": "Triton's NUMA host policies",
-    "rate-limit": "Triton's rate limiter",
-    "rate-limit-resource": "Triton's rate limiter",
     "http-thread-count": "Triton's HTTP threads (clipperd serves HTTP on its event loop)",
     "reuse-http-port": "SO_REUSEPORT on the HTTP port",
     "reuse-grpc-port": "SO_REUSEPORT on the gRPC port",

@@ -16,10 +16,7 @@ REFUSED = {
     "batch_output": "batch outputs (tensors split back by another input's shape) are not implemented",
 }
 # key -> what is given up by ignoring it
-WARNED = {
-    "model_warmup": "no warmup requests are run before the model is marked ready",
-    "instance_group.rate_limiter": "instances are not rate limited",
-}
+WARNED: dict[str, str] = {}
 
 
 def refused_keys(config: mc.ModelConfig) -> list[str]:
@@ -35,10 +32,7 @@ def refused_keys(config: mc.ModelConfig) -> list[str]:
 
 def warned_keys(config: mc.ModelConfig) -> list[str]:
     """The keys of ``config`` that clipperd accepts but ignores (see WARNED)."""
-    present = {
-        "model_warmup": bool(config.model_warmup),
-        "instance_group.rate_limiter": any(g.HasField("rate_limiter") for g in config.instance_group),
-    }
+    present: dict[str, bool] = {}  # none today: each key implemented since was taken out
     return [key for key in WARNED if present[key]]
 
 

@@ -10,15 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from backends.base import Tensors
+from backends.bls import ModelCaller
 from backends.common.config import is_ensemble
 from backends.proto import model_config_pb2 as mc
 from schedulers.assembly import build_scheduler
 from schedulers.cache import CacheKey, RequestInput, ResponseCache, VersionCache, version_cache
 from schedulers.ensemble import StepSource
 from schedulers.protocol import Scheduler
+from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ModelStats
 from server.core import inference
 from server.core.validation import ModelSignature
+from server.core.warmup import warm_up
 
 
 @dataclass
@@ -91,14 +94,22 @@ async def load_model_version(
     version_path: Path,
     steps: StepSource | None = None,
     cache: ResponseCache | None = None,
+    models: ModelCaller | None = None,
+    limiter: RateLimiter | None = None,
 ) -> ModelVersion:
     """Builds the version's scheduler (schedulers.assembly: its instances started, all or
     nothing; an ensemble's plan checked against its step models, found through ``steps``) and
     wraps it with the version's signature and its share of ``cache``, the server's response
-    cache, when the config enables ``response_cache``."""
+    cache, when the config enables ``response_cache``. ``models``: how its instances call other
+    models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
-    scheduler = await build_scheduler(config, version, version_path, steps)
+    scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
+    signature = ModelSignature(config)
+    try:
+        await warm_up(config, version, version_path, scheduler, signature)
+    except BaseException:
+        await scheduler.close()
+        raise
     load_secs = time.perf_counter() - started
     cached = None if is_ensemble(config) else version_cache(config, version, cache)
-    signature = ModelSignature(config)
     return ModelVersion(config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached)

@@ -20,6 +20,8 @@ from backends.common.versions import select_versions, version_folders
 from backends.proto import model_config_pb2 as mc
 from schedulers.cache import ResponseCache
 from schedulers.protocol import RemoteEndpoints
+from schedulers.rate_limiter import RateLimiter
+from server.core.bls import RepositoryCaller
 from server.core.model_version import ModelVersion, load_model_version
 
 log = logging.getLogger(__name__)
@@ -90,15 +92,18 @@ class ModelRepository:
         startup_models: list[str] | None = None,
         cache: ResponseCache | None = None,
         source: RepositorySource | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.root = root.resolve()
         self.source = source  # a bucket's copy: a load request first brings the model's folder up to date
         self.cache = cache  # the response cache the versions that enable it share
+        self.limiter = limiter  # the rate limiter every version's instances share (--rate-limit)
         self.mode = mode
         self.startup_models = startup_models or []
         self._models: dict[str, ModelEntry] = {}
         self._expected: set[str] = set()  # models asked to be loaded: readiness waits for them
         self._closing: set[asyncio.Task[None]] = set()
+        self._calls = RepositoryCaller(self)  # models calling models (BLS) through this repository
 
     # -- the request path -------------------------------------------------------------------
 
@@ -312,7 +317,8 @@ class ModelRepository:
                 entry.status[version] = VersionStatus(State.LOADING)
         versions = list(wanted)
         results = await asyncio.gather(
-            *(load_model_version(config, v, wanted[v], self, self.cache) for v in versions), return_exceptions=True
+            *(load_model_version(config, v, wanted[v], self, self.cache, self._calls, self.limiter) for v in versions),
+            return_exceptions=True,
         )
         serving: dict[int, ModelVersion] = {}
         errors: list[ClipperdError] = []

@@ -37,12 +37,6 @@ REFUSED = {
         "batch_output",
     ),
 }
-WARMUP = """model_warmup [
-  { name: "zeros" batch_size: 1 inputs { key: "INPUT0" value { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } }
-]
-"""
-RATE_LIMITED = 'instance_group [ { kind: KIND_CPU count: 1 rate_limiter { resources [ { name: "R" count: 1 } ] } } ]\n'
-WARNED = {"with_warmup": (WARMUP, "model_warmup"), "with_rate_limiter": (RATE_LIMITED, "rate_limiter")}
 
 
 def add_model(repo: Path, name: str, extra: str) -> None:
@@ -61,7 +55,7 @@ def add_model(repo: Path, name: str, extra: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("config_keys")
     shutil.copytree(EXAMPLES / "identity_fp32", repo / "identity_fp32")
-    for name, (extra, _) in {**REFUSED, **WARNED}.items():
+    for name, (extra, _) in REFUSED.items():
         add_model(repo, name, extra)
     with running(repo, "--model-control-mode", "explicit", log_dir=logs_dir) as started:
         yield started
@@ -95,17 +89,6 @@ def test_a_refused_key_leaves_the_model_unavailable_naming_it(server: ServerProc
     with grpcclient.InferenceServerClient(server.url) as client:  # the others still serve
         client.load_model("identity_fp32")
     infer_identity(server.url, "identity_fp32")
-
-
-@pytest.mark.parametrize("model", sorted(WARNED))
-def test_a_speed_only_key_loads_with_one_warning(server: ServerProcess, model: str) -> None:
-    key = WARNED[model][1]
-    with grpcclient.InferenceServerClient(server.url) as client:
-        client.load_model(model)
-    infer_identity(server.url, model)
-    warnings = [line for line in server.log().splitlines() if f"model '{model}'" in line and key in line]
-    assert len(warnings) == 1, server.log()
-    assert "WARNING" in warnings[0]
 
 
 def test_what_is_parsed_is_unchanged() -> None:

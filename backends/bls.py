@@ -1,0 +1,202 @@
+"""BLS (Triton's "business logic scripting"): a model calling another model of the repository
+while it executes, e.g. ``pb_utils.InferenceRequest(...).exec()`` in a Triton Python model.
+
+Backends never import the server: the server hands each instance a ``BlsLink`` (its
+``ModelCaller``, which runs the call through the target's own validation, cache, batcher and
+statistics, and the event loop it runs on) in ``InstanceContext.bls``. While a model executes,
+its link is the current one (``executing``), so that requests built inside ``execute`` find it.
+
+Where the calling model executes matters:
+
+- on its own thread (``execution_mode: thread``): ``exec()`` hands the call to the server's
+  loop and waits; ``async_exec()`` in an ``async def execute`` awaits it from the instance
+  thread's own event loop. Triton models whose ``model.py`` builds ``InferenceRequest`` default
+  to this mode (backends/python_backend.py).
+- on the event loop: a model with ``async def execute`` runs there by default, as tasks, and
+  ``async_exec()`` awaits the call without leaving the loop (no thread hand-off at all). A
+  synchronous ``exec()`` there would need the very loop that is blocked in the model: refused
+  with an error telling the user to set ``execution_mode`` thread (or to use ``async_exec``).
+- in a worker process (``execution_mode: process``): no link crosses the process boundary, so
+  the call is refused with an error saying so.
+
+Deadlocks (a model calling itself with every instance busy, A -> B -> A): a call waits at most
+its deadline (the request's ``timeout``, else the calling model's ``bls_timeout_us`` parameter,
+else ``DEFAULT_TIMEOUT_S``) and then answers DEADLINE_EXCEEDED; the abandoned request leaves the
+target's queue. A model with one instance that calls itself is refused at once: it would
+always wait for itself.
+
+Streamed answers (``exec(decoupled=True)``) need a streaming entry point in the server; the
+hook is ``ModelCaller.stream_model`` (see ``stream``), which a server without streaming lacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from backends.common.errors import (
+    ClipperdError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Unimplemented,
+)
+from backends.common.tensors import Tensors
+
+DEFAULT_TIMEOUT_S = 60.0
+TIMEOUT_PARAMETER = "bls_timeout_us"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """One BLS request: the target, its inputs, the outputs wanted (empty: all)."""
+
+    model: str
+    version: int  # -1 (or 0): the version the server picks, as for a client
+    inputs: Tensors
+    outputs: Sequence[str] = ()
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ModelCaller(Protocol):
+    """What the server provides: one request to a model of the repository, through the same
+    entry point clients' requests take; raises the ClipperdError a client would get."""
+
+    async def call_model(self, call: ModelCall) -> Tensors: ...
+
+
+@dataclass(frozen=True)
+class BlsLink:
+    """An instance's way to the other models: its caller, the server's loop, its deadline."""
+
+    caller: ModelCaller
+    loop: asyncio.AbstractEventLoop
+    model: str  # the calling model
+    instances: int  # how many instances the calling model has
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __reduce__(self) -> Any:
+        # a worker process gets no link: nothing there can reach the server's loop
+        return (_no_link, ())
+
+
+def _no_link() -> None:
+    return None
+
+
+_CURRENT: ContextVar[BlsLink | None] = ContextVar("clipperd_bls_link", default=None)
+
+
+@contextlib.contextmanager
+def executing(link: BlsLink | None) -> Iterator[None]:
+    """Makes ``link`` the current one while a model's ``execute`` runs."""
+    token = _CURRENT.set(link)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def current(model: str) -> BlsLink:
+    """The executing model's link, or why there is none."""
+    link = _CURRENT.get()
+    if link is None:
+        raise FailedPrecondition(
+            f"BLS call to model '{model}': no model of this server is executing here (BLS works "
+            "inside execute, and not in execution_mode process: set execution_mode thread)"
+        )
+    return link
+
+
+def _check(link: BlsLink, call: ModelCall) -> None:
+    if _on_loop(link.loop):
+        raise FailedPrecondition(
+            f"model '{link.model}' calls model '{call.model}' (BLS) while it executes on the event "
+            "loop, which would wait for itself: set the model's parameter execution_mode to "
+            '"thread" (parameters { key: "execution_mode" value: { string_value: "thread" } }), '
+            "or await async_exec() in an async def execute"
+        )
+    _check_self(link, call)
+
+
+def _check_self(link: BlsLink, call: ModelCall) -> None:
+    if call.model == link.model and link.instances <= 1:
+        raise FailedPrecondition(
+            f"model '{link.model}' calls itself (BLS) but has one instance, busy running the "
+            "caller: the call could never run (give it more instances)"
+        )
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is the one running ``loop`` (a model executing on the event loop)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs on this thread: an instance thread
+        return False
+
+
+def _deadline(link: BlsLink, timeout_us: int) -> float:
+    return timeout_us / 1e6 if timeout_us > 0 else link.timeout_s
+
+
+def _late(link: BlsLink, call: ModelCall, seconds: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"BLS call from model '{link.model}' to model '{call.model}' got no answer within "
+        f"{seconds:g} s (a model waiting for itself, or a cycle of models calling each other, "
+        "never answers; raise bls_timeout_us if the target is just slow)"
+    )
+
+
+def call_sync(call: ModelCall, timeout_us: int = 0) -> Tensors:
+    """``exec()``: runs ``call`` on the server's loop and waits (on the instance's thread)."""
+    link = current(call.model)
+    _check(link, call)
+    seconds = _deadline(link, timeout_us)
+    future = asyncio.run_coroutine_threadsafe(link.caller.call_model(call), link.loop)
+    try:
+        return future.result(seconds)
+    except TimeoutError:
+        future.cancel()  # the target's queue drops the request
+        raise _late(link, call, seconds) from None
+
+
+async def call_async(call: ModelCall, timeout_us: int = 0) -> Tensors:
+    """``async_exec()``: awaits ``call``, on the server's loop itself (a model executing as
+    tasks there) or from the instance thread's own loop."""
+    link = current(call.model)
+    seconds = _deadline(link, timeout_us)
+    if _on_loop(link.loop):
+        _check_self(link, call)
+        try:
+            return await asyncio.wait_for(link.caller.call_model(call), seconds)
+        except TimeoutError:
+            raise _late(link, call, seconds) from None
+    _check(link, call)
+    future = asyncio.run_coroutine_threadsafe(link.caller.call_model(call), link.loop)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), seconds)
+    except TimeoutError:
+        raise _late(link, call, seconds) from None
+
+
+def stream(call: ModelCall) -> AsyncIterator[Tensors]:
+    """``exec(decoupled=True)``: the answers of a decoupled model, one by one. The hook for the
+    server's streaming entry point: a caller with ``stream_model(call)`` (an async iterator of
+    outputs) serves it; without one, a clear refusal."""
+    link = current(call.model)
+    streamer = getattr(link.caller, "stream_model", None)
+    if streamer is None:
+        raise Unimplemented(
+            f"BLS call to model '{call.model}' with decoupled=True: streamed answers are not "
+            "available to BLS in this server yet"
+        )
+    return streamer(call)  # type: ignore[no-any-return]
+
+
+def error_text(error: BaseException) -> str:
+    """A ClipperdError's message as a client would read it; anything else with its type."""
+    if isinstance(error, ClipperdError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
