@@ -1,4 +1,5 @@
-"""HTTP/2 frames (RFC 9113) and header blocks (HPACK, RFC 7541) for the gRPC front end.
+"""HTTP/2 frames (RFC 9113) and header blocks (HPACK, RFC 7541), for the gRPC front end
+(server/grpc/http2) and the remote backend's gRPC client (backends/remote/h2.py).
 
 Decoding keeps the peer's dynamic table (the ``hpack`` package, with a fast path for the blocks
 gRPC clients send once their headers are indexed: one byte per header). Encoding never uses the
