@@ -17,6 +17,8 @@ import pytest
 from backends.common.http2 import PREFACE, ErrorCode, Flag, FrameType, frame, goaway, rst_stream, window_update
 from backends.remote.h2 import MAX_FRAME, GrpcStatus, H2Channel, ProtocolError, RefusedCall, request_head
 
+OVER = MAX_FRAME + 1
+BAD_HPACK = b"\xff\xff\xff\xff\x0f"  # an index past any table
 HEAD = request_head("/inference.GRPCInferenceService/ModelInfer", "127.0.0.1:1", 5.0)
 
 
@@ -115,7 +117,8 @@ async def test_the_request_headers_are_grpcs() -> None:
         await channel.call(HEAD, b"x", 5)
         block = next(p for k, _, _, p in peers[0].frames if k == FrameType.HEADERS)
         fields = dict(hpack.Decoder().decode(block))
-        assert fields[":method"] == "POST" and fields[":scheme"] == "http"
+        assert fields[":method"] == "POST"
+        assert fields[":scheme"] == "http"
         assert fields[":path"] == "/inference.GRPCInferenceService/ModelInfer"
         assert (fields["content-type"], fields["te"], fields["grpc-timeout"]) == (
             "application/grpc",
@@ -132,7 +135,7 @@ async def test_a_large_request_waits_for_the_servers_window() -> None:
     async def slow_window(peer: Peer) -> None:
         received, stream = b"", 0
         while len(received) < 65_535:
-            kind, flags, stream_id, payload = await peer.read_frame()
+            kind, _flags, stream_id, payload = await peer.read_frame()
             stream = stream_id if kind == FrameType.HEADERS else stream
             received += payload if kind == FrameType.DATA else b""
         assert len(received) == 65_535, "the client sent past the window"
@@ -196,7 +199,7 @@ async def test_an_unknown_status_number_is_unknown() -> None:
 
 
 @pytest.mark.parametrize(
-    "answer, match",
+    ("answer", "match"),
     [
         (lambda p, s: p.headers(s, [(":status", "404")], end=True), "HTTP status 404"),
         (lambda p, s: p.headers(s, [(":status", "200")], end=True), "without a gRPC status"),
@@ -269,13 +272,13 @@ async def test_a_silent_server_times_out_and_the_stream_is_reset() -> None:
 
 
 @pytest.mark.parametrize(
-    "hostile, match",
+    ("hostile", "match"),
     [
-        (lambda p, s: p.writer.write(struct.pack(">HBBBI", (MAX_FRAME + 1) >> 8, (MAX_FRAME + 1) & 0xFF, 0, 0, s)), "frame of"),
+        (lambda p, s: p.writer.write(struct.pack(">HBBBI", OVER >> 8, OVER & 0xFF, 0, 0, s)), "frame of"),
         (lambda p, s: p.writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"\0" * 64), "frame|header|closed"),
         (lambda p, s: p.writer.write(frame(FrameType.HEADERS, 0, s, b"\x88")
                                      + frame(FrameType.CONTINUATION, 0, s, b"\x00" * 16_000) * 6), "header block over"),
-        (lambda p, s: p.writer.write(frame(FrameType.HEADERS, Flag.END_HEADERS, s, b"\xff\xff\xff\xff\x0f")), "header block"),
+        (lambda p, s: p.writer.write(frame(FrameType.HEADERS, Flag.END_HEADERS, s, BAD_HPACK)), "header block"),
         (lambda p, s: p.writer.write(frame(FrameType.PUSH_PROMISE, Flag.END_HEADERS, s, b"\0\0\0\2\x88")), "push"),
         (lambda p, s: p.writer.write(frame(FrameType.SETTINGS, 0, 0, b"\0\4\xff\xff\xff\xff")), "initial window"),
     ],
@@ -328,5 +331,5 @@ async def test_a_refused_connection_is_an_os_error() -> None:
     server.close()
     await server.wait_closed()
     channel = H2Channel("127.0.0.1", port, 2, 1 << 20)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"(?i)refused|connect"):
         await channel.call(HEAD, b"x", 5)
