@@ -51,6 +51,7 @@ STATUS_NAMES = (  # gRPC's status codes by number
     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
 )  # fmt: skip
 _LAST_STREAM_ID = 2**31 - 1
+_MAX_DECODED = 64  # header blocks remembered per connection (a server sends few distinct ones)
 
 
 class ProtocolError(Exception):
@@ -111,7 +112,10 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
-        self._decoder = HeaderDecoder(MAX_HEADER_LIST)
+        # no dynamic table (SETTINGS_HEADER_TABLE_SIZE 0): every header block means the same
+        # whenever it comes, so the few the server sends are decoded once and then looked up
+        self._decoder = HeaderDecoder(MAX_HEADER_LIST, max_table_bytes=0)
+        self._decoded: dict[bytes, dict[str, str]] = {}
         self._calls: dict[int, _Call] = {}
         self._next_id = 1
         self._send_window = DEFAULT_WINDOW  # the connection's, as the server grants it
@@ -139,6 +143,7 @@ class H2Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a TCP transport (uvloop's is no subclass)
         assert self.transport is not None
         settings = {
+            Setting.HEADER_TABLE_SIZE: 0,
             Setting.ENABLE_PUSH: 0,
             Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             Setting.MAX_FRAME_SIZE: MAX_FRAME,
@@ -310,7 +315,11 @@ class H2Connection(asyncio.Protocol):
             self._on_header_block(first_flags, stream_id, bytes(block))
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        fields = dict(self._decoder.decode(block))  # always: the table must follow the server's
+        fields = self._decoded.get(block)
+        if fields is None:
+            fields = dict(self._decoder.decode(block))
+            if len(self._decoded) < _MAX_DECODED:
+                self._decoded[block] = fields
         call = self._calls.get(stream_id)
         if call is None or call.future.done():
             return

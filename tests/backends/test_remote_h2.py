@@ -28,6 +28,7 @@ class Peer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.encoder = hpack.Encoder()
+        self.encoder.header_table_size = 0  # as the client's SETTINGS_HEADER_TABLE_SIZE asks
         self.frames: list[tuple[int, int, int, bytes]] = []
 
     async def start(self) -> None:
@@ -116,7 +117,7 @@ async def test_the_request_headers_are_grpcs() -> None:
     async with serving(echo) as (channel, peers):
         await channel.call(HEAD, b"x", 5)
         block = next(p for k, _, _, p in peers[0].frames if k == FrameType.HEADERS)
-        fields = dict(hpack.Decoder().decode(block))
+        fields = {str(n): str(v) for n, v in hpack.Decoder().decode(block, raw=False)}
         assert fields[":method"] == "POST"
         assert fields[":scheme"] == "http"
         assert fields[":path"] == "/inference.GRPCInferenceService/ModelInfer"
@@ -333,3 +334,21 @@ async def test_a_refused_connection_is_an_os_error() -> None:
     channel = H2Channel("127.0.0.1", port, 2, 1 << 20)
     with pytest.raises(OSError, match=r"(?i)refused|connect"):
         await channel.call(HEAD, b"x", 5)
+
+
+async def test_a_server_that_keeps_a_dynamic_table_against_the_settings_fails_clearly() -> None:
+    """The client announces no dynamic table; a server that indexes anyway breaks HPACK."""
+
+    async def indexing(peer: Peer) -> None:
+        peer.encoder = hpack.Encoder()  # ignores SETTINGS_HEADER_TABLE_SIZE 0
+        while True:
+            stream_id, body = await peer.read_call()
+            peer.headers(stream_id, [(":status", "200"), ("x-session", "abc")])
+            message = body[5:]
+            peer.writer.write(frame(FrameType.DATA, 0, stream_id, struct.pack(">BI", 0, len(message)) + message))
+            peer.headers(stream_id, [("grpc-status", "0")], end=True)
+
+    async with serving(indexing) as (channel, _):
+        assert await channel.call(HEAD, b"first", 5) == b"first"  # its literals are new: still readable
+        with pytest.raises(ProtocolError, match="header block"):
+            await channel.call(HEAD, b"second", 5)  # now an index into a table the client never kept
