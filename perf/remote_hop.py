@@ -4,14 +4,14 @@
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
         [--container-cpus 1] [--pa-cpus 0] [--front-count 2] [--front-max-batch 32] \\
-        [--front-delay-us 20000] [--front-protocol http] [--json OUT]
+        [--front-delay-us 20000] [--front-protocol grpc|http] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
   (batching_gain.py's config: max_batch_size 64, 50 ms max queue delay): the container's own best;
 - ``unbatched``: straight at a container serving it without dynamic batching;
 - ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over
-  ``--front-protocol`` (default http: the lean client) to that unbatched container: the front
+  ``--front-protocol`` (default grpc, the remote backend's default) to that unbatched container: the front
   end batches, ``--front-count`` batches in flight (instance_group count, default 2: the
   container computes one while the other's rows go back and return), each of at most
   ``--front-max-batch`` rows (max_batch_size, default 32: two batches share the 64 callers)
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--front-count", type=int, default=2, help="batches in flight from the front end")
     parser.add_argument("--front-max-batch", type=int, default=32, help="wide_mlp's max_batch_size at the front end")
     parser.add_argument("--front-delay-us", type=int, default=20000, help="wide_mlp's max_queue_delay at the front end")
-    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="http", help="front end to container")
+    parser.add_argument("--front-protocol", choices=("grpc", "http"), default="grpc", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
     parser.add_argument("--pa-cpus", default="0")

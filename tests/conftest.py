@@ -17,6 +17,7 @@ FAST = {
     "tests/backends/test_config.py",
     "tests/backends/test_parameters.py",
     "tests/backends/test_pinned.py",
+    "tests/backends/test_remote_h2.py",
     "tests/backends/test_remote_settings.py",
     "tests/schedulers/test_aimd.py",
     "tests/schedulers/test_applications_selection.py",

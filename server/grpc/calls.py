@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from backends.common.http2 import CONTENT_TYPE_INDEX, STATUS_200, literal, literal_indexed_name, percent_encode
 from server.grpc.http2.connection import Stream
-from server.grpc.http2.frames import CONTENT_TYPE_INDEX, STATUS_200, literal, literal_indexed_name, percent_encode
 from server.grpc.limits import RETRY_PUSHBACK_MS, STREAM_QUEUE_BYTES, STREAM_QUEUE_MESSAGES
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from typing import Any
 
 import grpc
 
+from backends.common.http2 import literal_indexed_name
 from server.grpc.calls import NO_METHOD, GrpcCall, GrpcMethod
 from server.grpc.http2.connection import Http2Server, Stream
-from server.grpc.http2.frames import literal_indexed_name
 from server.grpc.inflate import Inflater
 from server.grpc.limits import Admission, CallLimits
 

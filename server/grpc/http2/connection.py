@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ssl import SSLContext
 from typing import cast
 
-from server.grpc.http2.frames import (
+from backends.common.http2 import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
     MAX_WINDOW,

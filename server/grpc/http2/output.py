@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from server.grpc.http2.frames import ErrorCode, Flag, FrameType, frame, goaway, rst_stream, window_update
+from backends.common.http2 import ErrorCode, Flag, FrameType, frame, goaway, rst_stream, window_update
 from server.grpc.http2.limits import CLOSE_GRACE_S, CONNECTION_WINDOW, MAX_STREAMS, Http2Limits
 from server.grpc.http2.stream import Stream
 

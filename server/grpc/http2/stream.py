@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from server.grpc.http2.frames import ErrorCode
+from backends.common.http2 import ErrorCode
 
 if TYPE_CHECKING:
     from server.grpc.http2.connection import Http2Connection

@@ -1,4 +1,5 @@
-"""HTTP/2 frames (RFC 9113) and header blocks (HPACK, RFC 7541) for the gRPC front end.
+"""HTTP/2 frames (RFC 9113) and header blocks (HPACK, RFC 7541), for the gRPC front end
+(server/grpc/http2) and the remote backend's gRPC client (backends/remote/h2.py).
 
 Decoding keeps the peer's dynamic table (the ``hpack`` package, with a fast path for the blocks
 gRPC clients send once their headers are indexed: one byte per header). Encoding never uses the
@@ -149,6 +150,8 @@ class HeaderDecoder:
     def __init__(self, max_list_bytes: int, max_table_bytes: int = 4096) -> None:
         self._decoder = hpack.Decoder(max_header_list_size=max_list_bytes)
         self._decoder.max_allowed_table_size = max_table_bytes  # size updates above it: COMPRESSION_ERROR
+        if max_table_bytes < self._decoder.header_table_size:
+            self._decoder.header_table_size = max_table_bytes  # as announced (SETTINGS_HEADER_TABLE_SIZE)
         self._table = self._decoder.header_table
         self._max_list = max_list_bytes
         self._max_fields = max_list_bytes // 32  # no field is smaller than 32 bytes
