@@ -26,6 +26,7 @@ from backends.common.errors import (
     Unavailable,
     Unimplemented,
 )
+from backends.common.streaming import AnswerStream
 
 MODULE_NAME = "triton_python_backend_utils"
 
@@ -76,8 +77,8 @@ class TritonModel:
         if callable(finalize):
             finalize()
 
-    def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
-        requests = [
+    def _requests(self, parts: Sequence[Tensors]) -> list[pb.InferenceRequest]:
+        return [
             pb.InferenceRequest(
                 [pb.Tensor(name, array) for name, array in part.items()],
                 self.output_names,
@@ -86,6 +87,22 @@ class TritonModel:
             )
             for part in parts
         ]
+
+    def execute_decoupled(self, parts: Sequence[Tensors], streams: Sequence[AnswerStream]) -> None:
+        """Triton's decoupled mode: each request carries a response sender; ``execute`` returns
+        None, and the model sends each request's answers now or later (from its own threads)."""
+        requests = self._requests(parts)
+        for request, stream in zip(requests, streams, strict=True):
+            request._sender = pb.InferenceResponseSender(stream, self._result)
+        returned = self.model.execute(requests)
+        if returned is not None:
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' is decoupled: its execute must return None "
+                f"(answers go through request.get_response_sender()), got {type(returned).__name__}"
+            )
+
+    def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
+        requests = self._requests(parts)
         responses = self.model.execute(requests)
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             got = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__

@@ -9,7 +9,8 @@ file runs unchanged. What is here is the part of Triton's module that non-decoup
 ``get_output_tensor_by_name``, the model-config helpers (``get_input_config_by_name``,
 ``get_output_config_by_name``, ``triton_string_to_numpy``, ``triton_to_numpy_type``,
 ``numpy_to_triton_type``, ``using_decoupled_model_transaction_policy``) and ``Logger``.
-Not here: decoupled models (response senders), BLS (``InferenceRequest.exec``), custom metrics:
+Decoupled models: ``request.get_response_sender()`` gives an ``InferenceResponseSender`` (see
+its section below). Not here: BLS (``InferenceRequest.exec``), custom metrics:
 they raise TritonModelException saying so."""
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from backends.common import datatypes
+from backends.common.streaming import Answer, AnswerStream
 
 _log = logging.getLogger("clipperd.triton_python")
 
@@ -139,6 +141,7 @@ class InferenceRequest:
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
         self._model_name = model_name
         self._model_version = model_version
+        self._sender: Any = None  # a decoupled model's InferenceResponseSender
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -165,10 +168,12 @@ class InferenceRequest:
         return self._model_name
 
     def is_cancelled(self) -> bool:
-        return False
+        return self._sender is not None and bool(self._sender.is_cancelled())
 
     def get_response_sender(self) -> Any:
-        raise TritonModelException("decoupled models (response senders) are not supported by clipperd")
+        if self._sender is None:
+            raise TritonModelException("response senders are for decoupled models only (model_transaction_policy)")
+        return self._sender
 
     def exec(self, *args: Any, **kwargs: Any) -> Any:
         raise TritonModelException("BLS (calling another model from execute) is not supported by clipperd")
@@ -281,3 +286,43 @@ class Logger:
     @staticmethod
     def log_verbose(message: str) -> None:
         _log.debug("%s", message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoupled models: the response sender (section owned by the decoupled-models work).
+
+
+class InferenceResponseSender:
+    """Sends a decoupled request's answers, as Triton's: ``send(response, flags)`` zero to many
+    times, the last with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (``response`` may then
+    be None: a final flag alone). A send after the final one raises. ``send`` waits while the
+    request's reader has not taken the answers already sent (back-pressure); once the client
+    has gone away, ``is_cancelled()`` is true and sends are dropped."""
+
+    def __init__(self, stream: AnswerStream, convert: Callable[[Any], Any]) -> None:
+        self._stream = stream
+        self._convert = convert  # InferenceResponse -> Tensors or the ClipperdError it carries
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException("Unable to send response. Response sender has been closed.")
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException(f"unknown response flags {flags}")
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if response is None and not final:
+            raise TritonModelException(
+                "Inference Response object is needed when the flags are not set to TRITONSERVER_RESPONSE_COMPLETE_FINAL"
+            )
+        self._closed = final
+        if response is None:
+            self._stream.put(Answer({}, final=True))
+            return
+        result = self._convert(response)
+        if isinstance(result, dict):
+            self._stream.put(Answer(result, final=final))
+        else:
+            self._stream.put(Answer({}, result, final=final))
+
+    def is_cancelled(self) -> bool:
+        return self._stream.cancelled

@@ -16,7 +16,7 @@ from pathlib import Path
 from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
 from backends.common.config import is_ensemble
-from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
+from backends.common.errors import ClipperdError, InvalidArgument, Unavailable, Unimplemented
 from backends.common.parameters import Parameters
 from backends.devices import gpu_count
 from backends.proto import model_config_pb2 as mc
@@ -47,6 +47,9 @@ async def build_scheduler(
     """The scheduler of one version, its instances started (each loads on its own thread); all
     or nothing. An ensemble starts none: its plan is checked against its step models, found
     through ``steps``. ``backend_class``: the config's backend unless given."""
+    if config.model_transaction_policy.decoupled:
+        streaming = None if is_ensemble(config) else backend_class or registry.backend_class(config, version_path)
+        _check_decoupled(config, streaming)
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
@@ -77,7 +80,7 @@ def _instances(
     backend, in this process or in a worker process of its own."""
     params = Parameters.of(config)
     threads = cpu_threads_per_instance(sum(1 for _, d in placed if d.kind == "cpu"))
-    mode = execution_mode(params, backend_class)
+    mode = execution_mode(params, backend_class, config.model_transaction_policy.decoupled)
     settings = WorkerSettings.parse(params, version_path.parent) if mode == "process" else None
     inline_ns = idle_inline_us(params, backend_class) * 1000
     instances = []
@@ -127,11 +130,30 @@ def cpu_threads_per_instance(cpu_instances: int) -> int:
     return max(1, (cores - 1) // max(cpu_instances, 1))
 
 
-def execution_mode(params: Parameters, backend_class: type[Backend]) -> str:
+def execution_mode(params: Parameters, backend_class: type[Backend], decoupled: bool = False) -> str:
     """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
-    preference: the event loop for backends that hold the GIL, else a thread."""
-    default = "event_loop" if backend_class.capabilities.holds_gil else "thread"
+    preference: the event loop for backends that hold the GIL, else a thread (always for a
+    decoupled model)."""
+    default = "event_loop" if backend_class.capabilities.holds_gil and not decoupled else "thread"
     return params.choice(EXECUTION_MODE, EXECUTION_MODES, default)
+
+
+def _check_decoupled(config: mc.ModelConfig, backend_class: type[Backend] | None) -> None:
+    """A decoupled model needs a backend that streams, in this process, on its own thread: its
+    sends may wait for a slow reader, which the event loop must never do."""
+    who = f"model '{config.name}'"
+    if backend_class is None:
+        raise Unimplemented(f"{who}: decoupled ensembles are not supported")
+    if not backend_class.capabilities.decoupled:
+        raise InvalidArgument(
+            f"{who}: model_transaction_policy.decoupled needs a backend that streams answers (python), "
+            f"not {backend_class.__name__}"
+        )
+    mode = Parameters.of(config).text(EXECUTION_MODE)
+    if mode and mode != "thread":
+        raise InvalidArgument(
+            f"{who}: a decoupled model executes on its own thread; execution_mode '{mode}' is not supported"
+        )
 
 
 def idle_inline_us(params: Parameters, backend_class: type[Backend]) -> int:

@@ -115,6 +115,8 @@ class Http2Output(asyncio.Protocol):
             self._close_with_trailers(stream, out)
         if out:
             self._write(b"".join(out))
+        if stream.drain is not None:
+            stream.wake_drain()  # it looks at what is still pending itself
         if stream.closed:
             self._forget_if_done(stream)
 
@@ -181,6 +183,7 @@ class Http2Output(asyncio.Protocol):
         if stream.pending:
             self._queue(-len(stream.pending))
             stream.pending = bytearray()
+        stream.wake_drain()
         self._leave(stream)
 
     def _remember_early(self, stream_id: int) -> None:
