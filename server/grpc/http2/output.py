@@ -11,7 +11,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from server.grpc.http2.frames import ErrorCode, Flag, FrameType, frame, goaway, rst_stream, window_update
-from server.grpc.http2.limits import CLOSE_GRACE_S, CONNECTION_WINDOW, MAX_STREAMS, Http2Limits
+from server.grpc.http2.limits import (
+    ANSWER_CREDIT,
+    CLOSE_GRACE_S,
+    CONNECTION_WINDOW,
+    MAX_STREAMS,
+    Http2Limits,
+    RateBudget,
+)
 from server.grpc.http2.stream import Stream
 
 if TYPE_CHECKING:
@@ -25,6 +32,7 @@ class Http2Output(asyncio.Protocol):
 
     server: Http2Server
     limits: Http2Limits
+    control: RateBudget
     transport: asyncio.Transport | None
     loop: asyncio.AbstractEventLoop
     outgoing: list[bytes]
@@ -74,6 +82,7 @@ class Http2Output(asyncio.Protocol):
         if data:
             stream.pending += data
             self._queue(len(data))
+            self.control.tokens += ANSWER_CREDIT  # the peer acknowledges it with a WINDOW_UPDATE or two
         if trailers is not None:
             stream.trailers = trailers
         self._flush(stream, out)
