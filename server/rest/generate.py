@@ -105,7 +105,10 @@ def _array(name: str, wire: str, numpy_type: np.dtype[Any], items: list[Any]) ->
     if not all(accepts(item) for item in items):
         raise InvalidArgument(f"input '{name}' ({wire}) takes {kind}")
     if wire == "BYTES":
-        return np.array([item.encode() for item in items], dtype=object)
+        try:
+            return np.array([item.encode() for item in items], dtype=object)
+        except UnicodeEncodeError:  # a lone surrogate is valid JSON but not UTF-8
+            raise InvalidArgument(f"input '{name}' ({wire}) takes text that UTF-8 can encode") from None
     if wire == "BF16":  # raw bfloat16 words, as the server carries them
         return (np.array(items, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
     if kind == "integers":
