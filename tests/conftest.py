@@ -18,6 +18,7 @@ FAST = {
     "tests/backends/test_parameters.py",
     "tests/backends/test_pinned.py",
     "tests/backends/test_remote_settings.py",
+    "tests/backends/test_streaming.py",
     "tests/schedulers/test_aimd.py",
     "tests/schedulers/test_applications_selection.py",
     "tests/schedulers/test_assembly.py",
