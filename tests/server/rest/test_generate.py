@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,43 @@ def test_a_huge_body_is_refused_and_the_server_serves_on(server: ServerProcess) 
         f"http://{server.http_url}/v2/models/repeat_int32/generate", json.dumps({"IN": 2, "DELAY": 0, "WAIT": 0})
     )
     assert (status, json.loads(text)["OUT"]) == (200, 2)
+
+
+def test_a_slow_sse_reader_holds_the_model_back(served: tuple[ServerProcess, Path]) -> None:
+    """200 answers of 1 MiB (about 2 MB of JSON each) to a client that reads nothing: the model
+    is held back after a few (the request's bound, the socket buffers), the server's memory does
+    not grow by the 400 MB; when the client leaves, the model stops there."""
+    server, marker = served
+    assert server.proc is not None
+    count = marker / "big-count"
+    count.unlink(missing_ok=True)
+    rss_before = _rss_mib(server.proc.pid)
+    body = json.dumps({"N": 200}).encode()
+    head = b"POST /v2/models/big_answers/generate_stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    client = socket.create_connection(("127.0.0.1", server.http_port))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    try:
+        client.sendall(head + body)
+        wait_for(lambda: count.exists() and int(count.read_text() or 0) > 0, "the model started")
+        held = []
+        for _ in range(30):  # three seconds of watching: the count must stay far below 200
+            held.append(int(count.read_text() or 0))
+            time.sleep(0.1)
+        assert max(held) < 40, f"the model was not held back: it produced {max(held)} answers"
+        assert _rss_mib(server.proc.pid) - rss_before < 150
+    finally:
+        client.close()
+    stopped = int(count.read_text() or 0)
+    assert stopped < 200
+    wait_for(lambda: server.proc is not None and server.proc.poll() is None, "the server serves on")
+    status, _, text = curl(
+        f"http://{server.http_url}/v2/models/repeat_int32/generate", json.dumps({"IN": 4, "DELAY": 0, "WAIT": 0})
+    )
+    assert (status, json.loads(text)["OUT"]) == (200, 4)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
