@@ -24,6 +24,7 @@ FAST = {
     "tests/schedulers/test_assembly.py",
     "tests/schedulers/test_scheduler.py",
     "tests/server/applications/test_default_store.py",
+    "tests/server/core/test_infer_stream.py",
     "tests/server/grpc/test_proto_compat.py",
     "tests/server/rest/test_codec_fuzz.py",
     "tests/server/storage/test_listing.py",
