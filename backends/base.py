@@ -15,6 +15,7 @@ from typing import ClassVar
 from backends.bls import BlsLink
 from backends.common.errors import ClipperdError, NotFound
 from backends.common.parameters import Parameters
+from backends.common.streaming import AnswerStream
 from backends.common.tensors import Tensors as Tensors  # re-exported: the contract names it
 from backends.common.tensors import concatenate
 from backends.proto import model_config_pb2 as mc
@@ -88,6 +89,9 @@ class Capabilities:
     asynchronous: bool = False
     #: instances are placed per remote endpoint, not per device (backends/remote, schedulers/remote.py)
     remote: bool = False
+    #: serves ``model_transaction_policy { decoupled: true }``: ``execute_decoupled`` answers
+    #: each request of a batch through its AnswerStream, zero to many times
+    decoupled: bool = False
 
 
 class Backend(abc.ABC):
@@ -142,6 +146,12 @@ class Backend(abc.ABC):
         """One batch as its requests' inputs; each request's outputs, or the error that fails it
         alone. An exception raised here fails the whole batch."""
         raise NotImplementedError(f"{type(self).__name__} executes whole batches")
+
+    def execute_decoupled(self, parts: Sequence[Tensors], streams: Sequence[AnswerStream]) -> None:
+        """One batch of a decoupled model, as its requests' inputs; each request's answers go to
+        its stream (``streams[i]``), during this call or later from another thread, the last
+        one ``final``. An exception raised here ends every stream of the batch with it."""
+        raise NotImplementedError(f"{type(self).__name__} has no decoupled execution")
 
     @classmethod
     def preferred_mode(cls, config: mc.ModelConfig, version_path: Path) -> str:

@@ -33,7 +33,12 @@ result that is not a dict of numpy arrays matching the config's outputs, fails t
 
 A file that defines Triton's ``TritonPythonModel`` instead (``initialize(args)``,
 ``execute(requests)`` with ``triton_python_backend_utils``, ``finalize``) runs unchanged:
-backends/triton_python.py adapts it, and the batch then reaches the model as its requests."""
+backends/triton_python.py adapts it, and the batch then reaches the model as its requests.
+
+Decoupled models (``model_transaction_policy { decoupled: true }``): a ``Model`` whose
+``execute`` is a generator or an async generator yielding output dicts, one per answer (see
+backends/python_streams.py for the shape), or a Triton model using response senders. They
+execute on the instance's thread (``execution_mode: thread``, the default for them)."""
 
 from __future__ import annotations
 
@@ -57,7 +62,9 @@ from backends.common.errors import (
     InvalidArgument,
     ModelExecutionError,
 )
+from backends.common.streaming import AnswerStream
 from backends.proto import model_config_pb2 as mc
+from backends.python_streams import start_streams
 from backends.triton_python import TritonModel, install_utils
 
 _log = logging.getLogger(__name__)
@@ -182,7 +189,7 @@ class PythonBackend(Backend):
     so by default it runs on the event loop (``execution_mode: thread`` gives it a thread)."""
 
     default_filename = "model.py"
-    capabilities = Capabilities(holds_gil=True)
+    capabilities = Capabilities(holds_gil=True, decoupled=True)
 
     def __init__(self, context: InstanceContext) -> None:
         super().__init__(context)
@@ -265,6 +272,24 @@ class PythonBackend(Backend):
             raise ModelExecutionError(
                 f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
             ) from exc
+
+    def execute_decoupled(self, parts: Sequence[Tensors], streams: Sequence[AnswerStream]) -> None:
+        """A decoupled model's batch: Triton's response senders, or clipperd's generators
+        (backends/python_streams.py)."""
+        if self._model is None:
+            raise FailedPrecondition(f"model '{self.context.model_name}' is not loaded")
+        if not isinstance(self._model, TritonModel):
+            start_streams(self._model, parts, streams, self._failed)
+            return
+        try:
+            self._model.execute_decoupled(parts, streams)
+        except ClipperdError:
+            raise
+        except (Exception, SystemExit) as exc:  # a TritonModelException, or anything else, fails the batch
+            raise ModelExecutionError(self._failed(exc)) from exc
+
+    def _failed(self, exc: BaseException) -> str:
+        return f"model '{self.context.model_name}' failed: {describe_exception(exc, self.context)}"
 
     def unload(self) -> None:
         model, module = self._model, self._module

@@ -29,6 +29,7 @@ from backends.common.errors import (
     Unavailable,
     Unimplemented,
 )
+from backends.common.streaming import AnswerStream
 
 MODULE_NAME = "triton_python_backend_utils"
 
@@ -113,6 +114,20 @@ class TritonModel:
             )
             for part in parts
         ]
+
+    def execute_decoupled(self, parts: Sequence[Tensors], streams: Sequence[AnswerStream]) -> None:
+        """Triton's decoupled mode: each request carries a response sender; ``execute`` returns
+        None, and the model sends each request's answers now or later (from its own threads)."""
+        requests = self._requests(parts)
+        for request, stream in zip(requests, streams, strict=True):
+            request._sender = pb.InferenceResponseSender(stream, self._result)
+        with bls.executing(self.context.bls):
+            returned = self.model.execute(requests)
+        if returned is not None:
+            raise ModelExecutionError(
+                f"model '{self.context.model_name}' is decoupled: its execute must return None "
+                f"(answers go through request.get_response_sender()), got {type(returned).__name__}"
+            )
 
     def _results(self, responses: Any, count: int) -> list[Tensors | ClipperdError]:
         if not isinstance(responses, list | tuple) or len(responses) != count:

@@ -11,7 +11,8 @@ file runs unchanged. What is here is the part of Triton's module that non-decoup
 ``numpy_to_triton_type``, ``using_decoupled_model_transaction_policy``) and ``Logger``.
 BLS: ``InferenceRequest(model_name=..., inputs=..., requested_output_names=...).exec()`` and
 ``await ....async_exec()`` call another model of the repository (backends/bls.py; the section
-"BLS" below). Not here: decoupled models (response senders), BLS with ``decoupled=True``, custom
+"BLS" below). Decoupled models: ``request.get_response_sender()`` gives an
+``InferenceResponseSender`` (its section below). Not here: BLS with ``decoupled=True``, custom
 metrics: they raise TritonModelException saying so."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,6 +36,7 @@ from backends.common.errors import (
     Unavailable,
     Unimplemented,
 )
+from backends.common.streaming import Answer, AnswerStream
 
 _log = logging.getLogger("clipperd.triton_python")
 
@@ -153,6 +155,7 @@ class InferenceRequest:
         self._model_name = model_name
         self._model_version = model_version
         self._timeout = timeout  # microseconds; for BLS, how long exec() waits (0: the default)
+        self._sender: Any = None  # a decoupled model's InferenceResponseSender
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -179,10 +182,12 @@ class InferenceRequest:
         return self._model_name
 
     def is_cancelled(self) -> bool:
-        return False
+        return self._sender is not None and bool(self._sender.is_cancelled())
 
     def get_response_sender(self) -> Any:
-        raise TritonModelException("decoupled models (response senders) are not supported by clipperd")
+        if self._sender is None:
+            raise TritonModelException("response senders are for decoupled models only (model_transaction_policy)")
+        return self._sender
 
     def exec(self, decoupled: bool = False) -> Any:
         """BLS: runs this request on ``model_name`` and waits for its answer (an error answer,
@@ -363,3 +368,42 @@ def _bls_stream(request: InferenceRequest) -> Any:
         return bls.stream(_bls_call(request))
     except ClipperdError as error:
         raise TritonModelException(str(error)) from None
+
+
+# Decoupled models: the response sender (section owned by the decoupled-models work).
+
+
+class InferenceResponseSender:
+    """Sends a decoupled request's answers, as Triton's: ``send(response, flags)`` zero to many
+    times, the last with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (``response`` may then
+    be None: a final flag alone). A send after the final one raises. ``send`` waits while the
+    request's reader has not taken the answers already sent (back-pressure); once the client
+    has gone away, ``is_cancelled()`` is true and sends are dropped."""
+
+    def __init__(self, stream: AnswerStream, convert: Callable[[Any], Any]) -> None:
+        self._stream = stream
+        self._convert = convert  # InferenceResponse -> Tensors or the ClipperdError it carries
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException("Unable to send response. Response sender has been closed.")
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException(f"unknown response flags {flags}")
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if response is None and not final:
+            raise TritonModelException(
+                "Inference Response object is needed when the flags are not set to TRITONSERVER_RESPONSE_COMPLETE_FINAL"
+            )
+        self._closed = final
+        if response is None:
+            self._stream.put(Answer({}, final=True))
+            return
+        result = self._convert(response)
+        if isinstance(result, dict):
+            self._stream.put(Answer(result, final=final))
+        else:
+            self._stream.put(Answer({}, result, final=final))
+
+    def is_cancelled(self) -> bool:
+        return self._stream.cancelled

@@ -17,7 +17,7 @@ from backends import registry
 from backends.base import CPU, Backend, Device, InstanceContext
 from backends.bls import DEFAULT_TIMEOUT_S, TIMEOUT_PARAMETER, BlsLink, ModelCaller
 from backends.common.config import is_ensemble
-from backends.common.errors import ClipperdError, InvalidArgument, Unavailable
+from backends.common.errors import ClipperdError, InvalidArgument, Unavailable, Unimplemented
 from backends.common.outputs import output_specs
 from backends.common.parameters import Parameters
 from backends.devices import gpu_count
@@ -56,6 +56,9 @@ async def build_scheduler(
     through ``steps``. ``backend_class``: the config's backend unless given. ``models``: how its
     instances call other models (BLS, backends/bls.py). ``limiter``: the server's rate limiter,
     when it has one (schedulers/rate_limiter.py)."""
+    if config.model_transaction_policy.decoupled:
+        streaming = None if is_ensemble(config) else backend_class or registry.backend_class(config, version_path)
+        _check_decoupled(config, streaming)
     if is_ensemble(config):
         if steps is None:
             raise Unavailable(f"ensemble '{config.name}' needs a model repository to find its steps")
@@ -208,9 +211,11 @@ def execution_mode(params: Parameters, backend_class: type[Backend], config: mc.
     """``execution_mode`` (``thread``, ``event_loop`` or ``process``) overrides the backend's own
     preference: the event loop for backends that hold the GIL, else a thread, unless the model
     says otherwise (``Backend.preferred_mode``: a thread for a model that waits for other
-    models, the event loop for one that executes as coroutines)."""
+    models, the event loop for one that executes as coroutines); always a thread for a
+    decoupled model (its answers are sent while it runs)."""
     preferred = backend_class.preferred_mode(config, version_path)
     loop = preferred == "async" or (backend_class.capabilities.holds_gil and preferred != "thread")
+    loop = loop and not config.model_transaction_policy.decoupled
     return params.choice(EXECUTION_MODE, EXECUTION_MODES, "event_loop" if loop else "thread")
 
 
@@ -223,6 +228,24 @@ def _bls_link(config: mc.ModelConfig, models: ModelCaller | None, instances: int
     default_us = int(DEFAULT_TIMEOUT_S * 1e6)
     timeout_us = params.integer(TIMEOUT_PARAMETER, default_us, low=1, unit="microseconds")
     return BlsLink(models, asyncio.get_running_loop(), config.name, instances, timeout_us / 1e6)
+
+
+def _check_decoupled(config: mc.ModelConfig, backend_class: type[Backend] | None) -> None:
+    """A decoupled model needs a backend that streams, in this process, on its own thread: its
+    sends may wait for a slow reader, which the event loop must never do."""
+    who = f"model '{config.name}'"
+    if backend_class is None:
+        raise Unimplemented(f"{who}: decoupled ensembles are not supported")
+    if not backend_class.capabilities.decoupled:
+        raise InvalidArgument(
+            f"{who}: model_transaction_policy.decoupled needs a backend that streams answers (python), "
+            f"not {backend_class.__name__}"
+        )
+    mode = Parameters.of(config).text(EXECUTION_MODE)
+    if mode and mode != "thread":
+        raise InvalidArgument(
+            f"{who}: a decoupled model executes on its own thread; execution_mode '{mode}' is not supported"
+        )
 
 
 def idle_inline_us(params: Parameters, backend_class: type[Backend]) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 from backends.base import Backend, Tensors
 from backends.common.errors import ClipperdError, Unavailable
 from backends.common.outputs import check_outputs, output_specs
+from backends.common.streaming import AnswerStream
 from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController, aimd_settings
 from schedulers.batch_views import split
@@ -58,7 +59,9 @@ _in_execution: ContextVar[int] = ContextVar("clipperd_in_execution", default=0)
 class Pending:
     """One request while it waits in a queue."""
 
-    __slots__ = ("attempts", "batch_size", "enqueued_ns", "future", "inputs", "key", "level", "timeout_ns", "timer")
+    __slots__ = (
+        "attempts", "batch_size", "enqueued_ns", "future", "inputs", "key", "level", "stream", "timeout_ns", "timer",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class Pending:
         self.enqueued_ns = time.perf_counter_ns()
         self.timeout_ns = timeout_ns  # the request's own timeout, from its arrival (0: none)
         self.attempts = 0  # executions that failed on an endpoint and were sent to another
+        self.stream: AnswerStream | None = None  # a decoupled model's request: where its answers go
 
     def time_left_ns(self, now_ns: int) -> float:
         """How long the request may still take by its timeout (infinite without one)."""
@@ -148,6 +152,7 @@ class DeviceQueue:
             self._inline = False
             self._inline_ns = 0
             self._defer = self._batching
+        self._decoupled = config.model_transaction_policy.decoupled
         # a failed batch's requests: True when the hook took them (to retry them elsewhere)
         self.on_failure: Callable[[DeviceQueue, list[Pending], BaseException], bool] | None = None
 
@@ -348,7 +353,11 @@ class DeviceQueue:
                 self._idle.remove(instance)
                 self._granted.discard(instance)
                 assert self._loop is not None
-                job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
+                if self._decoupled:
+                    streams = [r.stream for r in batch if r.stream is not None]
+                    job = functools.partial(_run_decoupled, [r.inputs for r in batch], streams)
+                else:
+                    job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
                 done = self._completion(instance, batch, self._order.ticket(), cap_bound)
                 instance.submit(job, self._loop, done)
         finally:
@@ -584,6 +593,16 @@ async def _run_batch_async(
     t2 = time.perf_counter_ns()
     result = split(outputs, sizes)
     return result, ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+
+
+def _run_decoupled(
+    parts: list[Tensors], streams: list[AnswerStream], backend: Backend
+) -> tuple[list[None], ExecutionTimes]:
+    """One execution of a decoupled model: its answers go to each request's stream (checked
+    against the config by their reader); the batch is done when ``execute_decoupled`` returns."""
+    t0 = time.perf_counter_ns()
+    backend.execute_decoupled(parts, streams)
+    return [None] * len(parts), ExecutionTimes(0, time.perf_counter_ns() - t0, 0)
 
 
 def _run_requests(

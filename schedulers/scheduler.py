@@ -10,10 +10,13 @@ bounds) and preserve_ordering are decided here, for the model version as a whole
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from backends.base import Tensors
-from backends.common.errors import Unavailable
+from backends.common.errors import ClipperdError, InternalError, Unavailable
+from backends.common.streaming import AnswerStream
 from backends.proto import model_config_pb2 as mc
 from schedulers.aimd import AimdController
 from schedulers.batch_views import batch_key
@@ -28,6 +31,29 @@ from schedulers.stats import ModelStats, Rejection
 # one routing decision in this many goes by queue depth alone, so that a device whose estimate
 # is stale (it slowed once, and then got no work to show it is fast again) is measured again
 _EXPLORE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A decoupled request in flight: its answers, and its execution (done once started)."""
+
+    answers: AnswerStream
+    execution: asyncio.Future[Tensors]
+
+    def cancel(self) -> None:
+        """The reader went away: out of the queue if still there, the model told."""
+        self.execution.cancel()
+        self.answers.cancel()
+
+
+def _started(stream: AnswerStream, execution: asyncio.Future[Tensors]) -> None:
+    """A request that failed before or while executing ends its stream with the error."""
+    if execution.cancelled():
+        return
+    error = execution.exception()
+    if error is not None:
+        failure = error if isinstance(error, ClipperdError) else InternalError(f"execution failed: {error!r}")
+        stream.fail(failure)
 
 
 def _wait_then_depth(queue: DeviceQueue) -> tuple[float, float]:
@@ -101,6 +127,25 @@ class ModelScheduler:
         pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000)
         queue.submit(pending, timeout_us)
         return await pending.future
+
+    def execute_stream(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Streamed:
+        """Queues one request of a decoupled model; its answers arrive on the returned stream
+        while it executes (the batcher treats it as any request). Cancelling the returned
+        future takes a request that has not started out of its queue."""
+        if self._closed:
+            self.stats.rejections[Rejection.UNLOADING] += 1
+            raise Unavailable(f"model '{self.config.name}' is unloading")
+        level = self._policies.level(priority) if self._batching else 0
+        if self._batching and self._policies.bounded:
+            self._admit(level)
+        stream = AnswerStream()
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(functools.partial(_started, stream))
+        key = batch_key(inputs) if self._batching else None
+        pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000)
+        pending.stream = stream
+        self._route().submit(pending, timeout_us)
+        return Streamed(stream, future)
 
     def _admit(self, level: int) -> None:
         """A level whose queue holds its max_queue_size rejects at once (UNAVAILABLE / 503)."""

@@ -77,6 +77,8 @@ _HTTP_PREFIXES = (
 )
 _HTTP_SUFFIXES = (
     ("/infer", INFERENCE),
+    ("/generate", INFERENCE),  # Triton's generate extension
+    ("/generate_stream", INFERENCE),
     ("/ready", HEALTH),
     ("/config", MODEL_CONFIG),
     ("/stats", STATISTICS),

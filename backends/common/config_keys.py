@@ -10,7 +10,6 @@ from backends.proto import model_config_pb2 as mc
 
 # key -> why ignoring it would change answers
 REFUSED = {
-    "model_transaction_policy.decoupled": "decoupled models (response senders) are not supported by any backend",
     "parameters.EXECUTION_ENV_PATH": "custom Python execution environments are not implemented",
     "batch_input": "batch inputs (tensors the batcher would add, e.g. element counts) are not implemented",
     "batch_output": "batch outputs (tensors split back by another input's shape) are not implemented",
@@ -22,7 +21,6 @@ WARNED: dict[str, str] = {}
 def refused_keys(config: mc.ModelConfig) -> list[str]:
     """The keys of ``config`` that clipperd refuses (see REFUSED), in REFUSED's order."""
     present = {
-        "model_transaction_policy.decoupled": config.model_transaction_policy.decoupled,
         "parameters.EXECUTION_ENV_PATH": "EXECUTION_ENV_PATH" in config.parameters,
         "batch_input": len(config.batch_input) > 0,
         "batch_output": len(config.batch_output) > 0,

@@ -3,7 +3,7 @@ management and ``infer``. Nothing here knows about gRPC or HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 
 from backends.base import Tensors
@@ -121,6 +121,23 @@ class DataPlane:
             return inference.infer(target, _WireCall(request, self.shared_memory))
         return self._infer_application(target, request)
 
+    def infer_stream(self, request: InferRequest) -> AsyncGenerator[inference.Streamed[InferResponse], None]:
+        """The answers to ``request`` as they come (server/core/inference.py ``infer_stream``):
+        many for a decoupled model, one for any other model or an application."""
+        target = self.resolver.resolve(request.model_name, request.model_version)
+        if isinstance(target, ModelVersion):
+            return inference.infer_stream(target, _StreamCall(request, self.shared_memory))
+        return self._one_answer(self._infer_application(target, request))
+
+    @staticmethod
+    async def _one_answer(answer: Awaitable[InferResponse]) -> AsyncGenerator[inference.Streamed[InferResponse], None]:
+        yield inference.Streamed(await answer, final=True)
+
+    def is_decoupled(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (a model; an application never is) streams its answers."""
+        target = self.resolver.resolve(name, version)
+        return isinstance(target, ModelVersion) and target.signature.decoupled
+
     async def _infer_application(self, app: Application, request: InferRequest) -> InferResponse:
         assert self.applications is not None  # the resolver answers applications only when there are some
         with self.shared_memory.use(request) as shared_memory:
@@ -156,6 +173,21 @@ class _WireCall:
         for name in names:
             array = outputs[name]
             tensors.append(OutputTensor(name, types[name], list(array.shape), array))
+        response = InferResponse(model.name, str(model.version), request.id, tensors)
+        self.shared_memory.write_outputs(response)
+        return response
+
+
+class _StreamCall(_WireCall):
+    """A request whose answers stream: an answer may carry some of the outputs only."""
+
+    __slots__ = ()
+
+    def respond(self, model: ModelVersion, outputs: Tensors) -> InferResponse:
+        request = self.request
+        types = model.signature.outputs
+        names = [o.name for o in request.outputs] or [o.name for o in model.config.output]
+        tensors = [OutputTensor(n, types[n], list(outputs[n].shape), outputs[n]) for n in names if n in outputs]
         response = InferResponse(model.name, str(model.version), request.id, tensors)
         self.shared_memory.write_outputs(response)
         return response

@@ -13,18 +13,27 @@ count, lookup and insertion time) is consulted by every caller alike, keyed by t
 request carried them (names, data types, shapes, bytes, BYTES included). Requests that do not use
 it: those of models without ``response_cache { enable: true }`` (or of a server without
 ``--cache-config``), and those that carry a sequence (``sequence_id`` other than 0 or "",
-``sequence_start``, ``sequence_end``): Triton's sequence batcher does not cache."""
+``sequence_start``, ``sequence_end``): Triton's sequence batcher does not cache.
+
+Decoupled models (``model_transaction_policy { decoupled: true }``) answer zero to many times:
+``infer`` refuses them (UNIMPLEMENTED, as Triton's ModelInfer does) and ``infer_stream`` yields
+their answers one by one as the model sends them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from backends.base import Tensors
+from backends.common.errors import Cancelled, ClipperdError, Unimplemented
+from backends.common.outputs import OutputSpec, check_outputs, output_specs
+from backends.common.streaming import Answer
 from schedulers.protocol import SequenceScheduling
+from schedulers.scheduler import ModelScheduler as StreamingScheduler
 from server.core.messages import Params
 
 if TYPE_CHECKING:
@@ -109,6 +118,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
         call.open()
         try:
             params = call.parameters
+            if model.signature.decoupled:
+                raise Unimplemented(f"{_DECOUPLED % model.name}: use gRPC ModelStreamInfer or HTTP generate_stream")
             inputs, batch = model.signature.validate(call.inputs, call.outputs, params)
             probe = _probe(model, call)
             if probe is not None and probe.outputs is not None:
@@ -126,6 +137,82 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
             return call.respond(model, outputs)
         finally:
             call.close()
+
+
+_DECOUPLED = "model '%s' is decoupled (model_transaction_policy): it streams its answers"
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed(Generic[R]):
+    """One answer of a streamed request: ``response`` (the call's answer built from the answer's
+    outputs; None for an answer without outputs, such as a final flag alone) or ``error`` (the
+    model answered this one with an error), and whether it is the request's last (``final``)."""
+
+    response: R | None
+    error: ClipperdError | None = None
+    final: bool = False
+
+
+async def infer_stream(model: ModelVersion, call: Call[R]) -> AsyncGenerator[Streamed[R], None]:
+    """Runs ``call`` on ``model`` and yields its answers as they come: zero to many for a
+    decoupled model (the last one ``final``, possibly without outputs), exactly one for any
+    other model (``infer``'s answer). The request goes through validation, the model's queue and
+    dynamic batcher, and the statistics as ``infer``'s do (no response cache: answers stream).
+    Closing the generator early (``aclose``: the client went away) takes the request out of the
+    queue, or tells the model (``is_cancelled()``, its generator closed), and counts it CANCELED.
+    This is the one entry point for streamed answers: transports and BLS calls iterate it."""
+    if not model.signature.decoupled:
+        yield Streamed(await infer(model, call), final=True)
+        return
+    scheduler = model.scheduler
+    if not isinstance(scheduler, StreamingScheduler):  # build_scheduler refuses such a version
+        raise Unimplemented(_DECOUPLED % model.name + ", but its scheduler cannot stream")
+    tracked = model.stats.track().__enter__()
+    failure: BaseException | None = None
+    streamed = None
+    call.open()
+    try:
+        inputs, batch = model.signature.validate(call.inputs, call.outputs, call.parameters)
+        tracked.executing = True
+        params = call.parameters
+        priority, timeout = int(params.get("priority", 0)), int(params.get("timeout", 0))
+        streamed = running = scheduler.execute_stream(inputs, batch, priority, timeout)
+        specs = output_specs(model.config)
+        batched = batch if model.config.max_batch_size > 0 else None
+        while True:
+            answer = await running.answers.get()
+            item = _streamed_answer(model, call, specs, answer, batched)
+            if item.final:
+                streamed = None
+                failure = item.error
+            yield item
+            if item.final:
+                return
+    except (GeneratorExit, asyncio.CancelledError):
+        failure = Cancelled(f"model '{model.name}': the client went away")
+        raise
+    except BaseException as error:
+        failure = error
+        raise
+    finally:
+        if streamed is not None:
+            streamed.cancel()
+        call.close()
+        tracked.__exit__(None if failure is None else type(failure), failure, None)
+
+
+def _streamed_answer(
+    model: ModelVersion, call: Call[R], specs: tuple[OutputSpec, ...], answer: Answer, batch: int | None
+) -> Streamed[R]:
+    """An answer checked against the config's outputs (it may carry some of them only)."""
+    if answer.error is not None or not answer.outputs:
+        return Streamed(None, answer.error, answer.final)
+    present = tuple(spec for spec in specs if spec.name in answer.outputs)
+    try:
+        outputs = check_outputs(model.name, present, answer.outputs, batch)
+        return Streamed(call.respond(model, outputs), None, answer.final)
+    except ClipperdError as error:
+        return Streamed(None, error, answer.final)
 
 
 @dataclass(frozen=True, slots=True)

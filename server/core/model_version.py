@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,14 @@ class ModelVersion:
         """One request from inside the server (an ensemble's step, an application's member),
         through the one entry point (server/core/inference.py) that clients' requests take."""
         return inference.infer(self, inference.tensor_call(inputs, priority, timeout_us))
+
+    def stream_tensors(
+        self, inputs: Mapping[str, np.ndarray], priority: int = 0, timeout_us: int = 0
+    ) -> AsyncGenerator[inference.Streamed[Tensors], None]:
+        """One request from inside the server whose answers stream (a BLS call with
+        ``decoupled=True``): each ``Streamed.response`` the outputs of one answer, through the
+        one entry point (``inference.infer_stream``); ``aclose`` it to cancel the request."""
+        return inference.infer_stream(self, inference.tensor_call(inputs, priority, timeout_us))
 
     def cache_probe(self, inputs: Iterable[RequestInput]) -> CacheProbe | None:
         """The response-cache lookup of one request's inputs (name, wire type, shape, array),

@@ -52,6 +52,7 @@ class ModelSignature:
         self.inputs = {i.name: _input_spec(i) for i in config.input}
         self.required = [n for n, s in self.inputs.items() if not s.optional]
         self.outputs = {o.name: datatypes.from_config(mc.DataType.Name(o.data_type)).wire for o in config.output}
+        self.decoupled = config.model_transaction_policy.decoupled  # answers only through inference.infer_stream
 
     def validate(
         self, inputs: Sequence[TensorIn], outputs: Sequence[Named] = (), parameters: Params | None = None

@@ -36,6 +36,9 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 PUSHBACK = literal(b"grpc-retry-pushback-ms", str(RETRY_PUSHBACK_MS).encode())
 _RESERVED_NAMES = frozenset({"content-type", "te", "user-agent"})
 DEADLINE_EXCEEDED = "Deadline Exceeded"
+# A streaming call's answers waiting for the peer's windows: past this many bytes the handler's
+# next answer is not taken until they drain (back-pressure up to the model's sends).
+STREAM_PENDING_BYTES = 256 * 1024
 BUSY = "the server holds too many request bytes in flight"
 
 
@@ -339,6 +342,8 @@ class GrpcCall:
         route = self.route
         async for reply in route.stream(self._requests(), CallContext(self)):
             self.reply(route.serialize(reply), last=False)
+            if len(self.stream.pending) >= STREAM_PENDING_BYTES:
+                await self.stream.drained(STREAM_PENDING_BYTES)  # a slow reader holds the next answer back
         self.finish(grpc.StatusCode.OK, "")
 
     # --- answering ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ tritonclient's ``inference.*`` classes, while the service keeps the name clients
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,8 @@ from google.protobuf.message import DecodeError
 from backends.common.errors import ClipperdError, InvalidArgument, PermissionDenied, Unimplemented
 from server.access import AccessPolicy, Rule, grpc_peer_host
 from server.core.dataplane import DataPlane
+from server.core.inference import Streamed
+from server.core.messages import InferResponse
 from server.core.shared_memory import uses_shared_memory
 from server.core.status import GRPC_STATUS
 from server.grpc.codec import decode_request, infer_response_message
@@ -37,7 +40,15 @@ SERVICE = "inference.GRPCInferenceService"
 # and then behind HTTP/2 flow control: one stream cannot start unbounded work.
 STREAM_REQUESTS_IN_FLIGHT = 128
 
+# Answers of one ModelStreamInfer stream waiting to be sent; past it a request's next answer
+# waits, so its model's next send waits (backends/common/streaming.py ANSWERS_PER_REQUEST more
+# per request): a client that reads slowly holds back its models, not the server's memory.
+STREAM_ANSWERS_QUEUED = 16
+EMPTY_FINAL = "triton_enable_empty_final_response"  # Triton's request parameter
+FINAL = "triton_final_response"  # Triton's parameter on each streamed answer
+
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Send = Callable[[pb.ModelStreamInferResponse], Awaitable[None]]
 S = TypeVar("S")
 Q = TypeVar("Q")
 R = TypeVar("R")
@@ -120,14 +131,18 @@ class InferenceService:
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently; each answer is sent as soon as it is ready and
-        carries the request's id (errors travel in ``error_message``; the stream stays open)."""
+        carries the request's id (errors travel in ``error_message``; the stream stays open). A
+        decoupled model answers zero to many times; each answer says whether it is its request's
+        last (``triton_final_response``), and a final flag without outputs becomes an empty
+        answer when the request asks for it (``triton_enable_empty_final_response``)."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_ANSWERS_QUEUED)
         slots = asyncio.Semaphore(STREAM_REQUESTS_IN_FLIGHT)
-        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers, slots, context))
+        reader = asyncio.get_running_loop().create_task(self._read_stream(requests, answers, room, slots, context))
         try:
             while (answer := await answers.get()) is not None:
+                room.release()
                 yield answer
-                slots.release()  # each request puts exactly one answer
         finally:
             reader.cancel()
 
@@ -135,16 +150,18 @@ class InferenceService:
         self,
         requests: AsyncIterator[pb.ModelInferRequest],
         answers: asyncio.Queue[Any],
+        room: asyncio.Semaphore,
         slots: asyncio.Semaphore,
         context: Any,
     ) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        send = functools.partial(_queue_answer, answers, room)
         try:
             async for request in requests:
                 await slots.acquire()
-                task = asyncio.get_running_loop().create_task(self._stream_one(request, answers, context))
+                task = asyncio.get_running_loop().create_task(self._stream_one(request, send, context))
+                task.add_done_callback(functools.partial(_request_done, tasks, slots))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
@@ -152,10 +169,9 @@ class InferenceService:
                 task.cancel()
             answers.put_nowait(None)
 
-    async def _stream_one(self, request: pb.ModelInferRequest, answers: asyncio.Queue[Any], context: Any) -> None:
+    async def _stream_one(self, request: pb.ModelInferRequest, send: Send, context: Any) -> None:
         if isinstance(request, Undecodable):
-            message = f"request is not a valid {request.message_type}"
-            answers.put_nowait(pb.ModelStreamInferResponse(error_message=message))
+            await send(pb.ModelStreamInferResponse(error_message=f"request is not a valid {request.message_type}"))
             return
         try:
             decoded = decode_request(request)
@@ -163,16 +179,17 @@ class InferenceService:
                 reason = _denial(self.region_rule, context)
                 if reason is not None:
                     raise PermissionDenied(reason)
-            response = infer_response_message(await self.plane.infer(decoded))
-            answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            empty_final = decoded.parameters.get(EMPTY_FINAL) is True
+            async with contextlib.aclosing(self.plane.infer_stream(decoded)) as answers:
+                async for answer in answers:
+                    message = _stream_answer(request, answer, empty_final)
+                    if message is not None:
+                        await send(message)
         except ClipperdError as error:
-            echo = pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id
-            )
-            answers.put_nowait(pb.ModelStreamInferResponse(error_message=error.message, infer_response=echo))
+            await send(pb.ModelStreamInferResponse(error_message=error.message, infer_response=_echo(request)))
         except Exception:
             log.exception("internal error in a stream request")
-            answers.put_nowait(pb.ModelStreamInferResponse(error_message="internal error"))
+            await send(pb.ModelStreamInferResponse(error_message="internal error"))
 
     @guarded
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
@@ -247,6 +264,41 @@ _UNIMPLEMENTED = {
     "TraceSetting": "trace settings",
     "LogSettings": "log settings",
 }
+
+
+def _request_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+    tasks.discard(task)
+    slots.release()
+
+
+async def _queue_answer(
+    answers: asyncio.Queue[Any], room: asyncio.Semaphore, message: pb.ModelStreamInferResponse
+) -> None:
+    await room.acquire()  # released as the stream takes the answer to send it
+    answers.put_nowait(message)
+
+
+def _echo(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """An answer without outputs that names its request (an error's, an empty final one)."""
+    return pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+
+
+def _stream_answer(
+    request: pb.ModelInferRequest, answer: Streamed[InferResponse], empty_final: bool
+) -> pb.ModelStreamInferResponse | None:
+    """One streamed answer as Triton sends it; None for a final flag alone nobody asked to see."""
+    if answer.error is not None:
+        response = _echo(request)
+        response.parameters[FINAL].bool_param = answer.final
+        return pb.ModelStreamInferResponse(error_message=answer.error.message, infer_response=response)
+    if answer.response is None:
+        if not (answer.final and empty_final):
+            return None
+        response = _echo(request)
+    else:
+        response = infer_response_message(answer.response)
+    response.parameters[FINAL].bool_param = answer.final
+    return pb.ModelStreamInferResponse(infer_response=response)
 
 
 def _unimplemented(feature: str) -> Handler:

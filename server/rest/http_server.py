@@ -19,7 +19,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -80,6 +80,10 @@ class HttpResponse:
     body: bytes = b""
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: a body sent as it comes (chunked), in place of ``body``: each item one chunk. It is
+    #: pulled only while the client reads (back-pressure) and closed (``aclose``) when the
+    #: client goes away, so what produces it stops
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -142,6 +146,19 @@ def serialize_response(response: HttpResponse, keep_alive: bool, head: bool = Fa
     return b"\r\n".join(lines)
 
 
+def serialize_head(response: HttpResponse, keep_alive: bool) -> bytes:
+    """The head of an answer whose body is streamed in chunks."""
+    lines = [b"HTTP/1.1 %d %s" % (response.status, _REASONS.get(response.status, b"Unknown"))]
+    if response.content_type is not None:
+        lines.append(b"Content-Type: " + response.content_type.encode("latin-1"))
+    for name, value in response.headers.items():
+        lines.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
+    lines += [b"Transfer-Encoding: chunked", b"Date: " + _CLOCK.date(), b"Server: " + SERVER_NAME]
+    if not keep_alive:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
 @dataclass(slots=True)
 class _Item:
     """A complete request waiting for its answer (it holds a request slot, and its body bytes in
@@ -172,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         self.reading = True  # False while the server paused reading (answers in order)
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is full
         self.writable.set()
+        self.streaming = False  # an answer's body is being streamed (server-sent events)
         self.slots = 0  # of the message being received: a request slot taken (0 or 1)
         self.budget = BodyBudget(server.admission)  # its body bytes, counted in the server's admission
         self._reset()
@@ -231,6 +249,8 @@ class HttpConnection(asyncio.Protocol):
         self._drop_pending()
         self._reset()  # releases what the message being received held
         self.writable.set()
+        if self.streaming and self.worker is not None:
+            self.worker.cancel()  # the streamed answer's producer (a model) stops with it
 
     def pause_writing(self) -> None:
         self.writable.clear()  # a client that does not read its answers gets no more work done
@@ -386,7 +406,12 @@ class HttpConnection(asyncio.Protocol):
                 return
             keep_alive = item.keep_alive and not self.server.stopping
             head = isinstance(request, HttpRequest) and request.method == "HEAD"
-            self.transport.write(serialize_response(response, keep_alive, head=head))
+            if response.stream is not None:
+                await self._stream(response, response.stream, keep_alive)
+                if self.transport is None or self.transport.is_closing():
+                    return
+            else:
+                self.transport.write(serialize_response(response, keep_alive, head=head))
             self.last_active = time.monotonic()
             if not keep_alive:
                 self.transport.close()
@@ -396,6 +421,25 @@ class HttpConnection(asyncio.Protocol):
             if not self.writable.is_set():
                 await self.writable.wait()
             self._resume()
+
+    async def _stream(self, response: HttpResponse, chunks: AsyncGenerator[bytes, None], keep_alive: bool) -> None:
+        """A chunked body, each chunk written once the client has read enough of the ones before."""
+        assert self.transport is not None
+        self.streaming = True
+        try:
+            self.transport.write(serialize_head(response, keep_alive))
+            async for chunk in chunks:
+                if not self.writable.is_set():
+                    await self.writable.wait()
+                if self.transport.is_closing():
+                    return
+                if chunk:
+                    self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                self.last_active = time.monotonic()
+            self.transport.write(b"0\r\n\r\n")
+        finally:
+            self.streaming = False
+            await chunks.aclose()
 
     def _resume(self) -> None:
         assert self.transport is not None
@@ -426,6 +470,8 @@ class HttpConnection(asyncio.Protocol):
                     self._reject(RequestRejected(408, why))
                 else:
                     self.body_since, self.window_bytes = now, 0
+        elif self.streaming:
+            return  # an answer is being sent: the connection is not idle
         elif not self.pending and self.handling is None and now - self.last_active > limits.idle_timeout_s:
             log.debug("closing an HTTP connection idle for %.0f s", now - self.last_active)
             self.closing = True

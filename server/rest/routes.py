@@ -3,9 +3,11 @@ HTTP/1.1 server (server/rest/http_server.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import zlib
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,8 +18,11 @@ from backends.common.errors import ClipperdError, InvalidArgument, PermissionDen
 from server.access import AccessPolicy, Rule
 from server.applications.manager import ApplicationManager
 from server.core.dataplane import DataPlane
+from server.core.inference import Streamed
+from server.core.messages import InferResponse
 from server.core.shared_memory import uses_shared_memory
 from server.core.status import HTTP_STATUS
+from server.rest import generate
 from server.rest.answers import JSON, error_response, json_response
 from server.rest.applications import ApplicationRoutes
 from server.rest.body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
@@ -137,6 +142,28 @@ class RestApi:
         accept = request.headers.get("accept-encoding")
         return response if accept is None else _compressed(response, accept)
 
+    async def generate(self, request: HttpRequest) -> HttpResponse:
+        """Triton's generate extension (server/rest/generate.py): one JSON answer."""
+        answers = self._generate_answers(request)
+        async with contextlib.aclosing(answers):
+            return json_response(await generate.one_answer(answers))
+
+    async def generate_stream(self, request: HttpRequest) -> HttpResponse:
+        """Triton's generate extension: each answer a server-sent event, as the model sends it."""
+        answers = self._generate_answers(request)
+        try:
+            first = await generate.first_event(answers)
+        except BaseException:
+            await answers.aclose()
+            raise
+        return HttpResponse(200, content_type=generate.SSE, stream=generate.events(first, answers))
+
+    def _generate_answers(self, request: HttpRequest) -> AsyncGenerator[Streamed[InferResponse], None]:
+        name, version = _model(request)
+        body = json_body(request, self.limits)
+        decoded = generate.generate_request(self.plane.model_metadata(name, version), version, body)
+        return self.plane.infer_stream(decoded)
+
     # ---- health and metadata
 
     async def live(self, request: HttpRequest) -> HttpResponse:
@@ -212,6 +239,8 @@ class RestApi:
         ]
         for suffix, method, handler in (
             ("/infer", "POST", self.infer),
+            ("/generate", "POST", self.generate),
+            ("/generate_stream", "POST", self.generate_stream),
             ("", "GET", self.model_metadata),
             ("/ready", "GET", self.model_ready),
             ("/config", "GET", self.model_config),

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 
 # model name -> (what is added to identity_fp32's config, the key the reason must name)
 REFUSED = {
-    "with_decoupled": ("model_transaction_policy { decoupled: true }\n", "model_transaction_policy.decoupled"),
     "with_env": (
         'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }\n',
         "EXECUTION_ENV_PATH",

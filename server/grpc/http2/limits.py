@@ -35,6 +35,7 @@ SETTINGS_RATE = 20.0  # ... then per second; past it: GOAWAY ENHANCE_YOUR_CALM
 CONTROL_BURST = 10_000  # PING, SETTINGS, PRIORITY, empty DATA, unknown frames, WINDOW_UPDATE with nothing to send
 CONTROL_RATE = 5_000.0  # ... refilled per second; past it: GOAWAY ENHANCE_YOUR_CALM
 STREAM_CREDIT = 8  # ... and by each new call: gRPC clients send a WINDOW_UPDATE or two after each answer
+ANSWER_CREDIT = 2  # ... and by each message sent: a stream of many answers earns its clients' WINDOW_UPDATEs
 
 # --- flow control (RFC 9113 §6.9; CVE-2019-9517 internal data buffering) -----------------------
 CONNECTION_WINDOW = 64 * 1024 * 1024  # our connection receive window (DATA past it: FLOW_CONTROL_ERROR)

@@ -11,7 +11,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from backends.common.http2 import ErrorCode, Flag, FrameType, frame, goaway, rst_stream, window_update
-from server.grpc.http2.limits import CLOSE_GRACE_S, CONNECTION_WINDOW, MAX_STREAMS, Http2Limits
+from server.grpc.http2.limits import (
+    ANSWER_CREDIT,
+    CLOSE_GRACE_S,
+    CONNECTION_WINDOW,
+    MAX_STREAMS,
+    Http2Limits,
+    RateBudget,
+)
 from server.grpc.http2.stream import Stream
 
 if TYPE_CHECKING:
@@ -25,6 +32,7 @@ class Http2Output(asyncio.Protocol):
 
     server: Http2Server
     limits: Http2Limits
+    control: RateBudget
     transport: asyncio.Transport | None
     loop: asyncio.AbstractEventLoop
     outgoing: list[bytes]
@@ -74,6 +82,7 @@ class Http2Output(asyncio.Protocol):
         if data:
             stream.pending += data
             self._queue(len(data))
+            self.control.tokens += ANSWER_CREDIT  # the peer acknowledges it with a WINDOW_UPDATE or two
         if trailers is not None:
             stream.trailers = trailers
         self._flush(stream, out)
@@ -115,6 +124,8 @@ class Http2Output(asyncio.Protocol):
             self._close_with_trailers(stream, out)
         if out:
             self._write(b"".join(out))
+        if stream.drain is not None:
+            stream.wake_drain()  # it looks at what is still pending itself
         if stream.closed:
             self._forget_if_done(stream)
 
@@ -181,6 +192,7 @@ class Http2Output(asyncio.Protocol):
         if stream.pending:
             self._queue(-len(stream.pending))
             stream.pending = bytearray()
+        stream.wake_drain()
         self._leave(stream)
 
     def _remember_early(self, stream_id: int) -> None:

@@ -6,6 +6,7 @@ cancels, breaks a rule of the stream, or the connection closes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from backends.common.http2 import ErrorCode
@@ -31,6 +32,7 @@ class Stream:
     __slots__ = (
         "closed",
         "connection",
+        "drain",
         "gone",
         "id",
         "owed",
@@ -54,6 +56,19 @@ class Stream:
         self.receiver: Receiver | None = None
         self.owed = 0  # bytes consumed and not yet returned to the peer's window
         self.gone = False  # the connection forgot it (both halves closed, or reset)
+        self.drain: asyncio.Future[None] | None = None  # a sender waiting for pending to go out
+
+    async def drained(self, below: int) -> None:
+        """Until fewer than ``below`` bytes wait for the peer's windows (or the stream is gone):
+        a streaming answer's producer waits here, so a slow reader slows it down."""
+        while len(self.pending) >= below and not (self.closed or self.gone):
+            self.drain = self.connection.loop.create_future()
+            await self.drain
+
+    def wake_drain(self) -> None:
+        drain, self.drain = self.drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
 
     def send(self, headers: bytes | None, data: bytes, trailers: bytes | None) -> None:
         self.connection.send(self, headers, data, trailers)
