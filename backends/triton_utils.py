@@ -12,8 +12,9 @@ file runs unchanged. What is here is the part of Triton's module that non-decoup
 BLS: ``InferenceRequest(model_name=..., inputs=..., requested_output_names=...).exec()`` and
 ``await ....async_exec()`` call another model of the repository (backends/bls.py; the section
 "BLS" below). Decoupled models: ``request.get_response_sender()`` gives an
-``InferenceResponseSender`` (its section below). Not here: BLS with ``decoupled=True``, custom
-metrics: they raise TritonModelException saying so."""
+``InferenceResponseSender`` (its section below); ``exec(decoupled=True)`` gives a
+``ResponseIterator`` of the target's answers. Not here: custom metrics: they raise
+TritonModelException saying so."""
 
 from __future__ import annotations
 
@@ -193,11 +194,12 @@ class InferenceRequest:
         """BLS: runs this request on ``model_name`` and waits for its answer (an error answer,
         not an exception, when the model cannot answer)."""
         if decoupled:
-            return _bls_stream(self)
+            return _bls_stream(self)  # an iterator of InferenceResponse
         return _bls_exec(self)
 
     async def async_exec(self, decoupled: bool = False) -> Any:
-        """BLS from an ``async def execute``: awaits the answer of ``model_name``."""
+        """BLS from an ``async def execute``: awaits the answer of ``model_name`` (with
+        ``decoupled=True``: an iterator of its answers, ``async for`` on the event loop)."""
         if decoupled:
             return _bls_stream(self)
         return await _bls_async_exec(self)
@@ -362,12 +364,71 @@ async def _bls_async_exec(request: InferenceRequest) -> InferenceResponse:
         return _bls_response(None, error)
 
 
-def _bls_stream(request: InferenceRequest) -> Any:
-    """``exec(decoupled=True)``: an iterator of responses, once the server streams to BLS."""
+def _bls_stream(request: InferenceRequest) -> ResponseIterator:
+    """``exec(decoupled=True)``: the target's answers as responses (a failure to start: one
+    error response)."""
+    call = _bls_call(request)
     try:
-        return bls.stream(_bls_call(request))
-    except ClipperdError as error:
-        raise TritonModelException(str(error)) from None
+        return ResponseIterator(bls.stream(call, request.timeout()))
+    except Exception as error:
+        return ResponseIterator(None, _bls_response(None, error))
+
+
+class ResponseIterator:
+    """The responses of a BLS call with ``decoupled=True``, as Triton's: one per answer of the
+    target, the last one its final (it may have no output tensors: a final flag alone); an
+    error answer is a response whose ``has_error()`` is true (a call that fails, such as an
+    unknown target or a deadline, ends with one). ``for`` pulls
+    them on a model's thread, ``async for`` in an ``async def execute``. ``cancel()`` stops the
+    target (its ``is_cancelled()`` turns true), as does leaving ``execute`` before the end."""
+
+    def __init__(self, stream: bls.Streamed | None, failure: InferenceResponse | None = None) -> None:
+        self._stream = stream
+        self._failure = failure
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._stream is None:
+            return self._fail()
+        try:
+            answer = self._stream.next_sync()
+        except ClipperdError as error:
+            raise TritonModelException(str(error)) from None
+        if answer is None:
+            raise StopIteration
+        return _bls_answer(answer)
+
+    def __aiter__(self) -> ResponseIterator:
+        return self
+
+    async def __anext__(self) -> InferenceResponse:
+        if self._stream is None:
+            try:
+                return self._fail()
+            except StopIteration:
+                raise StopAsyncIteration from None
+        answer = await self._stream.next_async()
+        if answer is None:
+            raise StopAsyncIteration
+        return _bls_answer(answer)
+
+    def _fail(self) -> InferenceResponse:
+        failure, self._failure = self._failure, None
+        if failure is None:
+            raise StopIteration
+        return failure
+
+    def cancel(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+
+
+def _bls_answer(answer: Answer) -> InferenceResponse:
+    if answer.error is not None:
+        return _bls_response(None, answer.error)
+    return _bls_response(answer.outputs, None)
 
 
 # Decoupled models: the response sender (section owned by the decoupled-models work).
