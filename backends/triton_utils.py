@@ -135,6 +135,12 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
 
 
+# request parameters Triton takes into the request itself rather than its parameters()
+_SERVER_PARAMETERS = frozenset(
+    ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output")
+)
+
+
 class InferenceRequest:
     """One client request as the model sees it in ``execute(requests)``."""
 
@@ -157,6 +163,7 @@ class InferenceRequest:
         self._model_version = model_version
         self._timeout = timeout  # microseconds; for BLS, how long exec() waits (0: the default)
         self._sender: Any = None  # a decoupled model's InferenceResponseSender
+        self._client_parameters: Mapping[str, Any] | None = None  # a client's request: its parameters
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -167,11 +174,22 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._id
 
-    def correlation_id(self) -> int:
-        return 0
+    def correlation_id(self) -> int | str:
+        """The request's sequence id (``sequence_id``, an integer or a string as the client
+        sent it); 0 when it has none."""
+        client = self._client_parameters
+        if client is None:
+            return 0
+        value = client.get("sequence_id", 0)
+        return value if isinstance(value, int | str) else 0
 
     def parameters(self) -> str:
-        return self._parameters
+        """The request's parameters as JSON, as Triton gives them: the client's, without the
+        ones the server itself acts on (``sequence_id``, ``priority``, ``timeout``...)."""
+        client = self._client_parameters
+        if client is None:
+            return self._parameters
+        return json.dumps({k: v for k, v in client.items() if k not in _SERVER_PARAMETERS})
 
     def flags(self) -> int:
         return 0
