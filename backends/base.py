@@ -161,6 +161,12 @@ class Backend(abc.ABC):
         tasks on the event loop: ``execute_requests_async``)."""
         return ""
 
+    @classmethod
+    def reads_identity(cls, config: mc.ModelConfig, version_path: Path) -> bool:
+        """Whether this model reads each request's id and parameters (the server then hands it
+        ``Identified`` inputs; every other model gets plain dicts, at no cost)."""
+        return False
+
     async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
         """``execute_requests`` as a coroutine on the event loop (``preferred_mode`` "async")."""
         raise NotImplementedError(f"{type(self).__name__} executes on its thread")

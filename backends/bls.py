@@ -25,12 +25,13 @@ else ``DEFAULT_TIMEOUT_S``) and then answers DEADLINE_EXCEEDED; the abandoned re
 target's queue. A model with one instance that calls itself is refused at once: it would
 always wait for itself.
 
-Streamed answers (``exec(decoupled=True)``) need a streaming entry point in the server; the
-hook is ``ModelCaller.stream_model`` (see ``stream``), which a server without streaming lacks."""
+Streamed answers (``exec(decoupled=True)``): the server's caller also has ``stream_model``
+(``AnswerStreamer``); ``stream`` wraps it in a ``Streamed``, pulled one answer at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -41,8 +42,10 @@ from backends.common.errors import (
     ClipperdError,
     DeadlineExceeded,
     FailedPrecondition,
+    ModelExecutionError,
     Unimplemented,
 )
+from backends.common.streaming import Answer
 from backends.common.tensors import Tensors
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -93,10 +96,15 @@ _CURRENT: ContextVar[BlsLink | None] = ContextVar("clipperd_bls_link", default=N
 def executing(link: BlsLink | None) -> Iterator[None]:
     """Makes ``link`` the current one while a model's ``execute`` runs."""
     token = _CURRENT.set(link)
+    opened: list[Streamed] = []
+    streams = _OPEN.set(opened)
     try:
         yield
     finally:
+        _OPEN.reset(streams)
         _CURRENT.reset(token)
+        for stream in opened:  # a streamed call left unfinished: its target stops
+            stream.cancel()
 
 
 def current(model: str) -> BlsLink:
@@ -181,18 +189,124 @@ async def call_async(call: ModelCall, timeout_us: int = 0) -> Tensors:
         raise _late(link, call, seconds) from None
 
 
-def stream(call: ModelCall) -> AsyncIterator[Tensors]:
-    """``exec(decoupled=True)``: the answers of a decoupled model, one by one. The hook for the
-    server's streaming entry point: a caller with ``stream_model(call)`` (an async iterator of
-    outputs) serves it; without one, a clear refusal."""
+class AnswerStreamer(Protocol):
+    """What a server with streamed answers adds to its ``ModelCaller``: the target's answers
+    (``Answer``: outputs, or an error, and the final flag), the last one final; closing the
+    iterator cancels the target's request."""
+
+    def stream_model(self, call: ModelCall) -> AsyncIterator[Answer]: ...
+
+
+class Streamed:
+    """``exec(decoupled=True)`` / ``await async_exec(decoupled=True)``: the target's answers,
+    pulled one at a time from the server's loop (nothing is fetched ahead: a model that reads
+    slowly slows the target down through its own bounded answer queue). ``next`` (on the
+    instance's thread) or ``anext`` (in an ``async def execute``) waits at most the call's
+    deadline for each answer; a failure (unknown model, a deadline) is a final error answer.
+    ``cancel`` (also on ``close``, on leaving the ``execute`` that made it, and when the object
+    is dropped) closes the target's stream, which cancels its request."""
+
+    def __init__(self, link: BlsLink, call: ModelCall, answers: AsyncIterator[Answer], seconds: float) -> None:
+        self._link, self._call, self._seconds = link, call, seconds
+        self._answers: Any = answers  # an async generator: has aclose
+        self._pending: asyncio.Future[Answer] | concurrent.futures.Future[Answer] | None = None
+        self.done = False
+        opened = _OPEN.get()
+        if opened is not None:
+            opened.append(self)
+
+    def next_sync(self) -> Answer | None:
+        """The next answer, waited for on the instance's thread; None once the final came."""
+        if self.done:
+            return None
+        if _on_loop(self._link.loop):
+            raise FailedPrecondition(
+                f"model '{self._link.model}' iterates a streamed BLS call with a plain for on the event loop, "
+                "which would wait for itself: use async for"
+            )
+        future = asyncio.run_coroutine_threadsafe(self._answers.__anext__(), self._link.loop)
+        self._pending = future
+        try:
+            return self._taken(future.result(self._seconds))
+        except BaseException as error:
+            return self._failed(error)
+        finally:
+            self._pending = None
+
+    async def next_async(self) -> Answer | None:
+        """The next answer, awaited (on the server's loop, or from the instance thread's loop)."""
+        if self.done:
+            return None
+        try:
+            if _on_loop(self._link.loop):
+                task = asyncio.ensure_future(self._answers.__anext__())
+                self._pending = task
+                answer = await asyncio.wait_for(task, self._seconds)
+            else:
+                future = asyncio.run_coroutine_threadsafe(self._answers.__anext__(), self._link.loop)
+                self._pending = future
+                answer = await asyncio.wait_for(asyncio.wrap_future(future), self._seconds)
+            return self._taken(answer)
+        except Exception as error:
+            return self._failed(error)
+        finally:
+            self._pending = None
+
+    def _taken(self, answer: Answer) -> Answer:
+        if answer.final:
+            self.done = True
+        return answer
+
+    def _failed(self, error: BaseException) -> Answer:
+        self.cancel()
+        if isinstance(error, StopAsyncIteration):  # the stream ended without a final flag
+            return Answer({}, None, final=True)
+        if isinstance(error, TimeoutError | concurrent.futures.TimeoutError):
+            error = _late(self._link, self._call, self._seconds)
+        if not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt, the caller's own cancellation
+        return Answer({}, error if isinstance(error, ClipperdError) else _wrapped(error), final=True)
+
+    def cancel(self) -> None:
+        """Stops the stream: the target's request is cancelled (its ``is_cancelled()`` turns
+        true), from any thread, without waiting."""
+        if self.done and self._answers is None:
+            return
+        self.done = True
+        answers, self._answers = self._answers, None
+        pending = self._pending
+        if answers is None:
+            return
+        loop = self._link.loop
+        if loop.is_closed():
+            return
+        if pending is not None and not pending.done():
+            # the pending step owns the generator: cancelling it closes the generator
+            loop.call_soon_threadsafe(pending.cancel)
+        else:
+            loop.call_soon_threadsafe(lambda: loop.create_task(answers.aclose()))
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cancel()
+
+
+_OPEN: ContextVar[list[Streamed] | None] = ContextVar("clipperd_bls_streams", default=None)
+
+
+def _wrapped(error: Exception) -> ClipperdError:
+    return ModelExecutionError(f"{type(error).__name__}: {error}")
+
+
+def stream(call: ModelCall, timeout_us: int = 0) -> Streamed:
+    """``exec(decoupled=True)``: the answers of ``call``'s target, one by one (``Streamed``)."""
     link = current(call.model)
+    _check_self(link, call)
     streamer = getattr(link.caller, "stream_model", None)
     if streamer is None:
-        raise Unimplemented(
-            f"BLS call to model '{call.model}' with decoupled=True: streamed answers are not "
-            "available to BLS in this server yet"
-        )
-    return streamer(call)  # type: ignore[no-any-return]
+        raise Unimplemented(f"BLS call to model '{call.model}' with decoupled=True: this server cannot stream answers")
+    # the generator is made here and first runs on the server's loop, in next_sync/next_async
+    return Streamed(link, call, streamer(call), _deadline(link, timeout_us))
 
 
 def error_text(error: BaseException) -> str:

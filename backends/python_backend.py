@@ -212,6 +212,15 @@ class PythonBackend(Backend):
             return "async"
         return "thread" if "InferenceRequest(" in source else ""
 
+    @classmethod
+    def reads_identity(cls, config: mc.ModelConfig, version_path: Path) -> bool:
+        """Triton Python models: ``request_id()``, ``correlation_id()``, ``parameters()``."""
+        path = version_path / (config.default_model_filename or cls.default_filename)
+        try:
+            return "TritonPythonModel" in path.read_text(errors="replace")
+        except OSError:
+            return False
+
     def load(self) -> None:
         path = self.existing_model_file()
         install_utils()  # before the import: Triton models import triton_python_backend_utils at the top

@@ -30,6 +30,7 @@ from backends.common.errors import (
     Unimplemented,
 )
 from backends.common.streaming import AnswerStream
+from backends.common.tensors import Identified
 
 MODULE_NAME = "triton_python_backend_utils"
 
@@ -105,15 +106,19 @@ class TritonModel:
         return self._results(responses, len(requests))
 
     def _requests(self, parts: Sequence[Tensors]) -> list[pb.InferenceRequest]:
-        return [
-            pb.InferenceRequest(
+        requests = []
+        for part in parts:
+            request = pb.InferenceRequest(
                 [pb.Tensor(name, array) for name, array in part.items()],
                 self.output_names,
                 model_name=self.context.model_name,
                 model_version=self.context.version,
             )
-            for part in parts
-        ]
+            if isinstance(part, Identified):  # the client's request id and parameters
+                request._id = part.request_id
+                request._client_parameters = part.parameters
+            requests.append(request)
+        return requests
 
     def execute_decoupled(self, parts: Sequence[Tensors], streams: Sequence[AnswerStream]) -> None:
         """Triton's decoupled mode: each request carries a response sender; ``execute`` returns

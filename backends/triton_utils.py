@@ -12,8 +12,9 @@ file runs unchanged. What is here is the part of Triton's module that non-decoup
 BLS: ``InferenceRequest(model_name=..., inputs=..., requested_output_names=...).exec()`` and
 ``await ....async_exec()`` call another model of the repository (backends/bls.py; the section
 "BLS" below). Decoupled models: ``request.get_response_sender()`` gives an
-``InferenceResponseSender`` (its section below). Not here: BLS with ``decoupled=True``, custom
-metrics: they raise TritonModelException saying so."""
+``InferenceResponseSender`` (its section below); ``exec(decoupled=True)`` gives a
+``ResponseIterator`` of the target's answers. Not here: custom metrics: they raise
+TritonModelException saying so."""
 
 from __future__ import annotations
 
@@ -134,6 +135,12 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
 
 
+# request parameters Triton takes into the request itself rather than its parameters()
+_SERVER_PARAMETERS = frozenset(
+    ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output")
+)
+
+
 class InferenceRequest:
     """One client request as the model sees it in ``execute(requests)``."""
 
@@ -156,6 +163,7 @@ class InferenceRequest:
         self._model_version = model_version
         self._timeout = timeout  # microseconds; for BLS, how long exec() waits (0: the default)
         self._sender: Any = None  # a decoupled model's InferenceResponseSender
+        self._client_parameters: Mapping[str, Any] | None = None  # a client's request: its parameters
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -166,11 +174,22 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._id
 
-    def correlation_id(self) -> int:
-        return 0
+    def correlation_id(self) -> int | str:
+        """The request's sequence id (``sequence_id``, an integer or a string as the client
+        sent it); 0 when it has none."""
+        client = self._client_parameters
+        if client is None:
+            return 0
+        value = client.get("sequence_id", 0)
+        return value if isinstance(value, int | str) else 0
 
     def parameters(self) -> str:
-        return self._parameters
+        """The request's parameters as JSON, as Triton gives them: the client's, without the
+        ones the server itself acts on (``sequence_id``, ``priority``, ``timeout``...)."""
+        client = self._client_parameters
+        if client is None:
+            return self._parameters
+        return json.dumps({k: v for k, v in client.items() if k not in _SERVER_PARAMETERS})
 
     def flags(self) -> int:
         return 0
@@ -193,11 +212,12 @@ class InferenceRequest:
         """BLS: runs this request on ``model_name`` and waits for its answer (an error answer,
         not an exception, when the model cannot answer)."""
         if decoupled:
-            return _bls_stream(self)
+            return _bls_stream(self)  # an iterator of InferenceResponse
         return _bls_exec(self)
 
     async def async_exec(self, decoupled: bool = False) -> Any:
-        """BLS from an ``async def execute``: awaits the answer of ``model_name``."""
+        """BLS from an ``async def execute``: awaits the answer of ``model_name`` (with
+        ``decoupled=True``: an iterator of its answers, ``async for`` on the event loop)."""
         if decoupled:
             return _bls_stream(self)
         return await _bls_async_exec(self)
@@ -362,12 +382,71 @@ async def _bls_async_exec(request: InferenceRequest) -> InferenceResponse:
         return _bls_response(None, error)
 
 
-def _bls_stream(request: InferenceRequest) -> Any:
-    """``exec(decoupled=True)``: an iterator of responses, once the server streams to BLS."""
+def _bls_stream(request: InferenceRequest) -> ResponseIterator:
+    """``exec(decoupled=True)``: the target's answers as responses (a failure to start: one
+    error response)."""
+    call = _bls_call(request)
     try:
-        return bls.stream(_bls_call(request))
-    except ClipperdError as error:
-        raise TritonModelException(str(error)) from None
+        return ResponseIterator(bls.stream(call, request.timeout()))
+    except Exception as error:
+        return ResponseIterator(None, _bls_response(None, error))
+
+
+class ResponseIterator:
+    """The responses of a BLS call with ``decoupled=True``, as Triton's: one per answer of the
+    target, the last one its final (it may have no output tensors: a final flag alone); an
+    error answer is a response whose ``has_error()`` is true (a call that fails, such as an
+    unknown target or a deadline, ends with one). ``for`` pulls
+    them on a model's thread, ``async for`` in an ``async def execute``. ``cancel()`` stops the
+    target (its ``is_cancelled()`` turns true), as does leaving ``execute`` before the end."""
+
+    def __init__(self, stream: bls.Streamed | None, failure: InferenceResponse | None = None) -> None:
+        self._stream = stream
+        self._failure = failure
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._stream is None:
+            return self._fail()
+        try:
+            answer = self._stream.next_sync()
+        except ClipperdError as error:
+            raise TritonModelException(str(error)) from None
+        if answer is None:
+            raise StopIteration
+        return _bls_answer(answer)
+
+    def __aiter__(self) -> ResponseIterator:
+        return self
+
+    async def __anext__(self) -> InferenceResponse:
+        if self._stream is None:
+            try:
+                return self._fail()
+            except StopIteration:
+                raise StopAsyncIteration from None
+        answer = await self._stream.next_async()
+        if answer is None:
+            raise StopAsyncIteration
+        return _bls_answer(answer)
+
+    def _fail(self) -> InferenceResponse:
+        failure, self._failure = self._failure, None
+        if failure is None:
+            raise StopIteration
+        return failure
+
+    def cancel(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+
+
+def _bls_answer(answer: Answer) -> InferenceResponse:
+    if answer.error is not None:
+        return _bls_response(None, answer.error)
+    return _bls_response(answer.outputs, None)
 
 
 # Decoupled models: the response sender (section owned by the decoupled-models work).

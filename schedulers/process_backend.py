@@ -31,6 +31,7 @@ from typing import Any
 from backends.base import Backend, InstanceContext, Tensors
 from backends.common.errors import ClipperdError, ModelExecutionError
 from backends.common.parameters import Parameters
+from backends.common.tensors import Identified
 from schedulers.shm_arena import Arena, arena_size_for, size_of
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,12 @@ class ProcessBackend(Backend):
         return outputs
 
     def execute_requests(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
-        results: list[Tensors | ClipperdError] = self._round_trip("requests", list(parts))
+        # each request's id and parameters (Identified) travel beside its tensors in the arena
+        identities = [(p.request_id, dict(p.parameters)) if isinstance(p, Identified) else None for p in parts]
+        results: list[Tensors | ClipperdError] = self._round_trip("requests", list(parts), identities)
         return results
 
-    def _round_trip(self, kind: str, parts: list[Tensors]) -> Any:
+    def _round_trip(self, kind: str, parts: list[Tensors], identities: list[Any] | None = None) -> Any:
         if self._process is None or self._process.poll() is not None:
             self.unload()
             self.load()  # the last worker is gone: a fresh one serves this batch
@@ -133,7 +136,7 @@ class ProcessBackend(Backend):
         try:
             self._fit(sum(size_of(p) for p in parts))
             entries, end = self._place(parts)
-            self._conn.send((kind, entries[0] if kind == "batch" else entries, end))
+            self._conn.send((kind, entries[0] if kind == "batch" else entries, end, identities))
             status, payload, extra = self._receive(self._settings.timeout_s or None, "batch")
         except (OSError, EOFError) as exc:
             raise self._died(exc) from exc

@@ -341,7 +341,7 @@ class SequenceScheduler:
 
     def _inputs(self, sequence: Sequence, step: Step) -> Tensors:
         """A request's inputs with its control and state tensors."""
-        inputs = dict(step.inputs)
+        inputs = step.inputs.copy()  # an Identified request keeps its id and parameters
         settings = self._settings
         lead = (1,) if settings.batched else ()
         flags = {START: step.start, END: step.end, READY: True}

@@ -26,6 +26,7 @@ from typing import Any
 
 from backends.base import Backend, Tensors
 from backends.common.errors import ModelExecutionError
+from backends.common.tensors import Identified
 from schedulers.shm_arena import Arena, Entry
 
 
@@ -60,7 +61,7 @@ class Worker:
                 self._remap(message[1], message[2])
                 continue
             try:
-                reply: tuple[str, Any, Any] = ("ok", *self._execute(kind, message[1], message[2]))
+                reply: tuple[str, Any, Any] = ("ok", *self._execute(kind, message[1], message[2], message[3]))
             except BaseException as exc:  # sys.exit() in a model fails its batch, not the worker
                 if _out_of_memory(exc):
                     text = f"{exc}; the worker ran out of memory (worker_memory_mb) and restarts"
@@ -69,7 +70,7 @@ class Worker:
                 reply = ("error", portable(exc), False)
             self.conn.send(reply)
 
-    def _execute(self, kind: str, entries: Any, end: int) -> tuple[Any, int]:
+    def _execute(self, kind: str, entries: Any, end: int, identities: Any) -> tuple[Any, int]:
         assert self.backend is not None
         assert self.arena is not None
         if kind == "batch":
@@ -77,6 +78,8 @@ class Worker:
             placed, needed = self._place([outputs], end)
             return placed[0], needed
         parts = [self.arena.read(e, copy=False) for e in entries]
+        if identities is not None:  # a model that reads each request's id and parameters
+            parts = [p if i is None else Identified(p, *i) for p, i in zip(parts, identities, strict=True)]
         results = self.backend.execute_requests(parts)
         tensors = [r for r in results if not isinstance(r, BaseException)]
         placed, needed = self._place(tensors, end)

@@ -5,7 +5,8 @@ Decoding views the wire buffer without a copy where the layout allows (everythin
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,27 @@ from backends.common.datatypes import DataType
 from backends.common.errors import InvalidArgument
 
 Tensors = dict[str, np.ndarray]  # named arrays: a model's inputs or outputs
+
+
+class Identified(dict[str, np.ndarray]):
+    """One request's inputs that also say who sent it: the client's request id and its
+    parameters (``sequence_id`` among them), for models that see each request on its own
+    (Triton Python models' ``request_id()``, ``correlation_id()``, ``parameters()``). The server
+    builds these only for such models; every other model gets plain dicts."""
+
+    __slots__ = ("parameters", "request_id")
+
+    def __init__(self, inputs: Tensors, request_id: str, parameters: Mapping[str, Any]) -> None:
+        super().__init__(inputs)
+        self.request_id = request_id
+        self.parameters = parameters  # the request's own mapping: nothing is copied per request
+
+    def copy(self) -> Identified:  # type: ignore[override]  # keeps the identity (sequence controls added)
+        return Identified(self, self.request_id, self.parameters)
+
+    def __reduce__(self) -> Any:  # to a worker process (execution_mode process) and back
+        return (Identified, (dict(self), self.request_id, dict(self.parameters)))
+
 
 _INT64_MAX = 2**63 - 1
 _LENGTH = struct.Struct("<I")

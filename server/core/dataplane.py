@@ -159,6 +159,10 @@ class _WireCall:
         self.outputs = request.outputs
         self.parameters = request.parameters
 
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
     def open(self) -> None:
         self.shared_memory = self.registry.use(self.request)  # reads shared-memory inputs into the tensors
 

@@ -32,6 +32,7 @@ from backends.base import Tensors
 from backends.common.errors import Cancelled, ClipperdError, Unimplemented
 from backends.common.outputs import OutputSpec, check_outputs, output_specs
 from backends.common.streaming import Answer
+from backends.common.tensors import Identified
 from schedulers.protocol import SequenceScheduling
 from schedulers.scheduler import ModelScheduler as StreamingScheduler
 from server.core.messages import Params
@@ -77,6 +78,9 @@ class Call(Protocol[R]):
     @property
     def parameters(self) -> Params: ...
 
+    @property
+    def request_id(self) -> str: ...  # the client's request id ("" from inside the server)
+
     def open(self) -> None: ...
 
     def close(self) -> None: ...
@@ -121,6 +125,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
             if model.signature.decoupled:
                 raise Unimplemented(f"{_DECOUPLED % model.name}: use gRPC ModelStreamInfer or HTTP generate_stream")
             inputs, batch = model.signature.validate(call.inputs, call.outputs, params)
+            if model.identified:  # a model that reads each request's id and parameters
+                inputs = Identified(inputs, call.request_id, params)
             probe = _probe(model, call)
             if probe is not None and probe.outputs is not None:
                 return call.respond(model, probe.outputs)  # a hit: the model does not run
@@ -173,6 +179,8 @@ async def infer_stream(model: ModelVersion, call: Call[R]) -> AsyncGenerator[Str
     call.open()
     try:
         inputs, batch = model.signature.validate(call.inputs, call.outputs, call.parameters)
+        if model.identified:
+            inputs = Identified(inputs, call.request_id, call.parameters)
         tracked.executing = True
         params = call.parameters
         priority, timeout = int(params.get("priority", 0)), int(params.get("timeout", 0))
@@ -236,6 +244,7 @@ class TensorCall:
     inputs: list[Tensor]
     parameters: Params = field(default_factory=dict)
     outputs: tuple[Named, ...] = ()
+    request_id: str = ""
 
     def open(self) -> None:
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends import registry
 from backends.base import Tensors
 from backends.bls import ModelCaller
 from backends.common.config import is_ensemble
@@ -34,6 +35,7 @@ class ModelVersion:
     stats: ModelStats
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
     cache: VersionCache | None = None  # its share of the response cache, when it caches
+    identified: bool = False  # its requests carry their id and parameters (Triton Python models)
 
     @property
     def name(self) -> str:
@@ -120,4 +122,9 @@ async def load_model_version(
         raise
     load_secs = time.perf_counter() - started
     cached = None if is_ensemble(config) else version_cache(config, version, cache)
-    return ModelVersion(config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached)
+    identified = not is_ensemble(config) and registry.backend_class(config, version_path).reads_identity(
+        config, version_path
+    )
+    return ModelVersion(
+        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified
+    )

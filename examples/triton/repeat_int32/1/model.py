@@ -1,7 +1,8 @@
 """A decoupled model in Triton's Python dialect: each request gets len(IN) answers, the i-th
 carrying OUT = IN[i] and IDX = i, sent DELAY[i] ms apart by a thread of the model, then the
 final flag alone. ``execute`` returns None after WAIT ms, so answers of several requests may
-interleave. A request whose client went away (``is_cancelled()``) stops early."""
+interleave. A request whose client went away (``is_cancelled()``) stops early (recorded as a
+line "IN[0] index" in the file named by the parameter ``cancel_file``, when set)."""
 
 import json
 import threading
@@ -19,6 +20,8 @@ class TritonPythonModel:
         self.out_type = pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, "OUT")["data_type"])
         self.idx_type = pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, "IDX")["data_type"])
         self.threads = []
+        # optional: a file where each request stopped by cancellation is recorded (tests)
+        self.cancel_file = config.get("parameters", {}).get("cancel_file", {}).get("string_value", "")
 
     def execute(self, requests):
         for request in requests:
@@ -43,6 +46,7 @@ class TritonPythonModel:
     def answer(self, request, sender, values, delays):
         for index, (value, delay) in enumerate(zip(values, delays, strict=True)):
             if request.is_cancelled():
+                self.record_cancel(values, index)
                 break
             time.sleep(delay / 1000)
             outputs = [
@@ -51,6 +55,11 @@ class TritonPythonModel:
             ]
             sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def record_cancel(self, values, index):
+        if self.cancel_file:
+            with open(self.cancel_file, "a") as file:
+                file.write(f"{values[0]} {index}\n")
 
     def finalize(self):
         for worker in self.threads:
