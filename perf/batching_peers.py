@@ -67,7 +67,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -480,18 +479,12 @@ def main() -> None:
     for variable in THREAD_VARIABLES:  # inherited by every server and by the in-process timing
         os.environ[variable] = str(args.blas_threads)
     os.environ[HIDDEN_ENV] = args.hidden
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    names = sbs.named_systems(args, SYSTEMS)
     notes = {n: m for n in names if n != "clipperd" and (m := sbs.peer_python(environment(n))[1]) is not None}
     if args.protocol == "http" and "mlserver" in names:
         notes["mlserver"] = "perf_analyzer cannot read its HTTP answers (output parameters without binary_data_size)"
     runnable = [n for n in names if n not in notes]
-    if not sbs.perf_analyzer_path(args.perf_analyzer).exists():
-        sys.exit(f"perf_analyzer not found at {sbs.perf_analyzer_path(args.perf_analyzer)}: run make tools")
-    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="batching-peers-"))
-    workspace.mkdir(parents=True, exist_ok=True)
+    workspace = sbs.round_workspace(args, "batching-peers-")
     before = sbs.machine()
     model = NumpyMLP()
     x = sample_input(4)

@@ -22,7 +22,6 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +86,7 @@ def main() -> None:
     args.names = [n.strip() for n in args.systems.split(",") if n.strip()]
     if TARGET not in args.names or any(n not in MODELS for n in args.names):
         sys.exit(f"--systems: models from {', '.join(MODELS)}, {TARGET} among them")
-    if not sbs.perf_analyzer_path(args.perf_analyzer).exists():
-        sys.exit(f"perf_analyzer not found at {sbs.perf_analyzer_path(args.perf_analyzer)}")
-    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="bls-cost-"))
-    workspace.mkdir(parents=True, exist_ok=True)
+    workspace = sbs.round_workspace(args, "bls-cost-")
     spec = sbs.system("clipperd", repository=repository(workspace))
     before = sbs.machine()
     print(

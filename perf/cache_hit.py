@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +96,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    if not sbs.perf_analyzer_path(args.perf_analyzer).exists():
-        sys.exit(f"perf_analyzer not found at {sbs.perf_analyzer_path(args.perf_analyzer)}")
-    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="cache-hit-"))
-    workspace.mkdir(parents=True, exist_ok=True)
+    names = sbs.named_systems(args, SYSTEMS)
+    workspace = sbs.round_workspace(args, "cache-hit-")
     repository = cached_repository(workspace)
     before = sbs.machine()
     print(f"cache hits over gRPC, c=1: {', '.join(names)}; {args.repeat} round(s); logs {workspace}", file=sys.stderr)

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +83,8 @@ def run_round(names: list[str], args: argparse.Namespace, workspace: Path, n: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = sbs.parse_round_args(parser, SYSTEMS, repeat=3)
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    if not sbs.perf_analyzer_path(args.perf_analyzer).exists():
-        sys.exit(f"perf_analyzer not found at {sbs.perf_analyzer_path(args.perf_analyzer)}")
-    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="sequence-batching-"))
-    workspace.mkdir(parents=True, exist_ok=True)
+    names = sbs.named_systems(args, SYSTEMS)
+    workspace = sbs.round_workspace(args, "sequence-batching-")
     for name in names:
         shutil.rmtree(workspace / f"repository-{name}", ignore_errors=True)
         repository(workspace, name)

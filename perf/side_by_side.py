@@ -549,6 +549,25 @@ def parse_round_args(parser: argparse.ArgumentParser, systems: Sequence[str], re
     return args
 
 
+def named_systems(args: argparse.Namespace, systems: Sequence[str]) -> list[str]:
+    """The systems ``--systems`` names, in its order; exits naming an unknown one."""
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    unknown = [n for n in names if n not in systems]
+    if unknown:
+        sys.exit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(systems)}")
+    return names
+
+
+def round_workspace(args: argparse.Namespace, prefix: str) -> Path:
+    """The folder for logs and CSVs (``--logs``, else a new temporary one); exits when
+    perf_analyzer is missing."""
+    if not perf_analyzer_path(args.perf_analyzer).exists():
+        sys.exit(f"perf_analyzer not found at {perf_analyzer_path(args.perf_analyzer)}: run make tools")
+    workspace = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix=prefix))
+    workspace.mkdir(parents=True, exist_ok=True)
+    return workspace
+
+
 def ab_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     """(new, old) for every NAME@REV whose NAME is measured too."""
     return [(base, name) for name in names for base, rev in [split_name(name)] if rev and base in names]

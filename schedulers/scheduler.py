@@ -113,12 +113,7 @@ class ModelScheduler:
     async def execute(self, inputs: Tensors, batch_size: int, priority: int = 0, timeout_us: int = 0) -> Tensors:
         """Runs one request (``batch_size`` rows, 1 for unbatched models) and returns its outputs.
         ``priority`` and ``timeout_us`` are the request's parameters (0: not given)."""
-        if self._closed:
-            self.stats.rejections[Rejection.UNLOADING] += 1
-            raise Unavailable(f"model '{self.config.name}' is unloading")
-        level = self._policies.level(priority) if self._batching else 0
-        if self._batching and self._policies.bounded:
-            self._admit(level)
+        level = self._admitted(priority)
         queue = self._route()
         if queue.runs_now(batch_size):
             return queue.run_inline(inputs, batch_size)
@@ -132,12 +127,7 @@ class ModelScheduler:
         """Queues one request of a decoupled model; its answers arrive on the returned stream
         while it executes (the batcher treats it as any request). Cancelling the returned
         future takes a request that has not started out of its queue."""
-        if self._closed:
-            self.stats.rejections[Rejection.UNLOADING] += 1
-            raise Unavailable(f"model '{self.config.name}' is unloading")
-        level = self._policies.level(priority) if self._batching else 0
-        if self._batching and self._policies.bounded:
-            self._admit(level)
+        level = self._admitted(priority)
         stream = AnswerStream()
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         future.add_done_callback(functools.partial(_started, stream))
@@ -146,6 +136,16 @@ class ModelScheduler:
         pending.stream = stream
         self._route().submit(pending, timeout_us)
         return Streamed(stream, future)
+
+    def _admitted(self, priority: int) -> int:
+        """The request's priority level, once the model takes it (not unloading, its queue bounds)."""
+        if self._closed:
+            self.stats.rejections[Rejection.UNLOADING] += 1
+            raise Unavailable(f"model '{self.config.name}' is unloading")
+        level = self._policies.level(priority) if self._batching else 0
+        if self._batching and self._policies.bounded:
+            self._admit(level)
+        return level
 
     def _admit(self, level: int) -> None:
         """A level whose queue holds its max_queue_size rejects at once (UNAVAILABLE / 503)."""

@@ -93,12 +93,9 @@ def _in_sequence(parameters: Params) -> bool:
     return bool(parameters.get("sequence_id")) or "sequence_start" in parameters or "sequence_end" in parameters
 
 
-async def _execute_in_sequence(model: ModelVersion, inputs: Tensors, batch: int, params: Params) -> Tensors:
-    """A request that carries sequence parameters: its model's sequence batcher runs it in its
-    sequence's order. A model without one ignores them, as Triton's dynamic batcher does."""
-    scheduler = model.scheduler
-    if not isinstance(scheduler, SequenceScheduling):
-        return await scheduler.execute(inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0)))
+async def _execute_in_sequence(scheduler: SequenceScheduling, inputs: Tensors, batch: int, params: Params) -> Tensors:
+    """A request that carries sequence parameters, on a model with a sequence batcher: run in its
+    sequence's order."""
     corrid = params.get("sequence_id", 0)
     assert isinstance(corrid, int | str)  # validation checked its type
     start, end = bool(params.get("sequence_start", False)), bool(params.get("sequence_end", False))
@@ -131,10 +128,11 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
             if probe is not None and probe.outputs is not None:
                 return call.respond(model, probe.outputs)  # a hit: the model does not run
             tracked.executing = True
-            if params and _in_sequence(params):
-                outputs = await _execute_in_sequence(model, inputs, batch, params)
-            else:
-                outputs = await model.scheduler.execute(
+            scheduler = model.scheduler
+            if params and _in_sequence(params) and isinstance(scheduler, SequenceScheduling):
+                outputs = await _execute_in_sequence(scheduler, inputs, batch, params)
+            else:  # a model without a sequence batcher ignores them, as Triton's dynamic batcher does
+                outputs = await scheduler.execute(
                     inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
                 )
             tracked.executing = False  # from here a failure is in building the answer
