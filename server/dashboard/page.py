@@ -25,6 +25,7 @@ ASSETS = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/dashboard/icon.svg": ("icon.svg", "image/svg+xml"),
 }
 
 

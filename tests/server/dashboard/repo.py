@@ -1,0 +1,36 @@
+"""The dashboard tests' repository: the example identity model, a copy of it under a hostile
+name (markup that would run if the page put names in as HTML), and a model that configures
+drift and feedback monitoring by its parameters."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.serverproc import EXAMPLES
+
+IDENTITY = "identity_fp32"
+HOSTILE = "<script>x<img src=x onerror=alert(1)>"  # no '/': it must be a folder's name
+MONITORED = "monitored"
+# parameters of the drift and feedback monitors (docs/monitoring.md); unknown to a server
+# without them, which ignores them, as Triton does
+MONITOR_PARAMETERS = """
+parameters { key: "drift_sample_rate" value: { string_value: "1.0" } }
+parameters { key: "drift_reference_size" value: { string_value: "100" } }
+parameters { key: "feedback_window" value: { string_value: "1000" } }
+"""
+
+
+def copy_model(repository: Path, name: str, extra: str = "") -> None:
+    target = repository / name
+    shutil.copytree(EXAMPLES / IDENTITY, target)
+    config = (target / "config.pbtxt").read_text().replace(f'name: "{IDENTITY}"', f'name: "{name}"')
+    (target / "config.pbtxt").write_text(config + extra)
+
+
+def dashboard_repository(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    copy_model(root, IDENTITY)
+    copy_model(root, HOSTILE)
+    copy_model(root, MONITORED, MONITOR_PARAMETERS)
+    return root
