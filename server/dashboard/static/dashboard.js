@@ -123,7 +123,8 @@ function text(id, value) {
 }
 
 function draw(feed) {
-  text("server-name", `${feed.server.name || ""} ${feed.server.version || ""}`);
+  const id = feed.server.name && feed.server.name !== "clipperd" ? ` · ${feed.server.name}` : "";
+  text("server-name", `${feed.server.version || ""}${id}`);
   text("total-ready", `${feed.totals.ready} / ${feed.totals.models}`);
   text("total-requests", num(feed.totals.requests, 0));
   text("total-rate", num(feed.totals.rate, 1));

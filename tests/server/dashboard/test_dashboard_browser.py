@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from clipperd_admin import ApplicationAdmin
+from tests.appmodels import X, add_model, predict
 from tests.server.dashboard.repo import HOSTILE, IDENTITY, MONITORED, dashboard_repository
 from tests.serverproc import ServerProcess, running
 
@@ -36,10 +38,19 @@ FLAGS = [
 DEADLINE_MS = 60_000
 
 
+APP = "vote"  # an application over two member models
+MEMBERS = ("member_a", "member_b")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repository = dashboard_repository(tmp_path_factory.mktemp("dashboard") / "models")
+    for value, member in enumerate(MEMBERS, 1):
+        add_model(repository, member, value=value)
     with running(repository, log_dir=tmp_path_factory.mktemp("logs")) as server:
+        ApplicationAdmin(server.http_url).register_application(
+            APP, list(MEMBERS), policy="vote", default_output=-1, slo_micros=5_000_000
+        )
         yield server
 
 
@@ -78,20 +89,24 @@ def watch(page: Any) -> dict[str, list[str]]:
 
 
 class Load:
-    """Requests to a model from a thread until stopped (tritonclient over HTTP)."""
+    """Requests to a model (tritonclient over HTTP) and, one in ten, to the application (Clipper's
+    REST API), from a thread until stopped."""
 
     def __init__(self, server: ServerProcess, model: str) -> None:
         self.stop = threading.Event()
         self.sent = 0
-        self._thread = threading.Thread(target=self._run, args=(server.http_url, model), daemon=True)
+        self._server = server
+        self._thread = threading.Thread(target=self._run, args=(model,), daemon=True)
 
-    def _run(self, url: str, model: str) -> None:
-        with httpclient.InferenceServerClient(url) as client:
+    def _run(self, model: str) -> None:
+        with httpclient.InferenceServerClient(self._server.http_url) as client:
             data = np.ones((1, 16), np.float32)
             tensor = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
             tensor.set_data_from_numpy(data)
             while not self.stop.is_set():
                 client.infer(model, [tensor])
+                if self.sent % 10 == 0:
+                    predict(self._server, APP, {"input": X})
                 self.sent += 1
 
     def __enter__(self) -> Load:
@@ -138,8 +153,8 @@ def test_the_page_lists_the_models_and_its_figures_move_under_load(server: Serve
     assert "script-src 'self'" in response.headers["content-security-policy"]
     page.wait_for_selector("#models tbody tr[data-model]", timeout=DEADLINE_MS)
     names = page.eval_on_selector_all("#models tbody tr[data-model]", "rows => rows.map(r => r.dataset.model)")
-    assert sorted(names) == sorted([IDENTITY, HOSTILE, MONITORED])
-    assert page.inner_text("#total-ready") == "3 / 3"
+    assert sorted(names) == sorted([IDENTITY, HOSTILE, MONITORED, *MEMBERS])
+    assert page.inner_text("#total-ready") == "5 / 5"
     before = page.inner_text("#total-requests")
     with Load(server, IDENTITY) as load:
         wait_page(page, lambda: page.inner_text("#total-requests") != before, "the request count moves")
@@ -149,6 +164,9 @@ def test_the_page_lists_the_models_and_its_figures_move_under_load(server: Serve
         assert cell(page, IDENTITY, 2) == "READY"
         assert cell(page, IDENTITY, 6) != "–"  # p50 ms
         assert "cpu: 64" in cell(page, IDENTITY, 11)  # the device's batch cap (max_batch_size, no AIMD target)
+        app = page.locator("#applications tbody tr").filter(has=page.get_by_text(APP, exact=True)).locator("td")
+        wait_page(page, lambda: number(app.nth(3).inner_text()) > 0, "the application's predictions show")
+        assert app.nth(2).inner_text() == ", ".join(MEMBERS)
         screenshot(page, server)
     assert seen == {"dialogs": [], "errors": []}
 
