@@ -176,7 +176,8 @@ class Dashboard:
     def build(self, now_s: float) -> dict[str, Any]:
         entries = self.sources.index()
         loaded = {(mv.name, str(mv.version)): mv for mv in self.sources.loaded()}
-        shown, apps = entries[: self.max_models], self.sources.applications()[: self.max_apps]
+        every_app = self.sources.applications()
+        shown, apps = entries[: self.max_models], every_app[: self.max_apps]
         counts = {f"m/{e.name}/{e.version}": _counts(mv) for e in shown if (mv := loaded.get((e.name, e.version)))}
         counts.update({f"a/{app.name}": app_counts(app) for app in apps})
         deltas = self.history.deltas(now_s, counts)
@@ -191,7 +192,7 @@ class Dashboard:
             "gpus": [gpu_row(r) for r in self.sources.gpus()],
             "omitted": {
                 "models": max(0, len(entries) - self.max_models),
-                "applications": max(0, len(self.sources.applications()) - self.max_apps),
+                "applications": max(0, len(every_app) - self.max_apps),
             },
         }
 

@@ -48,7 +48,9 @@ function row(cells) {
 
 function devices(list) {
   if (!list || list.length === 0) return DASH;
-  return list.map((d) => `${d.device}: ${d.batch_size_cap} · ${num(d.queue_depth, 2)}`).join("  ");
+  return list
+    .map((d) => `${d.device}: ${d.batch_size_cap} · ${num(d.queue_depth, 2)} · ${num(d.mean_batch, 1)}`)
+    .join("  ");
 }
 
 function driftCell(drift) {

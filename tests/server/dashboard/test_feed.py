@@ -13,6 +13,7 @@ from server.core.repository import IndexEntry
 from server.dashboard.feed import Dashboard, Sources
 from server.dashboard.monitors import drift_summary, feedback_summary
 from server.dashboard.window import Counts, History, quantile
+from server.gpu import GpuReading
 
 
 def counts(requests: int, failures: int = 0, durations_ns: tuple[int, ...] = ()) -> Counts:
@@ -164,3 +165,18 @@ def test_a_long_model_name_is_cut_and_the_feed_is_reused_briefly() -> None:
     entries.append(IndexEntry("late", "1", "READY", ""))
     assert feed.json(10.1) is first  # many pages open: one build per half second
     assert b"late" in feed.json(11.0)
+
+
+def test_the_gpus_are_shown_with_their_readings() -> None:
+    reading = GpuReading("GPU-1234", 0.5, 80 * 2**30, 2**30, 250.0, 700.0, 10)
+    feed = json.loads(Dashboard(Sources(list, list, list, lambda: [reading], {})).json(0.0))
+    assert feed["gpus"] == [
+        {
+            "uuid": "GPU-1234",
+            "utilization": 0.5,
+            "memory_used_bytes": 2**30,
+            "memory_total_bytes": 80 * 2**30,
+            "power_w": 250.0,
+            "power_limit_w": 700.0,
+        }
+    ]
