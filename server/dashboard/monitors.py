@@ -50,6 +50,10 @@ def _alarmed(node: dict[str, Any]) -> bool:
 
 
 def _label(node: dict[str, Any], unnamed: str) -> str:
+    """What an alarmed entry is about: its feature (and test), else its name, else its key."""
+    feature, test = node.get("feature"), node.get("test")
+    if isinstance(feature, str) and isinstance(test, str):
+        return f"{feature[:64]} ({test[:16]})"
     for key in _NAME_KEYS:
         value = node.get(key)
         if isinstance(value, str | int):
@@ -67,24 +71,25 @@ def drift_summary(version: object) -> dict[str, Any] | None:
     return {"alarm": bool(alarmed), "on": on[:MAX_ALARMS]}
 
 
-def _number(nodes: list[dict[str, Any]], key: str) -> float | None:
-    for node in nodes:
-        value = node.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def feedback_summary(version: object) -> dict[str, Any] | None:
-    """None when feedback accuracy is off; else its rolling error (with its interval) and alarm."""
+    """None when feedback accuracy is off; else the rolling error (``metric``: error_rate, or
+    mean_absolute_error for a regression without a threshold) with its interval, the labels
+    received, and the change detector's alarm."""
     status = _status(version, "feedback")
     if status is None:
         return None
     nodes = [node for _, node in _walk(status)]
+    error = status.get("error") if isinstance(status, dict) else None
+    error = error if isinstance(error, dict) else {}
     return {
         "alarm": any(_alarmed(node) for node in nodes),
-        "error_rate": _number(nodes, "error_rate"),
-        "error_rate_low": _number(nodes, "error_rate_low"),
-        "error_rate_high": _number(nodes, "error_rate_high"),
-        "labels": _number(nodes, "labels"),
+        "metric": str(error.get("metric", "error_rate"))[:32],
+        "error": _number(error.get("value")),
+        "low": _number(error.get("low")),
+        "high": _number(error.get("high")),
+        "labels": _number(status.get("labels")) if isinstance(status, dict) else None,
     }

@@ -66,10 +66,11 @@ function feedbackCell(feedback) {
   if (!feedback) return el("td", "off", "quiet");
   const cell = el("td");
   if (feedback.alarm) cell.appendChild(el("span", "CHANGE", "alarm"));
-  let text = " " + pct(feedback.error_rate);
-  if (feedback.error_rate_low !== null && feedback.error_rate_high !== null) {
-    text += ` [${pct(feedback.error_rate_low)}, ${pct(feedback.error_rate_high)}]`;
-  }
+  // an error rate as a percentage; another metric (mean absolute error) as a number
+  const show = feedback.metric === "error_rate" ? pct : (v) => num(v, 3);
+  let text = " " + show(feedback.error);
+  if (feedback.low !== null && feedback.high !== null) text += ` [${show(feedback.low)}, ${show(feedback.high)}]`;
+  if (feedback.metric !== "error_rate") text += " MAE";
   cell.appendChild(document.createTextNode(text));
   return cell;
 }

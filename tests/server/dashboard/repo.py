@@ -12,12 +12,13 @@ from tests.serverproc import EXAMPLES
 IDENTITY = "identity_fp32"
 HOSTILE = "<script>x<img src=x onerror=alert(1)>"  # no '/': it must be a folder's name
 MONITORED = "monitored"
-# parameters of the drift and feedback monitors (docs/monitoring.md); unknown to a server
-# without them, which ignores them, as Triton does
+# parameters of the drift and feedback monitors (docs/monitoring.md, the branches 'drift' and
+# 'feedback' of issue 19); a server without them ignores them, as Triton does
 MONITOR_PARAMETERS = """
 parameters { key: "drift_sample_rate" value: { string_value: "1.0" } }
-parameters { key: "drift_reference_size" value: { string_value: "100" } }
-parameters { key: "feedback_window" value: { string_value: "1000" } }
+parameters { key: "drift_reference_rows" value: { string_value: "100" } }
+parameters { key: "feedback_enable" value: { string_value: "true" } }
+parameters { key: "feedback_kind" value: { string_value: "regression" } }
 """
 
 

@@ -107,6 +107,20 @@ def test_monitors_that_are_off_show_as_off() -> None:
     assert drift_summary(object()) is None  # a version from before monitoring existed
 
 
+def test_a_drift_alarm_names_the_features_and_tests_that_fire() -> None:
+    """The shape of the drift monitor's status (branch 'drift' of issue 19)."""
+    status = {
+        "alarm": True,
+        "samples": 5000,
+        "tests": [
+            {"feature": "INPUT0[3]", "test": "ks", "statistic": 0.2, "p_value": 1e-8, "alarm": True},
+            {"feature": "INPUT0[4]", "test": "ks", "statistic": 0.01, "p_value": 0.6, "alarm": False},
+            {"feature": "OUTPUT0", "test": "psi", "statistic": 0.3, "p_value": None, "alarm": True},
+        ],
+    }
+    assert drift_summary(Version(drift=Monitor(status))) == {"alarm": True, "on": ["INPUT0[3] (ks)", "OUTPUT0 (psi)"]}
+
+
 def test_a_drift_alarm_is_found_and_named_wherever_the_status_puts_it() -> None:
     status = {
         "alarm": True,
@@ -122,19 +136,26 @@ def test_a_monitor_that_fails_does_not_break_the_feed() -> None:
     assert drift_summary(Version(drift=Monitor(RuntimeError("boom")))) == {"alarm": False, "on": []}
     summary = feedback_summary(Version(feedback=Monitor(RuntimeError("boom"))))
     assert summary is not None
-    assert summary["error_rate"] is None
+    assert summary["error"] is None
+
+
+def feedback_status(alarm: bool, value: float | None = 0.12) -> dict[str, Any]:
+    """The shape of the feedback monitor's status (branch 'feedback' of issue 19)."""
+    return {
+        "kind": "classification",
+        "labels": 420,
+        "error": {"metric": "error_rate", "rows": 400, "value": value, "low": 0.09, "high": 0.15},
+        "detector": {"name": "adwin", "alarm": alarm, "changes": 1},
+    }
 
 
 def test_the_feedback_summary_reads_the_error_and_its_change_alarm() -> None:
-    status = {"labels": 420, "error_rate": 0.12, "error_rate_low": 0.09, "error_rate_high": 0.15, "change_alarm": True}
-    summary = feedback_summary(Version(feedback=Monitor(status)))
-    assert summary == {
-        "alarm": True,
-        "error_rate": 0.12,
-        "error_rate_low": 0.09,
-        "error_rate_high": 0.15,
-        "labels": 420,
-    }
+    summary = feedback_summary(Version(feedback=Monitor(feedback_status(alarm=True))))
+    assert summary == {"alarm": True, "metric": "error_rate", "error": 0.12, "low": 0.09, "high": 0.15, "labels": 420}
+    quiet = feedback_summary(Version(feedback=Monitor(feedback_status(alarm=False, value=None))))
+    assert quiet is not None
+    assert quiet["alarm"] is False
+    assert quiet["error"] is None
 
 
 def test_a_deep_or_cyclic_status_is_read_within_bounds() -> None:
