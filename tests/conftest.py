@@ -21,6 +21,7 @@ FAST = {
     "tests/backends/test_remote_settings.py",
     "tests/backends/test_streaming.py",
     "tests/backends/test_bls_bridge.py",
+    "tests/backends/test_greenlets.py",
     "tests/schedulers/test_aimd.py",
     "tests/schedulers/test_applications_selection.py",
     "tests/schedulers/test_assembly.py",
