@@ -63,7 +63,8 @@ class ModelCall:
     version: int  # -1 (or 0): the version the server picks, as for a client
     inputs: Tensors
     outputs: Sequence[str] = ()
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # sequence_id/_start/_end included
+    request_id: str = ""
 
 
 class ModelCaller(Protocol):

@@ -336,7 +336,8 @@ class SequenceScheduler:
         lane.busy = True
         self._idle.clear()
         settings = self._settings
-        job = functools.partial(_run, parts, settings.batched, self.config.name, self._specs)
+        run = _run_async if lane.instance.asynchronous else _run  # a model executing as tasks on the loop
+        job = functools.partial(run, parts, settings.batched, self.config.name, self._specs)
         lane.instance.submit(job, asyncio.get_running_loop(), functools.partial(self._done, lane, rows))
 
     def _inputs(self, sequence: Sequence, step: Step) -> Tensors:
@@ -444,16 +445,40 @@ def _run(parts: list[Tensors], batched: bool, model: str, specs: Any, backend: B
     t0 = time.perf_counter_ns()
     if backend.per_request:  # a Triton Python model: each row is a request of its own
         results: list[Any] = backend.execute_requests(parts)
-        t1 = time.perf_counter_ns()
-        for i, output in enumerate(results):
-            if not isinstance(output, BaseException):
-                try:
-                    results[i] = check_outputs(model, specs, output, 1 if batched else None)
-                except ClipperdError as error:
-                    results[i] = error
-        return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+        return _checked_each(results, batched, model, specs, t0)
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
-    outputs = check_outputs(model, specs, backend.execute(inputs), len(parts) if batched else None)
+    return _checked(backend.execute(inputs), len(parts), batched, model, specs, t0, t1)
+
+
+async def _run_async(
+    parts: list[Tensors], batched: bool, model: str, specs: Any, backend: Backend
+) -> tuple[list[Any], Any]:
+    """``_run`` for a model executing as tasks on the event loop (``execute`` a coroutine, or a
+    Triton model's BLS ``exec()`` in a greenlet)."""
+    t0 = time.perf_counter_ns()
+    if backend.per_request:
+        results: list[Any] = await backend.execute_requests_async(parts)
+        return _checked_each(results, batched, model, specs, t0)
+    inputs = backend.stage(parts)
+    t1 = time.perf_counter_ns()
+    return _checked(await backend.execute_async(inputs), len(parts), batched, model, specs, t0, t1)
+
+
+def _checked_each(results: list[Any], batched: bool, model: str, specs: Any, t0: int) -> tuple[list[Any], Any]:
+    t1 = time.perf_counter_ns()
+    for i, output in enumerate(results):
+        if not isinstance(output, BaseException):
+            try:
+                results[i] = check_outputs(model, specs, output, 1 if batched else None)
+            except ClipperdError as error:
+                results[i] = error
+    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+
+
+def _checked(
+    outputs: Tensors, rows: int, batched: bool, model: str, specs: Any, t0: int, t1: int
+) -> tuple[list[Any], Any]:
     t2 = time.perf_counter_ns()
-    return split(outputs, [1] * len(parts)), ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+    outputs = check_outputs(model, specs, outputs, rows if batched else None)
+    return split(outputs, [1] * rows), ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
