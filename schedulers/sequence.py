@@ -36,6 +36,7 @@ from backends.proto import model_config_pb2 as mc
 from schedulers.batch_views import split
 from schedulers.instance import ModelInstance
 from schedulers.protocol import DeviceStatistics, SequenceStatistics
+from schedulers.rate_limiter import RateLimiter
 from schedulers.sequence_config import CORRID, END, READY, START, SequenceSettings
 from schedulers.stats import ExecutionTimes, ModelStats
 
@@ -84,6 +85,8 @@ class Lane:
         self.slots: list[Sequence | None] = [None] * slots
         self.busy = False
         self.scheduled = False  # a dispatch is due at the end of this loop iteration
+        self.granted = False  # holds its rate-limiter resources (schedulers/rate_limiter.py)
+        self.asking = False  # waits for them
         self.timer: asyncio.TimerHandle | None = None
 
     def free(self) -> int:
@@ -100,8 +103,10 @@ class SequenceScheduler:
         instances: Seq[ModelInstance],
         stats: ModelStats,
         specs: tuple[OutputSpec, ...],
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
+        self._limiter = limiter if any(i.slot is not None for i in instances) else None
         self.stats = stats
         self._settings = settings
         self._specs = specs  # the config's outputs and the state outputs
@@ -188,6 +193,11 @@ class SequenceScheduler:
                 lane.timer.cancel()
         await self._idle.wait()
         await asyncio.gather(*(lane.instance.stop() for lane in self._lanes))
+        if self._limiter is not None:
+            for lane in self._lanes:
+                if lane.instance.slot is not None:
+                    self._limiter.cancel(lane.instance.slot)
+                    self._limiter.unregister(lane.instance.slot)
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -276,7 +286,7 @@ class SequenceScheduler:
         if lane.timer is not None:
             lane.timer.cancel()
             lane.timer = None
-        if lane.busy or self._closed:
+        if lane.busy or lane.asking or self._closed:
             return
         ready = [i for i, s in enumerate(lane.slots) if s is not None and s.steps]
         if not ready:
@@ -285,12 +295,38 @@ class SequenceScheduler:
         if wait_ns > 0:
             lane.timer = asyncio.get_running_loop().call_later(wait_ns / 1e9, self._dispatch, lane)
             return
+        if not self._may_execute(lane):
+            return  # the rate limiter calls back when its resources are free
         rows = self._positions(lane, ready)
         try:
             self._submit(lane, rows)
         except Exception as error:  # e.g. a request whose inputs cannot be padded: fail its batch, not the loop
             log.exception("model '%s': a sequence batch could not be formed", self.config.name)
             self._done(lane, rows, None, error)
+
+    def _may_execute(self, lane: Lane) -> bool:
+        """Whether the lane's instance holds its rate-limiter resources (or needs none), asking
+        for them otherwise: a batch forms when they are granted, from what waits then."""
+        slot = lane.instance.slot
+        if self._limiter is None or slot is None or lane.granted:
+            return True
+        if self._limiter.acquire(slot, functools.partial(self._granted, lane)):
+            lane.granted = True
+            return True
+        lane.asking = True
+        return False
+
+    def _granted(self, lane: Lane) -> None:
+        lane.asking, lane.granted = False, True
+        if self._closed:
+            self._give_back(lane)
+            return
+        self._dispatch(lane)
+
+    def _give_back(self, lane: Lane) -> None:
+        if lane.granted and self._limiter is not None and lane.instance.slot is not None:
+            self._limiter.release(lane.instance.slot)
+        lane.granted = False
 
     def _wait_ns(self, lane: Lane, ready: list[int]) -> int:
         """How long to wait for a fuller batch (0: go now)."""
@@ -376,6 +412,7 @@ class SequenceScheduler:
         error: BaseException | None,
     ) -> None:
         lane.busy = False
+        self._give_back(lane)  # the next batch asks again, competing with the other waiters
         served = [(s, step, i) for i, (s, step) in enumerate(rows) if s is not None and step is not None]
         if error is None and result is not None:
             self.stats.record_execution(len(served), len(served), result[1])
