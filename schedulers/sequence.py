@@ -35,6 +35,7 @@ from backends.common.outputs import OutputSpec, check_outputs
 from backends.proto import model_config_pb2 as mc
 from schedulers.batch_views import split
 from schedulers.instance import ModelInstance
+from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics, SequenceStatistics
 from schedulers.rate_limiter import RateLimiter
 from schedulers.sequence_config import CORRID, END, READY, START, SequenceSettings
@@ -107,6 +108,7 @@ class SequenceScheduler:
     ) -> None:
         self.config = config
         self._limiter = limiter if any(i.slot is not None for i in instances) else None
+        self._order = ResponseOrder(settings.preserve_ordering)
         self.stats = stats
         self._settings = settings
         self._specs = specs  # the config's outputs and the state outputs
@@ -298,11 +300,12 @@ class SequenceScheduler:
         if not self._may_execute(lane):
             return  # the rate limiter calls back when its resources are free
         rows = self._positions(lane, ready)
+        ticket = self._order.ticket()
         try:
-            self._submit(lane, rows)
+            self._submit(lane, rows, ticket)
         except Exception as error:  # e.g. a request whose inputs cannot be padded: fail its batch, not the loop
             log.exception("model '%s': a sequence batch could not be formed", self.config.name)
-            self._done(lane, rows, None, error)
+            self._done(lane, rows, ticket, None, error)
 
     def _may_execute(self, lane: Lane) -> bool:
         """Whether the lane's instance holds its rate-limiter resources (or needs none), asking
@@ -358,7 +361,7 @@ class SequenceScheduler:
                 rows.append((None, None))
         return rows
 
-    def _submit(self, lane: Lane, rows: list[tuple[Sequence | None, Step | None]]) -> None:
+    def _submit(self, lane: Lane, rows: list[tuple[Sequence | None, Step | None]], ticket: int) -> None:
         now = time.perf_counter_ns()
         template = next(step.inputs for _, step in rows if step is not None)
         parts = []
@@ -374,7 +377,8 @@ class SequenceScheduler:
         settings = self._settings
         run = _run_async if lane.instance.asynchronous else _run  # a model executing as tasks on the loop
         job = functools.partial(run, parts, settings.batched, self.config.name, self._specs)
-        lane.instance.submit(job, asyncio.get_running_loop(), functools.partial(self._done, lane, rows))
+        done = functools.partial(self._done, lane, rows, ticket)
+        lane.instance.submit(job, asyncio.get_running_loop(), done)
 
     def _inputs(self, sequence: Sequence, step: Step) -> Tensors:
         """A request's inputs with its control and state tensors."""
@@ -408,6 +412,7 @@ class SequenceScheduler:
         self,
         lane: Lane,
         rows: list[tuple[Sequence | None, Step | None]],
+        ticket: int,
         result: tuple[list[Any], ExecutionTimes] | None,
         error: BaseException | None,
     ) -> None:
@@ -417,11 +422,14 @@ class SequenceScheduler:
         if error is None and result is not None:
             self.stats.record_execution(len(served), len(served), result[1])
         now = time.perf_counter_ns()
+        answers = []
         for sequence, step, index in served:
             sequence.running = False
             sequence.last_ns = now
             outcome: Any = error if error is not None or result is None else result[0][index]
-            self._answer(sequence, step, outcome)
+            answers.append((step, self._kept(sequence, outcome)))
+        self._order.release(ticket, functools.partial(_deliver, answers))  # at once unless preserve_ordering
+        for sequence, step, _ in served:
             if step.end and not sequence.steps and self._table.get(sequence.corrid) is sequence:
                 self._counts["ended"] += 1
                 self._release(sequence)
@@ -430,18 +438,16 @@ class SequenceScheduler:
         if not self._closed:
             self._kick(lane)
 
-    def _answer(self, sequence: Sequence, step: Step, outcome: Any) -> None:
-        """The request's outputs (its state taken out and kept), or its error."""
+    def _kept(self, sequence: Sequence, outcome: Any) -> Any:
+        """The request's outputs with its state taken out and kept for the sequence's next step
+        (now, whenever the answer leaves), or its error."""
         if isinstance(outcome, BaseException):
-            if not step.future.done():
-                step.future.set_exception(outcome)
-            return
+            return outcome
         batched = self._settings.batched
         for state in self._settings.states:
             value = outcome.pop(state.output_name)
             sequence.state[state.input_name] = np.array(value[0] if batched else value)  # a copy: outlives the batch
-        if not step.future.done():
-            step.future.set_result(outcome)
+        return outcome
 
     # -- idle sequences --------------------------------------------------------------------------
 
@@ -467,6 +473,16 @@ class SequenceScheduler:
                 self._release(sequence)
         if self._table:
             self._arm_reaper()
+
+
+def _deliver(answers: list[tuple[Step, Any]]) -> None:
+    for step, outcome in answers:
+        if step.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            step.future.set_exception(outcome)
+        else:
+            step.future.set_result(outcome)
 
 
 def _filled(shape: tuple[int, ...], dtype: np.dtype[Any], value: Any) -> np.ndarray:
