@@ -126,6 +126,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
                 inputs = Identified(inputs, call.request_id, params)
             probe = _probe(model, call)
             if probe is not None and probe.outputs is not None:
+                if model.feedback is not None and call.request_id:
+                    model.feedback.served(call.request_id, probe.outputs)
                 return call.respond(model, probe.outputs)  # a hit: the model does not run
             tracked.executing = True
             scheduler = model.scheduler
@@ -138,6 +140,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
             tracked.executing = False  # from here a failure is in building the answer
             if probe is not None:
                 model.cache_store(probe, outputs)
+            if model.feedback is not None and call.request_id:  # kept for the labels to come
+                model.feedback.served(call.request_id, outputs)
             return call.respond(model, outputs)
         finally:
             call.close()
