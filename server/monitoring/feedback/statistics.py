@@ -42,15 +42,14 @@ def t_interval(total: float, squares: float, n: int, confidence: float) -> Inter
     return Interval(mean, mean - half, mean + half)
 
 
-def class_of(row: np.ndarray) -> int | str:
-    """The class a row of a classifier's output names: its argmax when it holds scores, its one
-    value when it holds a class (a number or a string)."""
-    flat = row.reshape(-1)
-    if flat.dtype == object or flat.dtype.kind in "SU":
-        return label_class(flat[0]) if flat.size else ""
-    if flat.size == 1:
-        return label_class(flat[0].item())
-    return int(np.argmax(flat))
+def classes_of(rows: np.ndarray) -> tuple[int | str, ...]:
+    """The class each row of a classifier's output names: its argmax when it holds scores, its
+    one value (its first) when it holds a class, a number or a string. Vectorized: this runs on
+    the request path, a microsecond for one row."""
+    flat = rows.reshape(len(rows), -1)
+    if flat.shape[1] == 1 or flat.dtype == object or flat.dtype.kind in "SU":
+        return tuple(label_class(v) for v in flat[:, 0].tolist())
+    return tuple(flat.argmax(axis=1).tolist())
 
 
 def label_class(value: object) -> int | str:
