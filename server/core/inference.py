@@ -15,6 +15,9 @@ it: those of models without ``response_cache { enable: true }`` (or of a server 
 ``--cache-config``), and those that carry a sequence (``sequence_id`` other than 0 or "",
 ``sequence_start``, ``sequence_end``): Triton's sequence batcher does not cache.
 
+A version with feedback on (``parameters`` ``feedback_enable``) keeps each answered request's
+prediction under its id, for the labels clients send later (server/monitoring/feedback).
+
 Decoupled models (``model_transaction_policy { decoupled: true }``) answer zero to many times:
 ``infer`` refuses them (UNIMPLEMENTED, as Triton's ModelInfer does) and ``infer_stream`` yields
 their answers one by one as the model sends them."""

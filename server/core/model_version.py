@@ -115,7 +115,7 @@ async def load_model_version(
     cache, when the config enables ``response_cache``. ``models``: how its instances call other
     models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
-    feedback = feedback_monitor(config.name, version, feedback_config(config))  # a bad key fails the load first
+    feedback = await feedback_monitor(config.name, version, feedback_config(config))  # a bad key fails the load
     scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
     try:
