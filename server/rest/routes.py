@@ -28,8 +28,10 @@ from server.rest.applications import ApplicationRoutes
 from server.rest.body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
 from server.rest.clipper_management import ClipperManagementRoutes
 from server.rest.codec import HEADER_LENGTH, binary_choices, decode_request, infer_response_body
+from server.rest.feedback import FeedbackRoutes
 from server.rest.http_server import HttpRequest, HttpResponse, HttpServer
 from server.rest.limits import RETRY_AFTER_S, HttpLimits
+from server.rest.monitoring import MonitoringRoutes
 from server.rest.router import NoRoute, Route, RouteHandler, Router
 from server.rest.shared_memory import SharedMemoryApi
 from server.rest.statistics import statistics_json
@@ -249,6 +251,7 @@ class RestApi:
             routes.append(Route(method, f"/v2/models/{{model}}{suffix}", handler))
             routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
         routes += self.shared_memory.routes()
+        routes += FeedbackRoutes(self.plane, self.limits).routes() + MonitoringRoutes(self.plane).routes()
         if self.applications is not None:  # after the others: /{app}/predict matches any first segment
             routes += ClipperManagementRoutes(self.applications, self.limits).routes()  # Clipper's /admin/*
             routes += ApplicationRoutes(self.applications, self.limits).routes()
