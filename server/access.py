@@ -86,6 +86,8 @@ _HTTP_SUFFIXES = (
     ("/stats", STATISTICS),
     ("/{app}/predict", INFERENCE),  # Clipper's REST API: an application is queried like a model
     ("/{app}/update", INFERENCE),
+    ("/feedback", INFERENCE),  # labels for predictions served (server/monitoring/feedback)
+    ("/monitoring", STATISTICS),  # read-only, as the statistics
 )
 
 

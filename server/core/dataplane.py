@@ -118,8 +118,18 @@ class DataPlane:
         extra coroutine layer per request)."""
         target = self.resolver.resolve(request.model_name, request.model_version)
         if isinstance(target, ModelVersion):
+            if target.feedback is not None and not request.id:
+                return self._infer_identified(target, request, target.feedback.new_id())
             return inference.infer(target, _WireCall(request, self.shared_memory))
         return self._infer_application(target, request)
+
+    async def _infer_identified(self, model: ModelVersion, request: InferRequest, request_id: str) -> InferResponse:
+        """A request without an id to a model with feedback on: the server names it, and the
+        answer carries the name (its ``id``, and the ``feedback_id`` parameter) for the label."""
+        request.id = request_id
+        response = await inference.infer(model, _WireCall(request, self.shared_memory))
+        response.parameters["feedback_id"] = request_id
+        return response
 
     def infer_stream(self, request: InferRequest) -> AsyncGenerator[inference.Streamed[InferResponse], None]:
         """The answers to ``request`` as they come (server/core/inference.py ``infer_stream``):

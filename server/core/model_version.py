@@ -23,6 +23,7 @@ from schedulers.stats import ModelStats
 from server.core import inference
 from server.core.validation import ModelSignature
 from server.core.warmup import warm_up
+from server.monitoring.feedback import FeedbackMonitor, feedback_config, feedback_monitor
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ModelVersion:
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
     cache: VersionCache | None = None  # its share of the response cache, when it caches
     identified: bool = False  # its requests carry their id and parameters (Triton Python models)
+    feedback: FeedbackMonitor | None = None  # accuracy from feedback (parameters feedback_*), None when off
 
     @property
     def name(self) -> str:
@@ -113,6 +115,7 @@ async def load_model_version(
     cache, when the config enables ``response_cache``. ``models``: how its instances call other
     models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
+    feedback = await feedback_monitor(config.name, version, feedback_config(config))  # a bad key fails the load
     scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
     try:
@@ -126,5 +129,5 @@ async def load_model_version(
         config, version_path
     )
     return ModelVersion(
-        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified
+        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified, feedback
     )

@@ -30,8 +30,10 @@ from server.rest.body import BodyLimits, Overloaded, decode_content, decoded_bod
 from server.rest.clipper_management import ClipperManagementRoutes
 from server.rest.codec import HEADER_LENGTH, binary_choices, decode_request, infer_response_body
 from server.rest.dashboard import DashboardRoutes
+from server.rest.feedback import FeedbackRoutes
 from server.rest.http_server import HttpRequest, HttpResponse, HttpServer
 from server.rest.limits import RETRY_AFTER_S, HttpLimits
+from server.rest.monitoring import MonitoringRoutes
 from server.rest.router import NoRoute, Route, RouteHandler, Router
 from server.rest.shared_memory import SharedMemoryApi
 from server.rest.statistics import statistics_json
@@ -255,6 +257,7 @@ class RestApi:
         routes += self.shared_memory.routes()
         if self.dashboard is not None:
             routes += DashboardRoutes(self.dashboard).routes()
+        routes += FeedbackRoutes(self.plane, self.limits).routes() + MonitoringRoutes(self.plane).routes()
         if self.applications is not None:  # after the others: /{app}/predict matches any first segment
             routes += ClipperManagementRoutes(self.applications, self.limits).routes()  # Clipper's /admin/*
             routes += ApplicationRoutes(self.applications, self.limits).routes()
