@@ -74,6 +74,8 @@ _HTTP_PREFIXES = (
     ("/admin/", APPLICATIONS_ADMIN),  # clipperd's /admin/applications... and Clipper's /admin/add_app...
     ("/openapi.", METADATA),
     ("/metrics", STATISTICS),  # Clipper's JSON metrics on the HTTP port (Prometheus' are on the metrics port)
+    ("/dashboard", STATISTICS),  # the dashboard's page (server/dashboard/): read-only, like metrics
+    ("/v2/dashboard", STATISTICS),  # and its JSON feed
 )
 _HTTP_SUFFIXES = (
     ("/infer", INFERENCE),
