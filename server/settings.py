@@ -109,6 +109,13 @@ class Settings:
         "models opt in with 'response_cache { enable: true }'. Not given: no cache.",
         multiple=True,
     )
+    trace_config: list[str] = _setting(
+        None,
+        "Triton's request tracing: '[<mode>,]<setting>=<value>' (may be repeated), e.g. 'level=TIMESTAMPS', "
+        "'rate=100' (1 of 100 requests), 'count=-1', 'opentelemetry,url=http://host:4318/v1/traces'; spans go "
+        "over OTLP/HTTP (see docs/tracing.md). Not given: tracing off (the TraceSetting API can turn it on).",
+        multiple=True,
+    )
     rate_limit: str = _setting(
         "off",
         "Triton's rate limiter: execution_count starts an instance's execution only when the resources "
@@ -288,6 +295,8 @@ class Settings:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.trace_config is None:
+            self.trace_config = []
         if self.rate_limit_resource is None:
             self.rate_limit_resource = []
         if self.backend_config is None:
