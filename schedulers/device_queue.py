@@ -86,8 +86,6 @@ class Pending:
         self.attempts = 0  # executions that failed on an endpoint and were sent to another
         self.stream: AnswerStream | None = None  # a decoupled model's request: where its answers go
         self.timeline = timeline  # a traced request's (schedulers/timeline.py); None: not traced
-        if timeline is not None:
-            timeline.enqueued_ns = self.enqueued_ns
 
     def time_left_ns(self, now_ns: int) -> float:
         """How long the request may still take by its timeout (infinite without one)."""
@@ -445,7 +443,7 @@ class DeviceQueue:
                 request.timer.cancel()
                 request.timer = None
             if request.timeline is not None:
-                request.timeline.dequeued_ns = now
+                request.timeline.enqueued_ns, request.timeline.dequeued_ns = request.enqueued_ns, now
                 timed = True
         return batch, cap_bound, timed
 

@@ -164,7 +164,7 @@ class Settings:
         "Triton's restricted protocols: '<api>[,<api>...]:<header>=<value>' (may be repeated, each API in one "
         "only): gRPC calls of those APIs need metadata <header> (or triton-grpc-protocol-<header>) equal to "
         "<value>, else PERMISSION_DENIED. APIs: health, metadata, inference, shared-memory, model-config, "
-        "model-repository, statistics, applications-admin. See docs/security.md.",
+        "model-repository, statistics, applications-admin, trace. See docs/security.md.",
         multiple=True,
     )
     http_restricted_api: list[str] = _setting(

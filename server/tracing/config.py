@@ -17,6 +17,7 @@ from backends.common.errors import ClipperdError
 from server.tracing.settings import COUNT, FREQUENCY, LEVEL, RATE, parse_value
 
 DEFAULT_URL = "http://localhost:4318/v1/traces"  # Triton's and OpenTelemetry's default
+DEFAULT_EXPORT_BATCH = 512  # the SDK's default
 MAX_QUEUE_SPANS = 1_000_000  # a bound on the export queue's own bound
 _EXAMPLE = "e.g. --trace-config opentelemetry,url=http://127.0.0.1:4318/v1/traces --trace-config level=TIMESTAMPS"
 _GLOBAL = {"level": LEVEL, "rate": RATE, "count": COUNT}
@@ -32,10 +33,12 @@ class TraceConfig:
     resource: dict[str, str] = field(default_factory=dict)
     max_queue_size: int = 2048  # spans waiting for export; past it new spans are dropped
     schedule_delay_ms: int = 5000  # how long spans may wait before an export starts
-    max_export_batch_size: int = 512  # spans per export request
+    max_export_batch_size: int = 0  # spans per export request; 0: 512, or the queue's size when smaller
     settings: dict[str, object] = field(default_factory=dict)  # trace_level, trace_rate, ... parsed
 
     def check(self) -> None:
+        if not self.max_export_batch_size:
+            self.max_export_batch_size = min(DEFAULT_EXPORT_BATCH, self.max_queue_size)
         if self.max_export_batch_size > self.max_queue_size:
             raise ValueError("--trace-config: bsp_max_export_batch_size must not exceed bsp_max_queue_size")
 

@@ -37,6 +37,7 @@ class Tracing:
 
     def __init__(self, config: TraceConfig | None = None) -> None:
         self.config = config or TraceConfig()
+        self.config.check()
         self.settings = TraceSettings()
         if self.config.settings:
             self.settings.update("", self.config.settings)

@@ -10,8 +10,9 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def _tree(spans: list[Span], trace_id: str) -> tuple[Span, list[Span]]:
     return roots[0], [s for s in mine if s.parent_id == roots[0].span_id]
 
 
-def _has_trace(trace_id: str, names: set[str]) -> object:
+def _has_trace(trace_id: str, names: set[str]) -> Callable[[list[Span]], bool]:
     return lambda spans: names <= {s.name for s in spans if s.trace_id == trace_id}
 
 
@@ -161,7 +162,7 @@ def test_two_concurrent_requests_batched_together_share_a_batch_id(server: Serve
 # ---- the settings API
 
 
-def _post(server: ServerProcess, body: object, model: str = "") -> requests.Response:
+def _post(server: ServerProcess, body: Any, model: str = "") -> requests.Response:
     where = f"/v2/models/{model}" if model else "/v2"
     return requests.post(f"http://{server.http_url}{where}/trace/setting", json=body, timeout=30)
 
@@ -238,7 +239,7 @@ def test_settings_through_grpc_trace_setting(server: ServerProcess, receiver: Re
         ({"trace_rate": None}, "", "can not be cleared"),
     ],
 )
-def test_bad_settings_are_refused_over_http(server: ServerProcess, body: object, model: str, reason: str) -> None:
+def test_bad_settings_are_refused_over_http(server: ServerProcess, body: Any, model: str, reason: str) -> None:
     answer = _post(server, body, model)
     assert answer.status_code == 400, answer.text
     assert reason in answer.json()["error"]
@@ -305,3 +306,25 @@ def test_a_hung_collector_holds_no_request_and_the_export_queue_is_bounded(
             spans = hung.wait_for(_has_trace(later_id, {"InferRequest", *CHILDREN}), "later spans")
     held = [s for s in spans if s.trace_id != later_id]
     assert len(held) <= queue + batch < 4 * requests_sent  # the rest was dropped, not kept
+
+
+def test_tracing_off_at_start_turns_on_through_the_api(repository: Path, logs_dir: Path) -> None:
+    with Receiver() as receiving:
+        flags = [
+            "--trace-config",
+            f"opentelemetry,url={receiving.url}",
+            "--trace-config",
+            "opentelemetry,bsp_schedule_delay=20",
+        ]
+        with running(repository, *flags, log_dir=logs_dir) as server:
+            assert requests.get(f"http://{server.http_url}/v2/trace/setting", timeout=30).json()["trace_level"] == [
+                "OFF"
+            ]
+            _grpc_infer(server, "identity_fp32", {"traceparent": _traceparent()[0]})  # not traced
+            on = _post(server, {"trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
+            assert on.status_code == 200, on.text
+            traceparent, trace_id, _ = _traceparent()
+            _grpc_infer(server, "identity_fp32", {"traceparent": traceparent})
+            spans = receiving.wait_for(_has_trace(trace_id, {"InferRequest", *CHILDREN}), "spans once turned on")
+            assert len(receiving.roots()) == 1  # the request before was not traced
+            assert {s.trace_id for s in spans} == {trace_id}
