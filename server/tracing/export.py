@@ -16,6 +16,7 @@ The tree of one request (names as Triton's where Triton has them)::
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -31,6 +32,7 @@ from schedulers.timeline import Timeline
 from server.tracing.config import TraceConfig
 
 SERVICE_NAME = "clipperd"
+SHUTDOWN_S = 5.0  # on exit, how long the spans still queued may take to export
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -108,8 +110,12 @@ class SpanExport:
         span.end(end_time=line.compute_end_ns + at)
 
     def shutdown(self) -> None:
-        """Exports what is queued (bounded by the exporter's timeout), then stops."""
-        self.provider.shutdown()
+        """Exports what is queued, for SHUTDOWN_S at most: a collector that is down does not
+        hold the exit (the SDK's own shutdown may wait for its exporter's retries: it is left
+        behind on a daemon thread)."""
+        stopping = threading.Thread(target=self.provider.shutdown, name="clipperd-trace-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(SHUTDOWN_S)
 
 
 def _batch(line: Timeline) -> dict[str, str | int]:

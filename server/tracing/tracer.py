@@ -137,8 +137,13 @@ class Tracing:
             log.exception("tracing: could not record a span")
 
     def shutdown(self) -> None:
-        if self._export is not None:
+        """The spans still queued exported, within a bound; never an error at exit."""
+        if self._export is None:
+            return
+        try:
             self._export.shutdown()
+        except Exception:
+            log.exception("tracing: the exporter did not shut down cleanly")
 
 
 def check_trace_config(values: list[str]) -> None:
