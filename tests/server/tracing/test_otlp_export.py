@@ -334,3 +334,13 @@ def test_tracing_off_at_start_turns_on_through_the_api(repository: Path, logs_di
             spans = receiving.wait_for(_has_trace(trace_id, {"InferRequest", *CHILDREN}), "spans once turned on")
             assert len(receiving.roots()) == 1  # the request before was not traced
             assert {s.trace_id for s in spans} == {trace_id}
+
+
+def test_the_grpcio_front_end_traces_alike(repository: Path, receiver: Receiver, logs_dir: Path) -> None:
+    with running(repository, "--grpc-frontend", "grpcio", *_trace_flags(receiver.url), log_dir=logs_dir) as server:
+        traceparent, trace_id, client_span = _traceparent()
+        _grpc_infer(server, "identity_fp32", {"traceparent": traceparent})
+        spans = receiver.wait_for(_has_trace(trace_id, {"InferRequest", *CHILDREN}), "grpcio spans")
+    root, children = _tree(spans, trace_id)
+    assert root.parent_id == client_span
+    assert {c.name for c in children} == CHILDREN
