@@ -45,6 +45,7 @@ from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
 from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ExecutionTimes, ModelStats, Rejection
+from schedulers.timeline import Timeline, next_batch_id
 
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
 
@@ -60,7 +61,8 @@ class Pending:
     """One request while it waits in a queue."""
 
     __slots__ = (
-        "attempts", "batch_size", "enqueued_ns", "future", "inputs", "key", "level", "stream", "timeout_ns", "timer",
+        "attempts", "batch_size", "enqueued_ns", "future", "inputs", "key", "level", "stream", "timeline",
+        "timeout_ns", "timer",
     )  # fmt: skip
 
     def __init__(
@@ -71,6 +73,7 @@ class Pending:
         key: Any,
         level: int = 0,
         timeout_ns: int = 0,
+        timeline: Timeline | None = None,
     ) -> None:
         self.inputs = inputs
         self.batch_size = batch_size
@@ -82,6 +85,7 @@ class Pending:
         self.timeout_ns = timeout_ns  # the request's own timeout, from its arrival (0: none)
         self.attempts = 0  # executions that failed on an endpoint and were sent to another
         self.stream: AnswerStream | None = None  # a decoupled model's request: where its answers go
+        self.timeline = timeline  # a traced request's (schedulers/timeline.py); None: not traced
 
     def time_left_ns(self, now_ns: int) -> float:
         """How long the request may still take by its timeout (infinite without one)."""
@@ -274,15 +278,19 @@ class DeviceQueue:
         self.queue.append(pending)  # behind everything queued now; it keeps its place after that
         pending.level = max((r.level for r in self.queue), default=pending.level)
 
-    def run_inline(self, inputs: Tensors, batch_size: int) -> Tensors:
+    def run_inline(self, inputs: Tensors, batch_size: int, timeline: Timeline | None = None) -> Tensors:
         """``runs_now``: run on the event loop now, without queue, future or thread switch."""
         self.stats.queue.add(0)
         self.inline_executions += 1
+        queued = time.perf_counter_ns()
         result, error = self._idle[-1].run_now(self._job([inputs], [batch_size]))
         self._freed_ns = time.perf_counter_ns()
         if error is not None:
             raise error
         outputs, times = result
+        if timeline is not None:
+            timeline.enqueued_ns = timeline.dequeued_ns = queued
+            timeline.stamp(times, self._freed_ns, next_batch_id(), batch_size, 1)
         self._observe(batch_size, 1, times, self._idle[-1])
         if isinstance(outputs[0], BaseException):  # a per-request model failed this request
             raise outputs[0]
@@ -349,7 +357,7 @@ class DeviceQueue:
                 formed = self._next_batch()
                 if formed is None:
                     break
-                batch, cap_bound = formed
+                batch, cap_bound, timed = formed
                 self._idle.remove(instance)
                 self._granted.discard(instance)
                 assert self._loop is not None
@@ -358,7 +366,7 @@ class DeviceQueue:
                     job = functools.partial(_run_decoupled, [r.inputs for r in batch], streams)
                 else:
                     job = self._job([r.inputs for r in batch], [r.batch_size for r in batch])
-                done = self._completion(instance, batch, self._order.ticket(), cap_bound)
+                done = self._completion(instance, batch, self._order.ticket(), cap_bound, timed)
                 instance.submit(job, self._loop, done)
         finally:
             self._dispatching = False
@@ -411,8 +419,9 @@ class DeviceQueue:
             self._limiter.release(instance.slot)
         self._granted.clear()
 
-    def _next_batch(self) -> tuple[list[Pending], bool] | None:
-        """The next batch and whether the AIMD cap cut it to size; None to wait for more."""
+    def _next_batch(self) -> tuple[list[Pending], bool, bool] | None:
+        """The next batch, whether the AIMD cap cut it to size and whether a request of it is
+        traced; None to wait for more."""
         queue = self.queue
         while queue and queue[0].future.done():  # cancelled while waiting: never executed
             queue.popleft()
@@ -427,12 +436,16 @@ class DeviceQueue:
         if self._batching:
             self._fill(batch, first, limit)
         now = time.perf_counter_ns()
+        timed = False
         for request in batch:
             self.stats.queue.add(now - request.enqueued_ns)
             if request.timer is not None:
                 request.timer.cancel()
                 request.timer = None
-        return batch, cap_bound
+            if request.timeline is not None:
+                request.timeline.enqueued_ns, request.timeline.dequeued_ns = request.enqueued_ns, now
+                timed = True
+        return batch, cap_bound, timed
 
     def _batch_limit(self, first: Pending) -> tuple[int, bool] | None:
         """How many rows the next batch may take and whether the cap bounds it, or None to wait
@@ -496,14 +509,19 @@ class DeviceQueue:
         run = _run_batch_async if self._async else _run_batch
         return functools.partial(run, parts, sizes, batch, self.config.name, self._specs)
 
-    def _completion(self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool) -> Any:
+    def _completion(
+        self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool, timed: bool = False
+    ) -> Any:
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(instance)
             if self._limiter is not None and instance.slot is not None:
                 self._return(instance)
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
-                self._observe(sum(r.batch_size for r in batch), len(batch), result[1], instance, cap_bound)
+                rows = sum(r.batch_size for r in batch)
+                self._observe(rows, len(batch), result[1], instance, cap_bound)
+                if timed:
+                    _stamp(batch, result[1], self._freed_ns, rows)
             answered = batch
             if error is not None and self.on_failure is not None and self.on_failure(self, batch, error):
                 answered = []  # the hook answers them (or sends them to another device)
@@ -527,6 +545,14 @@ class DeviceQueue:
         if requests == 1:
             self._solo_ns = _average(self._solo_ns, elapsed)
             self._solo_rows = _average(self._solo_rows, rows)
+
+
+def _stamp(batch: list[Pending], times: ExecutionTimes, finished_ns: int, rows: int) -> None:
+    """The traced requests of an executed batch learn its times and its id."""
+    batch_id = next_batch_id()
+    for request in batch:
+        if request.timeline is not None:
+            request.timeline.stamp(times, finished_ns, batch_id, rows, len(batch))
 
 
 def _halves(rows: int) -> int:

@@ -27,6 +27,7 @@ from schedulers.protocol import DeviceStatistics
 from schedulers.queue_policy import QueuePolicies
 from schedulers.rate_limiter import RateLimiter
 from schedulers.stats import ModelStats, Rejection
+from schedulers.timeline import CURRENT
 
 # one routing decision in this many goes by queue depth alone, so that a device whose estimate
 # is stale (it slowed once, and then got no work to show it is fast again) is measured again
@@ -115,11 +116,12 @@ class ModelScheduler:
         ``priority`` and ``timeout_us`` are the request's parameters (0: not given)."""
         level = self._admitted(priority)
         queue = self._route()
+        timeline = CURRENT.get()  # set around a traced request only (schedulers/timeline.py)
         if queue.runs_now(batch_size):
-            return queue.run_inline(inputs, batch_size)
+            return queue.run_inline(inputs, batch_size, timeline)
         key = batch_key(inputs) if self._batching else None
         future = asyncio.get_running_loop().create_future()
-        pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000)
+        pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000, timeline)
         queue.submit(pending, timeout_us)
         return await pending.future
 

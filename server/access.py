@@ -29,9 +29,12 @@ APPLICATIONS_ADMIN = "applications-admin"
 TRACE = "trace"
 LOGGING = "logging"
 
-APIS = (HEALTH, METADATA, INFERENCE, SHARED_MEMORY, MODEL_CONFIG, MODEL_REPOSITORY, STATISTICS, APPLICATIONS_ADMIN)
-NOT_IMPLEMENTED = (TRACE, LOGGING)  # Triton's, not served here: no restriction can name them yet
+APIS = (
+    HEALTH, METADATA, INFERENCE, SHARED_MEMORY, MODEL_CONFIG, MODEL_REPOSITORY, STATISTICS, APPLICATIONS_ADMIN, TRACE,
+)  # fmt: skip
+NOT_IMPLEMENTED = (LOGGING,)  # Triton's, not served here: no restriction can name it yet
 MANAGEMENT = frozenset({MODEL_REPOSITORY, SHARED_MEMORY, APPLICATIONS_ADMIN})  # loopback only by default
+UPDATES_MANAGED = frozenset({TRACE})  # reading is open; updating is management (loopback only by default)
 
 # Triton's gRPC clients send a restriction's header as "triton-grpc-protocol-<key>"; both are taken
 GRPC_KEY_PREFIX = "triton-grpc-protocol-"
@@ -76,6 +79,7 @@ _HTTP_PREFIXES = (
     ("/metrics", STATISTICS),  # Clipper's JSON metrics on the HTTP port (Prometheus' are on the metrics port)
     ("/dashboard", STATISTICS),  # the dashboard's page (server/dashboard/): read-only, like metrics
     ("/v2/dashboard", STATISTICS),  # and its JSON feed
+    ("/v2/trace/", TRACE),
 )
 _HTTP_SUFFIXES = (
     ("/infer", INFERENCE),
@@ -84,6 +88,7 @@ _HTTP_SUFFIXES = (
     ("/ready", HEALTH),
     ("/config", MODEL_CONFIG),
     ("/stats", STATISTICS),
+    ("/trace/setting", TRACE),
     ("/{app}/predict", INFERENCE),  # Clipper's REST API: an application is queried like a model
     ("/{app}/update", INFERENCE),
     ("/feedback", INFERENCE),  # labels for predictions served (server/monitoring/feedback)
@@ -236,6 +241,7 @@ class Rule:
     token: bytes = field(default=b"", repr=False)  # the management token (empty: none)
     loopback_only: bool = False
     disabled: str = ""  # non-empty: refused to everyone, with this reason
+    management: bool = False  # the management token opens it
 
     def denial(self, host: str, header: Header) -> str | None:
         """None when the request may go on; else why not (for PERMISSION_DENIED / 403)."""
@@ -255,7 +261,7 @@ class Rule:
         )
 
     def _has_token(self, header: Header) -> bool:
-        return bool(self.token) and self.api in MANAGEMENT and _equal(bearer(header("authorization")), self.token)
+        return bool(self.token) and self.management and _equal(bearer(header("authorization")), self.token)
 
 
 @dataclass(frozen=True)
@@ -285,22 +291,42 @@ class AccessPolicy:
         keys = () if restriction is None else (restriction.key, GRPC_KEY_PREFIX + restriction.key)
         return self._rule(grpc_api(method), "grpc", restriction, keys, is_registration(grpc_method=method))
 
-    def http_rule(self, path: str) -> Rule | None:
-        restriction = self.http_restrictions.get(http_api(path))
+    def http_rule(self, path: str, method: str = "GET") -> Rule | None:
+        """A route's rule; a POST to an API whose updates are management gets its update rule."""
+        api = http_api(path)
+        restriction = self.http_restrictions.get(api)
         keys = () if restriction is None else (restriction.key,)
-        return self._rule(http_api(path), "http", restriction, keys, is_registration(http_path=path))
+        update = method == "POST" and api in UPDATES_MANAGED
+        return self._rule(api, "http", restriction, keys, is_registration(http_path=path), update)
+
+    def grpc_update_rule(self, method: str) -> Rule | None:
+        """What a call of ``method`` that changes something needs (TraceSetting with settings),
+        on top of the method's own rule, which its reads need."""
+        api = grpc_api(method)
+        if api not in UPDATES_MANAGED:
+            return None
+        restriction = self.grpc_restrictions.get(api)
+        keys = () if restriction is None else (restriction.key, GRPC_KEY_PREFIX + restriction.key)
+        return self._rule(api, "grpc", restriction, keys, False, update=True)
 
     def _rule(
-        self, api: str, transport: str, restriction: Restriction | None, keys: tuple[str, ...], registration: bool
+        self,
+        api: str,
+        transport: str,
+        restriction: Restriction | None,
+        keys: tuple[str, ...],
+        registration: bool,
+        update: bool = False,
     ) -> Rule | None:
         disabled = ""
         if registration and not self.allow_shared_memory:
             disabled = "shared-memory registration is turned off on this server (--no-allow-shared-memory)"
-        loopback_only = api in MANAGEMENT and not self.allow_remote_management
+        management = api in MANAGEMENT or update
+        loopback_only = management and not self.allow_remote_management
         if not (disabled or restriction or loopback_only):
             return None  # open to all: no check at all on this method's calls
         value = b"" if restriction is None else restriction.value.encode()
-        return Rule(api, transport, keys, value, self.token.encode(), loopback_only, disabled)
+        return Rule(api, transport, keys, value, self.token.encode(), loopback_only, disabled, management)
 
     def grpc_region_rule(self) -> Rule | None:
         """What an inference request that names shared-memory regions needs: what the
@@ -313,7 +339,8 @@ class AccessPolicy:
     def summary(self) -> str:
         """One line for the start-up log (names only, never a value or the token)."""
         closed = "open to every client" if self.allow_remote_management else "loopback clients only"
-        parts = [f"management APIs ({', '.join(sorted(MANAGEMENT))}): {closed}"]
+        managed = [*sorted(MANAGEMENT), *(f"{api} updates" for api in sorted(UPDATES_MANAGED))]
+        parts = [f"management APIs ({', '.join(managed)}): {closed}"]
         if self.token:
             parts.append("a management token is set")
         if not self.allow_shared_memory:

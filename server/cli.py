@@ -20,6 +20,7 @@ from server.rest.limits import HttpLimits
 from server.settings import Settings, convert, env_default, parse_bool, setting_fields
 from server.storage.location import parse_bucket_url
 from server.tls import check_tls_settings
+from server.tracing.tracer import check_trace_config
 from server.triton_flags import WARNINGS, add_triton_flags, backend_config_warnings
 
 
@@ -137,6 +138,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _checked(settings: Settings) -> list[str]:
     """ValueError for the first value that cannot work; the warnings to log otherwise."""
     settings.cache_bytes()
+    check_trace_config(list(settings.trace_config))
     settings.rate_limits()
     AccessPolicy.from_settings(settings)
     check_tls_settings(settings)

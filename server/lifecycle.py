@@ -35,6 +35,8 @@ from server.rest.limits import HttpLimits
 from server.rest.routes import HttpOptions, start_http_server
 from server.settings import Settings
 from server.tls import ALPN_GRPC, ALPN_HTTP, ReloadingTls, TlsReloader, tls_files
+from server.tracing.config import parse_trace_config
+from server.tracing.tracer import Tracing
 
 if TYPE_CHECKING:
     from server.storage.mirror import BucketMirror
@@ -56,6 +58,7 @@ class Server:
         self.applications = ApplicationManager(self.repository, store)
         self.plane = DataPlane(self.repository, settings.strict_readiness, self.applications)
         self.plane.name = settings.server_id  # ServerMetadata's name, as Triton's --id sets it
+        self.plane.tracing = Tracing(parse_trace_config(list(settings.trace_config)))  # before the transports
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0  # stays 0 with --no-allow-metrics
@@ -171,6 +174,7 @@ class Server:
         finally:
             self.plane.shared_memory.close()
         await self._stop_samplers()
+        await asyncio.to_thread(self.plane.tracing.shutdown)  # the spans still queued, bounded by the exporter
         log.info("stopped")
 
     async def _stop_samplers(self) -> None:

@@ -109,6 +109,13 @@ class Settings:
         "models opt in with 'response_cache { enable: true }'. Not given: no cache.",
         multiple=True,
     )
+    trace_config: list[str] = _setting(
+        None,
+        "Triton's request tracing: '[<mode>,]<setting>=<value>' (may be repeated), e.g. 'level=TIMESTAMPS', "
+        "'rate=100' (1 of 100 requests), 'count=-1', 'opentelemetry,url=http://host:4318/v1/traces'; spans go "
+        "over OTLP/HTTP (see docs/tracing.md). Not given: tracing off (the TraceSetting API can turn it on).",
+        multiple=True,
+    )
     rate_limit: str = _setting(
         "off",
         "Triton's rate limiter: execution_count starts an instance's execution only when the resources "
@@ -157,7 +164,7 @@ class Settings:
         "Triton's restricted protocols: '<api>[,<api>...]:<header>=<value>' (may be repeated, each API in one "
         "only): gRPC calls of those APIs need metadata <header> (or triton-grpc-protocol-<header>) equal to "
         "<value>, else PERMISSION_DENIED. APIs: health, metadata, inference, shared-memory, model-config, "
-        "model-repository, statistics, applications-admin. See docs/security.md.",
+        "model-repository, statistics, applications-admin, trace. See docs/security.md.",
         multiple=True,
     )
     http_restricted_api: list[str] = _setting(
@@ -288,6 +295,8 @@ class Settings:
             self.load_model = []
         if self.cache_config is None:
             self.cache_config = []
+        if self.trace_config is None:
+            self.trace_config = []
         if self.rate_limit_resource is None:
             self.rate_limit_resource = []
         if self.backend_config is None:

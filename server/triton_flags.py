@@ -42,12 +42,6 @@ TUNING: dict[str, str] = {
     "metrics-config": "Triton's metric options",
     "log-format": "the log line's format",
     "log-file": "the log's destination (clipperd logs to stderr)",
-    "trace-config": "Triton's request tracing",
-    "trace-file": "Triton's request tracing",
-    "trace-level": "Triton's request tracing",
-    "trace-rate": "Triton's request tracing",
-    "trace-count": "Triton's request tracing",
-    "trace-log-frequency": "Triton's request tracing",
     "exit-on-error": "whether a model failing at start stops Triton (clipperd serves on; the model is UNAVAILABLE)",
     "disable-auto-complete-config": "config auto-completion (clipperd completes ONNX configs only; see docs/cli.md)",
     "sagemaker-port": "the SageMaker endpoint, which clipperd does not have",
@@ -69,6 +63,15 @@ REFUSED: dict[str, str] = {
     "response-cache-byte-size": "removed from Triton; use --cache-config local,size=<bytes>",
 }
 OFF_IS_FINE = frozenset({"model-namespacing", "allow-sagemaker", "allow-vertex-ai"})
+
+# Triton's older trace flags -> the --trace-config piece each one is (server/tracing/config.py)
+TRACE_FLAGS: dict[str, str] = {
+    "trace-level": "level",
+    "trace-rate": "rate",
+    "trace-count": "count",
+    "trace-log-frequency": "triton,log-frequency",
+    "trace-file": "triton,file",  # refused there, with the reason
+}
 
 WARNINGS = "_triton_warnings"  # where the parser keeps the warnings to log once logging is set
 
@@ -105,6 +108,21 @@ class Refused(argparse.Action):
         parser.error(f"--{flag} is not supported: {REFUSED[flag]}")
 
 
+class TraceAlias(argparse.Action):
+    """``--trace-rate 100`` is ``--trace-config rate=100``: appended where --trace-config goes."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        pieces: list[str] = getattr(namespace, "trace_config", None) or []
+        pieces.append(f"{TRACE_FLAGS[str(option_string)[2:]]}={values}")
+        namespace.trace_config = pieces
+
+
 def _is_false(text: str) -> bool:
     try:
         return not parse_bool(text)
@@ -119,6 +137,10 @@ def add_triton_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + flag, action=Tuning, nargs=nargs, dest=WARNINGS, help=argparse.SUPPRESS)
     for flag in REFUSED:
         parser.add_argument("--" + flag, action=Refused, nargs="?", dest=WARNINGS, help=argparse.SUPPRESS)
+    for flag in TRACE_FLAGS:
+        parser.add_argument(
+            "--" + flag, action=TraceAlias, help=f"Triton's older flag: --trace-config {TRACE_FLAGS[flag]}=<value>"
+        )
 
 
 def backend_config_warnings(values: Sequence[str]) -> list[str]:

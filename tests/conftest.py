@@ -38,6 +38,7 @@ FAST = {
     "tests/server/rest/test_codec_fuzz.py",
     "tests/server/storage/test_listing.py",
     "tests/server/storage/test_location.py",
+    "tests/server/tracing/test_settings.py",
 }
 
 

@@ -64,6 +64,8 @@ def grpc_calls(url: str, headers: dict[str, str], key: str, region: str) -> dict
         "shm_register": lambda: client.register_system_shared_memory("netns", key, 64, headers=headers),
         "shm_status": lambda: client.get_system_shared_memory_status(headers=headers),
         "shm_unregister": lambda: client.unregister_system_shared_memory("netns", headers=headers),
+        "trace_read": client.get_trace_settings,
+        "trace_update": lambda: client.update_trace_settings(settings={"log_frequency": "0"}, headers=headers),
     }
     try:
         return {f"grpc.{name}": _grpc_outcome(call) for name, call in calls.items()}
@@ -89,6 +91,8 @@ def http_calls(url: str, headers: dict[str, str], key: str, region: str) -> dict
         "shm_unregister": ("POST", "/v2/systemsharedmemory/region/netns_http/unregister", {}),
         "applications": ("GET", "/admin/applications", None),
         "clipper_admin": ("POST", "/admin/get_all_applications", {"verbose": False}),  # Clipper's management
+        "trace_read": ("GET", "/v2/trace/setting", None),
+        "trace_update": ("POST", "/v2/models/identity_fp32/trace/setting", {"log_frequency": "0"}),
     }
     return {
         f"http.{name}": _http_outcome(base + path, method, body, headers)

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 
 from backends.base import Tensors
+from backends.common.errors import InvalidArgument
 from backends.proto import model_config_pb2 as mc
 from schedulers.applications.application import Application
 from schedulers.stats import ModelStats
@@ -17,6 +18,8 @@ from server.core.model_version import ModelVersion
 from server.core.repository import IndexEntry, ModelRepository
 from server.core.resolver import Applications, Resolver
 from server.core.shared_memory import SharedMemoryRegistry
+from server.tracing.settings import Update
+from server.tracing.tracer import Tracing
 
 # What this server really implements, as ServerMetadata reports it.
 EXTENSIONS = [
@@ -26,6 +29,7 @@ EXTENSIONS = [
     "parameters",
     "binary_tensor_data",
     "system_shared_memory",
+    "trace",
 ]
 
 
@@ -55,6 +59,7 @@ class DataPlane:
         self.shared_memory = SharedMemoryRegistry()
         self.applications = applications  # Clipper applications, as models of their own
         self.resolver = Resolver(repository, applications)
+        self.tracing = Tracing()  # off; the server sets its --trace-config one before serving
 
     def _application(self, name: str) -> Applications | None:
         """The manager when ``name`` is an application's (the resolver's rule: models first)."""
@@ -106,6 +111,20 @@ class DataPlane:
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.repository.index(ready_only)
+
+    def trace_settings(self, model: str = "", update: Update | None = None) -> dict[str, list[str]]:
+        """Triton's TraceSetting: the settings of ``model`` (global when empty), after applying
+        ``update`` when given; a model must be ready (Triton's rule)."""
+        if model and not self.repository.is_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model[:64]!r} is not ready or not found")
+        if update is not None:
+            self.tracing.update(model, update)
+        return self.tracing.answer(model)
+
+    def tracing_json(self, model: str = "", update: Update | None = None) -> dict[str, object]:
+        """``trace_settings`` as Triton's HTTP answer: trace_level a list, the others strings."""
+        answer = self.trace_settings(model, update)
+        return {k: v if k == "trace_level" else (v[0] if v else "") for k, v in answer.items()}
 
     async def load_model(self, name: str) -> None:
         await self.repository.load(name)

@@ -44,6 +44,7 @@ STREAM_REQUESTS_IN_FLIGHT = 128
 # waits, so its model's next send waits (backends/common/streaming.py ANSWERS_PER_REQUEST more
 # per request): a client that reads slowly holds back its models, not the server's memory.
 STREAM_ANSWERS_QUEUED = 16
+TRACEPARENT = "traceparent"  # W3C trace context, gRPC metadata as HTTP headers
 EMPTY_FINAL = "triton_enable_empty_final_response"  # Triton's request parameter
 FINAL = "triton_final_response"  # Triton's parameter on each streamed answer
 
@@ -81,6 +82,8 @@ class InferenceService:
         self.plane = plane
         # naming a shared-memory region needs what the shared-memory API needs (None: open)
         self.region_rule = (access or AccessPolicy()).grpc_region_rule()
+        self.tracing = plane.tracing
+        self.trace_update_rule = (access or AccessPolicy()).grpc_update_rule("TraceSetting")  # None: open
 
     @guarded
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -122,10 +125,35 @@ class InferenceService:
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        if self.tracing.on:  # the one check tracing costs when off
+            return await self._traced_infer(request, context)
         decoded = decode_request(request)
         if self.region_rule is not None and uses_shared_memory(decoded):
             await _enforce(self.region_rule, context)
         return infer_response_message(await self.plane.infer(decoded))
+
+    async def _traced_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        decoded = decode_request(request)
+        if self.region_rule is not None and uses_shared_memory(decoded):
+            await _enforce(self.region_rule, context)
+        parent = _metadata(context).get(TRACEPARENT)
+        run = functools.partial(self.plane.infer, decoded)
+        return await self.tracing.traced(request.model_name, parent, "grpc", run, infer_response_message, _described)
+
+    @guarded
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        """Triton's trace extension: no settings reads them (open); settings update them
+        (management: loopback only unless opened, server/access.py)."""
+        update = None
+        if request.settings:
+            if self.trace_update_rule is not None:
+                await _enforce(self.trace_update_rule, context)
+            update = {name: list(value.value) or None for name, value in request.settings.items()}
+        answer = self.plane.trace_settings(request.model_name, update)
+        response = pb.TraceSettingResponse()
+        for name, values in answer.items():
+            response.settings[name].value.extend(values)
+        return response
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -261,7 +289,6 @@ class InferenceService:
 _UNIMPLEMENTED = {
     "CudaSharedMemoryStatus": "CUDA shared memory",
     "CudaSharedMemoryRegister": "CUDA shared memory",
-    "TraceSetting": "trace settings",
     "LogSettings": "log settings",
 }
 
@@ -276,6 +303,10 @@ async def _queue_answer(
 ) -> None:
     await room.acquire()  # released as the stream takes the answer to send it
     answers.put_nowait(message)
+
+
+def _described(response: InferResponse) -> tuple[str, str]:
+    return response.model_version, response.id
 
 
 def _echo(request: pb.ModelInferRequest) -> pb.ModelInferResponse:

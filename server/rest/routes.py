@@ -4,12 +4,14 @@ HTTP/1.1 server (server/rest/http_server.py)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import zlib
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,9 +40,11 @@ from server.rest.router import NoRoute, Route, RouteHandler, Router
 from server.rest.shared_memory import SharedMemoryApi
 from server.rest.statistics import statistics_json
 from server.tls import ReloadingTls
+from server.tracing.settings import Update
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+TRACEPARENT = "traceparent"  # W3C trace context
 _OK = HttpResponse()
 _NOT_READY = HttpResponse(503)
 
@@ -98,6 +102,7 @@ class RestApi:
         self.router = Router(guard_routes(self.routes(), self.access))
         self._infer_rule = self.access.http_rule("/v2/models/{model}/infer")  # the fast path's (None: open)
         self._region_rule = self.access.http_region_rule()  # naming a shared-memory region (None: open)
+        self.tracing = plane.tracing
         text = OPENAPI_PATH.read_bytes()
         self._openapi_yaml = text
         self._openapi_json = json.dumps(yaml.safe_load(text)).encode()
@@ -140,7 +145,13 @@ class RestApi:
         if self._region_rule is not None and uses_shared_memory(decoded):
             check(self._region_rule, request)
         binary = binary_choices(decoded)
-        body, header_length = infer_response_body(await self.plane.infer(decoded), binary)
+        if self.tracing.on:  # the one check tracing costs when off
+            run = functools.partial(self.plane.infer, decoded)
+            encode = functools.partial(infer_response_body, binary=binary)
+            parent = request.headers.get(TRACEPARENT)
+            body, header_length = await self.tracing.traced(name, parent, "http", run, encode, _described)
+        else:
+            body, header_length = infer_response_body(await self.plane.infer(decoded), binary)
         if header_length is None:
             response = HttpResponse(200, body, JSON)
         else:  # the header's length before any compression, as tritonclient reads it
@@ -223,6 +234,13 @@ class RestApi:
         await self.plane.unload_model(request.params["model"])
         return HttpResponse()
 
+    # ---- traces (Triton's trace extension)
+
+    async def trace_setting(self, request: HttpRequest) -> HttpResponse:
+        """GET reads the settings (global, or a model's); POST updates the ones it names."""
+        update = trace_update(json_body(request, self.limits)) if request.method == "POST" else None
+        return json_response(self.plane.tracing_json(request.params.get("model", ""), update))
+
     # ---- the API's description
 
     async def openapi_yaml(self, request: HttpRequest) -> HttpResponse:
@@ -240,6 +258,10 @@ class RestApi:
             Route("POST", "/v2/repository/index", self.repository_index),
             Route("POST", "/v2/repository/models/{model}/load", self.load),
             Route("POST", "/v2/repository/models/{model}/unload", self.unload),
+            Route("GET", "/v2/trace/setting", self.trace_setting),
+            Route("POST", "/v2/trace/setting", self.trace_setting),
+            Route("GET", "/v2/models/{model}/trace/setting", self.trace_setting),  # before /v2/models/{model}...
+            Route("POST", "/v2/models/{model}/trace/setting", self.trace_setting),
             Route("GET", "/openapi.yaml", self.openapi_yaml),
             Route("GET", "/openapi.json", self.openapi_json),
         ]
@@ -264,6 +286,27 @@ class RestApi:
         return routes
 
 
+def _described(response: InferResponse) -> tuple[str, str]:
+    return response.model_version, response.id
+
+
+def trace_update(body: dict[str, Any]) -> Update:
+    """Triton's trace setting request: trace_level a list of strings, every other setting a
+    string (a list of one string is taken too), null to clear; InvalidArgument otherwise."""
+    update: Update = {}
+    for name, value in body.items():
+        if value is None:
+            update[name] = None
+        elif isinstance(value, str) and name != "trace_level":
+            update[name] = [value]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            update[name] = value
+        else:
+            shape = "a list of strings" if name == "trace_level" else "a string (or a list of one string)"
+            raise InvalidArgument(f"trace setting {name[:64]!r}: expected {shape} or null, got {type(value).__name__}")
+    return update
+
+
 def check(rule: Rule, request: HttpRequest) -> None:
     """PermissionDenied (403) when ``rule`` refuses the request (no header is ever logged)."""
     reason = rule.denial(request.peer, request.headers.get)
@@ -285,7 +328,7 @@ def guard_routes(routes: list[Route], access: AccessPolicy) -> list[Route]:
     keep their handler as it is."""
     guarded = []
     for route in routes:
-        rule = access.http_rule(route.path)
+        rule = access.http_rule(route.path, route.method)
         guarded.append(route if rule is None else Route(route.method, route.path, _checked(route.handler, rule)))
     return guarded
 

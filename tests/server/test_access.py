@@ -116,7 +116,7 @@ def test_restriction_pieces_split_at_commas_as_the_environment_gives_them() -> N
         ("model-repository:admin-key", "expected <api>"),
         ("nonsense:k=v", "unknown API 'nonsense'"),
         (":k=v", "unknown API ''"),
-        ("trace:k=v", "the trace API is not implemented"),
+        ("logging:k=v", "the logging API is not implemented"),
         ("statistics,logging:k=v", "the logging API is not implemented"),
         ("model-repository:=v", "header name"),
         ("model-repository:bad key=v", "header name"),
@@ -140,7 +140,7 @@ def test_an_api_in_two_restrictions_is_refused() -> None:
 @pytest.mark.parametrize(
     ("flags", "reason"),
     [
-        (["--grpc-restricted-protocol", "trace:k=v"], "trace API is not implemented"),
+        (["--grpc-restricted-protocol", "logging:k=v"], "logging API is not implemented"),
         (["--http-restricted-api", "model-repository"], "--http-restricted-api: expected"),
         (["--http-restricted-api", "a:k=v", "--http-restricted-api", "a:k=v"], "unknown API 'a'"),
         (["--management-token", "short"], "at least 16"),

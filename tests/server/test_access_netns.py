@@ -27,9 +27,9 @@ pytestmark = pytest.mark.timeout(300)
 
 TOKEN = secrets.token_hex(24)
 Starter = Callable[..., ServerProcess]  # start(*flags): a server on the host end's address
-OPEN = ("infer", "ready", "metadata", "statistics")
+OPEN = ("infer", "ready", "metadata", "statistics", "trace_read")
 # infer_region: an inference naming a region that a client on the server's machine registered
-MANAGEMENT = ("index", "load", "shm_register", "shm_status", "shm_unregister", "infer_region")
+MANAGEMENT = ("index", "load", "shm_register", "shm_status", "shm_unregister", "infer_region", "trace_update")
 REGION = "host_region"
 
 

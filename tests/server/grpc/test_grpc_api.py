@@ -142,6 +142,7 @@ def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
         "parameters",
         "binary_tensor_data",
         "system_shared_memory",
+        "trace",
     ]
     assert sorted(meta.extensions) == sorted(expected)
     as_json = client.get_server_metadata(as_json=True)
@@ -238,7 +239,7 @@ def test_load_unload_refused_in_mode_none(client: grpcclient.InferenceServerClie
     assert client.is_model_ready("simple") is True  # nothing changed
 
 
-@pytest.mark.parametrize("call", ["get_cuda_shared_memory_status", "get_trace_settings", "get_log_settings"])
+@pytest.mark.parametrize("call", ["get_cuda_shared_memory_status", "get_log_settings"])
 def test_unimplemented_extensions(client: grpcclient.InferenceServerClient, call: str) -> None:
     with pytest.raises(InferenceServerException) as error:
         getattr(client, call)()
