@@ -82,6 +82,7 @@ _HTTP_SUFFIXES = (
     ("/ready", HEALTH),
     ("/config", MODEL_CONFIG),
     ("/stats", STATISTICS),
+    ("/monitoring", STATISTICS),  # the monitors' JSON status (docs/monitoring.md)
     ("/{app}/predict", INFERENCE),  # Clipper's REST API: an application is queried like a model
     ("/{app}/update", INFERENCE),
 )

@@ -100,6 +100,18 @@ class DataPlane:
             rows += [VersionStatistics(a.name, "1", a.stats) for a in registered if a.name not in self.repository]
         return rows
 
+    def monitoring(self, name: str, version: str = "") -> dict[str, object]:
+        """A version's monitors as JSON (docs/monitoring.md): ``drift`` and ``feedback``, each
+        null when its config does not turn it on. An unknown model or version is NotFound."""
+        model = self.repository.get(name, version)
+        feedback = getattr(model, "feedback", None)
+        return {
+            "name": model.name,
+            "version": str(model.version),
+            "drift": None if model.drift is None else model.drift.status(),
+            "feedback": None if feedback is None else feedback.status(),
+        }
+
     def _versions_of(self, name: str) -> list[ModelVersion]:
         versions = self.repository.versions(name)
         return versions or [self.repository.get(name)]  # raises the right error

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from schedulers.stats import ModelStats
 from server.core import inference
 from server.core.validation import ModelSignature
 from server.core.warmup import warm_up
+from server.monitoring.drift.load import drift_monitor
+
+if TYPE_CHECKING:
+    from server.monitoring.drift.monitor import DriftMonitor
 
 
 @dataclass
@@ -36,6 +41,7 @@ class ModelVersion:
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
     cache: VersionCache | None = None  # its share of the response cache, when it caches
     identified: bool = False  # its requests carry their id and parameters (Triton Python models)
+    drift: DriftMonitor | None = None  # its drift monitor (server/monitoring/drift), when its config asks
 
     @property
     def name(self) -> str:
@@ -48,6 +54,8 @@ class ModelVersion:
     async def close(self) -> None:
         """Lets in-flight requests finish, then unloads every instance and drops its cached responses."""
         await self.scheduler.close()
+        if self.drift is not None:
+            await self.drift.close()
         if self.cache is not None:
             self.cache.close()
 
@@ -113,6 +121,7 @@ async def load_model_version(
     cache, when the config enables ``response_cache``. ``models``: how its instances call other
     models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
+    drift = drift_monitor(config, version, version_path.parent)  # a bad drift_* key fails before any instance loads
     scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
     try:
@@ -125,6 +134,8 @@ async def load_model_version(
     identified = not is_ensemble(config) and registry.backend_class(config, version_path).reads_identity(
         config, version_path
     )
+    if drift is not None:
+        drift.start()
     return ModelVersion(
-        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified
+        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified, drift
     )

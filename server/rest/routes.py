@@ -192,6 +192,9 @@ class RestApi:
         name, version = request.params.get("model", ""), request.params.get("version", "")
         return json_response(statistics_json(self.plane.statistics(name, version)))
 
+    async def monitoring(self, request: HttpRequest) -> HttpResponse:
+        return json_response(self.plane.monitoring(*_model(request)))
+
     # ---- repository
 
     async def repository_index(self, request: HttpRequest) -> HttpResponse:
@@ -245,6 +248,7 @@ class RestApi:
             ("/ready", "GET", self.model_ready),
             ("/config", "GET", self.model_config),
             ("/stats", "GET", self.model_stats),
+            ("/monitoring", "GET", self.monitoring),
         ):
             routes.append(Route(method, f"/v2/models/{{model}}{suffix}", handler))
             routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
