@@ -124,10 +124,13 @@ def _tensors(config: mc.ModelConfig, p: Parameters) -> tuple[Monitored, ...]:
     outputs = {t.name: t for t in config.output}
     wide = p.integer("drift_wide", 64, 2, 1_000_000, "elements")
     categorical = _known(p, "drift_categorical", inputs)
-    chosen = _known(p, "drift_inputs", inputs) if "drift_inputs" in p else list(inputs)
+    named = "drift_inputs" in p
+    chosen = _known(p, "drift_inputs", inputs) if named else list(inputs)
     monitored = []
     for name in chosen:
         tensor = inputs[name]
+        if not named and name not in categorical and any(d < 0 for d in tensor.dims):
+            continue  # by default, the inputs of fixed shape
         if name in categorical:
             monitored.append(Monitored(name, False, Kind.CATEGORICAL, _width(p, "drift_categorical", tensor)))
         elif tensor.data_type in (mc.TYPE_STRING, mc.TYPE_BOOL):

@@ -15,7 +15,7 @@ from server.monitoring.drift.config import DriftConfig, Kind, Monitored
 
 
 @dataclass(frozen=True, slots=True)
-class TestResult:
+class CheckResult:
     """One test of one feature at one check. ``p_value`` is Benjamini-Hochberg adjusted over
     every p-value of the check; None for PSI, which has none (it alarms over a threshold)."""
 
@@ -144,7 +144,7 @@ class DriftDetector:
             count = len(rest)
         self.rows_seen += count
 
-    def check(self) -> list[TestResult]:
+    def check(self) -> list[CheckResult]:
         """Every test between the reference and the window; p-values adjusted together."""
         self.rows_at_check = self.rows_seen
         pending: list[tuple[str, str, float, float | None]] = []
@@ -158,7 +158,7 @@ class DriftDetector:
         for i, (feature, test, statistic, _) in enumerate(pending):
             p = p_of.get(i)
             alarm = p < self.config.alpha if p is not None else statistic > self.config.psi_threshold
-            results.append(TestResult(feature, test, float(statistic), p, bool(alarm)))
+            results.append(CheckResult(feature, test, float(statistic), p, bool(alarm)))
         return results
 
     def _tests(self, t: Monitored, ref: np.ndarray, cur: np.ndarray) -> list[tuple[str, str, float, float | None]]:

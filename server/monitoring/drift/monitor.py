@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from server.monitoring.drift.config import DriftConfig
-from server.monitoring.drift.detector import DriftDetector, TestResult, as_rows
+from server.monitoring.drift.detector import CheckResult, DriftDetector, as_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class DriftMonitor:
         self.sampled = 0  # requests copied into the buffer
         self.dropped = 0  # requests drawn for the sample but dropped: the buffer was full
         self.checks = 0
-        self.results: list[TestResult] = []
+        self.results: list[CheckResult] = []
         self.alarm = False
         self.reference_source = "file" if reference is not None else "requests"
         self.detector = DriftDetector(config, reference)
@@ -84,7 +84,7 @@ class DriftMonitor:
             if results is not None:
                 self.publish(results)
 
-    def analyse(self) -> list[TestResult] | None:
+    def analyse(self) -> list[CheckResult] | None:
         """Moves the buffer into the detector; the tests' results when a check is due (on a
         thread: the event loop only ever appends to the buffer, which a deque allows)."""
         detector, batched = self.detector, self.config.batched
@@ -94,7 +94,7 @@ class DriftMonitor:
             detector.add({t.name: as_rows(t, sample[t.name], batched) for t in self.config.tensors})
         return detector.check() if detector.due else None
 
-    def publish(self, results: list[TestResult]) -> None:
+    def publish(self, results: list[CheckResult]) -> None:
         """The results of a check become the ones exported; a change of alarm logs one line."""
         self.results = results
         self.checks += 1
@@ -117,6 +117,8 @@ class DriftMonitor:
             "dropped": self.dropped,
             "buffered": len(self._buffer),
             "reference": {"source": self.reference_source, "ready": detector.reference_ready},
+            "rows": detector.rows_seen,  # rows compared so far (not counting a reference taken from traffic)
+            "rows_checked": detector.rows_at_check,  # the rows seen at the latest check
             "window_rows": detector.window_rows,
             "checks": self.checks,
             "alpha": self.config.alpha,
@@ -125,7 +127,7 @@ class DriftMonitor:
         }
 
 
-def _shown(result: TestResult) -> str:
+def _shown(result: CheckResult) -> str:
     if result.p_value is None:
         return f"{result.statistic:.3g}"
     return f"p={result.p_value:.2g}"

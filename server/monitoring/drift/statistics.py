@@ -129,10 +129,3 @@ def mmd(
 
 def subsample(rows: np.ndarray, rng: np.random.Generator, points: int = MMD_POINTS) -> np.ndarray:
     return rows[rng.choice(len(rows), min(points, len(rows)), replace=False)]
-
-
-def disagreement(answers: Sequence[np.ndarray]) -> bool:
-    """Whether the members of an application disagree on one query: their classes (argmax of
-    each answer's last axis, or the value itself for a one-element answer) are not all equal."""
-    classes = {int(np.argmax(a)) if a.size > 1 else a.reshape(-1)[0].item() for a in answers}
-    return len(classes) > 1
