@@ -31,6 +31,8 @@ FAST = {
     "tests/server/applications/test_default_store.py",
     "tests/server/core/test_infer_stream.py",
     "tests/server/grpc/test_proto_compat.py",
+    "tests/server/monitoring/test_drift_detection.py",
+    "tests/server/monitoring/test_drift_units.py",
     "tests/server/rest/test_codec_fuzz.py",
     "tests/server/storage/test_listing.py",
     "tests/server/storage/test_location.py",
