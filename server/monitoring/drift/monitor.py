@@ -16,12 +16,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from server.monitoring.drift.config import DriftConfig
+from server.monitoring.drift.config import DriftConfig, Kind
 from server.monitoring.drift.detector import CheckResult, DriftDetector, as_rows
 
 log = logging.getLogger(__name__)
 
 Sample = dict[str, np.ndarray]  # one request's monitored tensors, copied
+CATEGORY_BYTES = 64  # a BYTES category is kept to this many bytes: a client sizes none of the buffer
 
 
 class DriftMonitor:
@@ -39,6 +40,7 @@ class DriftMonitor:
         self._buffer: deque[Sample] = deque()
         self._inputs = [t.name for t in config.tensors if not t.output]
         self._outputs = [t.name for t in config.tensors if t.output]
+        self._texts = [t.name for t in config.tensors if t.kind is Kind.CATEGORICAL]
         self._random = random.Random(config.seed).random
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +59,8 @@ class DriftMonitor:
             sample.update((n, np.array(outputs[n])) for n in self._outputs)
         except KeyError:  # an optional input the request left out: nothing to compare
             return
+        for name in self._texts:
+            sample[name] = _clipped(sample[name])
         self._buffer.append(sample)
         self.sampled += 1
 
@@ -125,6 +129,14 @@ class DriftMonitor:
             "psi_threshold": self.config.psi_threshold,
             "tests": [r.to_json() for r in self.results],
         }
+
+
+def _clipped(values: np.ndarray) -> np.ndarray:
+    """BYTES categories cut to CATEGORY_BYTES (a new array: the request's own objects are let go)."""
+    if values.dtype != object:
+        return values
+    flat = [v[:CATEGORY_BYTES] if isinstance(v, bytes | str) else v for v in values.ravel().tolist()]
+    return np.array(flat, dtype=object).reshape(values.shape)
 
 
 def _shown(result: CheckResult) -> str:

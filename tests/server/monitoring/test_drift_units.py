@@ -222,6 +222,16 @@ def test_a_sample_is_a_copy() -> None:
     assert monitor._buffer[0]["x"].tolist() == [[0.0, 0.0]]
 
 
+def test_a_categorys_bytes_are_bounded() -> None:
+    cfg = DriftConfig(tensors=(Monitored("c", False, Kind.CATEGORICAL, 1),), sample_rate=1.0)
+    monitor = DriftMonitor("m", 1, cfg, None)
+    huge = np.array([[b"x" * 1_000_000], [b"ok"]], dtype=object)
+    monitor.offer({"c": huge}, {})
+    kept = monitor._buffer[0]["c"]
+    assert kept.shape == (2, 1)
+    assert kept[:, 0].tolist() == [b"x" * 64, b"ok"]
+
+
 def test_the_sample_rate_is_kept() -> None:
     monitor = small_monitor(buffer=100_000, rate=0.1)
     x = np.ones((1, 2), np.float32)
