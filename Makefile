@@ -10,7 +10,7 @@ SERVE_ARGS ?=
 # the response cache `make serve` gives models that enable it (docs/cache.md); empty: none
 CACHE_CONFIG ?= local,size=67108864
 
-.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clipper-admin peers clean
+.PHONY: serve test test-fast lint venv tools redis netns-tools checkov clipper-admin peers chromium promtool clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,15 @@ peers:
 netns-tools:
 	scripts/install-netns-tools.sh
 
-tools: $(PA) redis netns-tools $(CHECKOV) $(CLIPPER_ADMIN) peers
+# Debian's chromium (the dashboard's browser test drives it through playwright) and promtool
+# (Debian's prometheus package: the alert rules' checks)
+chromium:
+	scripts/install-chromium.sh
+
+promtool:
+	scripts/install-promtool.sh
+
+tools: $(PA) redis netns-tools chromium promtool $(CHECKOV) $(CLIPPER_ADMIN) peers
 
 serve: venv
 	$(BIN)/clipperd serve --model-repository $(MODEL_REPOSITORY) $(if $(CACHE_CONFIG),--cache-config $(CACHE_CONFIG)) $(SERVE_ARGS)

@@ -8,14 +8,16 @@ its link is the current one (``executing``), so that requests built inside ``exe
 
 Where the calling model executes matters:
 
+- on the event loop, as tasks (the default for Triton models that build ``InferenceRequest``,
+  backends/python_backend.py): ``async_exec()`` in an ``async def execute`` awaits the call
+  without leaving the loop, and a plain ``def execute`` runs in a greenlet whose ``exec()``
+  suspends it while the loop runs the call (backends/common/greenlets.py): no thread hand-off
+  at all. A synchronous ``exec()`` on the loop outside such a greenlet (a model run as a plain
+  callback there) would wait for itself: refused with an error telling the user to set
+  ``execution_mode`` thread (or to use ``async_exec``).
 - on its own thread (``execution_mode: thread``): ``exec()`` hands the call to the server's
   loop and waits; ``async_exec()`` in an ``async def execute`` awaits it from the instance
-  thread's own event loop. Triton models whose ``model.py`` builds ``InferenceRequest`` default
-  to this mode (backends/python_backend.py).
-- on the event loop: a model with ``async def execute`` runs there by default, as tasks, and
-  ``async_exec()`` awaits the call without leaving the loop (no thread hand-off at all). A
-  synchronous ``exec()`` there would need the very loop that is blocked in the model: refused
-  with an error telling the user to set ``execution_mode`` thread (or to use ``async_exec``).
+  thread's own event loop. For models that compute for long between their calls.
 - in a worker process (``execution_mode: process``): no link crosses the process boundary, so
   the call is refused with an error saying so.
 
@@ -38,6 +40,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from backends.common import greenlets
 from backends.common.errors import (
     ClipperdError,
     DeadlineExceeded,
@@ -60,7 +63,8 @@ class ModelCall:
     version: int  # -1 (or 0): the version the server picks, as for a client
     inputs: Tensors
     outputs: Sequence[str] = ()
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # sequence_id/_start/_end included
+    request_id: str = ""
 
 
 class ModelCaller(Protocol):
@@ -158,15 +162,26 @@ def _late(link: BlsLink, call: ModelCall, seconds: float) -> DeadlineExceeded:
 
 
 def call_sync(call: ModelCall, timeout_us: int = 0) -> Tensors:
-    """``exec()``: runs ``call`` on the server's loop and waits (on the instance's thread)."""
+    """``exec()``: runs ``call`` on the server's loop and waits: suspended in its greenlet (a
+    model executing on the loop, backends/common/greenlets.py), or on the instance's thread."""
     link = current(call.model)
-    _check(link, call)
     seconds = _deadline(link, timeout_us)
+    if greenlets.hosted() and _on_loop(link.loop):
+        _check_self(link, call)
+        return greenlets.wait(_bounded(link, call, seconds))
+    _check(link, call)
     future = asyncio.run_coroutine_threadsafe(link.caller.call_model(call), link.loop)
     try:
         return future.result(seconds)
     except TimeoutError:
         future.cancel()  # the target's queue drops the request
+        raise _late(link, call, seconds) from None
+
+
+async def _bounded(link: BlsLink, call: ModelCall, seconds: float) -> Tensors:
+    try:
+        return await asyncio.wait_for(link.caller.call_model(call), seconds)
+    except TimeoutError:
         raise _late(link, call, seconds) from None
 
 
@@ -177,10 +192,7 @@ async def call_async(call: ModelCall, timeout_us: int = 0) -> Tensors:
     seconds = _deadline(link, timeout_us)
     if _on_loop(link.loop):
         _check_self(link, call)
-        try:
-            return await asyncio.wait_for(link.caller.call_model(call), seconds)
-        except TimeoutError:
-            raise _late(link, call, seconds) from None
+        return await _bounded(link, call, seconds)
     _check(link, call)
     future = asyncio.run_coroutine_threadsafe(link.caller.call_model(call), link.loop)
     try:
@@ -219,6 +231,8 @@ class Streamed:
         """The next answer, waited for on the instance's thread; None once the final came."""
         if self.done:
             return None
+        if greenlets.hosted() and _on_loop(self._link.loop):
+            return greenlets.wait(self.next_async())
         if _on_loop(self._link.loop):
             raise FailedPrecondition(
                 f"model '{self._link.model}' iterates a streamed BLS call with a plain for on the event loop, "

@@ -199,8 +199,9 @@ class PythonBackend(Backend):
     @classmethod
     def preferred_mode(cls, config: mc.ModelConfig, version_path: Path) -> str:
         """A Triton model with an ``async def execute`` runs as tasks on the event loop (its
-        ``async_exec`` calls never leave the loop); one that builds BLS requests otherwise calls
-        ``exec()``, which waits: on a thread of its own (on the loop it would wait for itself)."""
+        ``async_exec`` calls never leave the loop), and so does one that builds BLS requests in
+        a plain ``execute``: in a greenlet, which its ``exec()`` suspends while the loop runs
+        the call (backends/common/greenlets.py)."""
         path = version_path / (config.default_model_filename or cls.default_filename)
         try:
             source = path.read_text(errors="replace")
@@ -208,9 +209,9 @@ class PythonBackend(Backend):
             return ""  # load reports the missing file
         if "TritonPythonModel" not in source:
             return ""
-        if _ASYNC_EXECUTE.search(source):
+        if _ASYNC_EXECUTE.search(source) or "InferenceRequest(" in source:
             return "async"
-        return "thread" if "InferenceRequest(" in source else ""
+        return ""
 
     @classmethod
     def reads_identity(cls, config: mc.ModelConfig, version_path: Path) -> bool:

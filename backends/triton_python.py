@@ -18,6 +18,7 @@ from typing import Any
 from backends import bls
 from backends import triton_utils as pb
 from backends.base import InstanceContext, Tensors
+from backends.common import greenlets
 from backends.common.config import config_to_json
 from backends.common.errors import (
     AlreadyExists,
@@ -96,13 +97,15 @@ class TritonModel:
         return self._results(responses, len(requests))
 
     async def execute_requests_async(self, parts: Sequence[Tensors]) -> list[Tensors | ClipperdError]:
-        """An ``async def execute`` as a task on the server's event loop, where ``async_exec``
-        awaits the other models without leaving it."""
+        """``execute`` as a task on the server's event loop: an ``async def execute`` awaited
+        (its ``async_exec`` awaits the other models without leaving the loop), a plain one in a
+        greenlet (its ``exec()`` suspends it while the loop runs the call)."""
         requests = self._requests(parts)
         with bls.executing(self.context.bls):
-            responses = self.model.execute(requests)
-            if inspect.iscoroutine(responses):
-                responses = await responses
+            if inspect.iscoroutinefunction(self.model.execute):
+                responses = await self.model.execute(requests)
+            else:
+                responses = await greenlets.run(self.model.execute, requests)
         return self._results(responses, len(requests))
 
     def _requests(self, parts: Sequence[Tensors]) -> list[pb.InferenceRequest]:

@@ -153,9 +153,13 @@ class InferenceRequest:
         model_name: str = "",
         model_version: int = -1,
         timeout: int = 0,
+        correlation_id: int | str = 0,
+        flags: int = 0,
         **_: Any,
     ) -> None:
         self._inputs = list(inputs)
+        self._correlation_id = correlation_id  # for BLS: the target's sequence (with flags)
+        self._flags = flags
         self._outputs = list(requested_output_names)
         self._id = request_id
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
@@ -179,7 +183,7 @@ class InferenceRequest:
         sent it); 0 when it has none."""
         client = self._client_parameters
         if client is None:
-            return 0
+            return self._correlation_id
         value = client.get("sequence_id", 0)
         return value if isinstance(value, int | str) else 0
 
@@ -192,7 +196,12 @@ class InferenceRequest:
         return json.dumps({k: v for k, v in client.items() if k not in _SERVER_PARAMETERS})
 
     def flags(self) -> int:
-        return 0
+        """TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END, as the request carries them."""
+        client = self._client_parameters
+        if client is None:
+            return self._flags
+        start = TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if client.get("sequence_start") else 0
+        return start | (TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if client.get("sequence_end") else 0)
 
     def timeout(self) -> int:
         return self._timeout
@@ -355,8 +364,26 @@ def _bls_call(request: InferenceRequest) -> bls.ModelCall:
         parameters = json.loads(request.parameters() or "{}")
     except ValueError:
         raise TritonModelException("InferenceRequest.exec: parameters are not JSON") from None
+    if not isinstance(parameters, dict):
+        raise TritonModelException("InferenceRequest.exec: parameters are not a JSON object")
+    parameters.update(_sequence_parameters(request))
     version = request._model_version  # Triton has no getter for it either
-    return bls.ModelCall(request.model_name(), version, inputs, request.requested_output_names(), parameters)
+    outputs = request.requested_output_names()
+    return bls.ModelCall(request.model_name(), version, inputs, outputs, parameters, request.request_id())
+
+
+def _sequence_parameters(request: InferenceRequest) -> dict[str, Any]:
+    """A BLS request's ``correlation_id`` and ``flags`` as the target's sequence parameters (a
+    client's ``sequence_id``, ``sequence_start``, ``sequence_end``)."""
+    correlation, flags = request._correlation_id, request._flags
+    if not isinstance(correlation, int | str) or isinstance(correlation, bool):
+        raise TritonModelException("InferenceRequest: correlation_id must be an integer or a string")
+    sequence: dict[str, Any] = {"sequence_id": correlation} if correlation else {}
+    if flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+        sequence["sequence_start"] = True
+    if flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
+        sequence["sequence_end"] = True
+    return sequence
 
 
 def _bls_response(outputs: Mapping[str, np.ndarray] | None, error: BaseException | None) -> InferenceResponse:

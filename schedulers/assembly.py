@@ -69,7 +69,7 @@ async def build_scheduler(
     if backend_class.capabilities.remote:  # each endpoint a device: instances per endpoint
         return await build_remote_scheduler(config, version, version_path)
     if config.HasField("sequence_batching"):
-        return await _sequence_scheduler(config, version, version_path, backend_class, models)
+        return await _sequence_scheduler(config, version, version_path, backend_class, models, limiter)
     placements = _placements(config, backend_class)
     placed = [(name, device) for name, device, _ in placements]
     link = _bls_link(config, models, len(placed))
@@ -87,17 +87,21 @@ async def _sequence_scheduler(
     version_path: Path,
     backend_class: type[Backend],
     models: ModelCaller | None,
+    limiter: RateLimiter | None,
 ) -> SequenceScheduler:
     """A stateful model's sequence batcher: its backends load a config that names the control
-    and state tensors as inputs and outputs (schedulers/sequence_config.py). Not rate limited:
-    its slots, not a device queue, decide when an instance executes."""
+    and state tensors as inputs and outputs (schedulers/sequence_config.py). Rate limited as a
+    device queue is: a lane's instance forms its next batch once it holds its resources."""
     settings = SequenceSettings.of(config, version_path.parent)
     extended = backend_config(config, settings)
-    placed = instance_devices(extended, backend_class)
+    placements = _placements(extended, backend_class)
+    placed = [(name, device) for name, device, _ in placements]
     link = _bls_link(extended, models, len(placed))
     instances = _instances(extended, version, version_path, backend_class, placed, link)
-    await _start(config, version, instances, None)
-    return SequenceScheduler(config, settings, instances, ModelStats(), output_specs(extended))
+    if limiter is not None:
+        _limit(extended, limiter, instances, placements)
+    await _start(config, version, instances, limiter)
+    return SequenceScheduler(config, settings, instances, ModelStats(), output_specs(extended), limiter)
 
 
 async def _start(

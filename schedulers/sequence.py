@@ -35,7 +35,9 @@ from backends.common.outputs import OutputSpec, check_outputs
 from backends.proto import model_config_pb2 as mc
 from schedulers.batch_views import split
 from schedulers.instance import ModelInstance
+from schedulers.ordering import ResponseOrder
 from schedulers.protocol import DeviceStatistics, SequenceStatistics
+from schedulers.rate_limiter import RateLimiter
 from schedulers.sequence_config import CORRID, END, READY, START, SequenceSettings
 from schedulers.stats import ExecutionTimes, ModelStats
 
@@ -84,6 +86,8 @@ class Lane:
         self.slots: list[Sequence | None] = [None] * slots
         self.busy = False
         self.scheduled = False  # a dispatch is due at the end of this loop iteration
+        self.granted = False  # holds its rate-limiter resources (schedulers/rate_limiter.py)
+        self.asking = False  # waits for them
         self.timer: asyncio.TimerHandle | None = None
 
     def free(self) -> int:
@@ -100,8 +104,11 @@ class SequenceScheduler:
         instances: Seq[ModelInstance],
         stats: ModelStats,
         specs: tuple[OutputSpec, ...],
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
+        self._limiter = limiter if any(i.slot is not None for i in instances) else None
+        self._order = ResponseOrder(settings.preserve_ordering)
         self.stats = stats
         self._settings = settings
         self._specs = specs  # the config's outputs and the state outputs
@@ -188,6 +195,11 @@ class SequenceScheduler:
                 lane.timer.cancel()
         await self._idle.wait()
         await asyncio.gather(*(lane.instance.stop() for lane in self._lanes))
+        if self._limiter is not None:
+            for lane in self._lanes:
+                if lane.instance.slot is not None:
+                    self._limiter.cancel(lane.instance.slot)
+                    self._limiter.unregister(lane.instance.slot)
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -276,7 +288,7 @@ class SequenceScheduler:
         if lane.timer is not None:
             lane.timer.cancel()
             lane.timer = None
-        if lane.busy or self._closed:
+        if lane.busy or lane.asking or self._closed:
             return
         ready = [i for i, s in enumerate(lane.slots) if s is not None and s.steps]
         if not ready:
@@ -285,12 +297,39 @@ class SequenceScheduler:
         if wait_ns > 0:
             lane.timer = asyncio.get_running_loop().call_later(wait_ns / 1e9, self._dispatch, lane)
             return
+        if not self._may_execute(lane):
+            return  # the rate limiter calls back when its resources are free
         rows = self._positions(lane, ready)
+        ticket = self._order.ticket()
         try:
-            self._submit(lane, rows)
+            self._submit(lane, rows, ticket)
         except Exception as error:  # e.g. a request whose inputs cannot be padded: fail its batch, not the loop
             log.exception("model '%s': a sequence batch could not be formed", self.config.name)
-            self._done(lane, rows, None, error)
+            self._done(lane, rows, ticket, None, error)
+
+    def _may_execute(self, lane: Lane) -> bool:
+        """Whether the lane's instance holds its rate-limiter resources (or needs none), asking
+        for them otherwise: a batch forms when they are granted, from what waits then."""
+        slot = lane.instance.slot
+        if self._limiter is None or slot is None or lane.granted:
+            return True
+        if self._limiter.acquire(slot, functools.partial(self._granted, lane)):
+            lane.granted = True
+            return True
+        lane.asking = True
+        return False
+
+    def _granted(self, lane: Lane) -> None:
+        lane.asking, lane.granted = False, True
+        if self._closed:
+            self._give_back(lane)
+            return
+        self._dispatch(lane)
+
+    def _give_back(self, lane: Lane) -> None:
+        if lane.granted and self._limiter is not None and lane.instance.slot is not None:
+            self._limiter.release(lane.instance.slot)
+        lane.granted = False
 
     def _wait_ns(self, lane: Lane, ready: list[int]) -> int:
         """How long to wait for a fuller batch (0: go now)."""
@@ -322,7 +361,7 @@ class SequenceScheduler:
                 rows.append((None, None))
         return rows
 
-    def _submit(self, lane: Lane, rows: list[tuple[Sequence | None, Step | None]]) -> None:
+    def _submit(self, lane: Lane, rows: list[tuple[Sequence | None, Step | None]], ticket: int) -> None:
         now = time.perf_counter_ns()
         template = next(step.inputs for _, step in rows if step is not None)
         parts = []
@@ -336,8 +375,10 @@ class SequenceScheduler:
         lane.busy = True
         self._idle.clear()
         settings = self._settings
-        job = functools.partial(_run, parts, settings.batched, self.config.name, self._specs)
-        lane.instance.submit(job, asyncio.get_running_loop(), functools.partial(self._done, lane, rows))
+        run = _run_async if lane.instance.asynchronous else _run  # a model executing as tasks on the loop
+        job = functools.partial(run, parts, settings.batched, self.config.name, self._specs)
+        done = functools.partial(self._done, lane, rows, ticket)
+        lane.instance.submit(job, asyncio.get_running_loop(), done)
 
     def _inputs(self, sequence: Sequence, step: Step) -> Tensors:
         """A request's inputs with its control and state tensors."""
@@ -371,19 +412,24 @@ class SequenceScheduler:
         self,
         lane: Lane,
         rows: list[tuple[Sequence | None, Step | None]],
+        ticket: int,
         result: tuple[list[Any], ExecutionTimes] | None,
         error: BaseException | None,
     ) -> None:
         lane.busy = False
+        self._give_back(lane)  # the next batch asks again, competing with the other waiters
         served = [(s, step, i) for i, (s, step) in enumerate(rows) if s is not None and step is not None]
         if error is None and result is not None:
             self.stats.record_execution(len(served), len(served), result[1])
         now = time.perf_counter_ns()
+        answers = []
         for sequence, step, index in served:
             sequence.running = False
             sequence.last_ns = now
             outcome: Any = error if error is not None or result is None else result[0][index]
-            self._answer(sequence, step, outcome)
+            answers.append((step, self._kept(sequence, outcome)))
+        self._order.release(ticket, functools.partial(_deliver, answers))  # at once unless preserve_ordering
+        for sequence, step, _ in served:
             if step.end and not sequence.steps and self._table.get(sequence.corrid) is sequence:
                 self._counts["ended"] += 1
                 self._release(sequence)
@@ -392,18 +438,16 @@ class SequenceScheduler:
         if not self._closed:
             self._kick(lane)
 
-    def _answer(self, sequence: Sequence, step: Step, outcome: Any) -> None:
-        """The request's outputs (its state taken out and kept), or its error."""
+    def _kept(self, sequence: Sequence, outcome: Any) -> Any:
+        """The request's outputs with its state taken out and kept for the sequence's next step
+        (now, whenever the answer leaves), or its error."""
         if isinstance(outcome, BaseException):
-            if not step.future.done():
-                step.future.set_exception(outcome)
-            return
+            return outcome
         batched = self._settings.batched
         for state in self._settings.states:
             value = outcome.pop(state.output_name)
             sequence.state[state.input_name] = np.array(value[0] if batched else value)  # a copy: outlives the batch
-        if not step.future.done():
-            step.future.set_result(outcome)
+        return outcome
 
     # -- idle sequences --------------------------------------------------------------------------
 
@@ -431,6 +475,16 @@ class SequenceScheduler:
             self._arm_reaper()
 
 
+def _deliver(answers: list[tuple[Step, Any]]) -> None:
+    for step, outcome in answers:
+        if step.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            step.future.set_exception(outcome)
+        else:
+            step.future.set_result(outcome)
+
+
 def _filled(shape: tuple[int, ...], dtype: np.dtype[Any], value: Any) -> np.ndarray:
     if dtype.kind == "O":
         array = np.empty(shape, dtype=object)
@@ -444,16 +498,40 @@ def _run(parts: list[Tensors], batched: bool, model: str, specs: Any, backend: B
     t0 = time.perf_counter_ns()
     if backend.per_request:  # a Triton Python model: each row is a request of its own
         results: list[Any] = backend.execute_requests(parts)
-        t1 = time.perf_counter_ns()
-        for i, output in enumerate(results):
-            if not isinstance(output, BaseException):
-                try:
-                    results[i] = check_outputs(model, specs, output, 1 if batched else None)
-                except ClipperdError as error:
-                    results[i] = error
-        return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+        return _checked_each(results, batched, model, specs, t0)
     inputs = backend.stage(parts)
     t1 = time.perf_counter_ns()
-    outputs = check_outputs(model, specs, backend.execute(inputs), len(parts) if batched else None)
+    return _checked(backend.execute(inputs), len(parts), batched, model, specs, t0, t1)
+
+
+async def _run_async(
+    parts: list[Tensors], batched: bool, model: str, specs: Any, backend: Backend
+) -> tuple[list[Any], Any]:
+    """``_run`` for a model executing as tasks on the event loop (``execute`` a coroutine, or a
+    Triton model's BLS ``exec()`` in a greenlet)."""
+    t0 = time.perf_counter_ns()
+    if backend.per_request:
+        results: list[Any] = await backend.execute_requests_async(parts)
+        return _checked_each(results, batched, model, specs, t0)
+    inputs = backend.stage(parts)
+    t1 = time.perf_counter_ns()
+    return _checked(await backend.execute_async(inputs), len(parts), batched, model, specs, t0, t1)
+
+
+def _checked_each(results: list[Any], batched: bool, model: str, specs: Any, t0: int) -> tuple[list[Any], Any]:
+    t1 = time.perf_counter_ns()
+    for i, output in enumerate(results):
+        if not isinstance(output, BaseException):
+            try:
+                results[i] = check_outputs(model, specs, output, 1 if batched else None)
+            except ClipperdError as error:
+                results[i] = error
+    return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)
+
+
+def _checked(
+    outputs: Tensors, rows: int, batched: bool, model: str, specs: Any, t0: int, t1: int
+) -> tuple[list[Any], Any]:
     t2 = time.perf_counter_ns()
-    return split(outputs, [1] * len(parts)), ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
+    outputs = check_outputs(model, specs, outputs, rows if batched else None)
+    return split(outputs, [1] * rows), ExecutionTimes(t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

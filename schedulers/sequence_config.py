@@ -77,6 +77,7 @@ class SequenceSettings:
     idle_ns: int
     controls: tuple[ControlSpec, ...]
     states: tuple[StateSpec, ...]
+    preserve_ordering: bool = False  # oldest only: answers leave in the order batches were formed
 
     @classmethod
     def of(cls, config: mc.ModelConfig, model_dir: Path) -> SequenceSettings:
@@ -102,6 +103,7 @@ class SequenceSettings:
             idle_us * 1000,
             tuple(_controls(config)),
             tuple(_state(config, s, model_dir) for s in seq.state),
+            oldest and seq.oldest.preserve_ordering,
         )
 
     def state_output_specs(self) -> tuple[OutputSpec, ...]:

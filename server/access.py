@@ -74,6 +74,8 @@ _HTTP_PREFIXES = (
     ("/admin/", APPLICATIONS_ADMIN),  # clipperd's /admin/applications... and Clipper's /admin/add_app...
     ("/openapi.", METADATA),
     ("/metrics", STATISTICS),  # Clipper's JSON metrics on the HTTP port (Prometheus' are on the metrics port)
+    ("/dashboard", STATISTICS),  # the dashboard's page (server/dashboard/): read-only, like metrics
+    ("/v2/dashboard", STATISTICS),  # and its JSON feed
 )
 _HTTP_SUFFIXES = (
     ("/infer", INFERENCE),
@@ -82,9 +84,10 @@ _HTTP_SUFFIXES = (
     ("/ready", HEALTH),
     ("/config", MODEL_CONFIG),
     ("/stats", STATISTICS),
-    ("/monitoring", STATISTICS),  # the monitors' JSON status (docs/monitoring.md)
     ("/{app}/predict", INFERENCE),  # Clipper's REST API: an application is queried like a model
     ("/{app}/update", INFERENCE),
+    ("/feedback", INFERENCE),  # labels for predictions served (server/monitoring/feedback)
+    ("/monitoring", STATISTICS),  # read-only, as the statistics
 )
 
 

@@ -9,8 +9,11 @@ import gc
 import itertools
 import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.metrics_core import Metric
 
 from schedulers.cache import ResponseCache
 from schedulers.rate_limiter import RateLimiter
@@ -19,10 +22,13 @@ from server.applications.manager import ApplicationManager
 from server.applications.state import open_store
 from server.core.dataplane import DataPlane
 from server.core.repository import ControlMode, ModelRepository
+from server.dashboard.feed import Dashboard, Sources
+from server.gpu import GpuSampler, start_gpu_sampler
 from server.grpc.http2.limits import Http2Limits
 from server.grpc.service import GrpcOptions, start_grpc_server
 from server.metrics.applications import application_families
 from server.metrics.exporter import MetricsOptions, start_metrics_server
+from server.metrics.gpu import gpu_families
 from server.metrics.loop_lag import LoopLagMonitor
 from server.rest.body import BodyLimits
 from server.rest.limits import HttpLimits
@@ -60,6 +66,7 @@ class Server:
         used = [t for t in (self.grpc_tls, self.http_tls) if t is not None]
         self.tls = TlsReloader(used, settings.tls_reload_poll_secs)
         self._stop = asyncio.Event()
+        self.gpu: GpuSampler | None = None  # started in run() when a GPU is there
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -72,6 +79,7 @@ class Server:
         settings = self.settings
         await self._copy_bucket()
         self.loop_lag.start()
+        self.gpu = start_gpu_sampler(settings.metrics_interval_ms)
         access = AccessPolicy.from_settings(settings)
         options = GrpcOptions(
             settings.grpc_max_message_bytes,
@@ -109,6 +117,7 @@ class Server:
             applications=self.applications,
             handshake_timeout_s=settings.tls_handshake_timeout_secs,
             connection_limits=HttpLimits.from_settings(settings),
+            dashboard=Dashboard(self._dashboard_sources()),
         )
         if settings.allow_http:
             http_server, self.http_port = await start_http_server(self.plane, http_options)
@@ -127,7 +136,7 @@ class Server:
                 self.repository.loaded,
                 MetricsOptions(metrics_host, settings.metrics_port),
                 self.cache,
-                lambda: itertools.chain(app_families(), self.loop_lag.families()),
+                lambda: itertools.chain(app_families(), self.loop_lag.families(), self._gpu_families()),
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
@@ -161,8 +170,25 @@ class Server:
             return
         finally:
             self.plane.shared_memory.close()
-        self.loop_lag.stop()
+        await self._stop_samplers()
         log.info("stopped")
+
+    async def _stop_samplers(self) -> None:
+        self.loop_lag.stop()
+        if self.gpu is not None:
+            await self.gpu.stop()
+
+    def _gpu_families(self) -> Iterator[Metric]:
+        return gpu_families(self.gpu) if self.gpu is not None else iter(())
+
+    def _dashboard_sources(self) -> Sources:
+        return Sources(
+            index=self.repository.index,
+            loaded=self.repository.loaded,
+            applications=lambda: list(self.applications.apps.values()),
+            gpus=lambda: self.gpu.readings if self.gpu is not None else [],
+            server={"name": self.plane.name, "version": self.plane.version},
+        )
 
     async def _copy_bucket(self) -> None:
         """A bucket repository is copied before anything binds; one that cannot be read ends the

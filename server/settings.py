@@ -191,6 +191,12 @@ class Settings:
         "--metrics-address is Triton's name.",
         aliases=("--metrics-address",),
     )
+    metrics_interval_ms: int = _setting(
+        2000,
+        "Triton's flag: milliseconds between two reads of the GPUs' figures (nv_gpu_*) through NVML, "
+        "off the request path; at least 100.",
+        parse=lambda t: parse_interval_ms(t),
+    )
     grpc_use_ssl: bool = _setting(
         False, "Serve gRPC over TLS (Triton's flag; ALPN h2); needs --grpc-server-cert and --grpc-server-key."
     )
@@ -363,6 +369,17 @@ def parse_repository(text: str) -> Path | str:
     if not text.strip():
         raise ValueError("expected a path (a folder) or a bucket URL, got an empty value")
     return text if _URL.match(text) else Path(text)
+
+
+def parse_interval_ms(text: str) -> int:
+    """A sampling interval in milliseconds, at least 100 (NVML's figures move no faster)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer number of milliseconds, got {text[:32]!r}") from None
+    if value < 100:
+        raise ValueError(f"expected at least 100 ms, got {value}")
+    return value
 
 
 def parse_log_verbose(text: str) -> int:

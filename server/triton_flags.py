@@ -39,7 +39,6 @@ TUNING: dict[str, str] = {
     "grpc-max-connection-age-grace": "gRPC connection age",
     "allow-gpu-metrics": "Triton's GPU metrics",
     "allow-cpu-metrics": "Triton's CPU metrics",
-    "metrics-interval-ms": "how often Triton samples metrics (clipperd counts as it goes)",
     "metrics-config": "Triton's metric options",
     "log-format": "the log line's format",
     "log-file": "the log's destination (clipperd logs to stderr)",

@@ -13,6 +13,7 @@ REFUSED = {
     "parameters.EXECUTION_ENV_PATH": "custom Python execution environments are not implemented",
     "batch_input": "batch inputs (tensors the batcher would add, e.g. element counts) are not implemented",
     "batch_output": "batch outputs (tensors split back by another input's shape) are not implemented",
+    "sequence_batching.iterative_sequence": "iterative sequences (models rescheduling requests) are not implemented",
 }
 # key -> what is given up by ignoring it
 WARNED: dict[str, str] = {}
@@ -24,6 +25,7 @@ def refused_keys(config: mc.ModelConfig) -> list[str]:
         "parameters.EXECUTION_ENV_PATH": "EXECUTION_ENV_PATH" in config.parameters,
         "batch_input": len(config.batch_input) > 0,
         "batch_output": len(config.batch_output) > 0,
+        "sequence_batching.iterative_sequence": config.sequence_batching.iterative_sequence,
     }
     return [key for key in REFUSED if present[key]]
 

@@ -292,10 +292,18 @@ class Application:
 
     # -- feedback -------------------------------------------------------------------------
 
-    async def update(self, x: np.ndarray, label: np.ndarray, uid: str, resolver: Resolver) -> State:
+    async def update(
+        self,
+        x: np.ndarray,
+        label: np.ndarray,
+        uid: str,
+        resolver: Resolver,
+        joined: Callable[[dict[str, np.ndarray]], None] | None = None,
+    ) -> State:
         """Learns from the true label of ``x`` for ``uid``; returns the new state (to persist).
         The members' answers come from the prediction of ``x`` when it is remembered, else the
-        models are asked again (Clipper did the same)."""
+        models are asked again (Clipper did the same). ``joined`` is shown those answers (the
+        server joins the label to them for its members' accuracy from feedback)."""
         state = self.state(uid)
         remembered = self._recent.get((uid, x.tobytes()))
         if remembered is None:
@@ -305,6 +313,8 @@ class Application:
                 raise errors[0] if isinstance(errors[0], ClipperdError) else InvalidArgument(_first_message(errors))
         else:
             predictions, chosen = remembered
+        if joined is not None:
+            joined(predictions)
         new_state = policy(self.definition.policy).observe(state, x, Feedback(label, predictions, chosen))
         self.states[self.state_key(uid)] = new_state
         self.metrics.feedback += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 from collections.abc import Iterable
@@ -293,10 +294,22 @@ class ApplicationManager:
         return await app.predict(x, uid, self.run_model)
 
     async def update(self, app: Application, x: np.ndarray, label: np.ndarray, uid: str) -> dict[str, float]:
-        state = await app.update(x, label, uid, self.run_model)
+        joined = functools.partial(self._join_feedback, app, label=label)
+        state = await app.update(x, label, uid, self.run_model, joined)
         with _persisting:
             await self.store.save_state(app.name, app.state_key(uid), state)
         return summary(state)
+
+    def _join_feedback(self, app: Application, answers: dict[str, np.ndarray], *, label: np.ndarray) -> None:
+        """The label joined to each member's answer, for the members with feedback on."""
+        versions = {m.name: m.version for m in app.definition.models}
+        for name, answer in answers.items():
+            try:
+                model = self.repository.get(name, versions.get(name, ""))
+            except ClipperdError:
+                continue  # unloaded since it answered
+            if model.feedback is not None:
+                model.feedback.join_row(answer, label)
 
     # -- the KServe face --------------------------------------------------------------------------
 

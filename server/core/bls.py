@@ -65,6 +65,7 @@ def _request(call: ModelCall) -> inference.TensorCall:
         [inference.Tensor(name, array) for name, array in call.inputs.items()],
         _parameters(call),
         tuple(_Name(name) for name in call.outputs),
+        call.request_id,
     )
 
 

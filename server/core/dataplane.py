@@ -100,18 +100,6 @@ class DataPlane:
             rows += [VersionStatistics(a.name, "1", a.stats) for a in registered if a.name not in self.repository]
         return rows
 
-    def monitoring(self, name: str, version: str = "") -> dict[str, object]:
-        """A version's monitors as JSON (docs/monitoring.md): ``drift`` and ``feedback``, each
-        null when its config does not turn it on. An unknown model or version is NotFound."""
-        model = self.repository.get(name, version)
-        feedback = getattr(model, "feedback", None)
-        return {
-            "name": model.name,
-            "version": str(model.version),
-            "drift": None if model.drift is None else model.drift.status(),
-            "feedback": None if feedback is None else feedback.status(),
-        }
-
     def _versions_of(self, name: str) -> list[ModelVersion]:
         versions = self.repository.versions(name)
         return versions or [self.repository.get(name)]  # raises the right error
@@ -130,8 +118,18 @@ class DataPlane:
         extra coroutine layer per request)."""
         target = self.resolver.resolve(request.model_name, request.model_version)
         if isinstance(target, ModelVersion):
+            if target.feedback is not None and not request.id:
+                return self._infer_identified(target, request, target.feedback.new_id())
             return inference.infer(target, _WireCall(request, self.shared_memory))
         return self._infer_application(target, request)
+
+    async def _infer_identified(self, model: ModelVersion, request: InferRequest, request_id: str) -> InferResponse:
+        """A request without an id to a model with feedback on: the server names it, and the
+        answer carries the name (its ``id``, and the ``feedback_id`` parameter) for the label."""
+        request.id = request_id
+        response = await inference.infer(model, _WireCall(request, self.shared_memory))
+        response.parameters["feedback_id"] = request_id
+        return response
 
     def infer_stream(self, request: InferRequest) -> AsyncGenerator[inference.Streamed[InferResponse], None]:
         """The answers to ``request`` as they come (server/core/inference.py ``infer_stream``):

@@ -15,6 +15,9 @@ it: those of models without ``response_cache { enable: true }`` (or of a server 
 ``--cache-config``), and those that carry a sequence (``sequence_id`` other than 0 or "",
 ``sequence_start``, ``sequence_end``): Triton's sequence batcher does not cache.
 
+A version with feedback on (``parameters`` ``feedback_enable``) keeps each answered request's
+prediction under its id, for the labels clients send later (server/monitoring/feedback).
+
 Decoupled models (``model_transaction_policy { decoupled: true }``) answer zero to many times:
 ``infer`` refuses them (UNIMPLEMENTED, as Triton's ModelInfer does) and ``infer_stream`` yields
 their answers one by one as the model sends them."""
@@ -126,6 +129,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
                 inputs = Identified(inputs, call.request_id, params)
             probe = _probe(model, call)
             if probe is not None and probe.outputs is not None:
+                if model.feedback is not None and call.request_id:
+                    model.feedback.served(call.request_id, probe.outputs)
                 return call.respond(model, probe.outputs)  # a hit: the model does not run
             tracked.executing = True
             scheduler = model.scheduler
@@ -140,6 +145,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
                 model.drift.offer(inputs, outputs)
             if probe is not None:
                 model.cache_store(probe, outputs)
+            if model.feedback is not None and call.request_id:  # kept for the labels to come
+                model.feedback.served(call.request_id, outputs)
             return call.respond(model, outputs)
         finally:
             call.close()

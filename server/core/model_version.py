@@ -25,6 +25,7 @@ from server.core import inference
 from server.core.validation import ModelSignature
 from server.core.warmup import warm_up
 from server.monitoring.drift.load import drift_monitor
+from server.monitoring.feedback import FeedbackMonitor, feedback_config, feedback_monitor
 
 if TYPE_CHECKING:
     from server.monitoring.drift.monitor import DriftMonitor
@@ -41,6 +42,7 @@ class ModelVersion:
     load_secs: float = 0.0  # how long its instances took to load (Triton's nv_model_load_duration_secs)
     cache: VersionCache | None = None  # its share of the response cache, when it caches
     identified: bool = False  # its requests carry their id and parameters (Triton Python models)
+    feedback: FeedbackMonitor | None = None  # accuracy from feedback (parameters feedback_*), None when off
     drift: DriftMonitor | None = None  # its drift monitor (server/monitoring/drift), when its config asks
 
     @property
@@ -122,6 +124,7 @@ async def load_model_version(
     models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
     drift = drift_monitor(config, version, version_path.parent)  # a bad drift_* key fails before any instance loads
+    feedback = await feedback_monitor(config.name, version, feedback_config(config))  # a bad key fails the load
     scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
     try:
@@ -137,5 +140,15 @@ async def load_model_version(
     if drift is not None:
         drift.start()
     return ModelVersion(
-        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified, drift
+        config,
+        version,
+        version_path,
+        signature,
+        scheduler,
+        scheduler.stats,
+        load_secs,
+        cached,
+        identified,
+        feedback=feedback,
+        drift=drift,
     )

@@ -28,6 +28,7 @@ from schedulers.protocol import DeviceStatistics, RemoteEndpoints, SequenceSched
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.core.model_version import ModelVersion
 from server.metrics.drift import drift_families
+from server.metrics.feedback import feedback_families
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MODEL_LABELS = ("model", "version")
@@ -408,6 +409,7 @@ class ServerCollector:
         if self._cache is not None:
             yield from cache_families(models, self._cache)
         yield from self._cpu.families()
+        yield from feedback_families(models)
         if self._extra is not None:
             yield from self._extra()
 

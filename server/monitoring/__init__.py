@@ -1,3 +1,2 @@
-"""Model monitoring: drift of a model's inputs and outputs (``drift/``) and accuracy from
-feedback (``feedback/``). The core's request path hands samples down to it; it never imports
-the core."""
+"""Model monitoring below the core: drift monitors (``drift/``) and accuracy from feedback
+(``feedback/``). The core's request path calls into it; it never imports ``server.core``."""

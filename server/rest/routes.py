@@ -22,14 +22,18 @@ from server.core.inference import Streamed
 from server.core.messages import InferResponse
 from server.core.shared_memory import uses_shared_memory
 from server.core.status import HTTP_STATUS
+from server.dashboard.feed import Dashboard
 from server.rest import generate
 from server.rest.answers import JSON, error_response, json_response
 from server.rest.applications import ApplicationRoutes
 from server.rest.body import BodyLimits, Overloaded, decode_content, decoded_body, json_body
 from server.rest.clipper_management import ClipperManagementRoutes
 from server.rest.codec import HEADER_LENGTH, binary_choices, decode_request, infer_response_body
+from server.rest.dashboard import DashboardRoutes
+from server.rest.feedback import FeedbackRoutes
 from server.rest.http_server import HttpRequest, HttpResponse, HttpServer
 from server.rest.limits import RETRY_AFTER_S, HttpLimits
+from server.rest.monitoring import MonitoringRoutes
 from server.rest.router import NoRoute, Route, RouteHandler, Router
 from server.rest.shared_memory import SharedMemoryApi
 from server.rest.statistics import statistics_json
@@ -83,8 +87,10 @@ class RestApi:
         limits: BodyLimits,
         access: AccessPolicy | None = None,
         applications: ApplicationManager | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.plane = plane
+        self.dashboard = dashboard
         self.limits = limits
         self.applications = applications
         self.access = access or AccessPolicy()
@@ -192,9 +198,6 @@ class RestApi:
         name, version = request.params.get("model", ""), request.params.get("version", "")
         return json_response(statistics_json(self.plane.statistics(name, version)))
 
-    async def monitoring(self, request: HttpRequest) -> HttpResponse:
-        return json_response(self.plane.monitoring(*_model(request)))
-
     # ---- repository
 
     async def repository_index(self, request: HttpRequest) -> HttpResponse:
@@ -248,11 +251,13 @@ class RestApi:
             ("/ready", "GET", self.model_ready),
             ("/config", "GET", self.model_config),
             ("/stats", "GET", self.model_stats),
-            ("/monitoring", "GET", self.monitoring),
         ):
             routes.append(Route(method, f"/v2/models/{{model}}{suffix}", handler))
             routes.append(Route(method, f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler))
         routes += self.shared_memory.routes()
+        if self.dashboard is not None:
+            routes += DashboardRoutes(self.dashboard).routes()
+        routes += FeedbackRoutes(self.plane, self.limits).routes() + MonitoringRoutes(self.plane).routes()
         if self.applications is not None:  # after the others: /{app}/predict matches any first segment
             routes += ClipperManagementRoutes(self.applications, self.limits).routes()  # Clipper's /admin/*
             routes += ApplicationRoutes(self.applications, self.limits).routes()
@@ -296,11 +301,12 @@ class HttpOptions:
     applications: ApplicationManager | None = None  # Clipper's REST and admin routes of applications
     handshake_timeout_s: float = 10.0  # a TLS handshake not done by then is cut
     connection_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections, load
+    dashboard: Dashboard | None = None  # GET /dashboard and its feed (None: not served)
 
 
 async def start_http_server(plane: DataPlane, opts: HttpOptions) -> tuple[HttpServer, int]:
     """Serves the API; returns the server (``stop(grace)`` ends it) and the bound port."""
-    api = RestApi(plane, opts.limits, opts.access, opts.applications)
+    api = RestApi(plane, opts.limits, opts.access, opts.applications, opts.dashboard)
     server = HttpServer(api.handle, error_response, opts.limits.max_body_bytes, opts.connection_limits)
     context = opts.tls.front if opts.tls is not None else None
     port = await server.start(opts.host, opts.port, context, opts.handshake_timeout_s)

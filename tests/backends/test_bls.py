@@ -1,8 +1,9 @@
 """BLS: Triton Python models calling other models of the repository (``InferenceRequest.exec``
 and ``async_exec``), served by a real server and called with tritonclient over gRPC and HTTP.
 The answer equals the target's own; the call is counted in the target's statistics; a missing
-target, a model calling itself, and BLS from the event loop or a worker process are clear error
-answers while the server serves on."""
+target, a model calling itself, and BLS from a worker process are clear error
+answers while the server serves on. ``exec()`` runs both ways: in a greenlet on the event loop
+(the default) and on the instance's thread (``execution_mode: thread``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator
     variant(root, "bls_self", {**to_self, "count: 1": "count: 2"}, timeout)
     variant(root, "bls_self_one", {'"mlp_torch"': '"bls_self_one"', '"INPUT__0"': '"INPUT0"'})
     variant(root, "bls_on_loop", {}, mode("event_loop"))
+    variant(root, "bls_thread", {}, mode("thread"))
     variant(root, "bls_process", {}, mode("process"))
     variant(root, "bls_async_thread", {}, mode("thread"), source="bls_mlp_async")
     self_async = {**to_self, '"mlp_torch"': '"bls_self_async"', "count: 1": "count: 2"}
@@ -97,7 +99,7 @@ def serves(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
-@pytest.mark.parametrize("model", ["bls_mlp", "bls_mlp_async", "bls_async_thread"])
+@pytest.mark.parametrize("model", ["bls_mlp", "bls_on_loop", "bls_thread", "bls_mlp_async", "bls_async_thread"])
 def test_a_bls_answer_equals_calling_the_target(server: ServerProcess, module: ModuleType, model: str) -> None:
     x = RNG.standard_normal((3, 64), dtype=np.float32)
     answer = via(module, urls(server, module), model, x)
@@ -128,7 +130,7 @@ def test_bls_to_a_missing_model_is_a_clear_error_answer(server: ServerProcess) -
 def test_a_model_waiting_for_itself_gets_an_error_by_its_deadline(server: ServerProcess, model: str) -> None:
     """Two instances, each calling the model again: the second call finds no free instance and
     would wait forever; the deadline (bls_timeout_us, 2 s) answers it with an error (exec on
-    instance threads; async_exec in tasks on the event loop)."""
+    greenlets on the event loop; async_exec in tasks there)."""
     started = time.monotonic()
     error = error_of(server, model)
     assert "got no answer within 2 s" in str(error.message())
@@ -140,7 +142,6 @@ def test_a_model_waiting_for_itself_gets_an_error_by_its_deadline(server: Server
     ("model", "reason"),
     [
         ("bls_self_one", "calls itself (BLS) but has one instance"),
-        ("bls_on_loop", 'set the model\'s parameter execution_mode to "thread"'),
         ("bls_process", "not in execution_mode process"),
     ],
 )

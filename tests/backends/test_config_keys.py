@@ -35,6 +35,10 @@ REFUSED = {
         'batch_output [ { target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT0" } ]\n',
         "batch_output",
     ),
+    "with_iterative_sequence": (
+        "sequence_batching { iterative_sequence: true }\n",
+        "sequence_batching.iterative_sequence",
+    ),
 }
 
 

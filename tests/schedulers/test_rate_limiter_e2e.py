@@ -125,3 +125,27 @@ def test_the_higher_priority_goes_first(tmp_path: Path, logs_dir: Path) -> None:
     starts = [r["model"] for r in records(record) if r["event"] == "start"]
     assert starts == ["holder", "high", "low"]
     assert not overlaps(intervals(record))
+
+
+def test_sequence_models_are_rate_limited_too(tmp_path: Path, logs_dir: Path) -> None:
+    """The same pair as a sequence model (a direct slot per instance): three one-request
+    sequences, each execution waiting up to 2 s for another to start: none ever does."""
+    record = tmp_path / "pair.jsonl"
+    add(tmp_path, "pair", {"record_file": str(record), "partner_wait_s": "2"})
+    config = tmp_path / "pair" / "config.pbtxt"
+    config.write_text(config.read_text() + "sequence_batching { max_sequence_idle_microseconds: 60000000 }\n")
+
+    def one_sequence(sequence_id: int) -> None:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            tensor = grpcclient.InferInput("INPUT0", [1], "FP32")
+            tensor.set_data_from_numpy(np.array([1.0], np.float32))
+            client.infer("pair", [tensor], sequence_id=sequence_id, sequence_start=True, sequence_end=True,
+                         client_timeout=120)  # fmt: skip
+
+    with running(tmp_path, "--rate-limit", "execution_count", log_dir=logs_dir) as server:
+        threads = in_threads([functools.partial(one_sequence, n) for n in (1, 2, 3)])
+        for thread in threads:
+            thread.join(150)
+    spans = intervals(record)
+    assert len(spans) == 3
+    assert not overlaps(spans), spans

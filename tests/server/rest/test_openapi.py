@@ -24,6 +24,7 @@ from server.applications.manager import ApplicationManager
 from server.applications.state import MemoryStore
 from server.core.dataplane import DataPlane
 from server.core.repository import ControlMode, ModelRepository
+from server.dashboard.feed import Dashboard, Sources
 from server.rest.body import BodyLimits
 from server.rest.routes import OPENAPI_PATH, RestApi
 from tests.serverproc import EXAMPLES, ServerProcess, running
@@ -65,7 +66,8 @@ def test_document_covers_every_route(tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path, ControlMode.EXPLICIT, [])
     apps = ApplicationManager(repository, MemoryStore())
     plane = DataPlane(repository, applications=apps)
-    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20), applications=apps)
+    dashboard = Dashboard(Sources(repository.index, repository.loaded, list, list, {}))
+    api = RestApi(plane, BodyLimits(1 << 20, 1 << 20), applications=apps, dashboard=dashboard)
     served = set()
     for route in api.routes():
         methods = ("GET", "POST") if route.method == "*" else (route.method,)  # any method: document two
