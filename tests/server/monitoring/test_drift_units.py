@@ -261,3 +261,23 @@ def test_one_log_line_per_alarm_change(caplog: pytest.LogCaptureFixture) -> None
     ]
     assert monitor.checks == 6
     assert monitor.alarm is False
+
+
+def test_a_reference_from_the_first_requests_then_checks() -> None:
+    tensors = (Monitored("x", False, Kind.NUMERIC, 2),)
+    cfg = DriftConfig(tensors=tensors, sample_rate=1.0, reference_rows=200, window=200, check_rows=100)
+    monitor = DriftMonitor("m", 1, cfg, None)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # 200 rows: the reference, nothing to check yet
+        monitor.offer({"x": rng.standard_normal((10, 2))}, {})
+    assert monitor.analyse() is None
+    assert monitor.status()["reference"] == {"source": "requests", "ready": True}
+    for _ in range(10):  # 100 rows more, shifted: a check is due, and it sees the shift
+        monitor.offer({"x": rng.standard_normal((10, 2)) + np.array([3.0, 0.0])}, {})
+    results = monitor.analyse()
+    assert results is not None
+    monitor.publish(results)
+    alarmed = {(r.feature, r.test) for r in results if r.alarm}
+    assert ("x[0]", "ks") in alarmed
+    assert ("x[1]", "ks") not in alarmed
+    assert monitor.status()["alarm"] is True
