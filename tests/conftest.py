@@ -34,6 +34,8 @@ FAST = {
     "tests/server/dashboard/test_feed.py",
     "tests/server/grpc/test_proto_compat.py",
     "tests/server/metrics/test_gpu.py",
+    "tests/server/monitoring/test_drift_detection.py",
+    "tests/server/monitoring/test_drift_units.py",
     "tests/server/monitoring/test_feedback_monitor.py",
     "tests/server/rest/test_codec_fuzz.py",
     "tests/server/storage/test_listing.py",

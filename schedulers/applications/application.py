@@ -10,7 +10,7 @@ import asyncio
 import time
 import zlib
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +81,8 @@ class AppMetrics:
     stragglers: int = 0  # selected members not heard from when the application answered
     early: int = 0  # answers given before every member answered: the rest could not change them
     feedback: int = 0
+    compared: int = 0  # predictions with two or more member answers (disagreement monitoring)
+    disagreed: int = 0  # of those, the ones whose members answered different classes
     latency_ns: int = 0  # summed over predictions
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
 
@@ -96,6 +98,7 @@ class AppMetrics:
             "stragglers": self.stragglers,
             "early_answers": self.early,
             "feedback": self.feedback,
+            "member_disagreement_rate": self.disagreed / self.compared if self.compared else 0.0,
             "mean_latency_micros": self.latency_ns / self.predictions / 1000 if self.predictions else 0.0,
         }
 
@@ -196,6 +199,7 @@ class Application:
         late = len(pending)
         self.metrics.stragglers += late
         self._remember(uid, x, predictions, tuple(chosen))
+        self._compare(predictions)
         if not predictions:
             if errors and all(isinstance(e, InvalidArgument) for e in errors):
                 raise errors[0]  # the input is wrong for the models: the client's error, not a default
@@ -268,6 +272,13 @@ class Application:
             elif at_deadline:
                 self.late_streak[member] += 1
 
+    def _compare(self, predictions: dict[str, np.ndarray]) -> None:
+        """Member disagreement, a drift signal that needs no label: do the members that answered
+        agree on the class?"""
+        if len(predictions) > 1:
+            self.metrics.compared += 1
+            self.metrics.disagreed += disagree(predictions.values())
+
     def _default(self, reason: str, explanation: str, confidence: float = 0.0) -> Answer:
         self.metrics.defaults[reason] += 1
         return Answer(None, True, explanation, confidence, [])
@@ -308,6 +319,13 @@ class Application:
         self.states[self.state_key(uid)] = new_state
         self.metrics.feedback += 1
         return new_state
+
+
+def disagree(answers: Iterable[np.ndarray]) -> bool:
+    """Whether members answered different classes: the argmax of each answer, or the value
+    itself for a one-element answer."""
+    classes = {int(np.argmax(a)) if a.size > 1 else a.reshape(-1)[0].item() for a in answers}
+    return len(classes) > 1
 
 
 def _first_message(errors: list[BaseException]) -> str:

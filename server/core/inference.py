@@ -141,6 +141,8 @@ async def infer(model: ModelVersion, call: Call[R]) -> R:
                     inputs, batch, int(params.get("priority", 0)), int(params.get("timeout", 0))
                 )
             tracked.executing = False  # from here a failure is in building the answer
+            if model.drift is not None:  # a sample for the drift monitor: a copy or a drop, never a wait
+                model.drift.offer(inputs, outputs)
             if probe is not None:
                 model.cache_store(probe, outputs)
             if model.feedback is not None and call.request_id:  # kept for the labels to come

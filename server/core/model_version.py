@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +24,11 @@ from schedulers.stats import ModelStats
 from server.core import inference
 from server.core.validation import ModelSignature
 from server.core.warmup import warm_up
+from server.monitoring.drift.load import drift_monitor
 from server.monitoring.feedback import FeedbackMonitor, feedback_config, feedback_monitor
+
+if TYPE_CHECKING:
+    from server.monitoring.drift.monitor import DriftMonitor
 
 
 @dataclass
@@ -38,6 +43,7 @@ class ModelVersion:
     cache: VersionCache | None = None  # its share of the response cache, when it caches
     identified: bool = False  # its requests carry their id and parameters (Triton Python models)
     feedback: FeedbackMonitor | None = None  # accuracy from feedback (parameters feedback_*), None when off
+    drift: DriftMonitor | None = None  # its drift monitor (server/monitoring/drift), when its config asks
 
     @property
     def name(self) -> str:
@@ -50,6 +56,8 @@ class ModelVersion:
     async def close(self) -> None:
         """Lets in-flight requests finish, then unloads every instance and drops its cached responses."""
         await self.scheduler.close()
+        if self.drift is not None:
+            await self.drift.close()
         if self.cache is not None:
             self.cache.close()
 
@@ -115,6 +123,7 @@ async def load_model_version(
     cache, when the config enables ``response_cache``. ``models``: how its instances call other
     models (BLS); ``limiter``: the server's rate limiter, when on."""
     started = time.perf_counter()
+    drift = drift_monitor(config, version, version_path.parent)  # a bad drift_* key fails before any instance loads
     feedback = await feedback_monitor(config.name, version, feedback_config(config))  # a bad key fails the load
     scheduler = await build_scheduler(config, version, version_path, steps, models=models, limiter=limiter)
     signature = ModelSignature(config)
@@ -128,6 +137,18 @@ async def load_model_version(
     identified = not is_ensemble(config) and registry.backend_class(config, version_path).reads_identity(
         config, version_path
     )
+    if drift is not None:
+        drift.start()
     return ModelVersion(
-        config, version, version_path, signature, scheduler, scheduler.stats, load_secs, cached, identified, feedback
+        config,
+        version,
+        version_path,
+        signature,
+        scheduler,
+        scheduler.stats,
+        load_secs,
+        cached,
+        identified,
+        feedback=feedback,
+        drift=drift,
     )

@@ -38,6 +38,18 @@ def application_families(apps: Callable[[], list[Application]]) -> Callable[[], 
             "counter",
             ((labels, app.metrics.feedback) for labels, app in rows),
         )
+        yield family(
+            "clipperd_application_member_comparisons",
+            "Predictions with two or more member answers, whose classes are compared",
+            "counter",
+            ((labels, app.metrics.compared) for labels, app in rows),
+        )
+        yield family(
+            "clipperd_application_member_disagreements",
+            "Compared predictions whose members answered different classes (drift needs no label to show here)",
+            "counter",
+            ((labels, app.metrics.disagreed) for labels, app in rows),
+        )
         histogram = HistogramMetricFamily(
             "clipperd_application_prediction_duration_seconds",
             "Duration of application predictions, fan-out to answer",

@@ -27,6 +27,7 @@ from schedulers.cache import ResponseCache
 from schedulers.protocol import DeviceStatistics, RemoteEndpoints, SequenceScheduling, SequenceStatistics
 from schedulers.stats import LATENCY_BUCKETS_NS, Duration, FailureReason, ModelStats, Rejection
 from server.core.model_version import ModelVersion
+from server.metrics.drift import drift_families
 from server.metrics.feedback import feedback_families
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -255,6 +256,7 @@ def model_families(models: list[ModelVersion]) -> Iterator[Metric]:
         yield family(name, help, typ, (({**labels, "device": d.device}, value(d)) for labels, d in devices))
     yield from remote_families(models)
     yield from sequence_families(models)
+    yield from drift_families(models)
 
 
 def remote_families(models: list[ModelVersion]) -> Iterator[Metric]:

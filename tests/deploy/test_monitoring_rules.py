@@ -207,10 +207,6 @@ def test_the_feedback_names_are_exported(exported: set[str]) -> None:
     assert sorted(used - exported) == []
 
 
-@pytest.mark.xfail(
-    reason="clipperd_drift_* come with the branch 'drift' of issue 19; remove this mark when it is merged",
-    strict=True,
-)
 def test_the_drift_names_are_exported(exported: set[str]) -> None:
     used = {n for n in used_names() if n.startswith(("clipperd_drift_", "clipperd_monitor_"))}
     assert "clipperd_drift_alarm" in used
