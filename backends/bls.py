@@ -179,8 +179,10 @@ def call_sync(call: ModelCall, timeout_us: int = 0) -> Tensors:
 
 
 async def _bounded(link: BlsLink, call: ModelCall, seconds: float) -> Tensors:
+    """The call on the loop, cancelled at its deadline (asyncio.timeout: no task of its own)."""
     try:
-        return await asyncio.wait_for(link.caller.call_model(call), seconds)
+        async with asyncio.timeout(seconds):
+            return await link.caller.call_model(call)
     except TimeoutError:
         raise _late(link, call, seconds) from None
 

@@ -66,6 +66,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def repository(workspace: Path, name: str) -> Path:
     root = workspace / f"repository-{name}"
+    if root.exists():  # made in an earlier round
+        return root
     for model in MODELS:
         shutil.copytree(sbs.ROOT / "model_repository" / model, root / model)
         if name == "drift":

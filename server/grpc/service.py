@@ -125,7 +125,7 @@ class InferenceService:
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        if self.tracing.on:  # the one check tracing costs when off
+        if self.tracing.on and self.tracing.sampled(request.model_name):  # off: the one check it costs
             return await self._traced_infer(request, context)
         decoded = decode_request(request)
         if self.region_rule is not None and uses_shared_memory(decoded):

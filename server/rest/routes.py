@@ -145,7 +145,7 @@ class RestApi:
         if self._region_rule is not None and uses_shared_memory(decoded):
             check(self._region_rule, request)
         binary = binary_choices(decoded)
-        if self.tracing.on:  # the one check tracing costs when off
+        if self.tracing.on and self.tracing.sampled(name):  # off: the one check tracing costs
             run = functools.partial(self.plane.infer, decoded)
             encode = functools.partial(infer_response_body, binary=binary)
             parent = request.headers.get(TRACEPARENT)

@@ -2,9 +2,10 @@
 and, for the sampled ones, the spans (server/tracing/export.py).
 
 Off costs one check per request: a transport asks ``tracing.on`` and, when it is False, serves
-the request as it would without tracing. When on, ``traced`` counts the request in its model's
-scope; a sampled one carries a ``Timeline`` (schedulers/timeline.py) through the scheduler and
-its spans are built after its answer is encoded."""
+the request as it would without tracing. When on, ``sampled`` counts the request in its model's
+scope and an unsampled one is served as without tracing; a sampled one goes through ``traced``,
+carries a ``Timeline`` (schedulers/timeline.py) through the scheduler, and its spans are built
+after its answer is encoded."""
 
 from __future__ import annotations
 
@@ -81,6 +82,12 @@ class Tracing:
 
     # ---- requests
 
+    def sampled(self, model: str) -> bool:
+        """Whether this request of ``model`` is traced (Triton's every N-th, while the count
+        lasts). Asked once per request while tracing is on, before anything else is done for
+        tracing: an unsampled request then goes the untraced way."""
+        return self._export is not None and self.settings.scope(model).sample()
+
     async def traced(
         self,
         model: str,
@@ -90,11 +97,9 @@ class Tracing:
         encode: Callable[[R], T],
         describe: Callable[[R], tuple[str, str]],
     ) -> T:
-        """``encode(await run())``, traced when the request is sampled. ``describe`` gives the
-        answer's model version and request id."""
+        """``encode(await run())`` for a request ``sampled`` chose, traced. ``describe`` gives
+        the answer's model version and request id."""
         received = time.perf_counter_ns()
-        if self._export is None or not self.settings.scope(model).sample():
-            return encode(await run())
         line = Timeline()
         token = CURRENT.set(line)
         try:
