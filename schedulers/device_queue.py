@@ -19,7 +19,12 @@ It applies at low load only: the device must have been idle for at least such an
 time (a closed loop of several clients brings the next request right after a completion), and
 no other device on the event loop may have work queued or executing (its completions need the
 loop). Otherwise requests queue and batch on the threads as before: inline executions never
-batch, so under load they would trade the batcher's throughput for the switches saved."""
+batch, so under load they would trade the batcher's throughput for the switches saved.
+
+An asynchronous instance (a remote model, a model whose batches are coroutines) that is idle,
+with nobody waiting and no batching window, takes a request's batch of one in the request's own
+task (``run_async_inline``): the same batch a dispatch would form at once, without its task and
+future hand-off; completion is the dispatched batch's."""
 
 from __future__ import annotations
 
@@ -147,13 +152,14 @@ class DeviceQueue:
         self._solo_rows = 0.0  # and of their rows
         self.inline_executions = 0  # requests run at once on the event loop
         self._async = any(w.asynchronous for w in self._instances)
+        self._async_inline = self._async and windowless
         # Triton's rate limiter (schedulers/rate_limiter.py): instances with resources run only
         # once granted them; such a device never runs requests inline (that would skip the gate)
         self._limiter = limiter if any(w.slot is not None for w in self._instances) else None
         self._granted: set[ModelInstance] = set()  # idle instances holding their resources
         self._asking: ModelInstance | None = None  # the instance waiting for a grant
         if self._limiter is not None:
-            self._inline = False
+            self._inline = self._async_inline = False
             self._inline_ns = 0
             self._defer = self._batching
         self._decoupled = config.model_transaction_policy.decoupled
@@ -277,6 +283,35 @@ class DeviceQueue:
             return
         self.queue.append(pending)  # behind everything queued now; it keeps its place after that
         pending.level = max((r.level for r in self.queue), default=pending.level)
+
+    def runs_async_now(self) -> bool:
+        """``run_async_inline`` applies: an asynchronous instance (a remote model, a model whose
+        batches are coroutines) is idle, nobody waits, no batching window, no rate limiter."""
+        return self._async_inline and bool(self._idle) and not self.queue and not self._decoupled
+
+    async def run_async_inline(self, pending: Pending) -> Tensors:
+        """``runs_async_now``: the request's own task runs its batch of one on the idle instance,
+        without the task, the future hand-off and the loop turns of a dispatch; completion
+        (statistics, AIMD, a failed endpoint's retry elsewhere, ordering, the next dispatch) is
+        the dispatched batch's own."""
+        self._loop = loop = self._loop or asyncio.get_running_loop()
+        instance = self._idle.pop()
+        if self._drained.is_set():
+            self._drained.clear()
+            _active[loop] = _active.get(loop, 0) + 1
+        now = time.perf_counter_ns()
+        self.stats.queue.add(now - pending.enqueued_ns)
+        self.inline_executions += 1
+        if pending.timeline is not None:
+            pending.timeline.enqueued_ns, pending.timeline.dequeued_ns = pending.enqueued_ns, now
+        done = self._completion(instance, [pending], self._order.ticket(), False, pending.timeline is not None)
+        try:
+            await instance.run_async_now(self._job([pending.inputs], [pending.batch_size]), done)
+        except asyncio.CancelledError:  # the client went away: done() failed its future, read it here
+            if pending.future.done() and not pending.future.cancelled():
+                pending.future.exception()
+            raise
+        return await pending.future  # answered by done, or by another device after a retry
 
     def run_inline(self, inputs: Tensors, batch_size: int, timeline: Timeline | None = None) -> Tensors:
         """``runs_now``: run on the event loop now, without queue, future or thread switch."""
@@ -608,8 +643,11 @@ async def _run_batch_async(
     coroutines), as a task on the event loop."""
     t0 = time.perf_counter_ns()
     if backend.per_request:
-        _in_execution.set(1)  # this task's own context
-        results: list[Any] = await backend.execute_requests_async(parts)
+        token = _in_execution.set(1)  # reset after: the task may be a request's own (run_async_inline)
+        try:
+            results: list[Any] = await backend.execute_requests_async(parts)
+        finally:
+            _in_execution.reset(token)
         t1 = time.perf_counter_ns()
         _check_each(results, sizes, batch is not None, model, specs)
         return results, ExecutionTimes(0, t1 - t0, time.perf_counter_ns() - t1)

@@ -97,6 +97,13 @@ class ModelInstance:
         else:
             self._jobs.put((job, loop, done))
 
+    async def run_async_now(self, job: Job, done: Done) -> None:
+        """An asynchronous instance's job awaited in the caller's task (not a task of its own);
+        ``done(result, error)`` as ``submit`` would call it."""
+        assert self.asynchronous
+        assert self._backend is not None
+        await _run_async(job, self._backend, done)
+
     def run_now(self, job: Job) -> tuple[Any, BaseException | None]:
         """Runs ``job`` at once on the calling thread (the event loop): for an instance on the
         loop, or an idle thread instance with ``inline_ns`` (its thread is waiting for a job, and

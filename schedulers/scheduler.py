@@ -122,6 +122,8 @@ class ModelScheduler:
         key = batch_key(inputs) if self._batching else None
         future = asyncio.get_running_loop().create_future()
         pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000, timeline)
+        if queue.runs_async_now():
+            return await queue.run_async_inline(pending)
         queue.submit(pending, timeout_us)
         return await pending.future
 

@@ -103,8 +103,8 @@ def held_then_released(tmp_path: Path, logs_dir: Path, preserve: bool) -> tuple[
 
 def test_preserve_ordering_holds_a_later_batchs_answer(tmp_path: Path, logs_dir: Path) -> None:
     answered, early = held_then_released(tmp_path, logs_dir, preserve=True)
-    assert not early
-    assert answered[1] <= answered[2]
+    assert not early  # 2 finished long before but waited for 1 (which clients record first is a race)
+    assert set(answered) == {1, 2}
 
 
 def test_without_it_a_later_batchs_answer_leaves_at_once(tmp_path: Path, logs_dir: Path) -> None:
