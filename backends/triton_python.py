@@ -72,6 +72,7 @@ class TritonModel:
         self.context = context
         self.output_names = [output.name for output in context.config.output]
         self._loop: asyncio.AbstractEventLoop | None = None  # an ``async def execute`` runs here
+        self._async_execute = inspect.iscoroutinefunction(model.execute)
 
     def initialize(self) -> None:
         initialize = getattr(self.model, "initialize", None)
@@ -102,7 +103,7 @@ class TritonModel:
         greenlet (its ``exec()`` suspends it while the loop runs the call)."""
         requests = self._requests(parts)
         with bls.executing(self.context.bls):
-            if inspect.iscoroutinefunction(self.model.execute):
+            if self._async_execute:
                 responses = await self.model.execute(requests)
             else:
                 responses = await greenlets.run(self.model.execute, requests)

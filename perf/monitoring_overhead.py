@@ -87,14 +87,9 @@ def system(name: str, workspace: Path, collector: Collector) -> sbs.System:
 
 
 def monitor_samples(spec: sbs.System) -> float:
-    """clipperd_monitor_samples_total over the models, from the server's /metrics (HTTP port)."""
-    return _metric_sum(spec, "clipperd_monitor_samples_total")
-
-
-def _metric_sum(spec: sbs.System, family: str) -> float:
+    """clipperd_monitor_samples_total over the models, from the server's metrics port."""
+    family = "clipperd_monitor_samples_total"
     metrics_port = spec.command[spec.command.index("--metrics-port") + 1]
-    if metrics_port == "0":
-        return float("nan")
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(family + "{"))

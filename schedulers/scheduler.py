@@ -119,10 +119,11 @@ class ModelScheduler:
         timeline = CURRENT.get()  # set around a traced request only (schedulers/timeline.py)
         if queue.runs_now(batch_size):
             return queue.run_inline(inputs, batch_size, timeline)
-        key = batch_key(inputs) if self._batching else None
+        inline = queue.runs_async_now()  # a batch of one at once: no batch key needed
+        key = batch_key(inputs) if self._batching and not inline else None
         future = asyncio.get_running_loop().create_future()
         pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000, timeline)
-        if queue.runs_async_now():
+        if inline:
             return await queue.run_async_inline(pending)
         queue.submit(pending, timeout_us)
         return await pending.future

@@ -22,6 +22,7 @@ FAST = {
     "tests/backends/test_streaming.py",
     "tests/backends/test_bls_bridge.py",
     "tests/backends/test_greenlets.py",
+    "tests/backends/test_bls_request.py",
     "tests/schedulers/test_aimd.py",
     "tests/schedulers/test_applications_selection.py",
     "tests/schedulers/test_assembly.py",

@@ -125,20 +125,16 @@ class InferenceService:
 
     @guarded
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        decoded = decode_request(request)
+        if self.region_rule is not None and uses_shared_memory(decoded):
+            await _enforce(self.region_rule, context)
         if self.tracing.on and self.tracing.sampled(request.model_name):  # off: the one check it costs
-            return await self._traced_infer(request, context)
-        decoded = decode_request(request)
-        if self.region_rule is not None and uses_shared_memory(decoded):
-            await _enforce(self.region_rule, context)
+            parent = _metadata(context).get(TRACEPARENT)
+            run = functools.partial(self.plane.infer, decoded)
+            return await self.tracing.traced(
+                request.model_name, parent, "grpc", run, infer_response_message, _described
+            )
         return infer_response_message(await self.plane.infer(decoded))
-
-    async def _traced_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        decoded = decode_request(request)
-        if self.region_rule is not None and uses_shared_memory(decoded):
-            await _enforce(self.region_rule, context)
-        parent = _metadata(context).get(TRACEPARENT)
-        run = functools.partial(self.plane.infer, decoded)
-        return await self.tracing.traced(request.model_name, parent, "grpc", run, infer_response_message, _described)
 
     @guarded
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
