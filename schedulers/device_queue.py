@@ -228,7 +228,7 @@ class DeviceQueue:
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
         if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
             return False
-        return _active.get(asyncio.get_running_loop(), 0) <= _in_execution.get()
+        return _active.get(self.loop(), 0) <= _in_execution.get()
 
     def _idle_ns(self) -> float:
         """How long since a batch last completed (forever when none has: the monotonic clock's
@@ -236,6 +236,12 @@ class DeviceQueue:
         if self._freed_ns is None:
             return float("inf")
         return time.perf_counter_ns() - self._freed_ns
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop it serves (asked once: each asking costs a system call on Python 3.11)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
@@ -252,6 +258,11 @@ class DeviceQueue:
         else:
             self._dispatch()
 
+    def take_over(self, pending: Pending) -> None:
+        """Queues a request moved here from a device that went away (``take_queued``): its own
+        timeout still applies, counted from its arrival."""
+        self.submit(pending, pending.timeout_ns // 1000)
+
     def _enqueue(self, pending: Pending, timeout_us: int) -> None:
         """Behind every request of its priority level or a higher one; the queue timeout armed."""
         queue = self.queue
@@ -267,7 +278,9 @@ class DeviceQueue:
             timeout_ns = self._policies.timeout_ns(policy, timeout_us)
             if timeout_ns:
                 assert self._loop is not None
-                pending.timer = self._loop.call_later(timeout_ns / 1e9, self._expire, pending, policy.delay)
+                # counted from the request's arrival: one moved here from another device keeps its clock
+                left_ns = max(timeout_ns - (time.perf_counter_ns() - pending.enqueued_ns), 0)
+                pending.timer = self._loop.call_later(left_ns / 1e9, self._expire, pending, policy.delay)
 
     def _expire(self, pending: Pending, delay: bool) -> None:
         """The request waited its queue timeout: rejected, or sent behind the requests still in time."""

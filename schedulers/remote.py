@@ -99,7 +99,7 @@ class RemoteScheduler(ModelScheduler):
             targets = self._healthy(exclude)
             target = self._pick(targets) if targets else None
             if target is not None and request.time_left_ns(now) > target.expected_ns:
-                target.submit(request, 0)
+                target.take_over(request)
             else:
                 request.future.set_exception(EndpointFailure(failure.endpoint, failure.detail))
 

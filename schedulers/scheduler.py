@@ -121,7 +121,7 @@ class ModelScheduler:
             return queue.run_inline(inputs, batch_size, timeline)
         inline = queue.runs_async_now()  # a batch of one at once: no batch key needed
         key = batch_key(inputs) if self._batching and not inline else None
-        future = asyncio.get_running_loop().create_future()
+        future = queue.loop().create_future()
         pending = Pending(inputs, batch_size, future, key, level, timeout_us * 1000, timeline)
         if inline:
             return await queue.run_async_inline(pending)

@@ -117,6 +117,7 @@ class H2Connection(asyncio.Protocol):
         self._decoder = HeaderDecoder(MAX_HEADER_LIST, max_table_bytes=0)
         self._decoded: dict[bytes, dict[str, str]] = {}
         self._calls: dict[int, _Call] = {}
+        self._loop: asyncio.AbstractEventLoop  # set when connected
         self._next_id = 1
         self._send_window = DEFAULT_WINDOW  # the connection's, as the server grants it
         self._peer_initial_window = DEFAULT_WINDOW
@@ -142,6 +143,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP transport (uvloop's is no subclass)
         assert self.transport is not None
+        self._loop = asyncio.get_running_loop()
         settings = {
             Setting.HEADER_TABLE_SIZE: 0,
             Setting.ENABLE_PUSH: 0,
@@ -171,15 +173,15 @@ class H2Connection(asyncio.Protocol):
         if not self.accepting:
             raise RefusedCall("the connection is closed")
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         stream_id, self._next_id = self._next_id, self._next_id + 2
         call = _Call(loop.create_future(), self._peer_initial_window)
         self._calls[stream_id] = call
         timer = loop.call_later(within_s, self._time_out, stream_id)
         try:
             body = struct.pack(">BI", 0, len(message)) + message
-            self.transport.write(frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, head))
-            await self._send_body(stream_id, call, body)
+            headers = frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, head)
+            await self._send_body(stream_id, call, body, headers)
             return _message(await call.future)
         except BaseException:
             if self._calls.pop(stream_id, None) is not None and not self.closed:
@@ -198,8 +200,9 @@ class H2Connection(asyncio.Protocol):
         """Whether a new call may start here (not closed, not told to go away)."""
         return not self.closed and self._next_id <= _LAST_STREAM_ID
 
-    async def _send_body(self, stream_id: int, call: _Call, body: bytes) -> None:
-        """DATA frames within the server's windows and frame size; the last ends the stream."""
+    async def _send_body(self, stream_id: int, call: _Call, body: bytes, headers: bytes) -> None:
+        """``headers``, then DATA frames within the server's windows and frame size; the last
+        ends the stream. The headers leave with the first DATA frame: one write, one segment."""
         assert self.transport is not None
         view = memoryview(body)
         while True:
@@ -207,14 +210,18 @@ class H2Connection(asyncio.Protocol):
             if allowed == len(view):  # the common case: the rest fits at once
                 self._send_window -= allowed
                 call.send_window -= allowed
-                self.transport.write(frame(FrameType.DATA, Flag.END_STREAM, stream_id, bytes(view)))
+                self.transport.writelines((headers, frame(FrameType.DATA, Flag.END_STREAM, stream_id, bytes(view))))
                 return
             if allowed > 0:
                 self._send_window -= allowed
                 call.send_window -= allowed
-                self.transport.write(frame(FrameType.DATA, 0, stream_id, bytes(view[:allowed])))
+                self.transport.writelines((headers, frame(FrameType.DATA, 0, stream_id, bytes(view[:allowed]))))
+                headers = b""
                 view = view[allowed:]
                 continue
+            if headers:  # no window yet: the headers go now, the server may answer without the body
+                self.transport.write(headers)
+                headers = b""
             if call.future.done():  # answered (or failed) before it was all sent
                 return
             self._window_opened.clear()
@@ -448,9 +455,10 @@ class H2Channel:
         self._slots = asyncio.Semaphore(max_streams)
         self._connection: H2Connection | None = None
         self._connecting: asyncio.Future[H2Connection] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, head: bytes, message: bytes, within_s: float) -> bytes:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = self._loop or asyncio.get_running_loop()  # asked once: a system call on 3.11
         deadline = loop.time() + within_s
         if self._slots.locked():  # every stream busy: wait for one, within the time
             await asyncio.wait_for(self._slots.acquire(), within_s)

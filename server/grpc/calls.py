@@ -173,7 +173,7 @@ class GrpcCall:
             return
         if self.route.stream is not None:
             self.queue = asyncio.Queue()
-            self.task = asyncio.get_running_loop().create_task(self._guarded(self._streaming()))
+            self.task = self.stream.connection.loop.create_task(self._guarded(self._streaming()))
             if end:
                 self._pump()
         elif end:
@@ -263,7 +263,7 @@ class GrpcCall:
             self.finish(grpc.StatusCode.INTERNAL, f"a unary call carried {what}")
             return
         work = self._unary(body[0], memoryview(body)[5:])
-        self.task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self.task = self.stream.connection.loop.create_task(self._guarded(work))
 
     async def _unary(self, flag: int, message: memoryview) -> None:
         route = self.route

@@ -1077,3 +1077,28 @@ async def test_closing_drains_every_device(harness: Factory) -> None:
     await asyncio.wait_for(closing, WAIT)
     assert [out(r) for r in await asyncio.gather(*started)] == [[v + 1] for v in range(4)]
     assert sorted(h.log.unloads) == ["instance-w0", "instance-w1"]
+
+
+async def test_a_request_moved_to_another_device_keeps_its_timeout_from_its_arrival(harness: Factory) -> None:
+    """What the remote scheduler does with the requests queued for an ejected endpoint: taken
+    from one device, queued on another. A request that arrived 10 s ago with a timeout of
+    10.2 s expires on its new device within 0.2 s, not 10.2 s after the move."""
+    config = policy_config(max_batch_size=1, levels=0, default_level=0)
+    config.dynamic_batching.default_queue_policy.allow_timeout_override = True
+    h = await harness(config, hold=True, devices=("a", "b"))
+    busy = [h.start(0), h.start(1)]  # one held batch on each device
+    await h.gate.entered()
+    await h.gate.entered()
+    moved = h.start(2, queue_us=10_200_000)
+    await h.queued(3)
+    source = next(q for q in h.scheduler.queues if q.queue)
+    target = next(q for q in h.scheduler.queues if q is not source)
+    [pending] = source.take_queued()
+    pending.enqueued_ns -= 10_000_000_000  # as if it had waited 10 s there
+    target.take_over(pending)
+    with pytest.raises(Unavailable, match="request timeout expired"):
+        await asyncio.wait_for(moved, WAIT / 2)
+    assert h.scheduler.stats.rejections[Rejection.TIMEOUT] == 1
+    h.gate.open()
+    await asyncio.wait_for(asyncio.gather(*busy), WAIT)
+    assert sorted(v for call in h.log.values for v in call) == [0, 1]

@@ -123,7 +123,7 @@ class Http2Output(asyncio.Protocol):
         elif stream.trailers is not None:
             self._close_with_trailers(stream, out)
         if out:
-            self._write(b"".join(out))
+            self._write(b"".join(out), stream.closed)
         if stream.drain is not None:
             stream.wake_drain()  # it looks at what is still pending itself
         if stream.closed:
@@ -225,10 +225,16 @@ class Http2Output(asyncio.Protocol):
             if self.stopping or self.going_away:
                 self.close()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, last: bool = False) -> None:
         """Frames written in one turn of the event loop leave in one send: a batch's answers to a
-        client that multiplexes its calls on one connection cost one system call, not one each."""
-        if self.transport is None or self.closed:
+        client that multiplexes its calls on one connection cost one system call, not one each.
+        A stream's ``last`` frames with no other stream open (nothing could join them) leave now,
+        a turn of the loop sooner."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if last and not self.outgoing and len(self.streams) <= 1 and not transport.is_closing():
+            transport.write(data)
             return
         self.outgoing.append(data)
         if len(self.outgoing) == 1:
