@@ -4,7 +4,7 @@
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
         [--container-cpus 1] [--pa-cpus 0] [--front-count 2] [--front-max-batch 32] \\
-        [--front-delay-us 20000] [--front-protocol grpc|http] [--json OUT]
+        [--front-delay-us 20000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
@@ -27,7 +27,9 @@ Measures, in each round (the figures are the median round's):
 Placement on this 2-core machine (taskset): the container on ``--container-cpus`` (its one
 instance computes with one intra-op thread), the front end and perf_analyzer on the other
 core, for the container alone and for the pair alike, so that the container computes on a core
-of its own in every measurement. Targets (issue 17): pair >= 0.9 x batched and >= 3 x unbatched
+of its own in every measurement (the floor server too). An empty value (``--front-cpus ''``)
+leaves that process unpinned; ``--c1-only`` measures only the identity_fp32 c=1 hop and the
+floor. Targets (issue 17): pair >= 0.9 x batched and >= 3 x unbatched
 at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
 
 from __future__ import annotations
@@ -119,21 +121,25 @@ def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: 
         result[name] = figures
         print(f"  {name}: {figures}", flush=True)
 
-    batched = pinned(clipperd("batched", "grpc", repos["on"]), args.container_cpus)
-    with running(batched, logs / "batched.log", "grpc", model=WIDE):
-        run("batched_c64", batched.address, c, WIDE)
+    wide = not args.c1_only
+    if wide:
+        batched = pinned(clipperd("batched", "grpc", repos["on"]), args.container_cpus)
+        with running(batched, logs / "batched.log", "grpc", model=WIDE):
+            run("batched_c64", batched.address, c, WIDE)
     container = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
     http_address = open_http(container)
     with running(container, logs / "container.log", "grpc", model=WIDE):
-        run("unbatched_c64", container.address, c, WIDE)
-        run("container_c1", container.address, 1, WIDE)
+        if wide:
+            run("unbatched_c64", container.address, c, WIDE)
+            run("container_c1", container.address, 1, WIDE)
         run("container_echo_c1", container.address, 1, ECHO)
         endpoint = http_address if args.front_protocol == "http" else container.address
         write_front(repos["front"], endpoint, args)
         front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
         with running(front, logs / "front.log", "grpc", model=WIDE):
-            run("pair_c64", front.address, c, WIDE)
-            run("pair_c1", front.address, 1, WIDE)
+            if wide:
+                run("pair_c64", front.address, c, WIDE)
+                run("pair_c1", front.address, 1, WIDE)
             run("pair_echo_c1", front.address, 1, ECHO)
     floor = pinned(system("floor"), args.container_cpus)
     with running(floor, logs / "floor.log", "grpc", model=ECHO):
@@ -142,13 +148,17 @@ def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: 
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
+    echo = {
+        "hop_echo_us": r["pair_echo_c1"]["p50_us"] - r["container_echo_c1"]["p50_us"],
+        "floor_p50_us": r["floor_c1"]["p50_us"],
+    }
+    if "pair_c64" not in r:  # --c1-only
+        return echo
     pair = r["pair_c64"]["infer_per_s"]
-    return {
+    return echo | {
         "pair_over_batched": pair / r["batched_c64"]["infer_per_s"],
         "pair_over_unbatched": pair / r["unbatched_c64"]["infer_per_s"],
         "hop_us": r["pair_c1"]["p50_us"] - r["container_c1"]["p50_us"],
-        "hop_echo_us": r["pair_echo_c1"]["p50_us"] - r["container_echo_c1"]["p50_us"],
-        "floor_p50_us": r["floor_c1"]["p50_us"],
     }
 
 
@@ -164,6 +174,7 @@ def main() -> None:
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
     parser.add_argument("--pa-cpus", default="0")
+    parser.add_argument("--c1-only", action="store_true", help="only identity_fp32 at c=1: the hop and the floor")
     parser.add_argument("--json")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="remote-hop-"))
@@ -178,11 +189,15 @@ def main() -> None:
             sys.exit(f"remote_hop: {errors} (logs in {base / 'logs'})")
         rounds.append(found | {"ratios": ratios(found)})
         print(f"  {rounds[-1]['ratios']}", flush=True)
-    median = sorted(rounds, key=lambda r: r["ratios"]["pair_over_batched"])[len(rounds) // 2]["ratios"]
-    hop = statistics.median(r["ratios"]["hop_us"] for r in rounds)
-    print(f"median round: pair / batched {median['pair_over_batched']:.2f} (>= 0.9), pair / unbatched "
-          f"{median['pair_over_unbatched']:.2f} (>= 3); c=1 hop {hop:.0f} us (median) vs floor p50 "
-          f"{statistics.median(r['ratios']['floor_p50_us'] for r in rounds):.0f} us")  # fmt: skip
+    floor = statistics.median(r["ratios"]["floor_p50_us"] for r in rounds)
+    echo_hop = statistics.median(r["ratios"]["hop_echo_us"] for r in rounds)
+    print(f"identity_fp32 c=1 hop {echo_hop:.0f} us (median) vs floor p50 {floor:.0f} us")
+    if not args.c1_only:
+        median = sorted(rounds, key=lambda r: r["ratios"]["pair_over_batched"])[len(rounds) // 2]["ratios"]
+        hop = statistics.median(r["ratios"]["hop_us"] for r in rounds)
+        print(f"median round: pair / batched {median['pair_over_batched']:.2f} (>= 0.9), pair / unbatched "
+              f"{median['pair_over_unbatched']:.2f} (>= 3); c=1 hop {hop:.0f} us (median) vs floor p50 "
+              f"{floor:.0f} us")  # fmt: skip
     if args.json:
         report = {"args": vars(args), "machine": machine(), "loadavg_end": os.getloadavg(), "rounds": rounds}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
