@@ -8,10 +8,11 @@ import contextlib
 import gc
 import itertools
 import logging
+import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.metrics_core import Metric
 
@@ -100,7 +101,12 @@ class Server:
         servers: list[Any] = []  # what a stop must stop: the gRPC and HTTP servers Triton's --allow-* flags left on
         if settings.allow_grpc:
             grpc_host = settings.grpc_address or settings.host
-            grpc_server, self.grpc_port = await start_grpc_server(self.plane, grpc_host, settings.grpc_port, options)
+            grpc_server, self.grpc_port = await _listening(
+                "gRPC",
+                grpc_host,
+                settings.grpc_port,
+                start_grpc_server(self.plane, grpc_host, settings.grpc_port, options),
+            )
             servers.append(grpc_server)
             tls = " over TLS" if self.grpc_tls is not None else ""
             log.info("KServe v2 gRPC%s on %s:%d (%s front end)", tls, grpc_host, self.grpc_port, settings.grpc_frontend)
@@ -123,7 +129,9 @@ class Server:
             dashboard=Dashboard(self._dashboard_sources()),
         )
         if settings.allow_http:
-            http_server, self.http_port = await start_http_server(self.plane, http_options)
+            http_server, self.http_port = await _listening(
+                "HTTP", http_options.host, settings.http_port, start_http_server(self.plane, http_options)
+            )
             servers.append(http_server)
             tls = " over TLS" if self.http_tls is not None else ""
             log.info("KServe v2 HTTP%s on %s:%d", tls, http_options.host, self.http_port)
@@ -135,11 +143,16 @@ class Server:
         if settings.allow_metrics:
             metrics_host = settings.metrics_host or settings.http_address or settings.host  # as Triton
             app_families = application_families(lambda: list(self.applications.apps.values()))
-            metrics_runner, self.metrics_port = await start_metrics_server(
-                self.repository.loaded,
-                MetricsOptions(metrics_host, settings.metrics_port),
-                self.cache,
-                lambda: itertools.chain(app_families(), self.loop_lag.families(), self._gpu_families()),
+            metrics_runner, self.metrics_port = await _listening(
+                "metrics",
+                metrics_host,
+                settings.metrics_port,
+                start_metrics_server(
+                    self.repository.loaded,
+                    MetricsOptions(metrics_host, settings.metrics_port),
+                    self.cache,
+                    lambda: itertools.chain(app_families(), self.loop_lag.families(), self._gpu_families()),
+                ),
             )
             runners.append(metrics_runner)
             log.info("Prometheus metrics on %s:%d/metrics", metrics_host, self.metrics_port)
@@ -222,6 +235,20 @@ class Server:
                 await self.repository.poll()
             except Exception:
                 log.exception("repository poll failed")
+
+
+Listener = TypeVar("Listener")
+
+
+async def _listening(service: str, host: str, port: int, start: Awaitable[Listener]) -> Listener:
+    """``start``'s listener; an address that cannot be taken (in use, not this machine's) ends
+    the start with one line naming it, as a bad flag does, not a traceback."""
+    try:
+        return await start
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)  # uvloop leaves strerror unset
+        log.error("cannot listen for %s on %s:%d: %s", service, host, port, reason)
+        raise SystemExit(2) from None
 
 
 async def _sync_bucket(mirror: BucketMirror) -> None:

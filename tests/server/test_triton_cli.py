@@ -254,3 +254,24 @@ def test_the_server_says_its_control_mode_and_the_admin_client_reads_it(repo: Pa
             metadata = json.loads(answer.read())
         assert metadata["parameters"] == {"model_control_mode": mode}
         assert ServerApi(server.http_url).control_mode() == mode
+
+
+@pytest.mark.parametrize("listener", ["gRPC", "HTTP", "metrics"])
+def test_a_port_already_taken_is_one_line_naming_the_listener(listener: str, tmp_path: Path) -> None:
+    """As tritonserver when its port is taken: the start ends with one line naming the listener
+    and the address, exit code 2, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"gRPC": "--grpc-port", "HTTP": "--http-port", "metrics": "--metrics-port"}
+        flags = [f"{flag}={port if name == listener else 0}" for name, flag in ports.items()]
+        command = [sys.executable, "-m", "server.cli", "serve", f"--model-repository={tmp_path}", "--host=127.0.0.1"]
+        done = subprocess.run(command + flags, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert f"cannot listen for {listener} on 127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output
+    assert [line for line in output.splitlines() if "ERROR" in line] == [
+        line for line in output.splitlines() if "cannot listen" in line
+    ]
