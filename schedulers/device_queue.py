@@ -245,16 +245,16 @@ class DeviceQueue:
 
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
-        self._loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop()
         self._enqueue(pending, timeout_us)
         if self._drained.is_set():
             self._drained.clear()
-            _active[self._loop] = _active.get(self._loop, 0) + 1
+            _active[loop] = _active.get(loop, 0) + 1
         if self._defer:
             if not self._dispatch_scheduled:
                 # the end of this loop iteration: requests that arrived together batch together
                 self._dispatch_scheduled = True
-                self._loop.call_soon(self._dispatch)
+                loop.call_soon(self._dispatch)
         else:
             self._dispatch()
 
@@ -307,7 +307,7 @@ class DeviceQueue:
         without the task, the future hand-off and the loop turns of a dispatch; completion
         (statistics, AIMD, a failed endpoint's retry elsewhere, ordering, the next dispatch) is
         the dispatched batch's own."""
-        self._loop = loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop()
         instance = self._idle.pop()
         if self._drained.is_set():
             self._drained.clear()
