@@ -6,8 +6,8 @@
 Starts clipperd on the repository (127.0.0.1, free ports) and, until --minutes have passed,
 drives it with:
   - perf_analyzer on identity_fp32, rounds in turn over gRPC, HTTP, gRPC with
-    --shared-memory system and HTTP with --shared-memory system (--pa-requests requests each, at
-    --pa-concurrency), each run a new process with new connections and new regions;
+    --shared-memory system and HTTP with --shared-memory system (three --pa-window-ms windows
+    each, at --pa-concurrency), each run a new process with new connections and new regions;
   - beside it (perf/soak_load.py), every --side-interval seconds: requests that must fail over
     gRPC and HTTP (unknown model, wrong datatype, shape, rank, batch, inputs, malformed JSON,
     header lengths, unregistered regions), a good one on each that must echo its input, a
@@ -36,9 +36,10 @@ cycle):
     counted: a shared machine has other users) and the soak's own (perf_analyzer's INPUT0_*,
     OUTPUT0 and clipperd_soak_*, which their makers remove);
   - the load ran: every perf_analyzer kind succeeded at least once and at most 10 % of runs
-    failed (perf_analyzer 2.48 hangs in about one run in 150 after its last answer: a run past
-    --pa-timeout is diagnosed, killed, and its regions unregistered); no side request got an
-    unexpected answer (a bad one accepted, a good one refused);
+    failed (a run past --pa-timeout is diagnosed: the server's sockets and in-flight gauge, and
+    perf_analyzer's threads left, one when it has all its answers and its main thread waits on;
+    then killed, and its regions unregistered); no side request got an unexpected answer (a bad
+    one accepted, a good one refused);
   - the server stops on SIGTERM with status 0.
 Prints the samples, the figures and PASS or FAIL; exit status 0 on PASS, 1 on FAIL."""
 
@@ -267,7 +268,7 @@ def drive(args: argparse.Namespace, ends: Endpoints, sampler: Sampler, side: Sid
     while time.monotonic() < hard_end and (time.monotonic() < end or warm_quiet < args.min_quiet_samples):
         cycle += 1
         for kind in PA_KINDS:
-            command = pa_command(pa, ends, kind, args.pa_concurrency, args.pa_requests)
+            command = pa_command(pa, ends, kind, args.pa_concurrency, args.pa_window_ms)
             timeout = min(args.pa_timeout, max(10.0, hard_end - time.monotonic()))
             with side.shm_lock if kind.endswith("-shm") else contextlib.nullcontext():
                 result = run_pa(command, timeout, on_stuck=lambda: diagnose(ends))
@@ -440,7 +441,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-args", default="", help="more arguments for clipperd serve (one string)")
     parser.add_argument("--perf-analyzer", help="the binary (default $CLIPPERD_PERF_ANALYZER or .tools/pa)")
     parser.add_argument("--pa-concurrency", type=int, default=4)
-    parser.add_argument("--pa-requests", type=int, default=3000, help="requests per perf_analyzer run")
+    parser.add_argument("--pa-window-ms", type=int, default=300, help="a perf_analyzer run: three windows this long")
     parser.add_argument("--pa-timeout", type=float, default=30.0, help="a perf_analyzer run past this is stuck")
     parser.add_argument("--side-interval", type=float, default=0.5, help="seconds between turns of the side load")
     parser.add_argument("--min-quiet-samples", type=int, default=3, help="after the warm-up; the load runs on for them")

@@ -83,12 +83,17 @@ class Tally:
 # perf_analyzer
 
 
-def pa_command(pa: Path, ends: Endpoints, kind: str, concurrency: int, requests: int) -> list[str]:
+def pa_command(pa: Path, ends: Endpoints, kind: str, concurrency: int, window_ms: int) -> list[str]:
+    """Three time windows of ``window_ms`` at ``concurrency``: the soak loads, it does not measure,
+    so any three windows are "stable" (``-s 1000``). Not ``--request-count``: perf_analyzer 2.48
+    hangs in that mode in about one run in 25 (every answer received, its workers gone, its main
+    thread waiting for a count it never reaches; tests/perf/test_soak.py's CI failure, 2026-12-07)."""
     protocol = kind.split("-")[0]
     command = [str(pa), "-m", MODEL, "-i", protocol, "-u", ends.grpc if protocol == "grpc" else ends.http]
     if kind.endswith("-shm"):
         command += ["--shared-memory", "system"]
-    return [*command, "--concurrency-range", f"{concurrency}:{concurrency}", "--request-count", str(requests)]
+    command += ["--concurrency-range", f"{concurrency}:{concurrency}"]
+    return [*command, "--measurement-interval", str(window_ms), "--stability-percentage", "1000", "--max-trials", "3"]
 
 
 def run_pa(command: list[str], timeout_s: float, on_stuck: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -100,6 +105,8 @@ def run_pa(command: list[str], timeout_s: float, on_stuck: Callable[[], dict[str
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         diagnosis = on_stuck()
+        with contextlib.suppress(OSError):  # 1: its workers have their answers and are gone
+            diagnosis["pa_threads"] = len(os.listdir(f"/proc/{proc.pid}/task"))
         proc.kill()
         output, _ = proc.communicate()
         tail = output.splitlines()[-10:]

@@ -183,6 +183,7 @@ async def infer_stream(model: ModelVersion, call: Call[R]) -> AsyncGenerator[Str
     tracked = model.stats.track().__enter__()
     failure: BaseException | None = None
     streamed = None
+    final: Streamed[R] | None = None
     call.open()
     try:
         inputs, batch = model.signature.validate(call.inputs, call.outputs, call.parameters)
@@ -198,11 +199,9 @@ async def infer_stream(model: ModelVersion, call: Call[R]) -> AsyncGenerator[Str
             answer = await running.answers.get()
             item = _streamed_answer(model, call, specs, answer, batched)
             if item.final:
-                streamed = None
-                failure = item.error
+                streamed, failure, final = None, item.error, item
+                break
             yield item
-            if item.final:
-                return
     except (GeneratorExit, asyncio.CancelledError):
         failure = Cancelled(f"model '{model.name}': the client went away")
         raise
@@ -214,6 +213,8 @@ async def infer_stream(model: ModelVersion, call: Call[R]) -> AsyncGenerator[Str
             streamed.cancel()
         call.close()
         tracked.__exit__(None if failure is None else type(failure), failure, None)
+    assert final is not None  # the loop ends only with it, or raises
+    yield final  # counted before the reader sees it: a reader that stops at it was served
 
 
 def _streamed_answer(

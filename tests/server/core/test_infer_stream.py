@@ -73,8 +73,20 @@ async def test_answers_in_order_then_a_final_one_and_requests_batched(version: M
     assert results[0] == [[[20]], [[21]], None]
     assert results[1] == [[[30]], [[31]], [[32]], None]
     assert results[2] == [[[40]], [[41]], [[42]], [[43]], None]
+    assert version.stats.success.count == 3  # counted before the final answers were read
+    assert version.stats.fail.count == 0
+    # the batch's execution is recorded once the model's generator returns, after its last answer
+    await _executions(version, 1)
     assert version.stats.execution_count == 1  # the three waited the delay and ran as one batch
     assert version.stats.inference_count == 3
+
+
+async def _executions(version: ModelVersion, count: int) -> None:
+    for _ in range(3000):  # 30 s at most: a generous deadline, not a timing bet
+        if version.stats.execution_count >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} executions not recorded within 30 s")
 
 
 async def test_infer_refuses_a_decoupled_model(version: ModelVersion) -> None:

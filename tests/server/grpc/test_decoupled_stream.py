@@ -242,8 +242,12 @@ def test_a_slow_reader_holds_the_model_back(served: tuple[ServerProcess, Path]) 
     gate = threading.Event()
     received: list[int] = []
 
+    errors: list[str] = []
+
     def slow(result: Any, error: Any) -> None:
         gate.wait(WAIT_S * 4)  # the client's reader thread stops here: nothing more is read
+        if error is not None:
+            errors.append(str(error))
         received.append(-1 if error is not None else int(result.as_numpy("OUT")[0]))
 
     client = grpcclient.InferenceServerClient(server.url)
@@ -260,7 +264,11 @@ def test_a_slow_reader_holds_the_model_back(served: tuple[ServerProcess, Path]) 
         assert max(held) < 80, f"the model was not held back: it produced {max(held)} answers"
         assert _rss_mib(server.proc.pid) - rss_before < 120
         gate.set()
-        wait_for(lambda: len(received) == 200, "every answer arrived once read", timeout=60)
+        try:
+            wait_for(lambda: len(received) == 200, "every answer arrived once read", timeout=60)
+        except AssertionError as missing:  # what a failure needs to be understood
+            got = f"{len(received)} answers (last {received[-3:]}), errors {errors[:3]}"
+            raise AssertionError(f"{missing}: {got}; server log:\n{server.log()[-3000:]}") from None
         assert received == list(range(200))
     finally:
         gate.set()
