@@ -441,7 +441,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-args", default="", help="more arguments for clipperd serve (one string)")
     parser.add_argument("--perf-analyzer", help="the binary (default $CLIPPERD_PERF_ANALYZER or .tools/pa)")
     parser.add_argument("--pa-concurrency", type=int, default=4)
-    parser.add_argument("--pa-window-ms", type=int, default=300, help="a perf_analyzer run: three windows this long")
+    parser.add_argument("--pa-window-ms", type=int, default=500, help="a perf_analyzer run: three windows this long")
     parser.add_argument("--pa-timeout", type=float, default=30.0, help="a perf_analyzer run past this is stuck")
     parser.add_argument("--side-interval", type=float, default=0.5, help="seconds between turns of the side load")
     parser.add_argument("--min-quiet-samples", type=int, default=3, help="after the warm-up; the load runs on for them")

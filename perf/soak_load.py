@@ -85,15 +85,17 @@ class Tally:
 
 def pa_command(pa: Path, ends: Endpoints, kind: str, concurrency: int, window_ms: int) -> list[str]:
     """Three time windows of ``window_ms`` at ``concurrency``: the soak loads, it does not measure,
-    so any three windows are "stable" (``-s 1000``). Not ``--request-count``: perf_analyzer 2.48
-    hangs in that mode in about one run in 25 (every answer received, its workers gone, its main
-    thread waiting for a count it never reaches; tests/perf/test_soak.py's CI failure, 2026-12-07)."""
+    so any three windows are "stable" (``-s 100000``: within 1000x of each other). Not
+    ``--request-count``: perf_analyzer 2.48 hangs in that mode in about one run in 25 (every
+    answer received, its workers gone, its main thread waiting for a count it never reaches;
+    tests/perf/test_soak.py's CI failure, 2026-12-07)."""
     protocol = kind.split("-")[0]
     command = [str(pa), "-m", MODEL, "-i", protocol, "-u", ends.grpc if protocol == "grpc" else ends.http]
     if kind.endswith("-shm"):
         command += ["--shared-memory", "system"]
     command += ["--concurrency-range", f"{concurrency}:{concurrency}"]
-    return [*command, "--measurement-interval", str(window_ms), "--stability-percentage", "1000", "--max-trials", "3"]
+    command += ["--measurement-interval", str(window_ms), "--stability-percentage", "100000"]
+    return [*command, "--max-trials", "3"]
 
 
 def run_pa(command: list[str], timeout_s: float, on_stuck: Callable[[], dict[str, Any]]) -> dict[str, Any]:
