@@ -268,6 +268,7 @@ def test_a_slow_reader_holds_the_model_back(served: tuple[ServerProcess, Path]) 
             wait_for(lambda: len(received) == 200, "every answer arrived once read", timeout=60)
         except AssertionError as missing:  # what a failure needs to be understood
             got = f"{len(received)} answers (last {received[-3:]}), errors {errors[:3]}"
+            got += f", the model at answer {count.read_text()}"
             raise AssertionError(f"{missing}: {got}; server log:\n{server.log()[-3000:]}") from None
         assert received == list(range(200))
     finally:
