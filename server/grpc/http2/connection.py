@@ -430,9 +430,11 @@ class Http2Connection(Http2Output):
             if key == Setting.INITIAL_WINDOW_SIZE:
                 window = value  # the last one counts: every stream is walked once a frame, not once an entry
             self._apply_setting(key, value)
+        # acknowledged before a larger window is used: grpc's C-core applies its new window when
+        # the ACK arrives, and resets the stream for DATA that comes ahead of it
+        self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
         if window is not None:
             self._initial_window(window)
-        self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
 
     def _apply_setting(self, key: int, value: int) -> None:
         if key == Setting.INITIAL_WINDOW_SIZE and value > MAX_WINDOW:

