@@ -55,13 +55,14 @@ def _values(array: np.ndarray, dtype: DataType) -> list[Any]:
 
 def grpc_outputs(response: pb.ModelInferResponse) -> Tensors:
     """The response's tensors (raw contents, or typed contents where a server sends those)."""
-    raw = response.raw_output_contents
-    if raw and len(raw) != len(response.outputs):
-        raise BadAnswer(f"{len(raw)} raw outputs for {len(response.outputs)} output tensors")
+    raw = response.raw_output_contents[:]  # slices: see server/grpc/codec.py decode_request
+    tensors = response.outputs[:]
+    if raw and len(raw) != len(tensors):
+        raise BadAnswer(f"{len(raw)} raw outputs for {len(tensors)} output tensors")
     result: Tensors = {}
-    for i, tensor in enumerate(response.outputs):
+    for i, tensor in enumerate(tensors):
         dtype = _dtype(tensor.datatype, tensor.name)
-        shape = list(tensor.shape)
+        shape = tensor.shape[:]
         try:
             if raw:
                 result[tensor.name] = array_from_raw(raw[i], dtype, shape, tensor.name)

@@ -46,8 +46,11 @@ def encode_parameter(target: pb.InferParameter, value: Param) -> None:
 
 
 def decode_request(message: pb.ModelInferRequest) -> InferRequest:
-    raw = message.raw_input_contents
-    in_shm = [SHM_REGION in tensor.parameters for tensor in message.inputs]
+    # repeated fields are read as slices: iterating one ends in an IndexError (a formatted
+    # message) inside protobuf, a cost on every request
+    raw = message.raw_input_contents[:]
+    tensors = message.inputs[:]
+    in_shm = [SHM_REGION in tensor.parameters for tensor in tensors]
     if raw and len(raw) != in_shm.count(False):
         raise InvalidArgument(
             f"expected {in_shm.count(False)} raw_input_contents entries, one per input not in shared memory, "
@@ -56,11 +59,10 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
     entries = iter(raw)
     inputs = [
         _decode_input(tensor, next(entries) if raw and not shm else None, shm)
-        for tensor, shm in zip(message.inputs, in_shm, strict=True)
+        for tensor, shm in zip(tensors, in_shm, strict=True)
     ]
-    outputs = (
-        [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in message.outputs] if message.outputs else []
-    )
+    requested = message.outputs[:]
+    outputs = [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in requested]
     return InferRequest(
         message.model_name,
         message.model_version,
@@ -73,7 +75,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
 
 def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, in_shm: bool) -> InputTensor:
     dtype = datatypes.from_wire(tensor.datatype)
-    shape = list(tensor.shape)
+    shape = tensor.shape[:]
     has_contents = tensor.HasField("contents")
     if in_shm:  # the DataPlane reads it from the region
         if has_contents:
