@@ -155,8 +155,9 @@ class HeaderDecoder:
         self._table = self._decoder.header_table
         self._max_list = max_list_bytes
         self._max_fields = max_list_bytes // 32  # no field is smaller than 32 bytes
-        # the last indexed-only block and its fields: a gRPC client sends the same one every call,
-        # and it means the same until the table changes (only the full decoder changes it)
+        # the last block that left the table as it was (indexed fields, literals not indexed) and
+        # its fields: a gRPC client sends the same one every call, and it means the same until
+        # the table changes (only the full decoder changes it, and it clears this then)
         self._last_block = b""
         self._last_fields: tuple[tuple[str, str], ...] = ()
 
@@ -171,12 +172,19 @@ class HeaderDecoder:
                 self._last_block, self._last_fields = block, tuple(fast)
                 return fast
         self._last_block = b""
+        table = self._table
+        before = (table.maxsize, tuple(table.dynamic_entries))
         try:
-            return [(str(n), str(v)) for n, v in self._decoder.decode(block, raw=False)]
+            fields = [(str(n), str(v)) for n, v in self._decoder.decode(block, raw=False)]
         except hpack.OversizedHeaderListError:
             raise self._too_large() from None
         except hpack.HPACKError as error:
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"header block: {error}") from None
+        if (table.maxsize, tuple(table.dynamic_entries)) == before:
+            # literals without indexing (a client that keeps no table, as the remote backend's):
+            # the same block next time is the same list, without hpack's ~150 calls a block
+            self._last_block, self._last_fields = block, tuple(fields)
+        return fields
 
     def _too_large(self) -> ConnectionError_:
         return ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, f"header list over {self._max_list} bytes")
