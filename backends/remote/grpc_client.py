@@ -14,7 +14,7 @@ from backends.remote.client import CallSpec
 from backends.remote.errors import EndpointFailure, model_error
 from backends.remote.h2 import GrpcStatus, H2Channel, ProtocolError, request_head
 from backends.remote.settings import MAX_RESPONSE_BYTES
-from backends.remote.wire import BadAnswer, grpc_outputs, grpc_request
+from backends.remote.wire import BadAnswer, grpc_outputs, grpc_request_bytes
 
 _SERVICE = "/inference.GRPCInferenceService/"
 # statuses that say the endpoint, not the model, failed: another endpoint may answer
@@ -35,7 +35,7 @@ class GrpcClient:
 
     async def infer(self, inputs: Tensors) -> Tensors:
         settings = self._spec.settings
-        request = grpc_request(
+        request = grpc_request_bytes(
             settings.remote_model, settings.remote_version, inputs, self._spec.input_types, self._spec.outputs
         )
         response = await self._call("ModelInfer", request, pb.ModelInferResponse)
@@ -45,18 +45,18 @@ class GrpcClient:
             raise EndpointFailure(self.endpoint, f"bad answer: {error.message}") from None
 
     async def check_ready(self) -> None:
-        server = await self._call("ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse)
+        server = await self._call("ServerReady", b"", pb.ServerReadyResponse)  # an empty message
         if not server.ready:
             raise EndpointFailure(self.endpoint, "the server is not ready")
         settings = self._spec.settings
         request = pb.ModelReadyRequest(name=settings.remote_model, version=settings.remote_version)
-        model = await self._call("ModelReady", request, pb.ModelReadyResponse)
+        model = await self._call("ModelReady", request.SerializeToString(), pb.ModelReadyResponse)
         if not model.ready:
             raise EndpointFailure(self.endpoint, f"model '{settings.remote_model}' is not ready there")
 
-    async def _call(self, method: str, request: Any, response_type: Any) -> Any:
+    async def _call(self, method: str, request: bytes, response_type: Any) -> Any:
         try:
-            answer = await self._channel.call(self._heads[method], request.SerializeToString(), self._timeout)
+            answer = await self._channel.call(self._heads[method], request, self._timeout)
             return response_type.FromString(answer)
         except GrpcStatus as error:
             if error.code in _ENDPOINT_CODES:

@@ -87,6 +87,29 @@ def test_grpc_round_trip_and_typed_contents() -> None:
 
 
 @pytest.mark.parametrize(
+    ("inputs", "types"),
+    [
+        ({"A": np.arange(6, dtype=np.float32).reshape(2, 3)}, {"A": "FP32"}),
+        ({"A": np.ones((1, 4), np.float16), "B": np.zeros((1, 2), np.int8)}, {"A": "FP16", "B": "INT8"}),
+        ({"S": np.array([[b"x", b""]], dtype=object), "A": np.ones((1, 2), np.int32)}, {"S": "BYTES", "A": "INT32"}),
+        ({"S": np.array([[b"x"]], dtype=object), "H": np.ones((1, 1), np.float16)}, {"S": "BYTES", "H": "FP16"}),
+    ],
+    ids=["fp32", "two-raw", "typed-bytes", "raw-bytes"],
+)
+def test_grpc_request_bytes_are_the_whole_message(inputs: dict[str, np.ndarray], types: dict[str, str]) -> None:
+    """The serialized fixed part plus the appended contents: the bytes of the whole message,
+    the first time (made) and the second (the fixed part remembered), for every shape."""
+    dtypes = {name: BY_WIRE[wire] for name, wire in types.items()}
+    whole = wire.grpc_request("m", "2", inputs, dtypes, ["OUT", "A"]).SerializeToString()
+    for _ in range(2):
+        assert wire.grpc_request_bytes("m", "2", inputs, dtypes, ["OUT", "A"]) == whole
+    bigger = {name: np.concatenate([array, array]) for name, array in inputs.items()}
+    parsed = pb.ModelInferRequest.FromString(wire.grpc_request_bytes("m", "2", bigger, dtypes, ["OUT"]))
+    assert [list(t.shape) for t in parsed.inputs] == [list(a.shape) for a in bigger.values()]
+    assert [o.name for o in parsed.outputs] == ["OUT"]
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b"{",
