@@ -3,8 +3,8 @@
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
-        [--container-cpus 1] [--pa-cpus 0] [--front-count 2] [--front-max-batch 32] \\
-        [--front-delay-us 20000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
+        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
+        [--front-delay-us 50000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
@@ -12,12 +12,12 @@ Measures, in each round (the figures are the median round's):
 - ``unbatched``: straight at a container serving it without dynamic batching;
 - ``pair``: perf_analyzer at a front end whose ``wide_mlp`` is a remote model over
   ``--front-protocol`` (default grpc, the remote backend's default) to that unbatched container: the front
-  end batches, ``--front-count`` batches in flight (instance_group count, default 2: the
-  container computes one while the other's rows go back and return), each of at most
-  ``--front-max-batch`` rows (max_batch_size, default 32: two batches share the 64 callers)
-  formed within ``--front-delay-us`` (max_queue_delay, default 20 ms: a batch waits for its
-  returning cohort instead of leaving with its first row); all three at concurrency 64, one
-  row a request;
+  end batches as the batched container does: ``--front-count`` batches in flight
+  (instance_group count, default 1), each of at most ``--front-max-batch`` rows
+  (max_batch_size, default 64) formed within ``--front-delay-us`` (max_queue_delay, default
+  50 ms: the returning callers make one full batch; with 20 ms the 64 callers split into
+  cohorts of about 21 rows that never merge again); all three at concurrency 64, one row a
+  request;
 - at concurrency 1, p50 of: the unbatched container straight, the pair, and the grpc.aio floor
   (perf/floor_grpc.py, identity_fp32) straight: the hop's cost (pair p50 - container p50) against
   one gRPC round trip of the floor. Also identity_fp32 through the pair and straight, where the
@@ -167,9 +167,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000)
-    parser.add_argument("--front-count", type=int, default=2, help="batches in flight from the front end")
-    parser.add_argument("--front-max-batch", type=int, default=32, help="wide_mlp's max_batch_size at the front end")
-    parser.add_argument("--front-delay-us", type=int, default=20000, help="wide_mlp's max_queue_delay at the front end")
+    parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
+    parser.add_argument("--front-max-batch", type=int, default=64, help="wide_mlp's max_batch_size at the front end")
+    parser.add_argument("--front-delay-us", type=int, default=50000, help="wide_mlp's max_queue_delay at the front end")
     parser.add_argument("--front-protocol", choices=("grpc", "http"), default="grpc", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
     parser.add_argument("--front-cpus", default="0")
