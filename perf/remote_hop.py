@@ -24,11 +24,13 @@ Measures, in each round (the figures are the median round's):
   model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop (the front
   end's identity_fp32: count 1, no queue delay, the container's max_batch_size).
 
-Placement on this 2-core machine (taskset): the container on ``--container-cpus`` (its one
-instance computes with one intra-op thread), the front end and perf_analyzer on the other
-core, for the container alone and for the pair alike, so that the container computes on a core
-of its own in every measurement (the floor server too). An empty value (``--front-cpus ''``)
-leaves that process unpinned; ``--c1-only`` measures only the identity_fp32 c=1 hop and the
+Placement on this 2-core machine (taskset): perf_analyzer on ``--pa-cpus`` (core 0) and
+whatever it measures on the other core: the container alone, the floor server, and the pair's
+front end (``--front-cpus``) together with its container (``--container-cpus``), so that every
+system under test has the same one core (the container's one instance computes with one
+intra-op thread; while it computes, the front end has nothing to do). ``--front-cpus 0`` puts
+the front end with perf_analyzer instead (the placement before 2026-12-07 evening). An empty
+value (``--front-cpus ''``) leaves that process unpinned; ``--c1-only`` measures only the identity_fp32 c=1 hop and the
 floor. Targets (issue 17): pair >= 0.9 x batched and >= 3 x unbatched
 at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
 
@@ -172,7 +174,7 @@ def main() -> None:
     parser.add_argument("--front-delay-us", type=int, default=50000, help="wide_mlp's max_queue_delay at the front end")
     parser.add_argument("--front-protocol", choices=("grpc", "http"), default="grpc", help="front end to container")
     parser.add_argument("--container-cpus", default="1")
-    parser.add_argument("--front-cpus", default="0")
+    parser.add_argument("--front-cpus", default="1")
     parser.add_argument("--pa-cpus", default="0")
     parser.add_argument("--c1-only", action="store_true", help="only identity_fp32 at c=1: the hop and the floor")
     parser.add_argument("--json")
