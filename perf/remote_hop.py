@@ -2,7 +2,7 @@
 (backends/remote), on perf/batching_gain.py's compute-bound ``wide_mlp``.
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
-        [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 0] \\
+        [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 1] \\
         [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
         [--front-delay-us 50000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
 
@@ -30,9 +30,9 @@ front end (``--front-cpus``) together with its container (``--container-cpus``),
 system under test has the same one core (the container's one instance computes with one
 intra-op thread; while it computes, the front end has nothing to do). ``--front-cpus 0`` puts
 the front end with perf_analyzer instead (the placement before 2026-12-07 evening). An empty
-value (``--front-cpus ''``) leaves that process unpinned; ``--c1-only`` measures only the identity_fp32 c=1 hop and the
-floor. Targets (issue 17): pair >= 0.9 x batched and >= 3 x unbatched
-at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
+value (``--front-cpus ''``) leaves that process unpinned; ``--c1-only`` measures only the
+identity_fp32 c=1 hop and the floor. Targets (issue 17): pair >= 0.9 x batched and >= 3 x
+unbatched at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
 
 from __future__ import annotations
 

@@ -25,6 +25,20 @@ class BadAnswer(InternalError):
     """The remote's answer does not parse: the endpoint is broken (it is ejected)."""
 
 
+def grpc_request(
+    model: str, version: str, inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]
+) -> pb.ModelInferRequest:
+    request = _request_without_contents(model, version, _described(inputs, types), tuple(outputs))
+    typed = _typed(inputs, types)
+    for tensor, (name, array) in zip(request.inputs[:], inputs.items(), strict=True):
+        dtype = types[name]
+        if typed:
+            getattr(tensor.contents, CONTENTS_FIELD[dtype.wire]).extend(_values(array, dtype))
+        else:
+            request.raw_input_contents.append(array_to_raw(array, dtype))
+    return request
+
+
 def grpc_request_bytes(
     model: str, version: str, inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]
 ) -> bytes:
@@ -34,22 +48,32 @@ def grpc_request_bytes(
     the bytes are those ``SerializeToString`` gives (building the message cost ~4 us a call)."""
     if _typed(inputs, types):
         return grpc_request(model, version, inputs, types, outputs).SerializeToString()
-    described = tuple((name, types[name].wire, array.shape) for name, array in inputs.items())
     contents = [array_to_raw(array, types[name]) for name, array in inputs.items()]
     tail: bytes = pb.ModelInferRequest(raw_input_contents=contents).SerializeToString()
-    return _request_head(model, version, described, tuple(outputs)) + tail
+    return _request_head(model, version, _described(inputs, types), tuple(outputs)) + tail
 
 
-@functools.lru_cache(maxsize=256)
-def _request_head(
-    model: str, version: str, described: tuple[tuple[str, str, tuple[int, ...]], ...], outputs: tuple[str, ...]
-) -> bytes:
+Described = tuple[tuple[str, str, tuple[int, ...]], ...]  # each input's name, wire type, shape
+
+
+def _described(inputs: Tensors, types: Mapping[str, DataType]) -> Described:
+    return tuple((name, types[name].wire, array.shape) for name, array in inputs.items())
+
+
+def _request_without_contents(
+    model: str, version: str, described: Described, outputs: tuple[str, ...]
+) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     for name, wire, shape in described:
         request.inputs.add(name=name, datatype=wire, shape=shape)
     for name in outputs:
         request.outputs.add(name=name)
-    return request.SerializeToString()
+    return request
+
+
+@functools.lru_cache(maxsize=256)
+def _request_head(model: str, version: str, described: Described, outputs: tuple[str, ...]) -> bytes:
+    return _request_without_contents(model, version, described, outputs).SerializeToString()
 
 
 def _typed(inputs: Tensors, types: Mapping[str, DataType]) -> bool:
@@ -57,23 +81,6 @@ def _typed(inputs: Tensors, types: Mapping[str, DataType]) -> bool:
     (and every input has a typed field: FP16 and BF16 travel raw only)."""
     wires = [types[name].wire for name in inputs]
     return "BYTES" in wires and all(w in CONTENTS_FIELD for w in wires)
-
-
-def grpc_request(
-    model: str, version: str, inputs: Tensors, types: Mapping[str, DataType], outputs: Sequence[str]
-) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    typed = _typed(inputs, types)
-    for name, array in inputs.items():
-        dtype = types[name]
-        tensor = request.inputs.add(name=name, datatype=dtype.wire, shape=array.shape)
-        if typed:
-            getattr(tensor.contents, CONTENTS_FIELD[dtype.wire]).extend(_values(array, dtype))
-        else:
-            request.raw_input_contents.append(array_to_raw(array, dtype))
-    for name in outputs:
-        request.outputs.add(name=name)
-    return request
 
 
 def _values(array: np.ndarray, dtype: DataType) -> list[Any]:
