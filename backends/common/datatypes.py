@@ -14,16 +14,13 @@ class DataType:
     wire: str  # KServe v2 name, e.g. "FP32"
     config: str  # ModelConfig enum name, e.g. "TYPE_FP32"
     numpy: np.dtype[np.generic]  # little-endian numpy dtype; object for BYTES
-
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element on the wire; 0 for BYTES (variable length)."""
-        return 0 if self.wire == "BYTES" else self.numpy.itemsize
+    itemsize: int  # bytes per element on the wire; 0 for BYTES (variable length)
 
 
 def _dt(wire: str, numpy_name: str) -> DataType:
     config = "TYPE_STRING" if wire == "BYTES" else f"TYPE_{wire}"
-    return DataType(wire, config, np.dtype(numpy_name))
+    numpy = np.dtype(numpy_name)
+    return DataType(wire, config, numpy, 0 if wire == "BYTES" else numpy.itemsize)
 
 
 # BF16 has no numpy dtype: it travels as raw 2-byte words and backends convert it.

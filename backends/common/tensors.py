@@ -4,6 +4,7 @@ Decoding views the wire buffer without a copy where the layout allows (everythin
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -63,10 +64,15 @@ def element_count(shape: Sequence[int], what: str = "shape") -> int:
 
 def array_from_raw(raw: bytes | memoryview, dtype: DataType, shape: Sequence[int], name: str) -> np.ndarray:
     """A view of ``raw`` as an array of ``shape`` (a copy only for BYTES, which must be parsed)."""
+    itemsize = dtype.itemsize
+    if itemsize and shape and min(shape) > 0 and math.prod(shape) * itemsize == len(raw):
+        # the common case: no dimension zero or negative, and the elements are the bytes given,
+        # so the count cannot overflow; element_count's checks are for the other shapes
+        return _reshaped(np.frombuffer(raw, dtype=dtype.numpy), shape, name)
     count = element_count(shape, f"input '{name}' shape")
     if dtype.wire == "BYTES":
         return bytes_array_from_raw(raw, shape, count, name)
-    expected = count * dtype.itemsize
+    expected = count * itemsize
     if len(raw) != expected:
         raise InvalidArgument(
             f"input '{name}': {len(raw)} bytes of raw data, but shape {list(shape)} of {dtype.wire} needs {expected}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.common import datatypes
+from backends.common import datatypes, protowire
 from backends.common.datatypes import CONTENTS_FIELD, DataType
 from backends.common.errors import ClipperdError, InternalError, InvalidArgument
 from backends.common.tensors import Tensors, array_from_raw, array_from_values, array_to_raw, bytes_array_from_list
@@ -48,9 +48,17 @@ def grpc_request_bytes(
     the bytes are those ``SerializeToString`` gives (building the message cost ~4 us a call)."""
     if _typed(inputs, types):
         return grpc_request(model, version, inputs, types, outputs).SerializeToString()
-    contents = [array_to_raw(array, types[name]) for name, array in inputs.items()]
-    tail: bytes = pb.ModelInferRequest(raw_input_contents=contents).SerializeToString()
-    return _request_head(model, version, _described(inputs, types), tuple(outputs)) + tail
+    head = _request_head(model, version, _described(inputs, types), tuple(outputs))
+    parts = [head]
+    for name, array in inputs.items():
+        content = array_to_raw(array, types[name])
+        parts += (_RAW_INPUT_TAG, protowire.varint(len(content)), content)
+    return b"".join(parts)
+
+
+# raw_input_contents (field 7, length-delimited), written by hand: a message built only to
+# serialize the contents cost ~4 us a call
+_RAW_INPUT_TAG = protowire.tag(7, 2)
 
 
 Described = tuple[tuple[str, str, tuple[int, ...]], ...]  # each input's name, wire type, shape

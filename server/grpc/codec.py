@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 
-from backends.common import datatypes
+from backends.common import datatypes, protowire
 from backends.common.datatypes import CONTENTS_FIELD, DataType
 from backends.common.errors import InvalidArgument
 from backends.common.tensors import (
@@ -26,7 +27,8 @@ def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> Params:
     if not parameters:  # the common case, on every tensor of every request
         return {}
     decoded: Params = {}
-    for key, value in parameters.items():
+    for key in parameters:  # keys, then lookups: items() of a protobuf map iterates in Python
+        value = parameters[key]
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
             raise InvalidArgument(f"parameter '{key[:64]}' has no value")
@@ -107,6 +109,43 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, dtype: DataTyp
     if dtype.wire == "BYTES":
         return bytes_array_from_list(values, shape, tensor.name)
     return array_from_values(values, dtype, shape, f"input '{name}'", f" in {field}")
+
+
+def infer_response_bytes(response: InferResponse) -> bytes:
+    """``infer_response_message(response).SerializeToString()``, written directly when nothing
+    carries parameters (the common answer): the fixed part of each output (name, type, shape) is
+    remembered, the contents appended. Fields go in number order, as protobuf writes them."""
+    outputs = response.outputs
+    if response.parameters or any(t.parameters for t in outputs):
+        return infer_response_message(response).SerializeToString()  # type: ignore[no-any-return]
+    parts = [_response_head(response.model_name, response.model_version)]
+    if response.id:
+        parts.append(protowire.length_delimited(3, response.id.encode()))
+    contents = []
+    for tensor in outputs:
+        parts.append(_output_entry(tensor.name, tensor.datatype, tuple(tensor.shape)))
+        contents.append(array_to_raw(tensor.data, datatypes.BY_WIRE[tensor.datatype]))
+    for content in contents:
+        parts += (_RAW_OUTPUT_TAG, protowire.varint(len(content)), content)
+    return b"".join(parts)
+
+
+_RAW_OUTPUT_TAG = protowire.tag(6, 2)  # ModelInferResponse.raw_output_contents
+
+
+@functools.lru_cache(maxsize=256)
+def _response_head(model_name: str, model_version: str) -> bytes:
+    """ModelInferResponse's fields 1 and 2 (proto3 leaves an empty string out)."""
+    head = protowire.length_delimited(1, model_name.encode()) if model_name else b""
+    return head + (protowire.length_delimited(2, model_version.encode()) if model_version else b"")
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_entry(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """One ``outputs`` entry (field 5): InferOutputTensor's name, datatype and packed shape."""
+    tensor = protowire.length_delimited(1, name.encode()) if name else b""
+    tensor += protowire.length_delimited(2, datatype.encode()) if datatype else b""
+    return protowire.length_delimited(5, tensor + protowire.packed_varints(3, shape))
 
 
 def infer_response_message(response: InferResponse) -> pb.ModelInferResponse:

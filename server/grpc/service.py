@@ -24,7 +24,7 @@ from server.core.inference import Streamed
 from server.core.messages import InferResponse
 from server.core.shared_memory import uses_shared_memory
 from server.core.status import GRPC_STATUS
-from server.grpc.codec import decode_request, infer_response_message
+from server.grpc.codec import decode_request, infer_response_bytes, infer_response_message
 from server.grpc.health import HEALTH_SERVICE, health_handlers
 from server.grpc.http2.limits import MAX_HEADER_LIST, MAX_STREAMS, Http2Limits
 from server.grpc.limits import CallLimits
@@ -124,7 +124,7 @@ class InferenceService:
         return pb.ModelStatisticsResponse(model_stats=[encode_statistics(r) for r in rows])
 
     @guarded
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse | bytes:
         decoded = decode_request(request)
         if self.region_rule is not None and uses_shared_memory(decoded):
             await _enforce(self.region_rule, context)
@@ -134,7 +134,7 @@ class InferenceService:
             return await self.tracing.traced(
                 request.model_name, parent, "grpc", run, infer_response_message, _described
             )
-        return infer_response_message(await self.plane.infer(decoded))
+        return infer_response_bytes(await self.plane.infer(decoded))
 
     @guarded
     async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
@@ -355,6 +355,17 @@ def _lenient(message_class: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
+def _serializer(message_class: Any) -> Callable[[Any], bytes]:
+    """The message's bytes; a handler may answer with bytes already (ModelInfer writes its
+    answer directly: server/grpc/codec.py infer_response_bytes)."""
+    serialize = message_class.SerializeToString
+
+    def serialized(reply: Any) -> bytes:
+        return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
+
+    return serialized
+
+
 def _message_types(method: str) -> tuple[Any, Any]:
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     rpc = service.methods_by_name[method]
@@ -433,7 +444,7 @@ def method_handlers(service: InferenceService, access: AccessPolicy | None = Non
         request_class, response_class = _message_types(method)
         codec = {
             "request_deserializer": _lenient(request_class),
-            "response_serializer": response_class.SerializeToString,
+            "response_serializer": _serializer(response_class),
         }
         if method == "ModelStreamInfer":
             handlers[method] = grpc.stream_stream_rpc_method_handler(service.ModelStreamInfer, **codec)

@@ -272,6 +272,64 @@ async def test_a_silent_server_times_out_and_the_stream_is_reset() -> None:
         assert FrameType.RST_STREAM in kinds
 
 
+async def test_calls_beyond_the_streams_wait_their_turn_within_their_time() -> None:
+    """With every stream busy (8 here) a call waits: it times out without reaching the server
+    when none frees in time, and takes the stream a cancelled call gives back."""
+    seen: list[int] = []
+
+    async def hold_eight(peer: Peer) -> None:
+        for _ in range(8):
+            seen.append((await peer.read_call())[0])  # held, never answered
+        while True:
+            stream_id, body = await peer.read_call()
+            seen.append(stream_id)
+            peer.answer(stream_id, body[5:])
+
+    async with serving(hold_eight) as (channel, _):
+        held = [asyncio.ensure_future(channel.call(HEAD, b"held", 30)) for _ in range(8)]
+        for _ in range(200):
+            if len(seen) == 8:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await channel.call(HEAD, b"no stream", 0.2)
+        held[0].cancel()
+        assert await channel.call(HEAD, b"its turn", 5) == b"its turn"
+        assert len(seen) == 9  # the call that timed out waiting never reached the server
+        for call in held:
+            call.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_each_call_times_out_at_its_own_deadline_on_a_shared_timer() -> None:
+    """The connection's one timer follows the earliest deadline: a short call made after a long
+    one times out first, the long one when its own time is up, and a call answered in time is
+    not touched by the others' expiry."""
+
+    async def answer_third(peer: Peer) -> None:
+        for _ in range(2):
+            await peer.read_call()  # never answered
+        stream_id, message = await peer.read_call()
+        peer.answer(stream_id, message[5:])
+        while True:
+            await peer.read_frame()
+
+    async with serving(answer_third) as (channel, _):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        long = asyncio.ensure_future(channel.call(HEAD, b"long", 0.6))
+        await asyncio.sleep(0.01)
+        short = asyncio.ensure_future(channel.call(HEAD, b"short", 0.15))
+        await asyncio.sleep(0.01)
+        assert await channel.call(HEAD, b"answered", 5) == b"answered"
+        with pytest.raises(TimeoutError):
+            await short
+        assert not long.done()
+        with pytest.raises(TimeoutError):
+            await long
+        assert loop.time() - start >= 0.6 - 0.002  # not before its own deadline (timers round to ms)
+
+
 @pytest.mark.parametrize(
     ("hostile", "match"),
     [

@@ -109,6 +109,15 @@ def test_grpc_request_bytes_are_the_whole_message(inputs: dict[str, np.ndarray],
     assert [o.name for o in parsed.outputs] == ["OUT"]
 
 
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
+def test_grpc_request_bytes_length_prefixes(size: int) -> None:
+    """The contents' lengths written by hand are protobuf's varints, one to three bytes long."""
+    inputs = {"A": np.arange(size, dtype=np.uint8).reshape(1, size), "B": np.ones((1, 3), np.int8)}
+    dtypes = {"A": BY_WIRE["UINT8"], "B": BY_WIRE["INT8"]}
+    whole = wire.grpc_request("m", "", inputs, dtypes, ["OUT"]).SerializeToString()
+    assert wire.grpc_request_bytes("m", "", inputs, dtypes, ["OUT"]) == whole
+
+
 @pytest.mark.parametrize(
     "body",
     [
