@@ -317,7 +317,8 @@ class DeviceQueue:
         self.inline_executions += 1
         if pending.timeline is not None:
             pending.timeline.enqueued_ns, pending.timeline.dequeued_ns = pending.enqueued_ns, now
-        done = self._completion(instance, [pending], self._order.ticket(), False, pending.timeline is not None)
+        timed = pending.timeline is not None
+        done = self._completion(instance, [pending], self._order.ticket(), False, timed, inline=True)
         try:
             await instance.run_async_now(self._job([pending.inputs], [pending.batch_size]), done)
         except asyncio.CancelledError:  # the client went away: done() failed its future, read it here
@@ -339,7 +340,8 @@ class DeviceQueue:
         if timeline is not None:
             timeline.enqueued_ns = timeline.dequeued_ns = queued
             timeline.stamp(times, self._freed_ns, next_batch_id(), batch_size, 1)
-        self._observe(batch_size, 1, times, self._idle[-1])
+        # counted at the loop's next turn, once the caller has sent the answer
+        self.loop().call_soon(self._observe, batch_size, 1, times, self._idle[-1])
         if isinstance(outputs[0], BaseException):  # a per-request model failed this request
             raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
@@ -558,8 +560,17 @@ class DeviceQueue:
         return functools.partial(run, parts, sizes, batch, self.config.name, self._specs)
 
     def _completion(
-        self, instance: ModelInstance, batch: list[Pending], ticket: int, cap_bound: bool, timed: bool = False
+        self,
+        instance: ModelInstance,
+        batch: list[Pending],
+        ticket: int,
+        cap_bound: bool,
+        timed: bool = False,
+        inline: bool = False,
     ) -> Any:
+        """The batch's ``done``. ``inline``: the request's own task runs on to its answer after
+        it, so the statistics and AIMD wait for the loop's next turn, after the answer is sent."""
+
         def done(result: tuple[list[Tensors], ExecutionTimes] | None, error: BaseException | None) -> None:
             self._idle.append(instance)
             if self._limiter is not None and instance.slot is not None:
@@ -567,7 +578,10 @@ class DeviceQueue:
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
                 rows = sum(r.batch_size for r in batch)
-                self._observe(rows, len(batch), result[1], instance, cap_bound)
+                if inline:
+                    self.loop().call_soon(self._observe, rows, len(batch), result[1], instance, cap_bound)
+                else:
+                    self._observe(rows, len(batch), result[1], instance, cap_bound)
                 if timed:
                     _stamp(batch, result[1], self._freed_ns, rows)
             answered = batch

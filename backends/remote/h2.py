@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import math
 import struct
 from collections.abc import Callable
 from urllib.parse import unquote
 
+from backends.common.deadlines import Deadlines
 from backends.common.http2 import (
     DEFAULT_WINDOW,
     HEADER,
@@ -55,7 +55,6 @@ STATUS_NAMES = (  # gRPC's status codes by number
 )  # fmt: skip
 _LAST_STREAM_ID = 2**31 - 1
 _MAX_DECODED = 64  # header blocks remembered per connection (a server sends few distinct ones)
-_TIMER_SLACK_S = 0.001  # the loop's timers round to milliseconds: a deadline this close has come
 
 
 class ProtocolError(Exception):
@@ -97,12 +96,11 @@ def request_head(path: str, authority: str, timeout_s: float) -> bytes:
 class _Call:
     """One stream: what was received of its answer, and its send window."""
 
-    __slots__ = ("chunks", "deadline", "future", "headers_seen", "send_window", "size", "unacked")
+    __slots__ = ("chunks", "future", "headers_seen", "send_window", "size", "unacked")
 
-    def __init__(self, future: asyncio.Future[bytes], send_window: int, deadline: float) -> None:
+    def __init__(self, future: asyncio.Future[bytes], send_window: int) -> None:
         self.future = future
         self.send_window = send_window
-        self.deadline = deadline  # loop time
         self.headers_seen = False
         self.chunks: list[bytes] = []
         self.size = 0
@@ -122,7 +120,6 @@ class H2Connection(asyncio.Protocol):
         self._decoder = HeaderDecoder(MAX_HEADER_LIST, max_table_bytes=0)
         self._decoded: dict[bytes, dict[str, str]] = {}
         self._calls: dict[int, _Call] = {}
-        self._loop: asyncio.AbstractEventLoop  # set when connected
         self._next_id = 1
         self._send_window = DEFAULT_WINDOW  # the connection's, as the server grants it
         self._peer_initial_window = DEFAULT_WINDOW
@@ -130,11 +127,8 @@ class H2Connection(asyncio.Protocol):
         self.peer_max_streams = 100
         self._unacked = 0  # received on the connection, not yet given back by WINDOW_UPDATE
         self._window_opened = asyncio.Event()
-        # one timer for the connection's earliest deadline, not one per call (a timer made and
-        # cancelled on every call cost several us): calls of one model share a timeout, so the
-        # earliest is mostly the oldest call's and the timer rarely moves
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = math.inf
+        self._loop = asyncio.get_running_loop()  # made by loop.create_connection, on the loop
+        self._deadlines: Deadlines[_Call] = Deadlines(self._loop, self._time_out)  # one timer, not one a call
         self._continuation: tuple[int, int, bytearray] | None = None  # stream, flags, block so far
         self._handlers: dict[int, Callable[[int, int, bytes], None]] = {
             FrameType.DATA: self._on_data,
@@ -153,7 +147,6 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP transport (uvloop's is no subclass)
         assert self.transport is not None
-        self._loop = asyncio.get_running_loop()
         settings = {
             Setting.HEADER_TABLE_SIZE: 0,
             Setting.ENABLE_PUSH: 0,
@@ -185,10 +178,9 @@ class H2Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = self._loop
         stream_id, self._next_id = self._next_id, self._next_id + 2
-        call = _Call(loop.create_future(), self._peer_initial_window, loop.time() + within_s)
+        call = _Call(loop.create_future(), self._peer_initial_window)
         self._calls[stream_id] = call
-        if call.deadline < self._expiry_at:
-            self._expire_at(call.deadline)
+        self._deadlines.hold(call, loop.time() + within_s)
         try:
             body = struct.pack(">BI", 0, len(message)) + message
             headers = frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, head)
@@ -199,6 +191,7 @@ class H2Connection(asyncio.Protocol):
                 self.transport.write(rst_stream(stream_id, ErrorCode.CANCEL))  # the server may stop
             raise
         finally:
+            self._deadlines.drop(call)
             self._calls.pop(stream_id, None)
             if call.future.done() and not call.future.cancelled():
                 call.future.exception()  # seen, whichever way the call ended
@@ -239,35 +232,13 @@ class H2Connection(asyncio.Protocol):
             if self.closed:
                 raise ConnectionResetError("the connection closed while sending")
 
-    def _expire_at(self, when: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry, self._expiry_at = self._loop.call_at(when, self._expire), when
-
-    def _stop_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry, self._expiry_at = None, math.inf
-
-    def _expire(self) -> None:
-        """Fails the calls whose deadline has come (TimeoutError); the timer moves on to the
-        earliest deadline left."""
-        self._expiry, self._expiry_at = None, math.inf
-        now = self._loop.time() + _TIMER_SLACK_S
-        earliest = math.inf
-        for call in list(self._calls.values()):
-            if call.future.done():
-                continue
-            if call.deadline <= now:
-                call.future.set_exception(TimeoutError())
-                self._window_opened.set()  # a sender waiting for a window sees it
-            else:
-                earliest = min(earliest, call.deadline)
-        if earliest < math.inf and not self.closed:
-            self._expire_at(earliest)
+    def _time_out(self, call: _Call) -> None:
+        if not call.future.done():
+            call.future.set_exception(TimeoutError())
+            self._window_opened.set()  # a sender waiting for a window sees it
 
     def close(self) -> None:
-        self._stop_expiry()
+        self._deadlines.close()
         if not self.closed and self.transport is not None:
             self.transport.write(goaway(0, ErrorCode.NO_ERROR))
             self.transport.close()
@@ -451,7 +422,7 @@ class H2Connection(asyncio.Protocol):
             call.future.set_exception(error)
 
     def _fail_all(self, error: Exception) -> None:
-        self._stop_expiry()
+        self._deadlines.close()
         calls, self._calls = self._calls, {}
         for call in calls.values():
             if not call.future.done():

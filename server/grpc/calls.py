@@ -140,7 +140,7 @@ class GrpcCall:
         "server",
         "stream",
         "task",
-        "timer",
+        "timed",
     )  # fmt: skip
 
     def __init__(self, server: GrpcServer, stream: Stream, route: GrpcMethod, headers: list[tuple[str, str]]) -> None:
@@ -153,7 +153,7 @@ class GrpcCall:
         self.task: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[tuple[bytes, int] | None] | None = None
         self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timed = False  # held by the connection's deadlines
         self.cancelled = False
         self.headers_sent = False
         self.done = False  # answered (or reset): nothing more is sent or run
@@ -382,15 +382,17 @@ class GrpcCall:
             self.deadline_passed = True
             self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
             return False
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + timeout_s
-        self.timer = loop.call_later(timeout_s, self._deadline_passed)
+        connection = self.stream.connection
+        self.deadline = connection.loop.time() + timeout_s
+        connection.deadlines.hold(self, self.deadline)  # the connection's one timer
+        self.timed = True
         return True
 
-    def _deadline_passed(self) -> None:
-        """Answered at once, whatever the call's state (its body not yet in, its handler not yet
-        started); then the handler is cancelled (a queued request leaves its queue)."""
-        self.timer = None
+    def out_of_time(self) -> None:
+        """Its deadline came (the connection's ``deadlines``): answered at once, whatever the
+        call's state (its body not yet in, its handler not yet started); then the handler is
+        cancelled (a queued request leaves its queue)."""
+        self.timed = False
         self.deadline_passed = True
         task = self.task
         self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXCEEDED)
@@ -412,9 +414,9 @@ class GrpcCall:
 
     def _close(self) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timed:
+            self.stream.connection.deadlines.drop(self)
+            self.timed = False
         self.server.calls.discard(self)
         if self.reserved:
             self._release(self.reserved)

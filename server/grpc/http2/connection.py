@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ssl import SSLContext
 from typing import cast
 
+from backends.common.deadlines import Deadlines
 from backends.common.http2 import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
@@ -127,6 +128,8 @@ class Http2Connection(Http2Output):
         self.closed = False
         self.lost = False
         self._timer: asyncio.TimerHandle | None = None
+        # the receivers' deadlines (gRPC's grpc-timeout) on one timer, not one a call
+        self.deadlines: Deadlines[Receiver] = Deadlines(self.loop, _deadline_passed)
         self._dispatch: dict[int, Callable[[int, int, bytes], None]] = {
             FrameType.DATA: self._on_data,
             FrameType.HEADERS: self._on_headers,
@@ -164,6 +167,7 @@ class Http2Connection(Http2Output):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = self.lost = True
         self.server.release(self)
+        self.deadlines.close()  # its receivers are reset below
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -617,3 +621,7 @@ class Http2Server:
     async def wait_closed(self) -> None:
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def _deadline_passed(receiver: Receiver) -> None:
+    receiver.out_of_time()

@@ -20,6 +20,9 @@ class Receiver(Protocol):
 
     def reset(self) -> None: ...
 
+    def out_of_time(self) -> None:
+        """The deadline it gave the connection's ``deadlines`` has come."""
+
 
 class StreamHandler(Protocol):
     def open(self, stream: Stream, headers: list[tuple[str, str]], end: bool) -> Receiver: ...

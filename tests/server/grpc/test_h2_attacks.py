@@ -372,6 +372,9 @@ class _Holding:
     def reset(self) -> None:
         self.was_reset = True
 
+    def out_of_time(self) -> None:
+        pass
+
 
 class _Handler:
     def __init__(self) -> None:
