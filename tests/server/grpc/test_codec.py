@@ -12,6 +12,7 @@ from backends.common.protowire import varint
 from backends.common.tensors import array_from_raw
 from server.core.messages import InferResponse, OutputTensor
 from server.grpc.codec import infer_response_bytes, infer_response_message
+from server.grpc.native import _timeout_s
 from server.proto import grpc_service_pb2 as pb
 
 
@@ -74,3 +75,16 @@ def test_a_shape_that_fits_views_the_bytes() -> None:
     assert array.shape == (2, 3)
     assert array[1, 2] == 5.0
     assert array_from_raw(b"", BY_WIRE["FP32"], [0, 3], "X").shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("10S", 10.0), ("1n", 1e-9), ("99999999m", 99999.999), ("2H", 7200.0), ("5u", 5e-6)]
+)
+def test_grpc_timeouts_parse(value: str, seconds: float) -> None:
+    assert _timeout_s(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["soon", "", "S", "123456789S", "\u0661\u0662S", "-1S", "+1S", " 1S", "1s", "1.5S"])
+def test_bad_grpc_timeouts_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="invalid grpc-timeout"):
+        _timeout_s(value)
