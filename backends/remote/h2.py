@@ -162,9 +162,14 @@ class H2Connection(asyncio.Protocol):
         self._fail_all(ConnectionResetError("the server closed the connection"))
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
         try:
-            self._read_frames()
+            if self._buffer:  # the rest of a frame begun earlier
+                self._buffer += data
+                del self._buffer[: self._read_frames(self._buffer)]
+                return
+            read = self._read_frames(data)  # whole frames, the usual case: read where they came
+            if read < len(data) and not self.closed:
+                self._buffer += memoryview(data)[read:]
         except ConnectionError_ as error:
             self._abort(error.code, str(error))
 
@@ -246,23 +251,23 @@ class H2Connection(asyncio.Protocol):
 
     # -- frames -----------------------------------------------------------------------------------
 
-    def _read_frames(self) -> None:
-        buffer = self._buffer
-        offset = 0
-        while len(buffer) - offset >= 9:
-            high, low, kind, flags, stream_id = HEADER.unpack_from(buffer, offset)
+    def _read_frames(self, source: bytes | bytearray) -> int:
+        """Handles the whole frames at the start of ``source``; the bytes they took."""
+        offset, size = 0, len(source)
+        while size - offset >= 9:
+            high, low, kind, flags, stream_id = HEADER.unpack_from(source, offset)
             length = (high << 8) | low
             if length > MAX_FRAME:
                 raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, f"a frame of {length} bytes")
             end = offset + 9 + length
-            if end > len(buffer):
+            if end > size:
                 break
-            payload = bytes(buffer[offset + 9 : end])
+            payload = bytes(source[offset + 9 : end])  # of bytes: the slice itself, no second copy
             offset = end
             self._on_frame(kind, flags, stream_id & _LAST_STREAM_ID, payload)
             if self.closed:
-                return
-        del buffer[:offset]
+                break
+        return offset
 
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is not None and kind != FrameType.CONTINUATION:

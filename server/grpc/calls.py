@@ -262,14 +262,18 @@ class GrpcCall:
             what = "more than one message" if len(body) > self.expected else "a partial message"
             self.finish(grpc.StatusCode.INTERNAL, f"a unary call carried {what}")
             return
-        work = self._unary(body[0], memoryview(body)[5:])
-        self.task = self.stream.connection.loop.create_task(self._guarded(work))
+        self.task = self.stream.connection.loop.create_task(self._unary(body[0], memoryview(body)[5:]))
 
     async def _unary(self, flag: int, message: memoryview) -> None:
+        """A unary call's handler, guarded as ``_guarded`` guards (without a second coroutine
+        a call)."""
         route = self.route
-        request = route.deserialize(await self._inflated(flag, message) if flag else message)
-        reply = await route.unary(request, CallContext(self))
-        self.reply(route.serialize(reply), last=True)
+        try:
+            request = route.deserialize(await self._inflated(flag, message) if flag else message)
+            reply = await route.unary(request, CallContext(self))
+            self.reply(route.serialize(reply), last=True)
+        except (Exception, asyncio.CancelledError) as error:
+            self._ended_by(error)
 
     async def _inflated(self, flag: int, message: memoryview) -> bytes | bytearray:
         if flag != 1:
@@ -286,12 +290,16 @@ class GrpcCall:
         """Runs a call's handler; what it raises becomes the call's status."""
         try:
             await work
-        except Abort as abort:
-            self.finish(abort.code, abort.details, abort.pushback)
-        except asyncio.CancelledError:
+        except (Exception, asyncio.CancelledError) as error:
+            self._ended_by(error)
+
+    def _ended_by(self, error: BaseException) -> None:
+        if isinstance(error, Abort):
+            self.finish(error.code, error.details, error.pushback)
+        elif isinstance(error, asyncio.CancelledError):
             self._after_cancel()
-        except Exception:
-            log.exception("internal error in a gRPC handler")
+        else:
+            log.error("internal error in a gRPC handler", exc_info=error)
             self.finish(grpc.StatusCode.UNKNOWN, "Unexpected error in handler")
 
     # --- streaming ------------------------------------------------------------------------------
@@ -359,9 +367,12 @@ class GrpcCall:
         headers = None if self.headers_sent else RESPONSE_HEADERS
         self.headers_sent = True
         data = b"\x00" + len(message).to_bytes(4, "big") + message
-        if last:
-            self._close()
-        self.stream.send(headers, data, OK_TRAILERS if last else None)
+        if not last:
+            self.stream.send(headers, data, None)
+            return
+        self.done = True  # nothing more is sent on it
+        self.stream.send(headers, data, OK_TRAILERS)
+        self._close()  # its bookkeeping once the answer has left
 
     def finish(self, code: grpc.StatusCode, details: str, pushback: bool = False) -> None:
         """The call's status; sent before the request ended, it also resets the stream (NO_ERROR,

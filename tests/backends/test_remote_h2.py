@@ -272,6 +272,44 @@ async def test_a_silent_server_times_out_and_the_stream_is_reset() -> None:
         assert FrameType.RST_STREAM in kinds
 
 
+async def test_answers_cut_anywhere_are_read_whole() -> None:
+    """Frames that arrive in pieces (a byte at a time, or two answers and half of a third in one
+    read) are put together before they are read."""
+
+    async def dribble(peer: Peer) -> None:
+        stream_id, body = await peer.read_call()
+        answer = _answer_bytes(peer, stream_id, body[5:])
+        for i in range(len(answer)):
+            peer.writer.write(answer[i : i + 1])
+            await peer.writer.drain()
+            await asyncio.sleep(0)
+        ids = [(await peer.read_call())[0] for _ in range(3)]
+        answers = b"".join(_answer_bytes(peer, i, b"n%d" % i) for i in ids)
+        cut = len(answers) - 7
+        peer.writer.write(answers[:cut])
+        await peer.writer.drain()
+        await asyncio.sleep(0.05)
+        peer.writer.write(answers[cut:])
+        await echo(peer)
+
+    async with serving(dribble) as (channel, _):
+        assert await channel.call(HEAD, b"slowly", 5) == b"slowly"
+        calls = [channel.call(HEAD, b"x", 5) for _ in range(3)]
+        assert sorted(await asyncio.gather(*calls)) == [b"n3", b"n5", b"n7"]
+        assert await channel.call(HEAD, b"after", 5) == b"after"
+
+
+def _answer_bytes(peer: Peer, stream_id: int, message: bytes) -> bytes:
+    """What ``Peer.answer`` writes, as bytes."""
+    head = peer.encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
+    trailers = peer.encoder.encode([("grpc-status", "0")])
+    return (
+        frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, head)
+        + frame(FrameType.DATA, 0, stream_id, struct.pack(">BI", 0, len(message)) + message)
+        + frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, stream_id, trailers)
+    )
+
+
 async def test_calls_beyond_the_streams_wait_their_turn_within_their_time() -> None:
     """With every stream busy (8 here) a call waits: it times out without reaching the server
     when none frees in time, and takes the stream a cancelled call gives back."""
