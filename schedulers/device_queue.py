@@ -54,8 +54,17 @@ from schedulers.timeline import Timeline, next_batch_id
 
 _SMOOTHING = 0.2  # weight of the latest batch in a device's moving average of batch time
 
-# per event loop: how many of its devices have requests queued or executing on their threads
-_active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+class _Activity:
+    """Per event loop: how many of its devices have requests queued or executing."""
+
+    __slots__ = ("devices",)
+
+    def __init__(self) -> None:
+        self.devices = 0
+
+
+_active: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Activity] = weakref.WeakKeyDictionary()
 # set while a model that takes its batch as requests executes: a call it makes to another model
 # (BLS) carries it to the loop, where the caller's own device, which only waits for that call,
 # does not keep the callee from running inline
@@ -140,6 +149,7 @@ class DeviceQueue:
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._activity: _Activity | None = None
         self._dispatching = False
         self._dispatch_scheduled = False
         # an instance on the event loop would only pay a suspension for the wait: it runs at once
@@ -228,7 +238,7 @@ class DeviceQueue:
         expected_ns = self._solo_ns * max(1.0, rows / self._solo_rows)
         if expected_ns > self._inline_ns or self._idle_ns() < expected_ns:
             return False
-        return _active.get(self.loop(), 0) <= _in_execution.get()
+        return self.activity().devices <= _in_execution.get()
 
     def _idle_ns(self) -> float:
         """How long since a batch last completed (forever when none has: the monotonic clock's
@@ -243,13 +253,19 @@ class DeviceQueue:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def activity(self) -> _Activity:
+        """Its loop's count of busy devices (looked up once: a weak mapping's lookup costs ~1 us)."""
+        if self._activity is None:
+            self._activity = _active.setdefault(self.loop(), _Activity())
+        return self._activity
+
     def submit(self, pending: Pending, timeout_us: int) -> None:
         """Queues a request; its future gets the outputs or the error."""
         loop = self.loop()
         self._enqueue(pending, timeout_us)
         if self._drained.is_set():
             self._drained.clear()
-            _active[loop] = _active.get(loop, 0) + 1
+            self.activity().devices += 1
         if self._defer:
             if not self._dispatch_scheduled:
                 # the end of this loop iteration: requests that arrived together batch together
@@ -307,11 +323,10 @@ class DeviceQueue:
         without the task, the future hand-off and the loop turns of a dispatch; completion
         (statistics, AIMD, a failed endpoint's retry elsewhere, ordering, the next dispatch) is
         the dispatched batch's own."""
-        loop = self.loop()
         instance = self._idle.pop()
         if self._drained.is_set():
             self._drained.clear()
-            _active[loop] = _active.get(loop, 0) + 1
+            self.activity().devices += 1
         now = time.perf_counter_ns()
         self.stats.queue.add(now - pending.enqueued_ns)
         self.inline_executions += 1
@@ -379,7 +394,7 @@ class DeviceQueue:
         if not self.busy and not self._drained.is_set():
             self._drained.set()
             assert self._loop is not None
-            _active[self._loop] -= 1
+            self.activity().devices -= 1
         return taken
 
     async def close(self) -> None:
@@ -425,7 +440,7 @@ class DeviceQueue:
         if not self.queue and not self.busy and not self._drained.is_set():
             self._drained.set()
             assert self._loop is not None
-            _active[self._loop] -= 1
+            self.activity().devices -= 1
 
     def _ready_instance(self) -> ModelInstance | None:
         """An idle instance that may execute now (no resources, or granted them), asking the

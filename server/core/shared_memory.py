@@ -296,7 +296,10 @@ _NO_USE = SharedMemoryUse()  # for requests without shared memory: holds nothing
 
 def uses_shared_memory(request: InferRequest) -> bool:
     """Whether any tensor has parameters (most have none): only those may name a region."""
-    return any(t.parameters for t in request.inputs) or any(o.parameters for o in request.outputs)
+    for tensor in request.inputs:  # a loop, not any() over a generator: this runs on every request
+        if tensor.parameters:
+            return True
+    return bool(request.outputs) and any(o.parameters for o in request.outputs)
 
 
 def _placement(params: Params, what: str) -> tuple[str, int, int] | None:
