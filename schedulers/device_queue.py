@@ -355,8 +355,7 @@ class DeviceQueue:
         if timeline is not None:
             timeline.enqueued_ns = timeline.dequeued_ns = queued
             timeline.stamp(times, self._freed_ns, next_batch_id(), batch_size, 1)
-        # counted at the loop's next turn, once the caller has sent the answer
-        self.loop().call_soon(self._observe, batch_size, 1, times, self._idle[-1])
+        self._observe_after_answer(batch_size, 1, times, self._idle[-1])
         if isinstance(outputs[0], BaseException):  # a per-request model failed this request
             raise outputs[0]
         return outputs[0]  # type: ignore[no-any-return]
@@ -593,10 +592,8 @@ class DeviceQueue:
             self._freed_ns = time.perf_counter_ns()
             if error is None and result is not None:
                 rows = sum(r.batch_size for r in batch)
-                if inline:
-                    self.loop().call_soon(self._observe, rows, len(batch), result[1], instance, cap_bound)
-                else:
-                    self._observe(rows, len(batch), result[1], instance, cap_bound)
+                observe = self._observe_after_answer if inline else self._observe
+                observe(rows, len(batch), result[1], instance, cap_bound)
                 if timed:
                     _stamp(batch, result[1], self._freed_ns, rows)
             answered = batch
@@ -606,6 +603,12 @@ class DeviceQueue:
             self._dispatch()
 
         return done
+
+    def _observe_after_answer(
+        self, rows: int, requests: int, times: ExecutionTimes, instance: ModelInstance, cap_bound: bool = False
+    ) -> None:
+        """``_observe`` at the loop's next turn: an inline execution's caller sends its answer first."""
+        self.loop().call_soon(self._observe, rows, requests, times, instance, cap_bound)
 
     def _observe(
         self, rows: int, requests: int, times: ExecutionTimes, instance: ModelInstance, cap_bound: bool = False

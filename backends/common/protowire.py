@@ -29,6 +29,21 @@ def length_delimited(field: int, payload: bytes) -> bytes:
     return tag(field, 2) + varint(len(payload)) + payload
 
 
+def string(field: int, text: str) -> bytes:
+    """A string field; nothing when empty (proto3 leaves a default value out)."""
+    return length_delimited(field, text.encode()) if text else b""
+
+
+def repeated_bytes(field: int, values: list[bytes]) -> list[bytes]:
+    """A repeated bytes field as parts to join: each value's tag and length, then the value
+    itself (large contents are copied once, by the final join)."""
+    key = tag(field, 2)
+    parts: list[bytes] = []
+    for value in values:
+        parts += (key, varint(len(value)), value)
+    return parts
+
+
 def packed_varints(field: int, values: tuple[int, ...]) -> bytes:
     """A packed repeated integer field (proto3's default); nothing when empty."""
     if not values:

@@ -49,16 +49,10 @@ def grpc_request_bytes(
     if _typed(inputs, types):
         return grpc_request(model, version, inputs, types, outputs).SerializeToString()
     head = _request_head(model, version, _described(inputs, types), tuple(outputs))
-    parts = [head]
-    for name, array in inputs.items():
-        content = array_to_raw(array, types[name])
-        parts += (_RAW_INPUT_TAG, protowire.varint(len(content)), content)
-    return b"".join(parts)
-
-
-# raw_input_contents (field 7, length-delimited), written by hand: a message built only to
-# serialize the contents cost ~4 us a call
-_RAW_INPUT_TAG = protowire.tag(7, 2)
+    contents = [array_to_raw(array, types[name]) for name, array in inputs.items()]
+    # raw_input_contents (field 7) written by hand: a message built only to serialize the
+    # contents cost ~4 us a call
+    return b"".join([head, *protowire.repeated_bytes(7, contents)])
 
 
 Described = tuple[tuple[str, str, tuple[int, ...]], ...]  # each input's name, wire type, shape

@@ -118,34 +118,23 @@ def infer_response_bytes(response: InferResponse) -> bytes:
     outputs = response.outputs
     if response.parameters or any(t.parameters for t in outputs):
         return infer_response_message(response).SerializeToString()  # type: ignore[no-any-return]
-    parts = [_response_head(response.model_name, response.model_version)]
-    if response.id:
-        parts.append(protowire.length_delimited(3, response.id.encode()))
-    contents = []
-    for tensor in outputs:
-        parts.append(_output_entry(tensor.name, tensor.datatype, tuple(tensor.shape)))
-        contents.append(array_to_raw(tensor.data, datatypes.BY_WIRE[tensor.datatype]))
-    for content in contents:
-        parts += (_RAW_OUTPUT_TAG, protowire.varint(len(content)), content)
-    return b"".join(parts)
-
-
-_RAW_OUTPUT_TAG = protowire.tag(6, 2)  # ModelInferResponse.raw_output_contents
+    parts = [_response_head(response.model_name, response.model_version), protowire.string(3, response.id)]
+    parts += [_output_entry(t.name, t.datatype, tuple(t.shape)) for t in outputs]
+    contents = [array_to_raw(t.data, datatypes.BY_WIRE[t.datatype]) for t in outputs]
+    return b"".join(parts + protowire.repeated_bytes(6, contents))  # raw_output_contents
 
 
 @functools.lru_cache(maxsize=256)
 def _response_head(model_name: str, model_version: str) -> bytes:
-    """ModelInferResponse's fields 1 and 2 (proto3 leaves an empty string out)."""
-    head = protowire.length_delimited(1, model_name.encode()) if model_name else b""
-    return head + (protowire.length_delimited(2, model_version.encode()) if model_version else b"")
+    """ModelInferResponse's fields 1 and 2."""
+    return protowire.string(1, model_name) + protowire.string(2, model_version)
 
 
 @functools.lru_cache(maxsize=1024)
 def _output_entry(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
     """One ``outputs`` entry (field 5): InferOutputTensor's name, datatype and packed shape."""
-    tensor = protowire.length_delimited(1, name.encode()) if name else b""
-    tensor += protowire.length_delimited(2, datatype.encode()) if datatype else b""
-    return protowire.length_delimited(5, tensor + protowire.packed_varints(3, shape))
+    tensor = protowire.string(1, name) + protowire.string(2, datatype) + protowire.packed_varints(3, shape)
+    return protowire.length_delimited(5, tensor)
 
 
 def infer_response_message(response: InferResponse) -> pb.ModelInferResponse:
