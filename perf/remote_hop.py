@@ -2,9 +2,18 @@
 (backends/remote), on perf/batching_gain.py's compute-bound ``wide_mlp``.
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
-        [--repeat 3] [--concurrency 64] [--measurement-interval 3000] [--front-cpus 1] \\
-        [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
+        [--repeat 5] [--concurrency 64] [--measurement-interval 3000] [--c1-interval 1500] \\
+        [--front-cpus 1] [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
         [--front-delay-us 50000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
+
+Every system is started once and stays up, idle but for the one perf_analyzer measures; each
+round measures three groups, one after the other: wide_mlp at c=64 (batched, pair, unbatched),
+wide_mlp at c=1 (container, pair), identity_fp32 at c=1 (container, pair, floor). A group's
+measurements are neighbours a few seconds apart, so its ratios see one state of this drifting
+machine (the floor's p50 has moved 270-720 us within an hour); the order within each group
+turns by one each round. The summary gives each ratio by round, the median round, and in how
+many rounds each target holds. The workspace (/tmp/remote-hop-*) is removed after a run, kept
+with its logs after a failed one.
 
 Measures, in each round (the figures are the median round's):
 - ``batched``: perf_analyzer straight at a container serving wide_mlp with dynamic batching
@@ -24,11 +33,11 @@ Measures, in each round (the figures are the median round's):
   model's own time (about 16 ms for wide_mlp at batch 1) does not hide the hop (the front
   end's identity_fp32: count 1, no queue delay, the container's max_batch_size).
 
-Placement on this 2-core machine (taskset): perf_analyzer on ``--pa-cpus`` (core 0) and
-whatever it measures on the other core: the container alone, the floor server, and the pair's
-front end (``--front-cpus``) together with its container (``--container-cpus``), so that every
-system under test has the same one core (the container's one instance computes with one
-intra-op thread; while it computes, the front end has nothing to do). ``--front-cpus 0`` puts
+Placement on this 2-core machine (taskset): perf_analyzer on ``--pa-cpus`` (core 0) and every
+server on the other core: the batched and the unbatched container, the floor server, and the
+pair's front end (``--front-cpus``) with its container (``--container-cpus``, the unbatched
+one), so that every system under test has the same one core (the container's one instance
+computes with one intra-op thread; while it computes, the front end has nothing to do). ``--front-cpus 0`` puts
 the front end with perf_analyzer instead (the placement before 2026-12-07 evening). An empty
 value (``--front-cpus ''``) leaves that process unpinned; ``--c1-only`` measures only the
 identity_fp32 c=1 hop and the floor. Targets (issue 17): pair >= 0.9 x batched and >= 3 x
@@ -37,12 +46,14 @@ unbatched at c=64; pair p50 - container p50 <= the floor's p50 at c=1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +68,7 @@ from side_by_side import (  # noqa: E402
     free_port,
     machine,
     measure,
+    model_ready,
     perf_analyzer_path,
     pinned,
     pinned_perf_analyzer,
@@ -112,40 +124,59 @@ def write_front(front: Path, endpoint: str, args: argparse.Namespace) -> None:
         (front / name / "config.pbtxt").write_text(text)
 
 
-def one_round(repos: dict[str, Path], args: argparse.Namespace, base: Path, pa: Path) -> dict[str, Any]:
-    window, c = args.measurement_interval, args.concurrency
+def servers(repos: dict[str, Path], args: argparse.Namespace) -> dict[str, System]:
+    """Every system of the run, in the order they start (the front end after its container):
+    the batched container (not with ``--c1-only``), the unbatched container, the front end over
+    it, and the floor."""
+    found: dict[str, System] = {}
+    if not args.c1_only:
+        found["batched"] = pinned(clipperd("batched", "grpc", repos["on"]), args.container_cpus)
+    container = found["container"] = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
+    http_address = open_http(container)
+    write_front(repos["front"], http_address if args.front_protocol == "http" else container.address, args)
+    found["front"] = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
+    found["floor"] = pinned(system("floor"), args.container_cpus)
+    return found
+
+
+# Each group's measurements follow one another, so its ratio compares neighbours a few seconds
+# apart; the order within a group turns by one each round, so none is always measured first.
+C64 = (("batched_c64", "batched"), ("pair_c64", "front"), ("unbatched_c64", "container"))
+C1_WIDE = (("container_c1", "container"), ("pair_c1", "front"))
+C1_ECHO = (("container_echo_c1", "container"), ("pair_echo_c1", "front"), ("floor_c1", "floor"))
+
+
+def wait_ready(addresses: list[str], model: str, within_s: float = 120.0) -> None:
+    deadline = time.monotonic() + within_s
+    for address in addresses:
+        while not model_ready(address, "grpc", model):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{address}: {model} not ready within {within_s:.0f} s")
+            time.sleep(0.25)
+
+
+def turned(group: tuple[tuple[str, str], ...], n: int) -> tuple[tuple[str, str], ...]:
+    k = n % len(group)
+    return group[k:] + group[:k]
+
+
+def one_round(n: int, up: dict[str, System], args: argparse.Namespace, base: Path, pa: Path) -> dict[str, Any]:
+    """Round ``n``: every group measured once, all systems already up and idle but the one measured."""
     logs = base / "logs"
-    logs.mkdir(exist_ok=True)
     result: dict[str, Any] = {}
 
-    def run(name: str, address: str, concurrency: int, model: str) -> None:
-        figures = measure(pa, address, "grpc", concurrency, window, logs / f"{name}.csv", model)
+    def run(name: str, server: str, concurrency: int, model: str, interval_ms: int) -> None:
+        figures = measure(pa, up[server].address, "grpc", concurrency, interval_ms, logs / f"{name}.csv", model)
         result[name] = figures
         print(f"  {name}: {figures}", flush=True)
 
-    wide = not args.c1_only
-    if wide:
-        batched = pinned(clipperd("batched", "grpc", repos["on"]), args.container_cpus)
-        with running(batched, logs / "batched.log", "grpc", model=WIDE):
-            run("batched_c64", batched.address, c, WIDE)
-    container = pinned(clipperd("container", "grpc", repos["off"]), args.container_cpus)
-    http_address = open_http(container)
-    with running(container, logs / "container.log", "grpc", model=WIDE):
-        if wide:
-            run("unbatched_c64", container.address, c, WIDE)
-            run("container_c1", container.address, 1, WIDE)
-        run("container_echo_c1", container.address, 1, ECHO)
-        endpoint = http_address if args.front_protocol == "http" else container.address
-        write_front(repos["front"], endpoint, args)
-        front = pinned(clipperd("front", "grpc", repos["front"]), args.front_cpus)
-        with running(front, logs / "front.log", "grpc", model=WIDE):
-            if wide:
-                run("pair_c64", front.address, c, WIDE)
-                run("pair_c1", front.address, 1, WIDE)
-            run("pair_echo_c1", front.address, 1, ECHO)
-    floor = pinned(system("floor"), args.container_cpus)
-    with running(floor, logs / "floor.log", "grpc", model=ECHO):
-        run("floor_c1", floor.address, 1, ECHO)
+    if not args.c1_only:
+        for name, server in turned(C64, n):
+            run(name, server, args.concurrency, WIDE, args.measurement_interval)
+        for name, server in turned(C1_WIDE, n):
+            run(name, server, 1, WIDE, args.measurement_interval)
+    for name, server in turned(C1_ECHO, n):
+        run(name, server, 1, ECHO, args.c1_interval)
     return result
 
 
@@ -165,9 +196,10 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5, help="rounds")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--measurement-interval", type=int, default=3000)
+    parser.add_argument("--measurement-interval", type=int, default=3000, help="wide_mlp's windows, ms")
+    parser.add_argument("--c1-interval", type=int, default=1500, help="identity_fp32's c=1 windows, ms")
     parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
     parser.add_argument("--front-max-batch", type=int, default=64, help="wide_mlp's max_batch_size at the front end")
     parser.add_argument("--front-delay-us", type=int, default=50000, help="wide_mlp's max_queue_delay at the front end")
@@ -179,18 +211,25 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="remote-hop-"))
+    (base / "logs").mkdir()
     repos = repositories(base, args.front_count)
     pa = pinned_perf_analyzer(perf_analyzer_path(None), base, args.pa_cpus)
     rounds = []
-    for n in range(args.repeat):
-        print(f"round {n + 1}", flush=True)
-        found = one_round(repos, args, base, pa)
-        errors = {k: v["error"] for k, v in found.items() if "error" in v}
-        if errors:
-            sys.exit(f"remote_hop: {errors} (logs in {base / 'logs'})")
-        rounds.append(found | {"ratios": ratios(found)})
-        print(f"  {rounds[-1]['ratios']}", flush=True)
-    # the c=1 hop against the floor measured in the same round, minutes apart at most
+    up = servers(repos, args)
+    with contextlib.ExitStack() as stack:
+        for name, spec in up.items():
+            model = ECHO if name == "floor" or args.c1_only else WIDE
+            stack.enter_context(running(spec, base / "logs" / f"{name}.log", "grpc", model=model))
+        wait_ready([spec.address for name, spec in up.items() if name != "floor"], ECHO)
+        for n in range(args.repeat):
+            print(f"round {n + 1}", flush=True)
+            found = one_round(n, up, args, base, pa)
+            errors = {k: v["error"] for k, v in found.items() if "error" in v}
+            if errors:  # the workspace is kept for its logs
+                sys.exit(f"remote_hop: {errors} (logs in {base / 'logs'})")
+            rounds.append(found | {"ratios": ratios(found)})
+            print(f"  {rounds[-1]['ratios']}", flush=True)
+    # by the median round, and in how many rounds each target holds
     hops = sorted(rounds, key=lambda r: r["ratios"]["hop_over_floor"])
     echo = hops[len(rounds) // 2]["ratios"]
     under = sum(r["ratios"]["hop_over_floor"] <= 1 for r in rounds)
@@ -200,9 +239,13 @@ def main() -> None:
     if not args.c1_only:
         median = sorted(rounds, key=lambda r: r["ratios"]["pair_over_batched"])[len(rounds) // 2]["ratios"]
         wide_hop = statistics.median(r["ratios"]["hop_us"] for r in rounds)
+        met = sum(r["ratios"]["pair_over_batched"] >= 0.9 for r in rounds)
+        by_round = ", ".join(f"{r['ratios']['pair_over_batched']:.2f}" for r in rounds)
+        print(f"pair / batched by round: {by_round} (>= 0.9 in {met} of {len(rounds)} rounds)")
         print(f"median round: pair / batched {median['pair_over_batched']:.2f} (>= 0.9), pair / unbatched "
               f"{median['pair_over_unbatched']:.2f} (>= 3); wide_mlp c=1 pair - container {wide_hop:.0f} us "
               f"(median; the front end's batching window included)")  # fmt: skip
+    shutil.rmtree(base)
     if args.json:
         report = {"args": vars(args), "machine": machine(), "loadavg_end": os.getloadavg(), "rounds": rounds}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

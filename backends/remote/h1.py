@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 import httptools
 
+from backends.common.deadlines import Deadlines
+from backends.common.slots import Slots
+
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one answer
 
 
@@ -37,13 +40,14 @@ class Answer:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one call at a time."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int, deadlines: Deadlines[_Connection]) -> None:
+        self._loop = loop
         self._max_body = max_body
+        self._deadlines = deadlines  # the pool's: one timer for all its calls
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -99,21 +103,21 @@ class _Connection(asyncio.Protocol):
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def send(self, data: bytes, timeout: float) -> asyncio.Future[Answer]:
-        """The answer's future; TimeoutError (and the connection closed) after ``timeout`` s. A
-        timer handle, not asyncio.timeout: that costs several times more per call."""
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[Answer]:
+        """The answer's future; TimeoutError (and the connection closed) at ``deadline`` (loop
+        time), kept by the pool's shared timer: not asyncio.timeout, nor a timer per call."""
         assert self.transport is not None
         assert self._waiter is None, "one call at a time"
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        self._timer = loop.call_later(timeout, self._fail, TimeoutError())
+        self._waiter = self._loop.create_future()
+        self._deadlines.hold(self, deadline)
         self.transport.write(data)
         return self._waiter
 
+    def time_out(self) -> None:
+        self._fail(TimeoutError())
+
     def _end_call(self) -> asyncio.Future[Answer] | None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadlines.drop(self)
         waiter, self._waiter = self._waiter, None
         return waiter
 
@@ -136,46 +140,47 @@ class H1Pool:
         self._host, self._port = host, port
         self._authority = f"{host}:{port}".encode()
         self._max_body = max_body
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = Slots(limit)
         self._idle: deque[_Connection] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: Deadlines[_Connection] | None = None
 
     async def request(
         self, method: str, path: str, headers: dict[str, str], body: Sequence[bytes], within_s: float
     ) -> Answer:
         """One call with the body's parts (joined once, with the head), all of it within
-        ``within_s`` (else TimeoutError; a timer, not asyncio.timeout, which costs more);
-        OSError when the connection fails, ProtocolError for a broken answer. A cancelled or
-        failed call drops its connection."""
+        ``within_s`` (else TimeoutError); OSError when the connection fails, ProtocolError for a
+        broken answer. A cancelled or failed call drops its connection."""
         head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), self._authority]
         head.append(f"\r\nContent-Length: {sum(len(part) for part in body)}\r\n".encode())
         head.extend(f"{k}: {v}\r\n".encode() for k, v in headers.items())
         head.append(b"\r\n")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = self._loop or asyncio.get_running_loop()  # asked once: a system call on 3.11
         deadline = loop.time() + within_s
-        if self._slots.locked():  # every connection busy: wait for one, within the time
-            await asyncio.wait_for(self._slots.acquire(), within_s)
-        else:
-            await self._slots.acquire()  # free: no suspension
+        if not self._slots.take_now():  # every connection busy: wait for one, within the time
+            await self._slots.take(within_s)
         try:
-            connection = await self._connection(deadline - loop.time())
+            connection = await self._connection(loop, deadline - loop.time())
             try:
-                answer = await connection.send(b"".join([*head, *body]), deadline - loop.time())
+                answer = await connection.send(b"".join([*head, *body]), deadline)
             except BaseException:
                 connection.close()
                 raise
         finally:
-            self._slots.release()
+            self._slots.give()
         if not connection.closed:
             self._idle.append(connection)
         return answer
 
-    async def _connection(self, within_s: float) -> _Connection:
+    async def _connection(self, loop: asyncio.AbstractEventLoop, within_s: float) -> _Connection:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to be stale
             if not connection.closed:
                 return connection
-        loop = asyncio.get_running_loop()
-        connect = loop.create_connection(lambda: _Connection(self._max_body), self._host, self._port)
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop, _Connection.time_out)
+        deadlines = self._deadlines
+        connect = loop.create_connection(lambda: _Connection(loop, self._max_body, deadlines), self._host, self._port)
         _, protocol = await asyncio.wait_for(connect, within_s)
         return protocol
 

@@ -16,8 +16,6 @@ REFUSED_STREAM) fail as RefusedCall."""
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import struct
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -43,6 +41,7 @@ from backends.common.http2 import (
     strip_padding,
     window_update,
 )
+from backends.common.slots import Slots
 
 MAX_FRAME = 1 << 20  # what the server may send in one frame (SETTINGS_MAX_FRAME_SIZE)
 MAX_HEADER_LIST = 64 * 1024
@@ -454,45 +453,6 @@ def _message(body: bytes) -> bytes:
     return body[5:]
 
 
-class _Slots:
-    """At most ``count`` calls at once; the others wait their turn, each within its time. (An
-    asyncio.Semaphore's locked() and acquire() cost ~1.5 us a call even when a slot is free.)"""
-
-    def __init__(self, count: int) -> None:
-        self._free = count
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take_now(self) -> bool:
-        """A slot at once, when one is free and nobody waits for it."""
-        if self._free and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def take(self, within_s: float) -> None:
-        """A slot when one is given back, in turn; TimeoutError after ``within_s``."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter, within_s)
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed one as it gave up: the next in turn gets it
-            else:
-                with contextlib.suppress(ValueError):  # give() may have dropped it already
-                    self._waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        """The slot goes to the first caller still waiting, else back to the free ones."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
 class H2Channel:
     """One connection to ``host:port`` at a time, made when first needed and again after it
     fails; at most ``max_streams`` calls in flight on it."""
@@ -500,7 +460,7 @@ class H2Channel:
     def __init__(self, host: str, port: int, max_streams: int, max_body: int) -> None:
         self._host, self._port = host, port
         self._max_body = max_body
-        self._slots = _Slots(max_streams)
+        self._slots = Slots(max_streams)
         self._connection: H2Connection | None = None
         self._connecting: asyncio.Future[H2Connection] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -124,3 +124,93 @@ async def test_a_silent_server_times_out_and_the_connection_is_dropped() -> None
     assert not pool._idle
     never.set()
     server.close()
+
+
+@asynccontextmanager
+async def held(answer_after: Callable[[int], asyncio.Event | None]) -> AsyncIterator[tuple[int, list[int]]]:
+    """A server that answers the n-th request it reads (over all connections) once
+    ``answer_after(n)`` is set (at once for None); yields its port and, for each request read,
+    the number of the connection it came on."""
+    seen: list[int] = []
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        connection = connections
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # the tests' requests have no body
+                seen.append(connection)
+                event = answer_after(len(seen))
+                if event is not None:
+                    await event.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % (len(seen) % 10))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+
+
+def signalled(reached: asyncio.Event, hold: asyncio.Event) -> Callable[[int], asyncio.Event]:
+    """Every request held on ``hold``; ``reached`` set when one arrives."""
+
+    def after(n: int) -> asyncio.Event:
+        reached.set()
+        return hold
+
+    return after
+
+
+async def test_a_short_call_times_out_before_a_longer_one_started_first() -> None:
+    """The pool's calls share one timer: a later call with a nearer deadline still ends on time."""
+    never, reached = asyncio.Event(), asyncio.Event()
+    async with held(signalled(reached, never)) as (port, seen):
+        pool = H1Pool("127.0.0.1", port, 2, 1 << 20)
+        long = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
+        await asyncio.wait_for(reached.wait(), 10)
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/", {}, (), 0.2)
+        assert seen == [1, 2]  # the short call was sent, on a second connection
+        assert not long.done()
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        never.set()
+
+
+async def test_an_answered_calls_deadline_does_not_end_the_next_call_on_its_connection() -> None:
+    """A connection reused after a short call: the short call's deadline passes while the next
+    (longer) call on the same connection waits for its answer, which still arrives."""
+    second = asyncio.Event()
+    async with held(lambda n: second if n == 2 else None) as (port, seen):
+        pool = H1Pool("127.0.0.1", port, 1, 1 << 20)
+        assert (await pool.request("GET", "/", {}, (), 0.2)).body == b"1"
+        call = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
+        await asyncio.sleep(0.4)  # past the first call's deadline
+        assert not call.done()
+        second.set()
+        assert (await call).body == b"2"
+        assert seen == [1, 1]  # both calls on the first connection
+        pool.close()
+
+
+async def test_a_call_waiting_for_a_connection_times_out_without_reaching_the_server() -> None:
+    never, reached = asyncio.Event(), asyncio.Event()
+    async with held(signalled(reached, never)) as (port, seen):
+        pool = H1Pool("127.0.0.1", port, 1, 1 << 20)
+        first = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
+        await asyncio.wait_for(reached.wait(), 10)
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/", {}, (), 0.1)
+        assert seen == [1]
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        never.set()
