@@ -12,7 +12,11 @@ wide_mlp at c=1 (container, pair), identity_fp32 at c=1 (container, pair, floor)
 measurements are neighbours a few seconds apart, so its ratios see one state of this drifting
 machine (the floor's p50 has moved 270-720 us within an hour); the order within each group
 turns by one each round. The summary gives each ratio by round, the median round, and in how
-many rounds each target holds. The workspace (/tmp/remote-hop-*) is removed after a run, kept
+many rounds each target holds. For each c=64 measurement the computing server's ModelStatistics
+give its rows per batch, time per batch and compute share (throughput x compute time per row:
+the share of the time the model computes), and each round pair / batched at equal compute speed
+(the ratio of the shares): the machine's speed, which moves the model's time per batch by 20 %
+within minutes, moves both figures of a share alike. The workspace (/tmp/remote-hop-*) is removed after a run, kept
 with its logs after a failed one.
 
 Measures, in each round (the figures are the median round's):
@@ -57,6 +61,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tritonclient.grpc as grpcclient
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -95,23 +101,24 @@ def open_http(spec: System) -> str:
     return f"127.0.0.1:{port}"
 
 
-def repositories(base: Path, count: int) -> dict[str, Path]:
-    """The container's repositories (wide_mlp batched, unbatched; identity_fp32 with both) and
-    the front end's (its models remote, the endpoint written in at run time)."""
-    folder = base / "models" / WIDE
-    build_wide_mlp(folder, 8192, 64, 50000)
-    repos = {mode: repository_copy(base, folder, mode) for mode in ("on", "off")}
+def repositories(base: Path, wide: bool) -> dict[str, Path]:
+    """The containers' repositories (``on``: wide_mlp batched, ``off``: unbatched; identity_fp32
+    in both) and the front end's (``front``: its models remote, the endpoint written in at run
+    time). Without ``wide`` (``--c1-only``) only identity_fp32, in ``off`` and ``front``."""
+    if wide:
+        folder = base / "models" / WIDE
+        build_wide_mlp(folder, 8192, 64, 50000)
+        repos = {mode: repository_copy(base, folder, mode) for mode in ("on", "off")}
+    else:
+        repos = {"off": base / "batching-off"}
     for repo in repos.values():
         shutil.copytree(REPOSITORY / ECHO, repo / ECHO)
-    front = base / "front"
-    for name in (WIDE, ECHO):
-        (front / name / "1").mkdir(parents=True)
-    repos["front"] = front
+    repos["front"] = base / "front"
     return repos
 
 
 def write_front(front: Path, endpoint: str, args: argparse.Namespace) -> None:
-    for name in (WIDE, ECHO):
+    for name in (ECHO,) if args.c1_only else (WIDE, ECHO):
         wide = name == WIDE  # identity_fp32 as the container has it: the c=1 hop alone
         text = FRONT_CONFIG.format(
             name=name,
@@ -121,6 +128,7 @@ def write_front(front: Path, endpoint: str, args: argparse.Namespace) -> None:
             delay=args.front_delay_us if wide else 0,
             max_batch=args.front_max_batch if wide else 0,
         )
+        (front / name / "1").mkdir(parents=True, exist_ok=True)
         (front / name / "config.pbtxt").write_text(text)
 
 
@@ -144,6 +152,8 @@ def servers(repos: dict[str, Path], args: argparse.Namespace) -> dict[str, Syste
 C64 = (("batched_c64", "batched"), ("pair_c64", "front"), ("unbatched_c64", "container"))
 C1_WIDE = (("container_c1", "container"), ("pair_c1", "front"))
 C1_ECHO = (("container_echo_c1", "container"), ("pair_echo_c1", "front"), ("floor_c1", "floor"))
+# the server whose model computes each c=64 measurement's batches (the pair's: its container)
+COMPUTED_BY = {"batched_c64": "batched", "pair_c64": "container", "unbatched_c64": "container"}
 
 
 def wait_ready(addresses: list[str], model: str, within_s: float = 120.0) -> None:
@@ -155,6 +165,29 @@ def wait_ready(addresses: list[str], model: str, within_s: float = 120.0) -> Non
             time.sleep(0.25)
 
 
+def batch_counts(address: str, model: str) -> tuple[int, int, int]:
+    """The server's rows, executions and compute time (ns, over all batch sizes) of ``model`` so
+    far, from its ModelStatistics."""
+    with grpcclient.InferenceServerClient(address) as client:
+        stats = client.get_inference_statistics(model).model_stats[0]
+    compute_ns = sum(int(b.compute_infer.ns) for b in stats.batch_stats)
+    return int(stats.inference_count), int(stats.execution_count), compute_ns
+
+
+def batching(before: tuple[int, int, int], after: tuple[int, int, int], infer_per_s: float) -> dict[str, float]:
+    """What the computing server did in a measurement: rows per batch (whether the callers stayed
+    one cohort), the model's time per batch, and the share of the time spent computing
+    (throughput x compute time per row): a throughput that the machine's speed of the moment
+    does not move, for this compute-bound model."""
+    rows, executions, compute_ns = (a - b for a, b in zip(after, before, strict=True))
+    per_batch_s = compute_ns / max(executions, 1) / 1e9
+    return {
+        "rows_per_batch": round(rows / max(executions, 1), 1),
+        "compute_ms_per_batch": round(per_batch_s * 1e3, 2),
+        "compute_share": infer_per_s * compute_ns / max(rows, 1) / 1e9,
+    }
+
+
 def turned(group: tuple[tuple[str, str], ...], n: int) -> tuple[tuple[str, str], ...]:
     k = n % len(group)
     return group[k:] + group[:k]
@@ -163,11 +196,16 @@ def turned(group: tuple[tuple[str, str], ...], n: int) -> tuple[tuple[str, str],
 def one_round(n: int, up: dict[str, System], args: argparse.Namespace, base: Path, pa: Path) -> dict[str, Any]:
     """Round ``n``: every group measured once, all systems already up and idle but the one measured."""
     logs = base / "logs"
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"order": []}
 
     def run(name: str, server: str, concurrency: int, model: str, interval_ms: int) -> None:
+        computing = up[COMPUTED_BY[name]].address if name in COMPUTED_BY else None
+        before = batch_counts(computing, model) if computing else None
         figures = measure(pa, up[server].address, "grpc", concurrency, interval_ms, logs / f"{name}.csv", model)
+        if computing and before and "error" not in figures:
+            figures |= batching(before, batch_counts(computing, model), figures["infer_per_s"])
         result[name] = figures
+        result["order"].append(name)
         print(f"  {name}: {figures}", flush=True)
 
     if not args.c1_only:
@@ -189,9 +227,25 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     pair = r["pair_c64"]["infer_per_s"]
     return echo | {
         "pair_over_batched": pair / r["batched_c64"]["infer_per_s"],
+        "pair_over_batched_at_equal_compute": r["pair_c64"]["compute_share"] / r["batched_c64"]["compute_share"],
         "pair_over_unbatched": pair / r["unbatched_c64"]["infer_per_s"],
         "hop_us": r["pair_c1"]["p50_us"] - r["container_c1"]["p50_us"],
     }
+
+
+def verdict(rounds: list[dict[str, Any]]) -> str:
+    """Issue 17's targets, each judged by its median round."""
+    # (label, ratio, bound, whether the ratio must stay at or under the bound)
+    checks = [("c=1 hop <= floor", "hop_over_floor", 1.0, True)]
+    if "pair_over_batched" in rounds[0]["ratios"]:
+        checks += [("pair >= 0.9 x batched", "pair_over_batched", 0.9, False)]
+        checks += [("pair >= 3 x unbatched", "pair_over_unbatched", 3.0, False)]
+    shown = []
+    for label, key, bound, at_most in checks:
+        median = statistics.median(r["ratios"][key] for r in rounds)
+        met = median <= bound if at_most else median >= bound
+        shown.append(f"{label}: {'met' if met else 'MISSED'} ({median:.2f})")
+    return "targets by the median round: " + "; ".join(shown)
 
 
 def main() -> None:
@@ -212,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="remote-hop-"))
     (base / "logs").mkdir()
-    repos = repositories(base, args.front_count)
+    repos = repositories(base, not args.c1_only)
     pa = pinned_perf_analyzer(perf_analyzer_path(None), base, args.pa_cpus)
     rounds = []
     up = servers(repos, args)
@@ -224,7 +278,7 @@ def main() -> None:
         for n in range(args.repeat):
             print(f"round {n + 1}", flush=True)
             found = one_round(n, up, args, base, pa)
-            errors = {k: v["error"] for k, v in found.items() if "error" in v}
+            errors = {k: v["error"] for k, v in found.items() if isinstance(v, dict) and "error" in v}
             if errors:  # the workspace is kept for its logs
                 sys.exit(f"remote_hop: {errors} (logs in {base / 'logs'})")
             rounds.append(found | {"ratios": ratios(found)})
@@ -242,9 +296,14 @@ def main() -> None:
         met = sum(r["ratios"]["pair_over_batched"] >= 0.9 for r in rounds)
         by_round = ", ".join(f"{r['ratios']['pair_over_batched']:.2f}" for r in rounds)
         print(f"pair / batched by round: {by_round} (>= 0.9 in {met} of {len(rounds)} rounds)")
+        equal = [r["ratios"]["pair_over_batched_at_equal_compute"] for r in rounds]
+        shown = ", ".join(f"{v:.3f}" for v in equal)
+        print(f"pair / batched at equal compute speed (compute share) by round: {shown}; "
+              f"median {statistics.median(equal):.3f}")  # fmt: skip
         print(f"median round: pair / batched {median['pair_over_batched']:.2f} (>= 0.9), pair / unbatched "
               f"{median['pair_over_unbatched']:.2f} (>= 3); wide_mlp c=1 pair - container {wide_hop:.0f} us "
               f"(median; the front end's batching window included)")  # fmt: skip
+    print(verdict(rounds))
     shutil.rmtree(base)
     if args.json:
         report = {"args": vars(args), "machine": machine(), "loadavg_end": os.getloadavg(), "rounds": rounds}
