@@ -3,7 +3,7 @@
 
     CLIPPERD_PERF_ANALYZER=.tools/pa/bin/perf_analyzer .venv/bin/python perf/remote_hop.py \\
         [--repeat 5] [--concurrency 64] [--measurement-interval 3000] [--c1-interval 1500] \\
-        [--front-cpus 1] [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
+        [--stability 25] [--front-cpus 1] [--container-cpus 1] [--pa-cpus 0] [--front-count 1] [--front-max-batch 64] \\
         [--front-delay-us 50000] [--front-protocol grpc|http] [--c1-only] [--json OUT]
 
 Every system is started once and stays up, idle but for the one perf_analyzer measures; each
@@ -201,7 +201,8 @@ def one_round(n: int, up: dict[str, System], args: argparse.Namespace, base: Pat
     def run(name: str, server: str, concurrency: int, model: str, interval_ms: int) -> None:
         computing = up[COMPUTED_BY[name]].address if name in COMPUTED_BY else None
         before = batch_counts(computing, model) if computing else None
-        figures = measure(pa, up[server].address, "grpc", concurrency, interval_ms, logs / f"{name}.csv", model)
+        address, csv = up[server].address, logs / f"{name}.csv"
+        figures = measure(pa, address, "grpc", concurrency, interval_ms, csv, model, stability=args.stability)
         if computing and before and "error" not in figures:
             figures |= batching(before, batch_counts(computing, model), figures["infer_per_s"])
         result[name] = figures
@@ -254,6 +255,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--measurement-interval", type=int, default=3000, help="wide_mlp's windows, ms")
     parser.add_argument("--c1-interval", type=int, default=1500, help="identity_fp32's c=1 windows, ms")
+    parser.add_argument("--stability", type=int, default=25, help="perf_analyzer's --stability-percentage")
     parser.add_argument("--front-count", type=int, default=1, help="batches in flight from the front end")
     parser.add_argument("--front-max-batch", type=int, default=64, help="wide_mlp's max_batch_size at the front end")
     parser.add_argument("--front-delay-us", type=int, default=50000, help="wide_mlp's max_queue_delay at the front end")

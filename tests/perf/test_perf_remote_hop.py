@@ -27,7 +27,7 @@ def test_a_c1_run_measures_neighbours_in_turn_and_cleans_up(tmp_path: Path) -> N
     out = tmp_path / "report.json"
     before = set(Path(tempfile.gettempdir()).glob("remote-hop-*"))
     command = [sys.executable, str(ROOT / "perf" / "remote_hop.py"), "--c1-only", "--repeat", "2"]
-    command += ["--c1-interval", "300", "--json", str(out)]
+    command += ["--c1-interval", "300", "--stability", "100", "--json", str(out)]  # three windows, however noisy
     env = {**os.environ, "CLIPPERD_PERF_ANALYZER": str(perf_analyzer())}
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=150, env=env, check=False)
     output = f"exit {run.returncode}\nstdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
