@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from ports import free_port as free_port  # noqa: E402  (re-exported for gpu_batching_check.py)
 
 from server.proto import grpc_service_pb2 as pb  # noqa: E402
 
@@ -48,12 +49,6 @@ def build_repository(folder: Path) -> None:
     (folder / "mlp_gpu" / "1").mkdir(parents=True)
     shutil.copy(ROOT / "model_repository" / "mlp_torch" / "1" / "model.pt", folder / "mlp_gpu" / "1" / "model.pt")
     (folder / "mlp_gpu" / "config.pbtxt").write_text(GPU_CONFIG)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(channel: grpc.Channel, method: str, request: Any, response_class: Any) -> Any:

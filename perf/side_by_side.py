@@ -75,6 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere; the messages live at the root
 
 from baseline import Checkout, Figure, checkouts, report, rotate, split_name  # noqa: E402
+from ports import free_port as free_port  # noqa: E402  (re-exported: the other scripts import it from here)
 
 from server.proto import grpc_service_pb2 as pb  # noqa: E402
 
@@ -114,12 +115,6 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     missing: str | None = None  # why it cannot run here
     cwd: Path = ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_in_use(address: str) -> bool:

@@ -52,7 +52,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ports import free_port
 from soak_load import PA_KINDS, PA_SHM_NAMES, ROOT, SHM_PREFIX, Endpoints, SideLoad, pa_command, run_pa, unregister_all
 
 SHM = Path("/dev/shm")
@@ -188,12 +188,6 @@ class Sampler:
 
 
 # the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(repository: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen[bytes], Endpoints]:

@@ -40,10 +40,21 @@ def perf_analyzer() -> Path:
     return path
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before by this process. The kernel may give a port it
+    just gave again once its socket is closed: a server given one port for gRPC and HTTP then
+    fails to start (seen in CI: "cannot listen for HTTP on 127.0.0.1:43445", the gRPC port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh port in 100 tries")
 
 
 class ServerProcess:
