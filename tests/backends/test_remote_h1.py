@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from backends.remote.h1 import MAX_HEAD_BYTES, H1Pool, ProtocolError
+from backends.remote.h1 import MAX_HEAD_BYTES, Answer, H1Pool, ProtocolError
 
 Reply = Callable[[int], bytes]  # the answer to the n-th request on a connection
 
@@ -158,6 +158,19 @@ async def held(answer_after: Callable[[int], asyncio.Event | None]) -> AsyncIter
         server.close()
 
 
+async def a_held_call(pool: H1Pool, reached: asyncio.Event) -> asyncio.Future[Answer]:
+    """A long call the server holds, once the server has it."""
+    call = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
+    await asyncio.wait_for(reached.wait(), 10)
+    return call
+
+
+async def cancel(call: asyncio.Future[Answer]) -> None:
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
 def signalled(reached: asyncio.Event, hold: asyncio.Event) -> Callable[[int], asyncio.Event]:
     """Every request held on ``hold``; ``reached`` set when one arrives."""
 
@@ -173,15 +186,12 @@ async def test_a_short_call_times_out_before_a_longer_one_started_first() -> Non
     never, reached = asyncio.Event(), asyncio.Event()
     async with held(signalled(reached, never)) as (port, seen):
         pool = H1Pool("127.0.0.1", port, 2, 1 << 20)
-        long = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
-        await asyncio.wait_for(reached.wait(), 10)
+        long = await a_held_call(pool, reached)
         with pytest.raises(TimeoutError):
             await pool.request("GET", "/", {}, (), 0.2)
         assert seen == [1, 2]  # the short call was sent, on a second connection
         assert not long.done()
-        long.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await long
+        await cancel(long)
         never.set()
 
 
@@ -205,12 +215,9 @@ async def test_a_call_waiting_for_a_connection_times_out_without_reaching_the_se
     never, reached = asyncio.Event(), asyncio.Event()
     async with held(signalled(reached, never)) as (port, seen):
         pool = H1Pool("127.0.0.1", port, 1, 1 << 20)
-        first = asyncio.ensure_future(pool.request("GET", "/", {}, (), 30))
-        await asyncio.wait_for(reached.wait(), 10)
+        first = await a_held_call(pool, reached)
         with pytest.raises(TimeoutError):
             await pool.request("GET", "/", {}, (), 0.1)
         assert seen == [1]
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
+        await cancel(first)
         never.set()
